@@ -1,0 +1,9 @@
+//! The storesync master.
+//!
+//! # Layout
+//! - [`schema`], [`entities`]: the master's own tables (the common ones are in
+//!   `storesync_shared`).
+//! - [`changelog`]: the gap-free log of master-data changes that the sync stream reads.
+pub mod changelog;
+pub mod entities;
+pub mod schema;

@@ -1,0 +1,89 @@
+//! The master's own tables, on top of the common ones (`storesync_shared::schema`):
+//!
+//! - `site`: the "sync with" list, and per site the sync positions that must
+//!   move in the same transaction as the data they cover
+//!   (`upstream_acked_seq` with each applied upstream batch; `downstream_cursor`
+//!   as the site acknowledges).
+//! - `site_status`: what operators see about each site's sessions (connected,
+//!   mode, last sync, last error, backlog, initialisation progress). Kept apart
+//!   from `site` so that status updates never contend with applying batches.
+//! - `change_log`: every master-data change, in commit order (see `changelog`).
+//! - `counter`: the change-log sequence, taken under a row lock (see `changelog`).
+
+use sea_orm::DbErr;
+use sea_orm_migration::prelude::*;
+use storesync_shared::schema::{common_migrations, run_script};
+
+/// Runs every pending migration of the master.
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        let mut migrations = common_migrations();
+        migrations.push(Box::new(MasterTables));
+        migrations
+    }
+}
+
+struct MasterTables;
+
+impl MigrationName for MasterTables {
+    fn name(&self) -> &str {
+        "m0101_master_tables"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for MasterTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(manager.get_connection(), MASTER_TABLES).await
+    }
+}
+
+const MASTER_TABLES: &str = r#"
+CREATE TABLE site (
+    sync_id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    store_id TEXT NOT NULL UNIQUE,
+    url TEXT NOT NULL,
+    enabled BOOLEAN NOT NULL,
+    sync_user_name TEXT,
+    sync_password_hash TEXT,
+    upstream_acked_seq BIGINT NOT NULL DEFAULT 0,
+    downstream_cursor BIGINT NOT NULL DEFAULT 0,
+    initialised BOOLEAN NOT NULL DEFAULT FALSE,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE site_status (
+    sync_id INTEGER PRIMARY KEY,
+    session_id TEXT,
+    connected BOOLEAN NOT NULL DEFAULT FALSE,
+    ever_connected BOOLEAN NOT NULL DEFAULT FALSE,
+    heartbeat_at_ms BIGINT NOT NULL DEFAULT 0,
+    mode TEXT NOT NULL DEFAULT '',
+    agent_version TEXT NOT NULL DEFAULT '',
+    last_sync_at_ms BIGINT NOT NULL DEFAULT 0,
+    last_error_at_ms BIGINT NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    upstream_records_received BIGINT NOT NULL DEFAULT 0,
+    upstream_backlog_reported BIGINT NOT NULL DEFAULT 0,
+    initialising BOOLEAN NOT NULL DEFAULT FALSE,
+    init_records_done BIGINT NOT NULL DEFAULT 0,
+    init_records_total BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE change_log (
+    seq BIGINT PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    deleted BOOLEAN NOT NULL,
+    payload {blob} NOT NULL,
+    changed_at_ms BIGINT NOT NULL
+);
+CREATE INDEX change_log_record ON change_log (table_name, record_id);
+CREATE TABLE counter (
+    name TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO counter (name, value) VALUES ('change_log', 0)
+"#;

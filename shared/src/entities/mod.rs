@@ -1,0 +1,12 @@
+//! sea-orm entities of the common tables (see [`crate::schema`]).
+
+pub mod audit_log;
+pub mod invoice;
+pub mod invoice_line;
+pub mod item;
+pub mod name;
+pub mod operator;
+pub mod setting;
+pub mod stock_line;
+pub mod store;
+pub mod unlock_token;

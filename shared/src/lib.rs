@@ -1,0 +1,29 @@
+//! What the master and the satellites share.
+//!
+//! # Layout
+//! - [`proto`]: the generated gRPC code of `proto/storesync/v1` and its
+//!   descriptor set (for server reflection).
+//! - [`schema`] and [`entities`]: the tables every site has, and their rows.
+//! - [`convert`]: rows to protobuf records and back.
+//! - [`validate`]: input checks whose errors name the field.
+//! - [`error`]: the domain error and its one mapping to a gRPC status.
+//! - [`auth`]: Basic credentials and argon2 hashes.
+//! - [`db`]: opening PostgreSQL or SQLite with the right settings.
+//! - [`server`]: sockets, health, reflection, operator auth layer, shutdown signal.
+pub mod auth;
+pub mod convert;
+pub mod db;
+pub mod entities;
+pub mod error;
+pub mod proto;
+pub mod schema;
+pub mod server;
+pub mod validate;
+
+pub use error::{Error, Result};
+
+/// This build's version, reported in handshakes and status.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The sync protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;

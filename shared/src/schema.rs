@@ -1,0 +1,151 @@
+//! The tables every site has: master data (items, names), stores, store data
+//! (stock lines, invoices, invoice lines), operators, the audit trail, settings
+//! and unlock tokens.
+//!
+//! Each binary builds its migrator from [`common_migrations`] plus its own
+//! tables. Migrations are plain SQL that PostgreSQL and SQLite both accept;
+//! [`sql`] fills in the few types that differ.
+
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use sea_orm_migration::prelude::*;
+
+/// Replaces `{blob}` and `{serial_pk}` with the backend's spelling.
+pub fn sql(backend: DbBackend, text: &str) -> String {
+    let (blob, serial) = match backend {
+        DbBackend::Postgres => ("BYTEA", "BIGSERIAL PRIMARY KEY"),
+        _ => ("BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+    };
+    text.replace("{blob}", blob).replace("{serial_pk}", serial)
+}
+
+/// Runs each `;`-separated statement of `script` (after [`sql`]).
+pub async fn run_script<C: ConnectionTrait>(db: &C, script: &str) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    for statement in sql(backend, script).split(';') {
+        let statement = statement.trim();
+        if !statement.is_empty() {
+            db.execute(Statement::from_string(backend, statement.to_owned()))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The migrations of the common tables, oldest first.
+pub fn common_migrations() -> Vec<Box<dyn MigrationTrait>> {
+    vec![Box::new(CommonTables)]
+}
+
+struct CommonTables;
+
+impl MigrationName for CommonTables {
+    fn name(&self) -> &str {
+        "m0001_common_tables"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for CommonTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(manager.get_connection(), COMMON_TABLES).await
+    }
+}
+
+// Identifiers are UUID text; dates are ISO text ('' for none) so that both
+// backends compare them the same way; instants are milliseconds since the epoch.
+// There are no foreign keys: records arrive from other sites in batches whose
+// order inside a transaction is the sender's, and the rules (an item in use
+// cannot be deleted) are checked in code with a message that names the record.
+const COMMON_TABLES: &str = r#"
+CREATE TABLE item (
+    id TEXT PRIMARY KEY,
+    code TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    default_pack_size INTEGER NOT NULL,
+    active BOOLEAN NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE TABLE name (
+    id TEXT PRIMARY KEY,
+    code TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    is_customer BOOLEAN NOT NULL,
+    is_supplier BOOLEAN NOT NULL,
+    is_store BOOLEAN NOT NULL,
+    active BOOLEAN NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE TABLE store (
+    id TEXT PRIMARY KEY,
+    code TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    sync_id INTEGER NOT NULL UNIQUE
+);
+CREATE TABLE stock_line (
+    id TEXT PRIMARY KEY,
+    store_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    batch TEXT NOT NULL,
+    expiry_date TEXT NOT NULL,
+    pack_size INTEGER NOT NULL,
+    available_number_of_packs DOUBLE PRECISION NOT NULL,
+    total_number_of_packs DOUBLE PRECISION NOT NULL,
+    cost_price_per_pack DOUBLE PRECISION NOT NULL,
+    sell_price_per_pack DOUBLE PRECISION NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE INDEX stock_line_store_item ON stock_line (store_id, item_id);
+CREATE INDEX stock_line_item ON stock_line (item_id);
+CREATE INDEX stock_line_expiry ON stock_line (expiry_date);
+CREATE TABLE invoice (
+    id TEXT PRIMARY KEY,
+    store_id TEXT NOT NULL,
+    name_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    invoice_number BIGINT NOT NULL,
+    reference TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE INDEX invoice_store_created ON invoice (store_id, created_at_ms);
+CREATE INDEX invoice_name ON invoice (name_id);
+CREATE TABLE invoice_line (
+    id TEXT PRIMARY KEY,
+    invoice_id TEXT NOT NULL,
+    store_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    stock_line_id TEXT NOT NULL,
+    batch TEXT NOT NULL,
+    expiry_date TEXT NOT NULL,
+    pack_size INTEGER NOT NULL,
+    number_of_packs DOUBLE PRECISION NOT NULL,
+    cost_price_per_pack DOUBLE PRECISION NOT NULL,
+    sell_price_per_pack DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX invoice_line_invoice ON invoice_line (invoice_id);
+CREATE INDEX invoice_line_store_item ON invoice_line (store_id, item_id);
+CREATE INDEX invoice_line_item ON invoice_line (item_id);
+CREATE TABLE operator (
+    user_name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE audit_log (
+    id {serial_pk},
+    at_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE setting (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE unlock_token (
+    token_hash TEXT PRIMARY KEY,
+    actor TEXT NOT NULL,
+    expires_at_ms BIGINT NOT NULL
+)
+"#;

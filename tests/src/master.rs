@@ -1,0 +1,1 @@
+//! Helpers to start and drive a master (see the crate docs).
