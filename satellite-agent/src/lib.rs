@@ -8,3 +8,5 @@
 pub mod entities;
 pub mod outbox;
 pub mod schema;
+pub mod status;
+pub mod sync;

@@ -9,6 +9,7 @@
 //! - [`error`]: the domain error and its one mapping to a gRPC status.
 //! - [`auth`]: Basic credentials and argon2 hashes.
 //! - [`db`]: opening PostgreSQL or SQLite with the right settings.
+//! - [`upsert`]: ordered multi-row upserts of records from another site.
 //! - [`server`]: sockets, health, reflection, operator auth layer, shutdown signal.
 pub mod auth;
 pub mod convert;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod proto;
 pub mod schema;
 pub mod server;
+pub mod upsert;
 pub mod validate;
 
 pub use error::{Error, Result};

@@ -1,0 +1,347 @@
+//! Master → satellite: the initialisation snapshot, then the change log from
+//! the satellite's cursor, then live changes as they commit.
+//!
+//! # Invariants
+//! - The change log is read strictly after the cursor, in sequence order, and
+//!   has no gaps (see `changelog`), so nothing is skipped or reordered.
+//! - The snapshot's master data and its cursor come from ONE database snapshot
+//!   (a repeatable-read transaction on PostgreSQL; a transaction on SQLite's one
+//!   connection): the records are exactly the state after that cursor, so the
+//!   changes replayed after it apply cleanly in order.
+//! - The satellite stores each batch's end cursor in the same transaction as its
+//!   records and acknowledges; at most `window` batches are unacknowledged.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use prost::Message;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IsolationLevel,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+use storesync_shared::entities::{invoice, invoice_line, item, name, stock_line, store};
+use storesync_shared::proto::v1::{
+    master_message, sync_record::Record, CaughtUp, DownstreamBatch, Heartbeat,
+    InitialisationProgress, MasterMessage, SyncRecord,
+};
+use storesync_shared::validate::now_ms;
+use storesync_shared::{Error, Result};
+use tokio::sync::{mpsc, watch};
+
+use super::{status, SyncContext};
+use crate::changelog;
+
+/// What the satellite has acknowledged so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Acked {
+    pub cursor: u64,
+    pub init_records_done: u64,
+}
+
+/// Sends to the satellite; an error means the peer is gone.
+pub type Outbound = mpsc::Sender<std::result::Result<MasterMessage, tonic::Status>>;
+
+pub(super) async fn send(tx: &Outbound, message: master_message::Message) -> Result<()> {
+    tx.send(Ok(MasterMessage {
+        message: Some(message),
+    }))
+    .await
+    .map_err(|_| Error::Unavailable("the satellite went away".into()))
+}
+
+/// Runs the downstream half of a session until the peer goes away or an error.
+pub async fn run(
+    ctx: SyncContext,
+    sync_id: u32,
+    store_id: String,
+    initialise: bool,
+    mut cursor: u64,
+    tx: Outbound,
+    mut acks: watch::Receiver<Acked>,
+) -> Result<()> {
+    if initialise {
+        cursor = send_snapshot(&ctx, sync_id, &store_id, &tx, &mut acks).await?;
+    }
+    let settings = &ctx.settings;
+    let mut changes = ctx.notifier.subscribe();
+    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    let mut caught_up_at: Option<u64> = None;
+    let mut heartbeat = tokio::time::interval(settings.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let acked = acks.borrow_and_update().cursor;
+        while in_flight.front().is_some_and(|end| *end <= acked) {
+            in_flight.pop_front();
+        }
+        if in_flight.len() < settings.downstream_window {
+            let entries =
+                changelog::read_after(&ctx.db, cursor, settings.downstream_batch_records as u64)
+                    .await?;
+            if let Some(last) = entries.last() {
+                let end = u64::try_from(last.seq).unwrap_or(cursor);
+                let records = entries
+                    .iter()
+                    .map(|entry| {
+                        SyncRecord::decode(entry.payload.as_slice()).map_err(|e| {
+                            Error::Internal(format!(
+                                "change-log entry {} is corrupt: {e}",
+                                entry.seq
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                send(
+                    &tx,
+                    master_message::Message::DownstreamBatch(DownstreamBatch {
+                        records,
+                        end_cursor: end,
+                        initialisation: None,
+                        trace_context: Default::default(),
+                    }),
+                )
+                .await?;
+                cursor = end;
+                in_flight.push_back(end);
+                continue;
+            }
+            if caught_up_at != Some(cursor) {
+                send(&tx, master_message::Message::CaughtUp(CaughtUp { cursor })).await?;
+                caught_up_at = Some(cursor);
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    // The notifier is gone (shutting down): fall back to the poll below.
+                    tokio::time::sleep(settings.poll_fallback).await;
+                }
+            }
+            _ = acks.changed() => {}
+            _ = tokio::time::sleep(settings.poll_fallback) => {}
+            _ = heartbeat.tick() => {
+                send(&tx, master_message::Message::Heartbeat(Heartbeat { sent_at_ms: now_ms(), upstream_backlog: 0 })).await?;
+            }
+        }
+    }
+}
+
+/// Master data as of one change-log cursor, read in one database snapshot.
+async fn master_data_snapshot(db: &DatabaseConnection) -> Result<(u64, Vec<SyncRecord>)> {
+    let isolation = (db.get_database_backend() == DbBackend::Postgres)
+        .then_some(IsolationLevel::RepeatableRead);
+    let txn = db.begin_with_config(isolation, None).await?;
+    let head = changelog::head(&txn).await?;
+    let mut records: Vec<SyncRecord> = item::Entity::find()
+        .order_by_asc(item::Column::Id)
+        .all(&txn)
+        .await?
+        .into_iter()
+        .map(|m| SyncRecord {
+            record: Some(Record::Item(m.into())),
+        })
+        .collect();
+    records.extend(
+        name::Entity::find()
+            .order_by_asc(name::Column::Id)
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|m| SyncRecord {
+                record: Some(Record::Name(m.into())),
+            }),
+    );
+    txn.commit().await?;
+    Ok((head, records))
+}
+
+/// Sends the snapshot for a site's initialisation; returns its cursor.
+async fn send_snapshot(
+    ctx: &SyncContext,
+    sync_id: u32,
+    store_id: &str,
+    tx: &Outbound,
+    acks: &mut watch::Receiver<Acked>,
+) -> Result<u64> {
+    let db = &ctx.db;
+    let (head, master_records) = master_data_snapshot(db).await?;
+    let store_row = store::Entity::find_by_id(store_id.to_owned())
+        .one(db)
+        .await?
+        .ok_or_else(|| {
+            Error::Internal(format!("store {store_id} of Sync ID {sync_id} is missing"))
+        })?;
+    let stock_count = stock_line::Entity::find()
+        .filter(stock_line::Column::StoreId.eq(store_id))
+        .count(db)
+        .await?;
+    let invoice_count = invoice::Entity::find()
+        .filter(invoice::Column::StoreId.eq(store_id))
+        .count(db)
+        .await?;
+    let line_count = invoice_line::Entity::find()
+        .filter(invoice_line::Column::StoreId.eq(store_id))
+        .count(db)
+        .await?;
+    let total = master_records.len() as u64 + 1 + stock_count + invoice_count + line_count;
+    tracing::info!(
+        sync_id,
+        total,
+        cursor = head,
+        "initialising site: sending snapshot"
+    );
+    status::initialisation(db, sync_id, true, 0, total).await;
+
+    let mut sender = SnapshotSender {
+        ctx,
+        sync_id,
+        tx,
+        acks,
+        sent: 0,
+        total,
+        pending: Vec::new(),
+    };
+    for record in master_records {
+        sender.push(record).await?;
+    }
+    sender
+        .push(SyncRecord {
+            record: Some(Record::Store(store_row.into())),
+        })
+        .await?;
+
+    let page = ctx.settings.downstream_batch_records as u64;
+    let mut after = String::new();
+    loop {
+        let rows = stock_line::Entity::find()
+            .filter(stock_line::Column::StoreId.eq(store_id))
+            .filter(stock_line::Column::Id.gt(after.clone()))
+            .order_by_asc(stock_line::Column::Id)
+            .limit(page)
+            .all(db)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.id.clone();
+        for row in rows {
+            sender
+                .push(SyncRecord {
+                    record: Some(Record::StockLine(row.into())),
+                })
+                .await?;
+        }
+    }
+    let mut after = String::new();
+    loop {
+        let rows = invoice::Entity::find()
+            .filter(invoice::Column::StoreId.eq(store_id))
+            .filter(invoice::Column::Id.gt(after.clone()))
+            .order_by_asc(invoice::Column::Id)
+            .limit(page)
+            .all(db)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.id.clone();
+        for row in rows {
+            sender
+                .push(SyncRecord {
+                    record: Some(Record::Invoice(row.into())),
+                })
+                .await?;
+        }
+    }
+    let mut after = String::new();
+    loop {
+        let rows = invoice_line::Entity::find()
+            .filter(invoice_line::Column::StoreId.eq(store_id))
+            .filter(invoice_line::Column::Id.gt(after.clone()))
+            .order_by_asc(invoice_line::Column::Id)
+            .limit(page)
+            .all(db)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.id.clone();
+        for row in rows {
+            sender
+                .push(SyncRecord {
+                    record: Some(Record::InvoiceLine(row.into())),
+                })
+                .await?;
+        }
+    }
+    sender.finish(head).await?;
+    Ok(head)
+}
+
+/// Cuts the snapshot into batches and keeps at most `window` unacknowledged.
+struct SnapshotSender<'a> {
+    ctx: &'a SyncContext,
+    sync_id: u32,
+    tx: &'a Outbound,
+    acks: &'a mut watch::Receiver<Acked>,
+    sent: u64,
+    total: u64,
+    pending: Vec<SyncRecord>,
+}
+
+impl SnapshotSender<'_> {
+    async fn push(&mut self, record: SyncRecord) -> Result<()> {
+        self.pending.push(record);
+        if self.pending.len() >= self.ctx.settings.downstream_batch_records {
+            self.flush(false, 0).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, complete: bool, end_cursor: u64) -> Result<()> {
+        let batch_size = self.ctx.settings.downstream_batch_records as u64;
+        let window = self.ctx.settings.downstream_window as u64 * batch_size;
+        // Wait for acknowledgements rather than queueing the whole store in memory.
+        let mut reported = 0;
+        while self
+            .sent
+            .saturating_sub(self.acks.borrow().init_records_done)
+            >= window
+        {
+            let done = self.acks.borrow().init_records_done;
+            if done != reported {
+                status::initialisation(&self.ctx.db, self.sync_id, true, done, self.total).await;
+                reported = done;
+            }
+            tokio::select! {
+                changed = self.acks.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::Unavailable("the session ended during initialisation".into()));
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(self.ctx.settings.heartbeat.as_secs().max(1) * 3)) => {
+                    return Err(Error::Unavailable("the satellite stopped acknowledging the snapshot".into()));
+                }
+            }
+        }
+        let records = std::mem::take(&mut self.pending);
+        self.sent += records.len() as u64;
+        send(
+            self.tx,
+            master_message::Message::DownstreamBatch(DownstreamBatch {
+                records,
+                end_cursor,
+                initialisation: Some(InitialisationProgress {
+                    records_done: self.sent,
+                    records_total: self.total,
+                    complete,
+                }),
+                trace_context: Default::default(),
+            }),
+        )
+        .await
+    }
+
+    async fn finish(mut self, head: u64) -> Result<()> {
+        self.flush(true, head).await?;
+        tracing::info!(
+            sync_id = self.sync_id,
+            records = self.sent,
+            "initialisation snapshot sent"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! What operators see of each site's sessions (`site_status`).
+//!
+//! Status is advisory: a failed update is logged and never ends a session.
+//! It is written by the session that owns the site; `session_id` guards the
+//! disconnect so that an old session cannot mark a newer one as gone.
+
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use storesync_shared::validate::now_ms;
+
+use super::upstream::sync_id_i32;
+use crate::entities::site_status;
+
+fn log_failure(what: &str, sync_id: u32, result: Result<(), sea_orm::DbErr>) {
+    if let Err(error) = result {
+        tracing::warn!(sync_id, %error, "could not record {what} in site_status");
+    }
+}
+
+/// A session for `sync_id` is now live.
+pub async fn connected(
+    db: &DatabaseConnection,
+    sync_id: u32,
+    session_id: &str,
+    mode: &str,
+    agent_version: &str,
+    backlog: u64,
+) {
+    let now = now_ms();
+    let row = site_status::ActiveModel {
+        sync_id: Set(sync_id_i32(sync_id)),
+        session_id: Set(Some(session_id.to_owned())),
+        connected: Set(true),
+        ever_connected: Set(true),
+        heartbeat_at_ms: Set(now),
+        mode: Set(mode.to_owned()),
+        agent_version: Set(agent_version.to_owned()),
+        last_sync_at_ms: Set(0),
+        last_error_at_ms: Set(0),
+        last_error: Set(String::new()),
+        upstream_records_received: Set(0),
+        upstream_backlog_reported: Set(i64::try_from(backlog).unwrap_or(i64::MAX)),
+        initialising: Set(false),
+        init_records_done: Set(0),
+        init_records_total: Set(0),
+    };
+    let result = site_status::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(site_status::Column::SyncId)
+                .update_columns([
+                    site_status::Column::SessionId,
+                    site_status::Column::Connected,
+                    site_status::Column::EverConnected,
+                    site_status::Column::HeartbeatAtMs,
+                    site_status::Column::Mode,
+                    site_status::Column::AgentVersion,
+                    site_status::Column::UpstreamBacklogReported,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await
+        .map(|_| ());
+    log_failure("a connection", sync_id, result);
+}
+
+async fn update(
+    db: &DatabaseConnection,
+    what: &str,
+    sync_id: u32,
+    columns: Vec<(site_status::Column, sea_orm::sea_query::SimpleExpr)>,
+) {
+    let mut query = site_status::Entity::update_many()
+        .filter(site_status::Column::SyncId.eq(sync_id_i32(sync_id)));
+    for (column, value) in columns {
+        query = query.col_expr(column, value);
+    }
+    log_failure(what, sync_id, query.exec(db).await.map(|_| ()));
+}
+
+/// The site is alive and reports `backlog` outbox entries waiting.
+pub async fn heartbeat(db: &DatabaseConnection, sync_id: u32, backlog: u64) {
+    update(
+        db,
+        "a heartbeat",
+        sync_id,
+        vec![
+            (site_status::Column::HeartbeatAtMs, Expr::value(now_ms())),
+            (
+                site_status::Column::UpstreamBacklogReported,
+                Expr::value(i64::try_from(backlog).unwrap_or(i64::MAX)),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// A sync exchange succeeded; `received` upstream records were new.
+pub async fn synced(db: &DatabaseConnection, sync_id: u32, received: u64) {
+    update(
+        db,
+        "a sync",
+        sync_id,
+        vec![
+            (site_status::Column::LastSyncAtMs, Expr::value(now_ms())),
+            (site_status::Column::HeartbeatAtMs, Expr::value(now_ms())),
+            (
+                site_status::Column::UpstreamRecordsReceived,
+                Expr::col(site_status::Column::UpstreamRecordsReceived)
+                    .add(i64::try_from(received).unwrap_or(i64::MAX)),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// Initialisation progress (`initialising` false once complete).
+pub async fn initialisation(
+    db: &DatabaseConnection,
+    sync_id: u32,
+    initialising: bool,
+    done: u64,
+    total: u64,
+) {
+    update(
+        db,
+        "initialisation progress",
+        sync_id,
+        vec![
+            (site_status::Column::Initialising, Expr::value(initialising)),
+            (
+                site_status::Column::InitRecordsDone,
+                Expr::value(i64::try_from(done).unwrap_or(i64::MAX)),
+            ),
+            (
+                site_status::Column::InitRecordsTotal,
+                Expr::value(i64::try_from(total).unwrap_or(i64::MAX)),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// The session failed with `message`.
+pub async fn error(db: &DatabaseConnection, sync_id: u32, message: &str) {
+    update(
+        db,
+        "an error",
+        sync_id,
+        vec![
+            (site_status::Column::LastErrorAtMs, Expr::value(now_ms())),
+            (
+                site_status::Column::LastError,
+                Expr::value(message.to_owned()),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// Session `session_id` ended (a newer session of the site is left alone).
+pub async fn disconnected(db: &DatabaseConnection, sync_id: u32, session_id: &str) {
+    let result = site_status::Entity::update_many()
+        .col_expr(site_status::Column::Connected, Expr::value(false))
+        .filter(site_status::Column::SyncId.eq(sync_id_i32(sync_id)))
+        .filter(site_status::Column::SessionId.eq(session_id.to_owned()))
+        .exec(db)
+        .await
+        .map(|_| ());
+    log_failure("a disconnection", sync_id, result);
+}

@@ -1,0 +1,421 @@
+//! Applying a satellite's upstream batch: its store data, exactly once.
+//!
+//! # Invariant
+//! A batch is applied in ONE transaction that also moves `site.upstream_acked_seq`
+//! to the batch's last sequence. Entries at or below the acknowledged sequence
+//! are skipped (a resend after a lost ack), a gap after it is refused, and the
+//! site row is locked (`FOR UPDATE` on PostgreSQL; SQLite has one writer) so that
+//! two sessions of one site can never apply concurrently. Either the records and
+//! the new acknowledged sequence commit together, or neither does.
+//!
+//! # Ownership
+//! A site may write only store data of the store it hosts. A record of another
+//! store, one whose id already belongs to another store's row, or any master data
+//! rejects the whole batch with `PERMISSION_DENIED` naming the record.
+
+use std::collections::HashSet;
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
+};
+use storesync_shared::entities::{invoice, invoice_line, stock_line};
+use storesync_shared::proto::v1::{
+    sync_record::Record, RecordRef, SyncRecord, Table, UpstreamBatch,
+};
+use storesync_shared::{upsert, validate, Error, Result};
+
+use crate::entities::site;
+
+/// Sync IDs are 1..=64, stored as INTEGER.
+pub(crate) fn sync_id_i32(sync_id: u32) -> i32 {
+    i32::try_from(sync_id).unwrap_or(i32::MAX)
+}
+
+/// The site a session belongs to, as authenticated.
+#[derive(Clone, Debug)]
+pub struct SiteIdentity {
+    pub sync_id: u32,
+    pub store_id: String,
+}
+
+/// Outcome of one applied batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The site's acknowledged sequence after the batch.
+    pub acked_seq: u64,
+    /// Records that were new (not already applied).
+    pub applied: u32,
+}
+
+/// Rows of one batch, by table, in the order they arrived.
+#[derive(Default)]
+struct Rows {
+    stock_lines: Vec<stock_line::Model>,
+    invoices: Vec<invoice::Model>,
+    invoice_lines: Vec<invoice_line::Model>,
+    deletes: Vec<RecordRef>,
+}
+
+/// Applies `batch` for `site`. See the module docs for the invariant.
+pub async fn apply_batch(
+    db: &DatabaseConnection,
+    site: &SiteIdentity,
+    batch: UpstreamBatch,
+) -> Result<Applied> {
+    check_shape(&batch)?;
+    let txn = db.begin().await?;
+    let acked = lock_acked_seq(&txn, site.sync_id).await?;
+    if batch.last_seq <= acked {
+        txn.commit().await?;
+        return Ok(Applied {
+            acked_seq: acked,
+            applied: 0,
+        });
+    }
+    if batch.first_seq > acked + 1 {
+        return Err(Error::FailedPrecondition(format!(
+            "upstream batch out of sequence: it starts at {} but the master has applied up to {acked}; resend from {}",
+            batch.first_seq,
+            acked + 1
+        )));
+    }
+    let skip = usize::try_from(acked + 1 - batch.first_seq)
+        .map_err(|_| Error::Internal("skip overflow".into()))?;
+    let mut rows = Rows::default();
+    for (offset, record) in batch.records.into_iter().enumerate().skip(skip) {
+        let seq = batch.first_seq + offset as u64;
+        collect(&mut rows, site, seq, record)?;
+    }
+    let applied = u32::try_from(
+        rows.stock_lines.len()
+            + rows.invoices.len()
+            + rows.invoice_lines.len()
+            + rows.deletes.len(),
+    )
+    .unwrap_or(u32::MAX);
+    check_ids_not_foreign(&txn, site, &rows).await?;
+    write_rows(&txn, site, rows).await?;
+    site::Entity::update_many()
+        .col_expr(
+            site::Column::UpstreamAckedSeq,
+            Expr::value(to_i64(batch.last_seq)?),
+        )
+        .filter(site::Column::SyncId.eq(sync_id_i32(site.sync_id)))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(Applied {
+        acked_seq: batch.last_seq,
+        applied,
+    })
+}
+
+fn to_i64(value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::invalid("upstream_batch.last_seq", "is out of range"))
+}
+
+/// The batch's sequence numbers must be dense and match its records.
+fn check_shape(batch: &UpstreamBatch) -> Result<()> {
+    if batch.records.is_empty() {
+        return Err(Error::invalid(
+            "upstream_batch.records",
+            "must not be empty",
+        ));
+    }
+    if batch.first_seq == 0 {
+        return Err(Error::invalid(
+            "upstream_batch.first_seq",
+            "sequences start at 1",
+        ));
+    }
+    let expected = batch.last_seq.checked_sub(batch.first_seq).map(|d| d + 1);
+    if expected != Some(batch.records.len() as u64) {
+        return Err(Error::invalid(
+            "upstream_batch",
+            format!(
+                "first_seq {} to last_seq {} does not match its {} records",
+                batch.first_seq,
+                batch.last_seq,
+                batch.records.len()
+            ),
+        ));
+    }
+    to_i64(batch.last_seq)?;
+    Ok(())
+}
+
+/// The site's acknowledged sequence, locking its row for this transaction.
+async fn lock_acked_seq<C: ConnectionTrait>(txn: &C, sync_id: u32) -> Result<u64> {
+    // FOR UPDATE on PostgreSQL; SQLite has no row locks and needs none (one writer).
+    let site = site::Entity::find_by_id(sync_id_i32(sync_id))
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or_else(|| {
+            Error::PermissionDenied(format!(
+                "Sync ID {sync_id} is no longer in the master's sync-with list"
+            ))
+        })?;
+    Ok(u64::try_from(site.upstream_acked_seq).unwrap_or(0))
+}
+
+fn record_name(table: Table, id: &str, seq: u64) -> String {
+    format!(
+        "{} {id} (upstream sequence {seq})",
+        table.as_str_name().to_ascii_lowercase()
+    )
+}
+
+fn denied_store(table: Table, id: &str, seq: u64, store_id: &str, site: &SiteIdentity) -> Error {
+    Error::PermissionDenied(format!(
+        "{} belongs to store {store_id:?}, but Sync ID {} hosts store {:?}: a site may only send its own store's data; nothing of this batch was applied",
+        record_name(table, id, seq),
+        site.sync_id,
+        site.store_id
+    ))
+}
+
+/// Validates one record and files it under its table.
+fn collect(rows: &mut Rows, site: &SiteIdentity, seq: u64, record: SyncRecord) -> Result<()> {
+    let at = |field: &str| format!("upstream record {seq}: {field}");
+    match record.record {
+        Some(Record::StockLine(line)) => {
+            validate::uuid(&at("stock_line.id"), &line.id)?;
+            if line.store_id != site.store_id {
+                return Err(denied_store(
+                    Table::StockLine,
+                    &line.id,
+                    seq,
+                    &line.store_id,
+                    site,
+                ));
+            }
+            validate::uuid(&at("stock_line.item_id"), &line.item_id)?;
+            validate::optional_text(&at("stock_line.batch"), &line.batch, 64)?;
+            validate::date(&at("stock_line.expiry_date"), &line.expiry_date, true)?;
+            validate::pack_size(&at("stock_line.pack_size"), line.pack_size)?;
+            validate::quantity(
+                &at("stock_line.available_number_of_packs"),
+                line.available_number_of_packs,
+                0.0,
+            )?;
+            validate::quantity(
+                &at("stock_line.total_number_of_packs"),
+                line.total_number_of_packs,
+                0.0,
+            )?;
+            validate::quantity(
+                &at("stock_line.cost_price_per_pack"),
+                line.cost_price_per_pack,
+                0.0,
+            )?;
+            validate::quantity(
+                &at("stock_line.sell_price_per_pack"),
+                line.sell_price_per_pack,
+                0.0,
+            )?;
+            rows.stock_lines.push(line.into());
+        }
+        Some(Record::Invoice(mut invoice)) => {
+            validate::uuid(&at("invoice.id"), &invoice.id)?;
+            if invoice.store_id != site.store_id {
+                return Err(denied_store(
+                    Table::Invoice,
+                    &invoice.id,
+                    seq,
+                    &invoice.store_id,
+                    site,
+                ));
+            }
+            validate::uuid(&at("invoice.name_id"), &invoice.name_id)?;
+            if invoice.kind() == storesync_shared::proto::v1::InvoiceKind::Unspecified {
+                return Err(Error::invalid(
+                    &at("invoice.kind"),
+                    "must be a known invoice kind",
+                ));
+            }
+            validate::optional_text(&at("invoice.reference"), &invoice.reference, 256)?;
+            invoice.lines.clear();
+            rows.invoices.push(invoice.into());
+        }
+        Some(Record::InvoiceLine(line)) => {
+            validate::uuid(&at("invoice_line.id"), &line.id)?;
+            if line.store_id != site.store_id {
+                return Err(denied_store(
+                    Table::InvoiceLine,
+                    &line.id,
+                    seq,
+                    &line.store_id,
+                    site,
+                ));
+            }
+            validate::uuid(&at("invoice_line.invoice_id"), &line.invoice_id)?;
+            validate::uuid(&at("invoice_line.item_id"), &line.item_id)?;
+            validate::optional_text(&at("invoice_line.batch"), &line.batch, 64)?;
+            validate::date(&at("invoice_line.expiry_date"), &line.expiry_date, true)?;
+            validate::pack_size(&at("invoice_line.pack_size"), line.pack_size)?;
+            if !line.number_of_packs.is_finite()
+                || line.number_of_packs.abs() > validate::MAX_QUANTITY
+            {
+                return Err(Error::invalid(
+                    &at("invoice_line.number_of_packs"),
+                    "is out of range",
+                ));
+            }
+            validate::quantity(
+                &at("invoice_line.cost_price_per_pack"),
+                line.cost_price_per_pack,
+                0.0,
+            )?;
+            validate::quantity(
+                &at("invoice_line.sell_price_per_pack"),
+                line.sell_price_per_pack,
+                0.0,
+            )?;
+            rows.invoice_lines.push(line.into());
+        }
+        Some(Record::Deleted(reference)) => {
+            validate::uuid(&at("deleted.id"), &reference.id)?;
+            match reference.table() {
+                Table::StockLine | Table::Invoice | Table::InvoiceLine => {
+                    rows.deletes.push(reference)
+                }
+                other => return Err(master_data_denied(other, &reference.id, seq, site)),
+            }
+        }
+        Some(Record::Item(item)) => {
+            return Err(master_data_denied(Table::Item, &item.id, seq, site))
+        }
+        Some(Record::Name(name)) => {
+            return Err(master_data_denied(Table::Name, &name.id, seq, site))
+        }
+        Some(Record::Store(store)) => {
+            return Err(master_data_denied(Table::Store, &store.id, seq, site))
+        }
+        None => return Err(Error::invalid(&at("record"), "is empty")),
+    }
+    Ok(())
+}
+
+fn master_data_denied(table: Table, id: &str, seq: u64, site: &SiteIdentity) -> Error {
+    Error::PermissionDenied(format!(
+        "{} is master data, which only the master may change (Sync ID {} sent it); nothing of this batch was applied",
+        record_name(table, id, seq),
+        site.sync_id
+    ))
+}
+
+/// No id of the batch may already belong to another store's row: an upsert by
+/// id would otherwise move that row into this site's store.
+async fn check_ids_not_foreign<C: ConnectionTrait>(
+    txn: &C,
+    site: &SiteIdentity,
+    rows: &Rows,
+) -> Result<()> {
+    async fn check<E, C>(
+        txn: &C,
+        site: &SiteIdentity,
+        table: Table,
+        ids: Vec<String>,
+        id_col: E::Column,
+        store_col: E::Column,
+    ) -> Result<()>
+    where
+        E: EntityTrait,
+        C: ConnectionTrait,
+    {
+        for chunk in ids.chunks(500) {
+            let foreign: Option<(String, String)> = E::find()
+                .select_only()
+                .column(id_col)
+                .column(store_col)
+                .filter(id_col.is_in(chunk.iter().cloned()))
+                .filter(store_col.ne(site.store_id.clone()))
+                .into_tuple()
+                .one(txn)
+                .await?;
+            if let Some((id, store_id)) = foreign {
+                return Err(Error::PermissionDenied(format!(
+                    "{} {id} already exists in store {store_id:?}; Sync ID {} may not change it; nothing of this batch was applied",
+                    table.as_str_name().to_ascii_lowercase(),
+                    site.sync_id
+                )));
+            }
+        }
+        Ok(())
+    }
+    let mut stock_ids: HashSet<String> = rows.stock_lines.iter().map(|r| r.id.clone()).collect();
+    let mut invoice_ids: HashSet<String> = rows.invoices.iter().map(|r| r.id.clone()).collect();
+    let mut line_ids: HashSet<String> = rows.invoice_lines.iter().map(|r| r.id.clone()).collect();
+    for deleted in &rows.deletes {
+        match deleted.table() {
+            Table::StockLine => stock_ids.insert(deleted.id.clone()),
+            Table::Invoice => invoice_ids.insert(deleted.id.clone()),
+            _ => line_ids.insert(deleted.id.clone()),
+        };
+    }
+    check::<stock_line::Entity, _>(
+        txn,
+        site,
+        Table::StockLine,
+        stock_ids.into_iter().collect(),
+        stock_line::Column::Id,
+        stock_line::Column::StoreId,
+    )
+    .await?;
+    check::<invoice::Entity, _>(
+        txn,
+        site,
+        Table::Invoice,
+        invoice_ids.into_iter().collect(),
+        invoice::Column::Id,
+        invoice::Column::StoreId,
+    )
+    .await?;
+    check::<invoice_line::Entity, _>(
+        txn,
+        site,
+        Table::InvoiceLine,
+        line_ids.into_iter().collect(),
+        invoice_line::Column::Id,
+        invoice_line::Column::StoreId,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Upserts the batch's rows (whole-row replace: the site is their only writer)
+/// and applies its deletes.
+async fn write_rows<C: ConnectionTrait>(txn: &C, site: &SiteIdentity, rows: Rows) -> Result<()> {
+    upsert::all::<stock_line::Entity, _>(txn, rows.stock_lines, |r| &r.id).await?;
+    upsert::all::<invoice::Entity, _>(txn, rows.invoices, |r| &r.id).await?;
+    upsert::all::<invoice_line::Entity, _>(txn, rows.invoice_lines, |r| &r.id).await?;
+    for deleted in rows.deletes {
+        match deleted.table() {
+            Table::StockLine => {
+                stock_line::Entity::delete_many()
+                    .filter(stock_line::Column::Id.eq(deleted.id))
+                    .filter(stock_line::Column::StoreId.eq(site.store_id.clone()))
+                    .exec(txn)
+                    .await?;
+            }
+            Table::Invoice => {
+                invoice::Entity::delete_many()
+                    .filter(invoice::Column::Id.eq(deleted.id))
+                    .filter(invoice::Column::StoreId.eq(site.store_id.clone()))
+                    .exec(txn)
+                    .await?;
+            }
+            _ => {
+                invoice_line::Entity::delete_many()
+                    .filter(invoice_line::Column::Id.eq(deleted.id))
+                    .filter(invoice_line::Column::StoreId.eq(site.store_id.clone()))
+                    .exec(txn)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
