@@ -18,7 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod cluster;
 pub mod master;
+pub mod proxy;
 
 /// Path of a workspace binary built alongside the tests.
 pub fn bin_path(name: &str, override_var: &str) -> PathBuf {

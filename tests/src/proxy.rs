@@ -1,0 +1,135 @@
+//! A TCP proxy the tests control: it forwards loopback connections to a
+//! target that can change (a restarted master), and can cut every link once a
+//! chosen number of bytes has passed in either direction, mid-message.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A running proxy. Dropping it stops accepting and cuts every link.
+pub struct Proxy {
+    /// Where satellites connect.
+    pub addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
+    /// Bytes left before every link is cut (u64::MAX: never).
+    cut_after: Arc<AtomicU64>,
+    /// Cuts counted so far.
+    cuts: Arc<AtomicU64>,
+    refusing: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// Starts a proxy on 127.0.0.1 to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let target = Arc::new(Mutex::new(target));
+        let cut_after = Arc::new(AtomicU64::new(u64::MAX));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let refusing = Arc::new(AtomicBool::new(false));
+        let (stop, stop_rx) = watch::channel(false);
+        let (t, c, n, r) = (target.clone(), cut_after.clone(), cuts.clone(), refusing.clone());
+        tokio::spawn(async move {
+            let mut stop_rx = stop_rx;
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = stop_rx.changed() => return,
+                };
+                let Ok((inbound, _)) = accepted else { continue };
+                if r.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let to = *t.lock().expect("target lock");
+                let (c, n, stop_rx) = (c.clone(), n.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    if let Ok(outbound) = TcpStream::connect(to).await {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        link(inbound, outbound, c, n, stop_rx).await;
+                    }
+                });
+            }
+        });
+        Self { addr, target, cut_after, cuts, refusing, stop }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends new connections to `target` from now on.
+    pub fn set_target(&self, target: SocketAddr) {
+        *self.target.lock().expect("target lock") = target;
+    }
+
+    /// Cuts the links once `bytes` more bytes have passed (both directions together).
+    pub fn cut_after(&self, bytes: u64) {
+        self.cut_after.store(bytes, Ordering::SeqCst);
+    }
+
+    /// How many links have been cut so far.
+    pub fn cuts(&self) -> u64 {
+        self.cuts.load(Ordering::SeqCst)
+    }
+
+    /// While true, new connections are closed at once (a link that is down).
+    pub fn refuse(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+async fn link(inbound: TcpStream, outbound: TcpStream, cut_after: Arc<AtomicU64>, cuts: Arc<AtomicU64>, mut stop: watch::Receiver<bool>) {
+    let (mut in_read, mut in_write) = inbound.into_split();
+    let (mut out_read, mut out_write) = outbound.into_split();
+    let up = pump(&mut in_read, &mut out_write, &cut_after, &cuts);
+    let down = pump(&mut out_read, &mut in_write, &cut_after, &cuts);
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = stop.changed() => {}
+    }
+}
+
+/// Copies until EOF, an error, or the cut budget runs out (then cuts mid-buffer).
+async fn pump<R, W>(from: &mut R, to: &mut W, cut_after: &AtomicU64, cuts: &AtomicU64)
+where
+    R: AsyncReadExt + Unpin,
+    W: AsyncWriteExt + Unpin,
+{
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let budget = cut_after.load(Ordering::SeqCst);
+        if budget != u64::MAX {
+            if (n as u64) >= budget {
+                // Forward only part of this read, then drop the link.
+                let part = usize::try_from(budget).unwrap_or(0);
+                let _ = to.write_all(&buffer[..part]).await;
+                cut_after.store(u64::MAX, Ordering::SeqCst);
+                cuts.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            cut_after.fetch_sub(n as u64, Ordering::SeqCst);
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
