@@ -301,3 +301,72 @@ async fn upstream_batches_apply_exactly_once_and_only_for_the_own_store() {
         assert_eq!(stock_line::Entity::find().count(&db).await.unwrap(), 4);
     }
 }
+
+/// Tombstones (and every other entry) stay until every initialised site has
+/// acknowledged past them; sites still to initialise start from a snapshot.
+#[tokio::test]
+async fn change_log_keeps_entries_until_every_initialised_site_acknowledged_them() {
+    use master_service::entities::change_log;
+    use master_service::sync::retention::prune;
+    use sea_orm::{ColumnTrait, QueryFilter};
+    for backend in
+        backends("change_log_keeps_entries_until_every_initialised_site_acknowledged_them")
+    {
+        let test_db = TestDb::new(backend);
+        let db = migrated(&test_db).await;
+        add_site(&db, 2, "2f1c7a4e-0000-4000-8000-0000000000a2").await;
+        add_site(&db, 3, "2f1c7a4e-0000-4000-8000-0000000000a3").await;
+        add_site(&db, 4, "2f1c7a4e-0000-4000-8000-0000000000a4").await;
+        for n in 0..10 {
+            let txn = db.begin().await.unwrap();
+            let record = if n == 6 {
+                SyncRecord {
+                    record: Some(Record::Deleted(RecordRef {
+                        table: Table::Item as i32,
+                        id: uuid::Uuid::new_v4().to_string(),
+                    })),
+                }
+            } else {
+                item_record(n)
+            };
+            changelog::append(&txn, &record).await.unwrap();
+            txn.commit().await.unwrap();
+        }
+        assert_eq!(
+            prune(&db).await.unwrap(),
+            0,
+            "no site is initialised: nothing is known to be safe"
+        );
+        for (sync_id, cursor) in [(2, 8), (3, 5)] {
+            let mut site: site::ActiveModel = site::Entity::find_by_id(sync_id)
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap()
+                .into();
+            site.downstream_cursor = Set(cursor);
+            site.initialised = Set(true);
+            site.update(&db).await.unwrap();
+        }
+        // Site 4 never initialised: it will get a snapshot and does not hold entries back.
+        assert_eq!(prune(&db).await.unwrap(), 5);
+        let left: Vec<i64> = change_log::Entity::find()
+            .all(&db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(left, vec![6, 7, 8, 9, 10]);
+        let tombstone = change_log::Entity::find()
+            .filter(change_log::Column::Deleted.eq(true))
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            tombstone.seq, 7,
+            "the delete is kept until site 3 acknowledges past it"
+        );
+    }
+}

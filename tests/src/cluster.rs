@@ -28,13 +28,22 @@ pub struct BasicAuth(MetadataValue<Ascii>);
 
 impl BasicAuth {
     pub fn new(user: &str, password: &str) -> Self {
-        Self(storesync_shared::auth::basic_header(user, password).parse().expect("header"))
+        Self(
+            storesync_shared::auth::basic_header(user, password)
+                .parse()
+                .expect("header"),
+        )
     }
 }
 
 impl tonic::service::Interceptor for BasicAuth {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
         Ok(request)
     }
 }
@@ -52,7 +61,10 @@ async fn connect(url: &str) -> Channel {
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// A running master.
@@ -77,7 +89,12 @@ impl Master {
         ]);
         vars.push(("STORESYNC_DATABASE_URL".into(), db.url()));
         vars.extend(env(extra));
-        let process = Process::spawn(&bin_path("master-service", "STORESYNC_MASTER_BIN"), "master", &[], &vars);
+        let process = Process::spawn(
+            &bin_path("master-service", "STORESYNC_MASTER_BIN"),
+            "master",
+            &[],
+            &vars,
+        );
         Self { process, env: vars }
     }
 
@@ -96,7 +113,12 @@ impl Master {
         // The port was just released; give the kernel a moment if it is still busy.
         for attempt in 0..20 {
             let result = std::panic::catch_unwind(|| {
-                Process::spawn(&bin_path("master-service", "STORESYNC_MASTER_BIN"), "master", &[], &vars)
+                Process::spawn(
+                    &bin_path("master-service", "STORESYNC_MASTER_BIN"),
+                    "master",
+                    &[],
+                    &vars,
+                )
             });
             match result {
                 Ok(process) => {
@@ -114,10 +136,15 @@ impl Master {
     }
 
     pub async fn channel(&self) -> Authed {
-        InterceptedService::new(connect(&self.url()).await, BasicAuth::new(OPERATOR_USER, OPERATOR_PASSWORD))
+        InterceptedService::new(
+            connect(&self.url()).await,
+            BasicAuth::new(OPERATOR_USER, OPERATOR_PASSWORD),
+        )
     }
 
-    pub async fn master_data(&self) -> pb::master_data_service_client::MasterDataServiceClient<Authed> {
+    pub async fn master_data(
+        &self,
+    ) -> pb::master_data_service_client::MasterDataServiceClient<Authed> {
         pb::master_data_service_client::MasterDataServiceClient::new(self.channel().await)
     }
 
@@ -133,7 +160,9 @@ impl Master {
     pub async fn unlock(&self) -> String {
         self.admin()
             .await
-            .unlock(pb::UnlockRequest { authorisation_code: AUTHORISATION_CODE.into() })
+            .unlock(pb::UnlockRequest {
+                authorisation_code: AUTHORISATION_CODE.into(),
+            })
             .await
             .expect("unlock")
             .into_inner()
@@ -147,14 +176,28 @@ impl Master {
             site: Some(pb::Site {
                 sync_id,
                 name: format!("Site {sync_id}"),
-                store: Some(pb::Store { id: String::new(), code: format!("S{sync_id}"), name: format!("Store {sync_id}"), sync_id }),
+                store: Some(pb::Store {
+                    id: String::new(),
+                    code: format!("S{sync_id}"),
+                    name: format!("Store {sync_id}"),
+                    sync_id,
+                }),
                 url: format!("http://127.0.0.1:{}", 50000 + sync_id),
                 enabled: true,
                 ..Default::default()
             }),
         });
-        request.metadata_mut().insert("x-unlock-token", token.parse().expect("token header"));
-        self.admin().await.add_site(request).await.expect("add site").into_inner().site.expect("site")
+        request
+            .metadata_mut()
+            .insert("x-unlock-token", token.parse().expect("token header"));
+        self.admin()
+            .await
+            .add_site(request)
+            .await
+            .expect("add site")
+            .into_inner()
+            .site
+            .expect("site")
     }
 }
 
@@ -188,8 +231,18 @@ impl Satellite {
         vars.push(("STORESYNC_DATABASE_URL".into(), db.url()));
         vars.extend(env(extra));
         let label = format!("satellite-{sync_id}");
-        let process = Process::spawn(&bin_path("satellite-agent", "STORESYNC_SATELLITE_BIN"), &label, &[], &vars);
-        Self { process, db, sync_id, env: vars }
+        let process = Process::spawn(
+            &bin_path("satellite-agent", "STORESYNC_SATELLITE_BIN"),
+            &label,
+            &[],
+            &vars,
+        );
+        Self {
+            process,
+            db,
+            sync_id,
+            env: vars,
+        }
     }
 
     /// Kills the satellite (SIGKILL) and starts it again on the same database.
@@ -201,7 +254,12 @@ impl Satellite {
     /// Starts the (stopped) satellite again on the same database.
     pub fn start_again(&mut self) {
         let label = format!("satellite-{}", self.sync_id);
-        self.process = Process::spawn(&bin_path("satellite-agent", "STORESYNC_SATELLITE_BIN"), &label, &[], &self.env);
+        self.process = Process::spawn(
+            &bin_path("satellite-agent", "STORESYNC_SATELLITE_BIN"),
+            &label,
+            &[],
+            &self.env,
+        );
     }
 
     /// Kills the satellite, deletes its database (a lost disk) and starts it again.
@@ -216,7 +274,10 @@ impl Satellite {
     }
 
     pub async fn channel(&self) -> Authed {
-        InterceptedService::new(connect(&self.process.url()).await, BasicAuth::new(OPERATOR_USER, OPERATOR_PASSWORD))
+        InterceptedService::new(
+            connect(&self.process.url()).await,
+            BasicAuth::new(OPERATOR_USER, OPERATOR_PASSWORD),
+        )
     }
 
     pub async fn store(&self) -> pb::store_service_client::StoreServiceClient<Authed> {
@@ -227,29 +288,44 @@ impl Satellite {
         pb::agent_service_client::AgentServiceClient::new(self.channel().await)
     }
 
-    pub async fn master_data(&self) -> pb::master_data_service_client::MasterDataServiceClient<Authed> {
+    pub async fn master_data(
+        &self,
+    ) -> pb::master_data_service_client::MasterDataServiceClient<Authed> {
         pb::master_data_service_client::MasterDataServiceClient::new(self.channel().await)
     }
 
     pub async fn status(&self) -> pb::AgentStatus {
-        self.agent().await.status(pb::AgentStatusRequest {}).await.expect("agent status").into_inner()
+        self.agent()
+            .await
+            .status(pb::AgentStatusRequest {})
+            .await
+            .expect("agent status")
+            .into_inner()
     }
 
     /// Waits until the satellite is initialised and reports its status.
     pub async fn wait_initialised(&self, limit: Duration) -> pb::AgentStatus {
-        crate::eventually(limit, &format!("satellite {} to initialise", self.sync_id), || async {
-            let status = self.status().await;
-            status.initialised.then_some(status)
-        })
+        crate::eventually(
+            limit,
+            &format!("satellite {} to initialise", self.sync_id),
+            || async {
+                let status = self.status().await;
+                status.initialised.then_some(status)
+            },
+        )
         .await
     }
 
     /// Waits until the outbox is empty (everything acknowledged by the master).
     pub async fn wait_drained(&self, limit: Duration) {
-        crate::eventually(limit, &format!("satellite {} to drain its outbox", self.sync_id), || async {
-            let status = self.status().await;
-            (status.initialised && status.upstream_backlog == 0).then_some(())
-        })
+        crate::eventually(
+            limit,
+            &format!("satellite {} to drain its outbox", self.sync_id),
+            || async {
+                let status = self.status().await;
+                (status.initialised && status.upstream_backlog == 0).then_some(())
+            },
+        )
         .await;
     }
 }
@@ -289,8 +365,16 @@ pub async fn store_data(db: &DatabaseConnection, store_id: &str) -> StoreData {
 /// Every item and name, sorted by id.
 pub async fn master_data(db: &DatabaseConnection) -> (Vec<item::Model>, Vec<name::Model>) {
     (
-        item::Entity::find().order_by_asc(item::Column::Id).all(db).await.expect("items"),
-        name::Entity::find().order_by_asc(name::Column::Id).all(db).await.expect("names"),
+        item::Entity::find()
+            .order_by_asc(item::Column::Id)
+            .all(db)
+            .await
+            .expect("items"),
+        name::Entity::find()
+            .order_by_asc(name::Column::Id)
+            .all(db)
+            .await
+            .expect("names"),
     )
 }
 
@@ -317,7 +401,10 @@ pub async fn create_items(master: &Master, prefix: &str, count: usize) -> Vec<pb
             active: true,
             ..Default::default()
         };
-        let stored = client.upsert_item(pb::UpsertItemRequest { item: Some(item) }).await.expect("upsert item");
+        let stored = client
+            .upsert_item(pb::UpsertItemRequest { item: Some(item) })
+            .await
+            .expect("upsert item");
         items.push(stored.into_inner().item.expect("item"));
     }
     items
@@ -337,7 +424,15 @@ pub async fn create_trading_partners(master: &Master, prefix: &str) -> (pb::Name
         };
         let request = pb::UpsertNameRequest { name: Some(name) };
         let mut client = client.clone();
-        async move { client.upsert_name(request).await.expect("upsert name").into_inner().name.expect("name") }
+        async move {
+            client
+                .upsert_name(request)
+                .await
+                .expect("upsert name")
+                .into_inner()
+                .name
+                .expect("name")
+        }
     };
     let supplier = make(format!("{prefix}SUP"), true).await;
     let customer = make(format!("{prefix}CUS"), false).await;
@@ -372,7 +467,13 @@ pub async fn goods_in(
         lines,
         ..Default::default()
     };
-    store.create_invoice(pb::CreateInvoiceRequest { invoice: Some(invoice) }).await.expect("supplier invoice").into_inner()
+    store
+        .create_invoice(pb::CreateInvoiceRequest {
+            invoice: Some(invoice),
+        })
+        .await
+        .expect("supplier invoice")
+        .into_inner()
 }
 
 /// Goods out: `packs` packs from `stock_line` to `customer`.
@@ -396,11 +497,20 @@ pub async fn goods_out(
         }],
         ..Default::default()
     };
-    store.create_invoice(pb::CreateInvoiceRequest { invoice: Some(invoice) }).await.map(tonic::Response::into_inner)
+    store
+        .create_invoice(pb::CreateInvoiceRequest {
+            invoice: Some(invoice),
+        })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// Waits until the satellite's copy of master data equals the master's.
-pub async fn wait_master_data_equal(master_db: &DatabaseConnection, satellite: &Satellite, limit: Duration) {
+pub async fn wait_master_data_equal(
+    master_db: &DatabaseConnection,
+    satellite: &Satellite,
+    limit: Duration,
+) {
     let satellite_db = satellite.db.connect().await;
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -416,7 +526,11 @@ pub async fn wait_master_data_equal(master_db: &DatabaseConnection, satellite: &
                 "satellite {}: item count differs from the master after {limit:?}",
                 satellite.sync_id
             );
-            assert_eq!(actual, expected, "satellite {}: master data differs after {limit:?}", satellite.sync_id);
+            assert_eq!(
+                actual, expected,
+                "satellite {}: master data differs after {limit:?}",
+                satellite.sync_id
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -424,16 +538,39 @@ pub async fn wait_master_data_equal(master_db: &DatabaseConnection, satellite: &
 
 /// Waits until the satellite has drained its outbox, then asserts that the
 /// master's copy of its store equals the satellite's, record by record.
-pub async fn assert_store_copies_equal(master_db: &DatabaseConnection, satellite: &Satellite, limit: Duration) -> StoreData {
+pub async fn assert_store_copies_equal(
+    master_db: &DatabaseConnection,
+    satellite: &Satellite,
+    limit: Duration,
+) -> StoreData {
     satellite.wait_drained(limit).await;
     let status = satellite.status().await;
     let store_id = status.store.expect("satellite reports its store").id;
     let satellite_db = satellite.db.connect().await;
     let local = store_data(&satellite_db, &store_id).await;
     let copy = store_data(master_db, &store_id).await;
-    assert_eq!(copy.stock_lines.len(), local.stock_lines.len(), "satellite {}: stock line count", satellite.sync_id);
-    assert_eq!(copy.invoices.len(), local.invoices.len(), "satellite {}: invoice count", satellite.sync_id);
-    assert_eq!(copy.invoice_lines.len(), local.invoice_lines.len(), "satellite {}: invoice line count", satellite.sync_id);
-    assert_eq!(copy, local, "satellite {}: the master's copy differs from the satellite's store data", satellite.sync_id);
+    assert_eq!(
+        copy.stock_lines.len(),
+        local.stock_lines.len(),
+        "satellite {}: stock line count",
+        satellite.sync_id
+    );
+    assert_eq!(
+        copy.invoices.len(),
+        local.invoices.len(),
+        "satellite {}: invoice count",
+        satellite.sync_id
+    );
+    assert_eq!(
+        copy.invoice_lines.len(),
+        local.invoice_lines.len(),
+        "satellite {}: invoice line count",
+        satellite.sync_id
+    );
+    assert_eq!(
+        copy, local,
+        "satellite {}: the master's copy differs from the satellite's store data",
+        satellite.sync_id
+    );
     local
 }

@@ -33,7 +33,12 @@ impl Proxy {
         let cuts = Arc::new(AtomicU64::new(0));
         let refusing = Arc::new(AtomicBool::new(false));
         let (stop, stop_rx) = watch::channel(false);
-        let (t, c, n, r) = (target.clone(), cut_after.clone(), cuts.clone(), refusing.clone());
+        let (t, c, n, r) = (
+            target.clone(),
+            cut_after.clone(),
+            cuts.clone(),
+            refusing.clone(),
+        );
         tokio::spawn(async move {
             let mut stop_rx = stop_rx;
             loop {
@@ -57,7 +62,14 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, target, cut_after, cuts, refusing, stop }
+        Self {
+            addr,
+            target,
+            cut_after,
+            cuts,
+            refusing,
+            stop,
+        }
     }
 
     /// `http://addr`.
@@ -92,7 +104,13 @@ impl Drop for Proxy {
     }
 }
 
-async fn link(inbound: TcpStream, outbound: TcpStream, cut_after: Arc<AtomicU64>, cuts: Arc<AtomicU64>, mut stop: watch::Receiver<bool>) {
+async fn link(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    cut_after: Arc<AtomicU64>,
+    cuts: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) {
     let (mut in_read, mut in_write) = inbound.into_split();
     let (mut out_read, mut out_write) = outbound.into_split();
     let up = pump(&mut in_read, &mut out_write, &cut_after, &cuts);

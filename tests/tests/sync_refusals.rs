@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use storesync_shared::proto::v1 as pb;
 use storesync_shared::proto::v1::sync_service_client::SyncServiceClient;
-use storesync_tests::cluster::{create_items, store_data, store_of, Master, Satellite, SYNC_PASSWORD, SYNC_USER};
+use storesync_tests::cluster::{
+    create_items, store_data, store_of, Master, Satellite, SYNC_PASSWORD, SYNC_USER,
+};
 use storesync_tests::{backends, eventually, TestDb};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,29 +33,72 @@ fn hello(sync_id: u32) -> pb::Hello {
     }
 }
 
-async fn open(master: &Master, sync_id: &str, user: &str, password: &str, hello: pb::Hello) -> Result<Session, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(master.url()).unwrap().connect().await.unwrap();
+async fn open(
+    master: &Master,
+    sync_id: &str,
+    user: &str,
+    password: &str,
+    hello: pb::Hello,
+) -> Result<Session, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(master.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = SyncServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(8);
-    tx.send(pb::SatelliteMessage { message: Some(pb::satellite_message::Message::Hello(hello)) }).await.unwrap();
+    tx.send(pb::SatelliteMessage {
+        message: Some(pb::satellite_message::Message::Hello(hello)),
+    })
+    .await
+    .unwrap();
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert("authorization", storesync_shared::auth::basic_header(user, password).parse().unwrap());
-    request.metadata_mut().insert("x-sync-id", sync_id.parse().unwrap());
+    request.metadata_mut().insert(
+        "authorization",
+        storesync_shared::auth::basic_header(user, password)
+            .parse()
+            .unwrap(),
+    );
+    request
+        .metadata_mut()
+        .insert("x-sync-id", sync_id.parse().unwrap());
     let mut inbound = client.sync(request).await?.into_inner();
     let first = inbound.message().await?.expect("a first message");
-    let Some(pb::master_message::Message::Welcome(welcome)) = first.message else { panic!("expected Welcome, got {first:?}") };
-    Ok(Session { tx, inbound, welcome })
+    let Some(pb::master_message::Message::Welcome(welcome)) = first.message else {
+        panic!("expected Welcome, got {first:?}")
+    };
+    Ok(Session {
+        tx,
+        inbound,
+        welcome,
+    })
 }
 
 /// Sends `records` as one batch and returns the status that ends the stream.
-async fn push_expecting_refusal(session: &mut Session, records: Vec<pb::SyncRecord>) -> tonic::Status {
+async fn push_expecting_refusal(
+    session: &mut Session,
+    records: Vec<pb::SyncRecord>,
+) -> tonic::Status {
     let first_seq = session.welcome.upstream_acked_seq + 1;
-    let batch = pb::UpstreamBatch { first_seq, last_seq: first_seq + records.len() as u64 - 1, records, trace_context: Default::default() };
-    session.tx.send(pb::SatelliteMessage { message: Some(pb::satellite_message::Message::UpstreamBatch(batch)) }).await.unwrap();
+    let batch = pb::UpstreamBatch {
+        first_seq,
+        last_seq: first_seq + records.len() as u64 - 1,
+        records,
+        trace_context: Default::default(),
+    };
+    session
+        .tx
+        .send(pb::SatelliteMessage {
+            message: Some(pb::satellite_message::Message::UpstreamBatch(batch)),
+        })
+        .await
+        .unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match session.inbound.message().await {
-                Ok(Some(pb::MasterMessage { message: Some(pb::master_message::Message::UpstreamAck(ack)) })) => {
+                Ok(Some(pb::MasterMessage {
+                    message: Some(pb::master_message::Message::UpstreamAck(ack)),
+                })) => {
                     panic!("the master acknowledged a batch it must refuse: {ack:?}")
                 }
                 Ok(Some(_)) => continue,
@@ -97,34 +142,64 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
         let store_3 = store_of(&db, 3).await;
 
         // Wrong password and wrong user name: UNAUTHENTICATED, one message.
-        let wrong_password = open(&master, "2", SYNC_USER, "not-the-password", hello(2)).await.err().unwrap();
-        let wrong_user = open(&master, "2", "mallory", SYNC_PASSWORD, hello(2)).await.err().unwrap();
+        let wrong_password = open(&master, "2", SYNC_USER, "not-the-password", hello(2))
+            .await
+            .err()
+            .unwrap();
+        let wrong_user = open(&master, "2", "mallory", SYNC_PASSWORD, hello(2))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(wrong_password.code(), tonic::Code::Unauthenticated);
         assert_eq!(wrong_user.code(), tonic::Code::Unauthenticated);
-        assert_eq!(wrong_password.message(), wrong_user.message(), "the message must not tell which part was wrong");
-        let no_sync_id = open(&master, "two", SYNC_USER, SYNC_PASSWORD, hello(2)).await.err().unwrap();
+        assert_eq!(
+            wrong_password.message(),
+            wrong_user.message(),
+            "the message must not tell which part was wrong"
+        );
+        let no_sync_id = open(&master, "two", SYNC_USER, SYNC_PASSWORD, hello(2))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(no_sync_id.code(), tonic::Code::Unauthenticated);
 
         // Unknown Sync ID and the master's own: PERMISSION_DENIED saying why.
-        let unknown = open(&master, "9", SYNC_USER, SYNC_PASSWORD, hello(9)).await.err().unwrap();
+        let unknown = open(&master, "9", SYNC_USER, SYNC_PASSWORD, hello(9))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(unknown.code(), tonic::Code::PermissionDenied);
         assert!(unknown.message().contains("Sync ID 9"), "{unknown:?}");
-        let own = open(&master, "1", SYNC_USER, SYNC_PASSWORD, hello(1)).await.err().unwrap();
+        let own = open(&master, "1", SYNC_USER, SYNC_PASSWORD, hello(1))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(own.code(), tonic::Code::PermissionDenied);
 
         // A Hello that claims another Sync ID than the credentials.
-        let forged = open(&master, "2", SYNC_USER, SYNC_PASSWORD, hello(3)).await.err().unwrap();
+        let forged = open(&master, "2", SYNC_USER, SYNC_PASSWORD, hello(3))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(forged.code(), tonic::Code::PermissionDenied, "{forged:?}");
 
         // A protocol version the master does not speak.
         let mut future = hello(2);
         future.protocol_version = 99;
-        let version = open(&master, "2", SYNC_USER, SYNC_PASSWORD, future).await.err().unwrap();
+        let version = open(&master, "2", SYNC_USER, SYNC_PASSWORD, future)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(version.code(), tonic::Code::FailedPrecondition);
-        assert!(version.message().contains("99") && version.message().contains('1'), "{version:?}");
+        assert!(
+            version.message().contains("99") && version.message().contains('1'),
+            "{version:?}"
+        );
 
         // Site 2 pushes store 3's record among its own: refused whole.
-        let mut session = open(&master, "2", SYNC_USER, SYNC_PASSWORD, hello(2)).await.unwrap();
+        let mut session = open(&master, "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+            .await
+            .unwrap();
         let own_record = stock_line(&store_2.id, &items[0].id);
         let foreign = stock_line(&store_3.id, &items[0].id);
         let foreign_id = match &foreign.record {
@@ -133,13 +208,24 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
         };
         let status = push_expecting_refusal(&mut session, vec![own_record, foreign]).await;
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
-        assert!(status.message().contains(&foreign_id), "the status names the record: {status:?}");
+        assert!(
+            status.message().contains(&foreign_id),
+            "the status names the record: {status:?}"
+        );
 
         // Site 2 pushes an item (master data): refused.
-        let mut session = open(&master, "2", SYNC_USER, SYNC_PASSWORD, hello(2)).await.unwrap();
+        let mut session = open(&master, "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+            .await
+            .unwrap();
         let mut item = items[0].clone();
         item.name = "Hijacked".into();
-        let status = push_expecting_refusal(&mut session, vec![pb::SyncRecord { record: Some(pb::sync_record::Record::Item(item)) }]).await;
+        let status = push_expecting_refusal(
+            &mut session,
+            vec![pb::SyncRecord {
+                record: Some(pb::sync_record::Record::Item(item)),
+            }],
+        )
+        .await;
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
         assert!(status.message().contains("master data"), "{status:?}");
 
@@ -150,13 +236,26 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
         assert_eq!(stored_items[0].name, items[0].name);
 
         // A real satellite with a wrong password shows why it cannot sync.
-        let satellite = Satellite::start(&master.url(), 3, "streaming", &[("STORESYNC_SYNC_PASSWORD", "wrong")]);
-        let status = eventually(Duration::from_secs(30), "the satellite to report the refusal", || async {
-            let status = satellite.status().await;
-            (!status.last_error.is_empty()).then_some(status)
-        })
+        let satellite = Satellite::start(
+            &master.url(),
+            3,
+            "streaming",
+            &[("STORESYNC_SYNC_PASSWORD", "wrong")],
+        );
+        let status = eventually(
+            Duration::from_secs(30),
+            "the satellite to report the refusal",
+            || async {
+                let status = satellite.status().await;
+                (!status.last_error.is_empty()).then_some(status)
+            },
+        )
         .await;
-        assert!(status.last_error.contains("invalid sync credentials"), "{}", status.last_error);
+        assert!(
+            status.last_error.contains("invalid sync credentials"),
+            "{}",
+            status.last_error
+        );
         assert!(!status.initialised);
     }
 }

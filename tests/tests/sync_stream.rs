@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use storesync_shared::proto::v1 as pb;
 use storesync_tests::cluster::{
-    assert_store_copies_equal, create_items, create_trading_partners, goods_in, goods_out, store_data, store_of,
-    wait_master_data_equal, Master, Satellite,
+    assert_store_copies_equal, create_items, create_trading_partners, goods_in, goods_out,
+    store_data, store_of, wait_master_data_equal, Master, Satellite,
 };
 use storesync_tests::proxy::Proxy;
 use storesync_tests::{backends, eventually, TestDb};
@@ -31,11 +31,16 @@ async fn master_data_fans_out_and_store_data_comes_back() {
         }
         let items = create_items(&master, "AMOX", 12).await;
         let (supplier, customer) = create_trading_partners(&master, "P").await;
-        let satellites: Vec<Satellite> =
-            [2, 3, 4].into_iter().map(|id| Satellite::start(&master.url(), id, "streaming", &[])).collect();
+        let satellites: Vec<Satellite> = [2, 3, 4]
+            .into_iter()
+            .map(|id| Satellite::start(&master.url(), id, "streaming", &[]))
+            .collect();
         for satellite in &satellites {
             let status = satellite.wait_initialised(LIMIT).await;
-            assert_eq!(status.store.as_ref().unwrap().code, format!("S{}", satellite.sync_id));
+            assert_eq!(
+                status.store.as_ref().unwrap().code,
+                format!("S{}", satellite.sync_id)
+            );
             wait_master_data_equal(&db, satellite, LIMIT).await;
         }
 
@@ -44,19 +49,46 @@ async fn master_data_fans_out_and_store_data_comes_back() {
         let mut renamed = items[0].clone();
         renamed.name = "Amoxicillin 500 mg capsule".into();
         renamed.active = false;
-        client.upsert_item(pb::UpsertItemRequest { item: Some(renamed) }).await.unwrap();
-        client.delete_item(pb::DeleteItemRequest { id: items[1].id.clone() }).await.unwrap();
+        client
+            .upsert_item(pb::UpsertItemRequest {
+                item: Some(renamed),
+            })
+            .await
+            .unwrap();
+        client
+            .delete_item(pb::DeleteItemRequest {
+                id: items[1].id.clone(),
+            })
+            .await
+            .unwrap();
         let extra = create_items(&master, "PARA", 2).await;
         for satellite in &satellites {
             wait_master_data_equal(&db, satellite, LIMIT).await;
-            let local = satellite.master_data().await.get_item(pb::GetItemRequest { id: items[1].id.clone() }).await;
-            assert_eq!(local.unwrap_err().code(), tonic::Code::NotFound, "a deleted item is gone on the satellite");
+            let local = satellite
+                .master_data()
+                .await
+                .get_item(pb::GetItemRequest {
+                    id: items[1].id.clone(),
+                })
+                .await;
+            assert_eq!(
+                local.unwrap_err().code(),
+                tonic::Code::NotFound,
+                "a deleted item is gone on the satellite"
+            );
         }
 
         // Each satellite trades; the master's copy of its store matches, and only its store.
         for (n, satellite) in satellites.iter().enumerate() {
             let mut store = satellite.store().await;
-            let received = goods_in(&mut store, &supplier, &[items[2].clone(), extra[0].clone()], 10.0 + n as f64, "GRN").await;
+            let received = goods_in(
+                &mut store,
+                &supplier,
+                &[items[2].clone(), extra[0].clone()],
+                10.0 + n as f64,
+                "GRN",
+            )
+            .await;
             let line = received.stock_lines.first().unwrap();
             goods_out(&mut store, &customer, line, 3.0).await.unwrap();
         }
@@ -79,21 +111,49 @@ async fn master_data_fans_out_and_store_data_comes_back() {
         assert_eq!(own_data.stock_lines[0].id, received.stock_lines[0].id);
         for satellite in &satellites {
             let local = store_data(&satellite.db.connect().await, &own_store.id).await;
-            assert!(local.stock_lines.is_empty(), "the master's own store data stays on the master");
+            assert!(
+                local.stock_lines.is_empty(),
+                "the master's own store data stays on the master"
+            );
         }
-        let all_lines = storesync_shared::entities::stock_line::Entity::find().count(&db).await.unwrap();
-        assert_eq!(all_lines as usize, rows_seen + 1, "the master holds every store's data and nothing else");
+        let all_lines = storesync_shared::entities::stock_line::Entity::find()
+            .count(&db)
+            .await
+            .unwrap();
+        assert_eq!(
+            all_lines as usize,
+            rows_seen + 1,
+            "the master holds every store's data and nothing else"
+        );
     }
 }
 
 use sea_orm::{EntityTrait, PaginatorTrait};
 
 /// Builds a backlog of `invoices` supplier invoices of `lines` lines each.
-async fn build_backlog(satellite: &Satellite, supplier: &pb::Name, items: &[pb::Item], invoices: usize) {
+async fn build_backlog(
+    satellite: &Satellite,
+    supplier: &pb::Name,
+    items: &[pb::Item],
+    invoices: usize,
+) {
     let mut store = satellite.store().await;
     for n in 0..invoices {
-        let chosen: Vec<pb::Item> = items.iter().cycle().skip(n % items.len()).take(5).cloned().collect();
-        goods_in(&mut store, supplier, &chosen, 1.0 + (n % 7) as f64, &format!("INV{n}")).await;
+        let chosen: Vec<pb::Item> = items
+            .iter()
+            .cycle()
+            .skip(n % items.len())
+            .take(5)
+            .cloned()
+            .collect();
+        goods_in(
+            &mut store,
+            supplier,
+            &chosen,
+            1.0 + (n % 7) as f64,
+            &format!("INV{n}"),
+        )
+        .await;
     }
 }
 
@@ -118,7 +178,10 @@ async fn satellite_killed_during_upstream_backlog_loses_and_repeats_nothing() {
         proxy.cut_after(0);
         build_backlog(&satellite, &supplier, &items, 250).await;
         let backlog = satellite.status().await.upstream_backlog;
-        assert!(backlog >= 250 * 11, "expected a large backlog, have {backlog}");
+        assert!(
+            backlog >= 250 * 11,
+            "expected a large backlog, have {backlog}"
+        );
 
         for round in 0..2 {
             proxy.refuse(false);
@@ -127,7 +190,9 @@ async fn satellite_killed_during_upstream_backlog_loses_and_repeats_nothing() {
             tokio::time::sleep(Duration::from_millis(150 + 100 * round)).await;
             satellite.process.kill();
             let acked = master_site_acked(&db, 2).await;
-            eprintln!("round {round}: killed the satellite with the master at upstream sequence {acked}");
+            eprintln!(
+                "round {round}: killed the satellite with the master at upstream sequence {acked}"
+            );
             satellite.start_again();
         }
         assert_store_copies_equal(&db, &satellite, LIMIT).await;
@@ -160,7 +225,8 @@ mod master_site {
             ))
             .await
             .unwrap();
-        row.map(|r| r.try_get::<bool>("", "connected").unwrap()).unwrap_or(false)
+        row.map(|r| r.try_get::<bool>("", "connected").unwrap())
+            .unwrap_or(false)
     }
 }
 
@@ -177,8 +243,17 @@ async fn master_killed_during_transfer_loses_and_repeats_nothing() {
         let items = create_items(&master, "MET", 10).await;
         let (supplier, _) = create_trading_partners(&master, "M").await;
         let proxy = Proxy::start(master.process.addr).await;
-        let satellites: Vec<Satellite> =
-            [2, 3].into_iter().map(|id| Satellite::start(&proxy.url(), id, "streaming", &[("STORESYNC_UPSTREAM_BATCH_RECORDS", "50")])).collect();
+        let satellites: Vec<Satellite> = [2, 3]
+            .into_iter()
+            .map(|id| {
+                Satellite::start(
+                    &proxy.url(),
+                    id,
+                    "streaming",
+                    &[("STORESYNC_UPSTREAM_BATCH_RECORDS", "50")],
+                )
+            })
+            .collect();
         for satellite in &satellites {
             satellite.wait_initialised(LIMIT).await;
         }
@@ -194,7 +269,11 @@ async fn master_killed_during_transfer_loses_and_repeats_nothing() {
         proxy.refuse(false);
         tokio::time::sleep(Duration::from_millis(200)).await;
         master.process.kill();
-        eprintln!("killed the master at upstream sequence {} / {}", master_site_acked(&db, 2).await, master_site_acked(&db, 3).await);
+        eprintln!(
+            "killed the master at upstream sequence {} / {}",
+            master_site_acked(&db, 2).await,
+            master_site_acked(&db, 3).await
+        );
         master.start_again();
         proxy.set_target(master.process.addr);
 
@@ -217,7 +296,12 @@ async fn link_cut_mid_batch_resumes_exactly_once() {
         let items = create_items(&master, "CUT", 10).await;
         let (supplier, _) = create_trading_partners(&master, "C").await;
         let proxy = Proxy::start(master.process.addr).await;
-        let satellite = Satellite::start(&proxy.url(), 2, "streaming", &[("STORESYNC_UPSTREAM_BATCH_RECORDS", "100")]);
+        let satellite = Satellite::start(
+            &proxy.url(),
+            2,
+            "streaming",
+            &[("STORESYNC_UPSTREAM_BATCH_RECORDS", "100")],
+        );
         satellite.wait_initialised(LIMIT).await;
         proxy.refuse(true);
         proxy.cut_after(0);
@@ -245,7 +329,10 @@ async fn link_cut_mid_batch_resumes_exactly_once() {
             }
         }
         eprintln!("{cuts} links cut mid-stream");
-        assert!(cuts >= 3, "the proxy should have cut the link at least three times, cut {cuts}");
+        assert!(
+            cuts >= 3,
+            "the proxy should have cut the link at least three times, cut {cuts}"
+        );
         wait_master_data_equal(&db, &satellite, LIMIT).await;
         assert_store_copies_equal(&db, &satellite, LIMIT).await;
     }
@@ -270,16 +357,28 @@ async fn satellite_with_a_lost_disk_reinitialises_and_its_new_writes_arrive() {
 
         satellite.restart_with_empty_disk();
         let status = satellite.wait_initialised(LIMIT).await;
-        assert_eq!(status.upstream_last_seq as i64, acked_before, "the new outbox continues after the master's sequence");
+        assert_eq!(
+            status.upstream_last_seq as i64, acked_before,
+            "the new outbox continues after the master's sequence"
+        );
         let restored = store_data(&satellite.db.connect().await, &status.store.unwrap().id).await;
-        assert_eq!(restored, before, "the re-initialised satellite has its store's data back, record by record");
+        assert_eq!(
+            restored, before,
+            "the re-initialised satellite has its store's data back, record by record"
+        );
         wait_master_data_equal(&db, &satellite, LIMIT).await;
 
         let mut store = satellite.store().await;
         let line = before.stock_lines[0].clone();
-        goods_out(&mut store, &customer, &line.into(), 1.0).await.unwrap();
+        goods_out(&mut store, &customer, &line.into(), 1.0)
+            .await
+            .unwrap();
         let after = assert_store_copies_equal(&db, &satellite, LIMIT).await;
-        assert_eq!(after.invoices.len(), before.invoices.len() + 1, "the write after re-initialisation reached the master");
+        assert_eq!(
+            after.invoices.len(),
+            before.invoices.len() + 1,
+            "the write after re-initialisation reached the master"
+        );
         assert!(master_site_acked(&db, 5).await > acked_before);
     }
 }
@@ -294,7 +393,10 @@ async fn concurrent_master_data_writers_miss_nothing() {
         let db = master_db.connect().await;
         master.add_site(2).await;
         master.add_site(3).await;
-        let satellites: Vec<Satellite> = [2, 3].into_iter().map(|id| Satellite::start(&master.url(), id, "streaming", &[])).collect();
+        let satellites: Vec<Satellite> = [2, 3]
+            .into_iter()
+            .map(|id| Satellite::start(&master.url(), id, "streaming", &[]))
+            .collect();
         for satellite in &satellites {
             satellite.wait_initialised(LIMIT).await;
         }
@@ -312,11 +414,22 @@ async fn concurrent_master_data_writers_miss_nothing() {
                         active: true,
                         ..Default::default()
                     };
-                    let stored = client.upsert_item(pb::UpsertItemRequest { item: Some(item) }).await.unwrap().into_inner().item.unwrap();
+                    let stored = client
+                        .upsert_item(pb::UpsertItemRequest { item: Some(item) })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .item
+                        .unwrap();
                     if n % 5 == 0 {
                         let mut changed = stored.clone();
                         changed.default_pack_size = 60;
-                        client.upsert_item(pb::UpsertItemRequest { item: Some(changed) }).await.unwrap();
+                        client
+                            .upsert_item(pb::UpsertItemRequest {
+                                item: Some(changed),
+                            })
+                            .await
+                            .unwrap();
                     }
                 }
             }));
@@ -349,20 +462,38 @@ async fn interval_mode_syncs_each_interval_and_disconnects_between() {
         wait_master_data_equal(&db, &satellite, LIMIT).await;
 
         // Between sessions: no connection on either side.
-        eventually(Duration::from_secs(10), "the satellite to wait between sessions", || async {
-            (satellite.status().await.state == pb::ConnectionState::Waiting as i32).then_some(())
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the satellite to wait between sessions",
+            || async {
+                (satellite.status().await.state == pb::ConnectionState::Waiting as i32)
+                    .then_some(())
+            },
+        )
         .await;
-        assert!(!master_site::site_connected(&db, 7).await, "the master holds no session between intervals");
+        assert!(
+            !master_site::site_connected(&db, 7).await,
+            "the master holds no session between intervals"
+        );
 
         // Changes both ways arrive within about one interval.
         let started = std::time::Instant::now();
         let extra = create_items(&master, "INTB", 1).await;
-        goods_in(&mut satellite.store().await, &supplier, &[items[0].clone(), extra[0].clone()], 4.0, "INTERVAL").await;
+        goods_in(
+            &mut satellite.store().await,
+            &supplier,
+            &[items[0].clone(), extra[0].clone()],
+            4.0,
+            "INTERVAL",
+        )
+        .await;
         wait_master_data_equal(&db, &satellite, Duration::from_secs(15)).await;
         assert_store_copies_equal(&db, &satellite, Duration::from_secs(15)).await;
         let took = started.elapsed();
         eprintln!("interval exchange took {took:?} with a 3 s interval");
-        assert!(took < Duration::from_secs(12), "changes took {took:?}, more than a few intervals");
+        assert!(
+            took < Duration::from_secs(12),
+            "changes took {took:?}, more than a few intervals"
+        );
     }
 }

@@ -15,6 +15,7 @@
 //! "sync with" list and credentials (`admin`; this module only reads them).
 
 pub mod downstream;
+pub mod retention;
 pub mod status;
 pub mod upstream;
 

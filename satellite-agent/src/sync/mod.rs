@@ -335,7 +335,7 @@ async fn session(
                             tracing::info!(cursor = end_cursor, "initialised from the master's snapshot");
                         }
                         let init_records_done = progress.map(|p| p.records_done).unwrap_or(0);
-                        send(&tx, satellite_message::Message::DownstreamAck(DownstreamAck { cursor: end_cursor, init_records_done })).await?;
+                        send(&tx, satellite_message::Message::DownstreamAck(DownstreamAck { cursor: end_cursor, init_records_done, initialisation_complete: applied.initialised })).await?;
                         handle.set_synced();
                     }
                     Some(master_message::Message::UpstreamAck(ack)) => {
