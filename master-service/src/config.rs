@@ -188,9 +188,9 @@ fn invalid(key: &str, value: &str, why: &str) -> Error {
     Error::Config(format!("{} = {value:?}: {why}", spelled(key)))
 }
 
-fn parse_number<T: std::str::FromStr>(key: &str, value: &str, range: (T, T)) -> Result<T>
+fn parse_number<T>(key: &str, value: &str, range: (T, T)) -> Result<T>
 where
-    T: PartialOrd + std::fmt::Display + Copy,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     let parsed: T = value.trim().parse().map_err(|_| {
         invalid(

@@ -126,6 +126,8 @@ pub async fn serve(
     set_health(&health, ServingStatus::NotServing).await;
     let _ = shutdown_tx.send(true);
     let _ = stop_tx.send(());
+    // The limit matters: hyper >= 1.5.1 can keep a graceful shutdown waiting on
+    // an idle HTTP/2 client connection (hyperium/hyper#4170), not only on calls.
     let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
     tracing::info!(?grace, "draining");
     match tokio::time::timeout(grace, &mut server).await {

@@ -65,7 +65,7 @@ pub fn check_url(field: &str, value: &str) -> Result<()> {
             format!("{value:?} must start with http:// or https://"),
         ));
     }
-    if parsed.host_str().map_or(true, str::is_empty) {
+    if parsed.host_str().is_none_or(str::is_empty) {
         return Err(Error::invalid(field, format!("{value:?} has no host")));
     }
     Ok(())
