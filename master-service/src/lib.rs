@@ -1,11 +1,170 @@
-//! The storesync master.
+//! The storesync master: master data, the "sync with" list and the locked sync
+//! preferences, every store's data, and (in `sync`) the sync stream.
 //!
 //! # Layout
+//! - [`config`]: the one typed configuration, layered and checked at start.
+//! - [`error`]: the crate's error and its mapping to a gRPC status.
 //! - [`schema`], [`entities`]: the master's own tables (the common ones are in
 //!   `storesync_shared`).
+//! - [`bootstrap`]: first start: operator, authorisation code, preferences, site 1.
 //! - [`changelog`]: the gap-free log of master-data changes that the sync stream reads.
 //! - [`sync`]: the sync stream (`SyncService.Sync`): sessions, upstream apply, downstream and initialisation.
+//! - [`master_data`]: items and names (`MasterDataService`).
+//! - [`admin`]: `AdminService`, over [`sites`], [`preferences`], [`unlock`] and [`audit`].
+//! - [`settings`]: the `setting` table's keys.
+//!
+//! [`serve`] is what `main` and the tests run.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use sea_orm_migration::MigratorTrait;
+use storesync_shared::proto::v1::admin_service_server::AdminServiceServer;
+use storesync_shared::proto::v1::master_data_service_server::MasterDataServiceServer;
+use storesync_shared::server::{self, OperatorAuthLayer, MAX_MESSAGE_BYTES};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic_health::ServingStatus;
+
+pub mod admin;
+pub mod audit;
+pub mod bootstrap;
 pub mod changelog;
+pub mod config;
 pub mod entities;
+pub mod error;
+pub mod master_data;
+pub mod preferences;
 pub mod schema;
+pub mod settings;
+pub mod sites;
 pub mod sync;
+pub mod unlock;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+/// What every service of the master shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database: the only place the master keeps state, so replicas can
+    /// run side by side.
+    pub db: DatabaseConnection,
+    /// The checked configuration.
+    pub config: Arc<Config>,
+    /// Wakes the streams that tail the change log after a master-data commit.
+    pub notifier: changelog::ChangeNotifier,
+    /// Turns true when shutdown begins: long-lived streams should finish
+    /// their current batch and end, so the drain completes within the grace period.
+    pub shutting_down: watch::Receiver<bool>,
+}
+
+/// Opens the database, runs migrations and the first-start bootstrap, prints
+/// `storesync master listening on <addr>` and serves gRPC on `listener` until
+/// `shutdown` resolves; then drains for at most the configured grace period.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        what: "reading the listen address".into(),
+        source,
+    })?;
+    let db = storesync_shared::db::connect(&config.database_url, config.db_max_connections).await?;
+    schema::Migrator::up(&db, None).await?;
+    bootstrap::run(&db, &config, &mut std::io::stdout()).await?;
+
+    let (shutdown_tx, shutting_down) = watch::channel(false);
+    let state = AppState {
+        db: db.clone(),
+        config: Arc::new(config),
+        notifier: changelog::ChangeNotifier::default(),
+        shutting_down,
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let (reflection_v1, reflection_v1alpha) = server::reflection_services()
+        .map_err(|e| Error::internal(format!("building the reflection service: {e}")))?;
+    let admin = AdminServiceServer::new(admin::AdminApi::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let master_data = MasterDataServiceServer::new(master_data::MasterDataApi::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let sync = sync::SyncContext::new(
+        db.clone(),
+        state.notifier.clone(),
+        sync::SyncSettings {
+            heartbeat: Duration::from_secs(state.config.heartbeat_seconds),
+            ..sync::SyncSettings::default()
+        },
+    );
+    let retention = tokio::spawn(sync::retention::run(db.clone(), Duration::from_secs(600)));
+    set_health(&health, ServingStatus::Serving).await;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder()
+        .layer(OperatorAuthLayer::new(db.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(admin)
+        .add_service(master_data)
+        .add_service(sync.service());
+    let server = router.serve_with_incoming_shutdown(server::incoming(listener), async {
+        let _ = stop_rx.await;
+    });
+
+    // The test harness and operators wait for this line; the port is the real
+    // one when the configuration asked for port 0.
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "storesync master listening on {addr}");
+        let _ = stdout.flush();
+    }
+    tracing::info!(%addr, "serving");
+
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(Error::from),
+        () = shutdown => {}
+    }
+
+    // Probes see NOT_SERVING first; then stop accepting, and drain with a limit.
+    set_health(&health, ServingStatus::NotServing).await;
+    let _ = shutdown_tx.send(true);
+    // Sync sessions are long-lived: end them (UNAVAILABLE) so the drain can finish.
+    sync.shut_down();
+    retention.abort();
+    let _ = stop_tx.send(());
+    // The limit matters: hyper >= 1.5.1 can keep a graceful shutdown waiting on
+    // an idle HTTP/2 client connection (hyperium/hyper#4170), not only on calls.
+    let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
+    tracing::info!(?grace, "draining");
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!(
+            ?grace,
+            "calls still open after the grace period; stopping anyway"
+        ),
+    }
+    db.close().await.ok();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Sets the overall status and that of each storesync service.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for service in [
+        "",
+        "storesync.v1.AdminService",
+        "storesync.v1.MasterDataService",
+        "storesync.v1.SyncService",
+    ] {
+        health.set_service_status(service, status).await;
+    }
+}
