@@ -19,6 +19,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 pub mod master;
+pub mod satellite;
 
 /// Path of a workspace binary built alongside the tests.
 pub fn bin_path(name: &str, override_var: &str) -> PathBuf {
