@@ -10,15 +10,22 @@
 //! - [`auth`]: Basic credentials and argon2 hashes.
 //! - [`db`]: opening PostgreSQL or SQLite with the right settings.
 //! - [`upsert`]: ordered multi-row upserts of records from another site.
+//! - [`store_ops`]: a store's rules (invoices move stock, never below zero)
+//!   and its reads; [`store_service`]: the `StoreService` adapter over them,
+//!   with a [`store_service::StoreContext`] for what differs per site.
+//! - [`master_data_read`]: reading items and names (writing is the master's).
 //! - [`server`]: sockets, health, reflection, operator auth layer, shutdown signal.
 pub mod auth;
 pub mod convert;
 pub mod db;
 pub mod entities;
 pub mod error;
+pub mod master_data_read;
 pub mod proto;
 pub mod schema;
 pub mod server;
+pub mod store_ops;
+pub mod store_service;
 pub mod upsert;
 pub mod validate;
 

@@ -29,7 +29,7 @@ use storesync_shared::proto::v1::{
 };
 use storesync_shared::validate::now_ms;
 use storesync_shared::{auth, Error, Result};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::entities::{outbox as outbox_table, sync_state};
@@ -86,24 +86,42 @@ impl ClientSettings {
     }
 }
 
-/// Runs sync sessions until `shutdown` turns true.
-pub async fn run(
-    db: DatabaseConnection,
-    settings: ClientSettings,
-    handle: SyncHandle,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// The sync task of an opened satellite, for [`crate::serve`].
+pub fn start(satellite: &crate::Satellite) -> crate::SyncTask {
+    let config = &satellite.config;
+    let mode = match config.sync_mode {
+        crate::config::SyncMode::Streaming => SyncMode::Streaming,
+        crate::config::SyncMode::Interval => SyncMode::Interval,
+    };
+    let mut settings = ClientSettings::new(
+        config.master_url.as_str().trim_end_matches('/').to_owned(),
+        config.sync_id.get(),
+        config.sync_user.clone(),
+        config.sync_password.clone(),
+        mode,
+    );
+    settings.interval_minutes = config.sync_interval_minutes;
+    settings.interval_override = config.sync_interval_override;
+    settings.heartbeat = config.heartbeat;
+    settings.backoff_initial = config.backoff_initial;
+    settings.backoff_max = config.backoff_max;
+    settings.batch_records = config.upstream_batch_records;
+    Box::pin(run(satellite.db.clone(), settings, satellite.sync.clone()))
+}
+
+/// Runs sync sessions until the handle says the server is shutting down.
+pub async fn run(db: DatabaseConnection, settings: ClientSettings, handle: SyncHandle) {
     let mut failures: u32 = 0;
     let mut last_logged: Option<String> = None;
     let mut interval = settings.interval_minutes;
     loop {
-        if *shutdown.borrow() {
+        if handle.is_shutting_down() {
             break;
         }
         handle.set_state(ConnectionState::Connecting);
         let outcome = tokio::select! {
             outcome = session(&db, &settings, &handle, &mut interval) => outcome,
-            _ = shutdown.wait_for(|s| *s) => break,
+            () = handle.shutdown_requested() => break,
         };
         let wait = match outcome {
             Ok(()) => {
@@ -138,8 +156,8 @@ pub async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = handle.sync_now_requested() => {}
-            _ = shutdown.wait_for(|s| *s) => break,
+            () = handle.sync_now_requested() => {}
+            () = handle.shutdown_requested() => break,
         }
     }
     handle.set_state(ConnectionState::Disconnected);

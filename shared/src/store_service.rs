@@ -1,0 +1,154 @@
+//! `StoreService` over gRPC, for whichever site hosts a store.
+//!
+//! A thin adapter: it checks nothing itself beyond what [`crate::store_ops`]
+//! checks, opens the write transaction, and lets the site add its own step
+//! through [`StoreContext`] before commit. A satellite appends the changed
+//! records to its outbox there; the master, serving its own store (Sync ID 1),
+//! does nothing more. This module knows neither.
+
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use tonic::{Request, Response, Status};
+
+use crate::error::Result;
+use crate::proto::v1 as pb;
+use crate::proto::v1::store_service_server::StoreService;
+use crate::proto::v1::SyncRecord;
+use crate::server::Operator;
+use crate::{master_data_read, store_ops};
+
+/// What a site adds to the store operations.
+#[tonic::async_trait]
+pub trait StoreContext: Send + Sync + 'static {
+    /// The store this site hosts. A satellite answers FAILED_PRECONDITION
+    /// until the sync stream has initialised it. Called before the write
+    /// transaction opens (a SQLite pool has one connection).
+    async fn store_id(&self) -> Result<String>;
+
+    /// Runs inside the write transaction, after the change and before commit,
+    /// with every record created or changed. An error rolls the whole write back.
+    async fn after_write(&self, txn: &DatabaseTransaction, records: &[SyncRecord]) -> Result<()>;
+}
+
+/// The `StoreService` of one site.
+pub struct StoreServiceImpl<X> {
+    /// The site's database (store data and its copy of master data).
+    db: DatabaseConnection,
+    /// The site's own part (which store; outbox or not).
+    context: X,
+}
+
+impl<X: StoreContext> StoreServiceImpl<X> {
+    pub fn new(db: DatabaseConnection, context: X) -> Self {
+        Self { db, context }
+    }
+
+    /// The tonic server of this service, with the shared message size limits.
+    pub fn into_server(self) -> pb::store_service_server::StoreServiceServer<Self> {
+        pb::store_service_server::StoreServiceServer::new(self)
+            .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::server::MAX_MESSAGE_BYTES)
+    }
+}
+
+/// Who made the request, for the log.
+fn operator_of<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Operator>()
+        .map(|operator| operator.0.clone())
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl<X: StoreContext> StoreService for StoreServiceImpl<X> {
+    async fn create_invoice(
+        &self,
+        request: Request<pb::CreateInvoiceRequest>,
+    ) -> Result<Response<pb::CreateInvoiceResponse>, Status> {
+        let operator = operator_of(&request);
+        let store_id = self.context.store_id().await?;
+        let txn = self.db.begin().await.map_err(crate::Error::from)?;
+        let (response, records) =
+            store_ops::create_invoice(&txn, &store_id, request.into_inner()).await?;
+        self.context.after_write(&txn, &records).await?;
+        txn.commit().await.map_err(crate::Error::from)?;
+        if let Some(invoice) = &response.invoice {
+            tracing::info!(
+                %operator,
+                store_id,
+                invoice_id = %invoice.id,
+                kind = %crate::convert::kind_to_str(invoice.kind()),
+                number = invoice.invoice_number,
+                lines = invoice.lines.len(),
+                "invoice created"
+            );
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn get_invoice(
+        &self,
+        request: Request<pb::GetInvoiceRequest>,
+    ) -> Result<Response<pb::Invoice>, Status> {
+        let store_id = self.context.store_id().await?;
+        let invoice = store_ops::get_invoice(&self.db, &store_id, &request.get_ref().id).await?;
+        Ok(Response::new(invoice))
+    }
+
+    async fn list_invoices(
+        &self,
+        request: Request<pb::ListInvoicesRequest>,
+    ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
+        let store_id = self.context.store_id().await?;
+        let answer = store_ops::list_invoices(&self.db, &store_id, request.get_ref()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn list_stock(
+        &self,
+        request: Request<pb::ListStockRequest>,
+    ) -> Result<Response<pb::ListStockResponse>, Status> {
+        let store_id = self.context.store_id().await?;
+        let answer = store_ops::list_stock(&self.db, &store_id, request.get_ref()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn list_items(
+        &self,
+        request: Request<pb::ListItemsRequest>,
+    ) -> Result<Response<pb::ListItemsResponse>, Status> {
+        Ok(Response::new(
+            master_data_read::list_items(&self.db, request.get_ref()).await?,
+        ))
+    }
+
+    async fn list_names(
+        &self,
+        request: Request<pb::ListNamesRequest>,
+    ) -> Result<Response<pb::ListNamesResponse>, Status> {
+        Ok(Response::new(
+            master_data_read::list_names(&self.db, request.get_ref()).await?,
+        ))
+    }
+
+    async fn stock_on_hand(
+        &self,
+        request: Request<pb::StoreStockOnHandRequest>,
+    ) -> Result<Response<pb::StoreStockOnHandResponse>, Status> {
+        let store_id = self.context.store_id().await?;
+        let answer =
+            store_ops::stock_on_hand(&self.db, &store_id, &request.get_ref().item_code_prefix)
+                .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn expiring_stock(
+        &self,
+        request: Request<pb::StoreExpiringStockRequest>,
+    ) -> Result<Response<pb::StoreExpiringStockResponse>, Status> {
+        let store_id = self.context.store_id().await?;
+        let answer =
+            store_ops::expiring_stock(&self.db, &store_id, &request.get_ref().before).await?;
+        Ok(Response::new(answer))
+    }
+}
