@@ -12,6 +12,7 @@
 //! - [`master_data`]: items and names (`MasterDataService`).
 //! - [`admin`]: `AdminService`, over [`sites`], [`preferences`], [`unlock`] and [`audit`].
 //! - [`settings`]: the `setting` table's keys.
+//! - [`store`]: `StoreService` for the master's own store (Sync ID 1).
 //!
 //! [`serve`] is what `main` and the tests run.
 
@@ -40,6 +41,7 @@ pub mod preferences;
 pub mod schema;
 pub mod settings;
 pub mod sites;
+pub mod store;
 pub mod sync;
 pub mod unlock;
 
@@ -113,7 +115,11 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(admin)
         .add_service(master_data)
-        .add_service(sync.service());
+        .add_service(sync.service())
+        .add_service(
+            storesync_shared::store_service::StoreServiceImpl::new(db.clone(), store::MasterStore::new(db.clone()))
+                .into_server(),
+        );
     let server = router.serve_with_incoming_shutdown(server::incoming(listener), async {
         let _ = stop_rx.await;
     });
@@ -164,6 +170,7 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
         "storesync.v1.AdminService",
         "storesync.v1.MasterDataService",
         "storesync.v1.SyncService",
+        "storesync.v1.StoreService",
     ] {
         health.set_service_status(service, status).await;
     }

@@ -550,9 +550,11 @@ async fn inbound_loop(
                     status::initialisation(&ctx.db, sync_id, false, done, done).await;
                     tracing::info!(sync_id, records = done, "site initialised");
                 }
-                acks.send_replace(Acked {
-                    cursor: ack.cursor.max(acks.borrow().cursor),
-                    init_records_done: ack.init_records_done,
+                // send_modify, not send_replace(… acks.borrow() …): a read guard
+                // held while sending would deadlock on the watch's lock.
+                acks.send_modify(|acked| {
+                    acked.cursor = acked.cursor.max(ack.cursor);
+                    acked.init_records_done = ack.init_records_done;
                 });
                 status::synced(&ctx.db, sync_id, 0).await;
             }
