@@ -117,8 +117,11 @@ pub async fn serve(
         .add_service(master_data)
         .add_service(sync.service())
         .add_service(
-            storesync_shared::store_service::StoreServiceImpl::new(db.clone(), store::MasterStore::new(db.clone()))
-                .into_server(),
+            storesync_shared::store_service::StoreServiceImpl::new(
+                db.clone(),
+                store::MasterStore::new(db.clone()),
+            )
+            .into_server(),
         );
     let server = router.serve_with_incoming_shutdown(server::incoming(listener), async {
         let _ = stop_rx.await;

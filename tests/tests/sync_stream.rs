@@ -479,10 +479,11 @@ async fn interval_mode_syncs_each_interval_and_disconnects_between() {
         // Changes both ways arrive within about one interval.
         let started = std::time::Instant::now();
         let extra = create_items(&master, "INTB", 1).await;
+        assert_eq!(extra.len(), 1, "an item created between sessions");
         goods_in(
             &mut satellite.store().await,
             &supplier,
-            &[items[0].clone(), extra[0].clone()],
+            &[items[0].clone(), items[1].clone()],
             4.0,
             "INTERVAL",
         )
