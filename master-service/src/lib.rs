@@ -12,6 +12,7 @@
 //! - [`master_data`]: items and names (`MasterDataService`).
 //! - [`admin`]: `AdminService`, over [`sites`], [`preferences`], [`unlock`] and [`audit`].
 //! - [`settings`]: the `setting` table's keys.
+//! - [`report`]: `ReportService` (sync status of every site).
 //! - [`store`]: `StoreService` for the master's own store (Sync ID 1).
 //!
 //! [`serve`] is what `main` and the tests run.
@@ -38,6 +39,7 @@ pub mod entities;
 pub mod error;
 pub mod master_data;
 pub mod preferences;
+pub mod report;
 pub mod schema;
 pub mod settings;
 pub mod sites;
@@ -174,6 +176,7 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
         "storesync.v1.MasterDataService",
         "storesync.v1.SyncService",
         "storesync.v1.StoreService",
+        "storesync.v1.ReportService",
     ] {
         health.set_service_status(service, status).await;
     }

@@ -252,7 +252,7 @@ pub async fn create_invoice<C: ConnectionTrait>(
     }
 
     // Writes: the invoice, its lines, and the stock lines (new and changed).
-    let now = validate::now_ms();
+    let now = creation_time(txn, store_id).await?;
     let kind_text = kind_to_str(kind);
     let invoice_number = next_invoice_number(txn, store_id, kind_text).await?;
     let invoice_row = invoice::Model {
@@ -565,6 +565,21 @@ async fn next_invoice_number<C: ConnectionTrait>(
         .one(txn)
         .await?;
     Ok(highest.flatten().unwrap_or(0) + 1)
+}
+
+/// Now, but later than every invoice of the store so far: two invoices made in
+/// one millisecond still list newest first, and a clock stepped back does not
+/// reorder a store's history. Invoices of one store are written one at a time
+/// (SQLite has one writer; PostgreSQL writers hold the store's lock).
+async fn creation_time<C: ConnectionTrait>(txn: &C, store_id: &str) -> Result<i64> {
+    let latest: Option<Option<i64>> = invoice::Entity::find()
+        .select_only()
+        .column_as(invoice::Column::CreatedAtMs.max(), "latest")
+        .filter(invoice::Column::StoreId.eq(store_id))
+        .into_tuple()
+        .one(txn)
+        .await?;
+    Ok(validate::now_ms().max(latest.flatten().map_or(i64::MIN, |t| t + 1)))
 }
 
 /// One invoice of `store_id` with its lines (in the order they were sent).

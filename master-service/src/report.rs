@@ -1,0 +1,152 @@
+//! `ReportService`: reports across every store. `SyncStatus` is served now;
+//! the stock and activity reports answer UNIMPLEMENTED until they are built.
+
+use std::collections::HashMap;
+
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use storesync_shared::entities::store;
+use storesync_shared::proto::v1 as pb;
+use storesync_shared::proto::v1::report_service_server::ReportService;
+use storesync_shared::validate::now_ms;
+use storesync_shared::Result;
+use tonic::{Request, Response, Status};
+
+use crate::changelog;
+use crate::entities::{change_log, site, site_status};
+
+/// The tonic adapter.
+pub struct ReportApi {
+    db: DatabaseConnection,
+    /// A session silent for longer than this is shown as disconnected, even
+    /// if its process died without saying goodbye.
+    liveness_ms: i64,
+}
+
+impl ReportApi {
+    pub fn new(db: DatabaseConnection, heartbeat_seconds: u64) -> Self {
+        Self {
+            db,
+            liveness_ms: i64::try_from(heartbeat_seconds.saturating_mul(3000)).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// The sync state of every site in the "sync with" list, Sync ID order.
+pub async fn sync_status(
+    db: &DatabaseConnection,
+    liveness_ms: i64,
+) -> Result<Vec<pb::SiteSyncStatus>> {
+    let sites = site::Entity::find()
+        .filter(site::Column::SyncId.gt(1))
+        .order_by_asc(site::Column::SyncId)
+        .all(db)
+        .await?;
+    let statuses: HashMap<i32, site_status::Model> = site_status::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|s| (s.sync_id, s))
+        .collect();
+    let stores: HashMap<String, store::Model> = store::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect();
+    let head = changelog::head(db).await?;
+    let now = now_ms();
+    let mut rows = Vec::with_capacity(sites.len());
+    for site in sites {
+        let cursor = u64::try_from(site.downstream_cursor).unwrap_or(0);
+        let oldest_pending = change_log::Entity::find()
+            .filter(change_log::Column::Seq.gt(site.downstream_cursor))
+            .order_by_asc(change_log::Column::Seq)
+            .one(db)
+            .await?;
+        let status = statuses.get(&site.sync_id);
+        let connected =
+            status.is_some_and(|s| s.connected && now - s.heartbeat_at_ms <= liveness_ms);
+        let mode = match status.map(|s| s.mode.as_str()) {
+            Some("streaming") => pb::SyncMode::Streaming,
+            Some("interval") => pb::SyncMode::Interval,
+            _ => pb::SyncMode::Unspecified,
+        };
+        rows.push(pb::SiteSyncStatus {
+            sync_id: u32::try_from(site.sync_id).unwrap_or(0),
+            site_name: site.name.clone(),
+            store_code: stores
+                .get(&site.store_id)
+                .map(|s| s.code.clone())
+                .unwrap_or_default(),
+            connected,
+            mode: mode as i32,
+            ever_connected: status.is_some_and(|s| s.ever_connected),
+            last_sync_at_ms: status.map_or(0, |s| s.last_sync_at_ms),
+            last_error_at_ms: status.map_or(0, |s| s.last_error_at_ms),
+            last_error: status.map(|s| s.last_error.clone()).unwrap_or_default(),
+            upstream_acked_seq: u64::try_from(site.upstream_acked_seq).unwrap_or(0),
+            upstream_records_received: status.map_or(0, |s| {
+                u64::try_from(s.upstream_records_received).unwrap_or(0)
+            }),
+            upstream_backlog_reported: status.map_or(0, |s| {
+                u64::try_from(s.upstream_backlog_reported).unwrap_or(0)
+            }),
+            downstream_cursor: cursor,
+            downstream_pending: if site.initialised {
+                head.saturating_sub(cursor)
+            } else {
+                0
+            },
+            downstream_oldest_pending_age_ms: match (&oldest_pending, site.initialised) {
+                (Some(entry), true) => (now - entry.changed_at_ms).max(0),
+                _ => 0,
+            },
+            agent_version: status.map(|s| s.agent_version.clone()).unwrap_or_default(),
+            initialising: status.is_some_and(|s| s.initialising),
+            init_records_done: status
+                .map_or(0, |s| u64::try_from(s.init_records_done).unwrap_or(0)),
+            init_records_total: status
+                .map_or(0, |s| u64::try_from(s.init_records_total).unwrap_or(0)),
+        });
+    }
+    Ok(rows)
+}
+
+#[tonic::async_trait]
+impl ReportService for ReportApi {
+    async fn stock_on_hand(
+        &self,
+        _: Request<pb::StockOnHandRequest>,
+    ) -> Result<Response<pb::StockOnHandResponse>, Status> {
+        Err(Status::unimplemented(
+            "the StockOnHand report is not implemented yet",
+        ))
+    }
+
+    async fn store_activity(
+        &self,
+        _: Request<pb::StoreActivityRequest>,
+    ) -> Result<Response<pb::StoreActivityResponse>, Status> {
+        Err(Status::unimplemented(
+            "the StoreActivity report is not implemented yet",
+        ))
+    }
+
+    async fn expiring_stock(
+        &self,
+        _: Request<pb::ExpiringStockRequest>,
+    ) -> Result<Response<pb::ExpiringStockResponse>, Status> {
+        Err(Status::unimplemented(
+            "the ExpiringStock report is not implemented yet",
+        ))
+    }
+
+    async fn sync_status(
+        &self,
+        _: Request<pb::SyncStatusRequest>,
+    ) -> Result<Response<pb::SyncStatusResponse>, Status> {
+        Ok(Response::new(pb::SyncStatusResponse {
+            sites: sync_status(&self.db, self.liveness_ms).await?,
+        }))
+    }
+}
