@@ -25,6 +25,7 @@ use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
 use storesync_shared::proto::v1::admin_service_server::AdminServiceServer;
 use storesync_shared::proto::v1::master_data_service_server::MasterDataServiceServer;
+use storesync_shared::proto::v1::report_service_server::ReportServiceServer;
 use storesync_shared::server::{self, OperatorAuthLayer, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -124,6 +125,14 @@ pub async fn serve(
                 store::MasterStore::new(db.clone()),
             )
             .into_server(),
+        )
+        .add_service(
+            ReportServiceServer::new(report::ReportApi::new(
+                db.clone(),
+                state.config.heartbeat_seconds,
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         );
     let server = router.serve_with_incoming_shutdown(server::incoming(listener), async {
         let _ = stop_rx.await;

@@ -156,6 +156,10 @@ impl Master {
         pb::store_service_client::StoreServiceClient::new(self.channel().await)
     }
 
+    pub async fn reports(&self) -> pb::report_service_client::ReportServiceClient<Authed> {
+        pb::report_service_client::ReportServiceClient::new(self.channel().await)
+    }
+
     /// An unlock token from the authorisation code.
     pub async fn unlock(&self) -> String {
         self.admin()

@@ -102,6 +102,48 @@ async fn master_data_fans_out_and_store_data_comes_back() {
             assert!(local.stock_lines.iter().all(|l| l.store_id == store.id));
         }
 
+        // The operator's view: every site connected, its records counted, nothing pending.
+        let sites = eventually(LIMIT, "SyncStatus to show every site caught up", || async {
+            let sites = master
+                .reports()
+                .await
+                .sync_status(pb::SyncStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .sites;
+            sites
+                .iter()
+                .all(|s| s.connected && s.downstream_pending == 0)
+                .then_some(sites)
+        })
+        .await;
+        assert_eq!(
+            sites.iter().map(|s| s.sync_id).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        for site in &sites {
+            assert_eq!(site.mode, pb::SyncMode::Streaming as i32);
+            assert!(site.ever_connected && site.last_sync_at_ms > 0 && !site.initialising);
+            assert!(
+                site.upstream_records_received >= 6,
+                "site {}: {} records received",
+                site.sync_id,
+                site.upstream_records_received
+            );
+            assert_eq!(
+                site.upstream_acked_seq, site.upstream_records_received,
+                "site {}",
+                site.sync_id
+            );
+            assert!(
+                site.last_error.is_empty(),
+                "site {}: {}",
+                site.sync_id,
+                site.last_error
+            );
+        }
+
         // The master's own store (Sync ID 1).
         let mut own = master.store().await;
         let received = goods_in(&mut own, &supplier, &[items[3].clone()], 5.0, "MASTER-GRN").await;
