@@ -107,7 +107,14 @@ pub async fn serve(
             ..sync::SyncSettings::default()
         },
     );
-    let retention = tokio::spawn(sync::retention::run(db.clone(), Duration::from_secs(600)));
+    let mut background = vec![
+        tokio::spawn(sync::retention::run(db.clone(), Duration::from_secs(600))),
+        tokio::spawn(watch_database(db.clone(), health.clone())),
+    ];
+    if storesync_shared::db::is_postgres(&state.config.database_url) {
+        // Other replicas on the same database wake this one's streams.
+        background.push(sync.start_cluster_listener(state.config.database_url.clone()));
+    }
     set_health(&health, ServingStatus::Serving).await;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -159,7 +166,9 @@ pub async fn serve(
     let _ = shutdown_tx.send(true);
     // Sync sessions are long-lived: end them (UNAVAILABLE) so the drain can finish.
     sync.shut_down();
-    retention.abort();
+    for task in &background {
+        task.abort();
+    }
     let _ = stop_tx.send(());
     // The limit matters: hyper >= 1.5.1 can keep a graceful shutdown waiting on
     // an idle HTTP/2 client connection (hyperium/hyper#4170), not only on calls.
@@ -175,6 +184,29 @@ pub async fn serve(
     db.close().await.ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reports NOT_SERVING while the database cannot be reached and SERVING again
+/// once it can: a probe then takes the replica out of its Service instead of
+/// sending it calls that can only fail.
+async fn watch_database(db: DatabaseConnection, health: tonic_health::server::HealthReporter) {
+    let mut reachable = true;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now_reachable = tokio::time::timeout(Duration::from_secs(5), db.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if now_reachable != reachable {
+            reachable = now_reachable;
+            if reachable {
+                tracing::info!("the database is reachable again: SERVING");
+                set_health(&health, ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("the database cannot be reached: NOT_SERVING until it can");
+                set_health(&health, ServingStatus::NotServing).await;
+            }
+        }
+    }
 }
 
 /// Sets the overall status and that of each storesync service.

@@ -14,6 +14,7 @@
 //! Not here: how master data is written (`master_data`, `changelog`), the
 //! "sync with" list and credentials (`admin`; this module only reads them).
 
+pub mod cluster;
 pub mod downstream;
 pub mod retention;
 pub mod status;
@@ -101,6 +102,15 @@ impl SyncContext {
             .max_encoding_message_size(storesync_shared::server::MAX_MESSAGE_BYTES)
     }
 
+    /// Listens for other replicas' changes and session claims (PostgreSQL only).
+    pub fn start_cluster_listener(&self, database_url: String) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(cluster::listen(
+            database_url,
+            self.notifier.clone(),
+            self.sessions.clone(),
+        ))
+    }
+
     /// Ends every session with `UNAVAILABLE` (the server is draining): the
     /// satellites reconnect elsewhere or later.
     pub fn shut_down(&self) {
@@ -132,6 +142,21 @@ impl Sessions {
             old.send_replace(true);
         }
         replaced_rx
+    }
+
+    /// Another replica's session `session_id` claimed `sync_id`: a different
+    /// session of that site here must end.
+    fn claimed_elsewhere(&self, sync_id: u32, session_id: &str) {
+        let mut active = self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if active.get(&sync_id).is_some_and(|(id, _)| id != session_id) {
+            if let Some((old_id, old)) = active.remove(&sync_id) {
+                tracing::info!(sync_id, old_session = %old_id, new_session = %session_id, "a session on another replica replaces this one");
+                old.send_replace(true);
+            }
+        }
     }
 
     fn unregister(&self, sync_id: u32, session_id: &str) {
@@ -376,7 +401,9 @@ async fn run_session(
     };
     tracing::info!(parent: &span, mode, agent_version = %hello.agent_version, initialise = hello.needs_initialisation, cursor = hello.downstream_cursor, "session started");
     let mut replaced = ctx.sessions.register(sync_id, &session_id);
-    status::connected(
+    // The claim in the database decides which session may apply this site's
+    // batches, across replicas; without it the session cannot go on.
+    let claimed = status::claim(
         &ctx.db,
         sync_id,
         &session_id,
@@ -385,6 +412,16 @@ async fn run_session(
         hello.upstream_backlog,
     )
     .await;
+    if let Err(error) = claimed {
+        tracing::warn!(parent: &span, %error, "could not claim the site; ending the session");
+        let _ = tx
+            .send(Err(Status::unavailable(
+                "the master cannot record this session; reconnect later",
+            )))
+            .await;
+        ctx.sessions.unregister(sync_id, &session_id);
+        return;
+    }
 
     let (ack_tx, ack_rx) = watch::channel(Acked {
         cursor: hello.downstream_cursor,
@@ -403,6 +440,7 @@ async fn run_session(
     let inbound_half = inbound_loop(
         &ctx,
         &identity,
+        &session_id,
         hello.needs_initialisation,
         inbound,
         &tx,
@@ -471,6 +509,7 @@ fn clone_error(error: &Error) -> Error {
 async fn inbound_loop(
     ctx: &SyncContext,
     identity: &SiteIdentity,
+    session_id: &str,
     initialising: bool,
     mut inbound: Streaming<SatelliteMessage>,
     tx: &downstream::Outbound,
@@ -510,7 +549,7 @@ async fn inbound_loop(
                     ));
                 }
                 let (first, last) = (batch.first_seq, batch.last_seq);
-                let applied = upstream::apply_batch(&ctx.db, identity, batch).await?;
+                let applied = upstream::apply_batch(&ctx.db, identity, session_id, batch).await?;
                 tracing::debug!(
                     sync_id,
                     first,
@@ -559,7 +598,11 @@ async fn inbound_loop(
                 status::synced(&ctx.db, sync_id, 0).await;
             }
             Some(satellite_message::Message::Heartbeat(beat)) => {
-                status::heartbeat(&ctx.db, sync_id, beat.upstream_backlog).await;
+                if !status::heartbeat(&ctx.db, sync_id, session_id, beat.upstream_backlog).await {
+                    return Err(Error::Aborted(format!(
+                        "a newer session for Sync ID {sync_id} replaced this one"
+                    )));
+                }
             }
             Some(satellite_message::Message::Goodbye(_)) => return Ok(()),
             Some(satellite_message::Message::Hello(_)) => {
