@@ -21,6 +21,7 @@ use std::time::Duration;
 pub mod cluster;
 pub mod master;
 pub mod proxy;
+pub mod raw;
 pub mod satellite;
 
 /// Path of a workspace binary built alongside the tests.

@@ -7,14 +7,12 @@
 use std::time::Duration;
 
 use storesync_shared::proto::v1 as pb;
-use storesync_shared::proto::v1::sync_service_client::SyncServiceClient;
 use storesync_tests::cluster::{
     assert_store_copies_equal, create_items, create_trading_partners, goods_in,
     wait_master_data_equal, Master, Satellite, SYNC_PASSWORD, SYNC_USER,
 };
+use storesync_tests::raw::{hello, open, stock_line, RawSession};
 use storesync_tests::{backends, Backend, TestDb};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -178,89 +176,8 @@ async fn satellites_fail_over_when_a_replica_is_killed() {
     }
 }
 
-struct Session {
-    tx: mpsc::Sender<pb::SatelliteMessage>,
-    inbound: tonic::Streaming<pb::MasterMessage>,
-    welcome: pb::Welcome,
-}
-
-async fn open(url: &str, sync_id: u32) -> Session {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = SyncServiceClient::new(channel);
-    let (tx, rx) = mpsc::channel(8);
-    let hello = pb::Hello {
-        protocol_version: 1,
-        sync_id,
-        agent_version: "test".into(),
-        mode: pb::SyncMode::Streaming as i32,
-        ..Default::default()
-    };
-    tx.send(pb::SatelliteMessage {
-        message: Some(pb::satellite_message::Message::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        "authorization",
-        storesync_shared::auth::basic_header(SYNC_USER, SYNC_PASSWORD)
-            .parse()
-            .unwrap(),
-    );
-    request
-        .metadata_mut()
-        .insert("x-sync-id", sync_id.to_string().parse().unwrap());
-    let mut inbound = client.sync(request).await.unwrap().into_inner();
-    let first = inbound.message().await.unwrap().unwrap();
-    let Some(pb::master_message::Message::Welcome(welcome)) = first.message else {
-        panic!("expected Welcome")
-    };
-    Session {
-        tx,
-        inbound,
-        welcome,
-    }
-}
-
-fn stock_line(store_id: &str, item_id: &str) -> pb::SyncRecord {
-    pb::SyncRecord {
-        record: Some(pb::sync_record::Record::StockLine(pb::StockLine {
-            id: uuid::Uuid::new_v4().to_string(),
-            store_id: store_id.to_owned(),
-            item_id: item_id.to_owned(),
-            batch: "DUP".into(),
-            expiry_date: "2030-01-31".into(),
-            pack_size: 10,
-            available_number_of_packs: 1.0,
-            total_number_of_packs: 1.0,
-            cost_price_per_pack: 1.0,
-            sell_price_per_pack: 1.0,
-            updated_at_ms: 1,
-        })),
-    }
-}
-
-async fn push(session: &Session, first_seq: u64, records: Vec<pb::SyncRecord>) {
-    let batch = pb::UpstreamBatch {
-        first_seq,
-        last_seq: first_seq + records.len() as u64 - 1,
-        records,
-        trace_context: Default::default(),
-    };
-    let _ = session
-        .tx
-        .send(pb::SatelliteMessage {
-            message: Some(pb::satellite_message::Message::UpstreamBatch(batch)),
-        })
-        .await;
-}
-
 /// Reads until an ack for `seq` (Ok) or the end of the stream (Err with its status).
-async fn until_ack(session: &mut Session, seq: u64) -> Result<(), tonic::Status> {
+async fn until_ack(session: &mut RawSession, seq: u64) -> Result<(), tonic::Status> {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match session.inbound.message().await {
@@ -292,37 +209,43 @@ async fn one_sync_id_has_one_live_session_across_replicas() {
     let store_id = site.store.unwrap().id;
     let items = create_items(&m1, "ONE", 1).await;
 
-    let mut older = open(&m1.url(), 2).await;
-    push(
-        &older,
-        1,
-        vec![
-            stock_line(&store_id, &items[0].id),
-            stock_line(&store_id, &items[0].id),
-        ],
-    )
-    .await;
+    let mut older = open(&m1.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+        .await
+        .unwrap();
+    older
+        .push(
+            1,
+            vec![
+                stock_line(&store_id, &items[0].id),
+                stock_line(&store_id, &items[0].id),
+            ],
+        )
+        .await;
     until_ack(&mut older, 2).await.unwrap();
 
-    let mut newer = open(&m2.url(), 2).await;
+    let mut newer = open(&m2.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+        .await
+        .unwrap();
     assert_eq!(newer.welcome.upstream_acked_seq, 2);
     // The older session is ended by the other replica's claim…
     let ended = until_ack(&mut older, u64::MAX).await.unwrap_err();
     assert_eq!(ended.code(), tonic::Code::Aborted, "{ended:?}");
     // …and the newer one carries on from the acknowledged sequence.
-    push(&newer, 3, vec![stock_line(&store_id, &items[0].id)]).await;
+    newer
+        .push(3, vec![stock_line(&store_id, &items[0].id)])
+        .await;
     until_ack(&mut newer, 3).await.unwrap();
     // A resend of what the older session already delivered is skipped, not doubled.
-    push(
-        &newer,
-        1,
-        vec![
-            stock_line(&store_id, &items[0].id),
-            stock_line(&store_id, &items[0].id),
-            stock_line(&store_id, &items[0].id),
-        ],
-    )
-    .await;
+    newer
+        .push(
+            1,
+            vec![
+                stock_line(&store_id, &items[0].id),
+                stock_line(&store_id, &items[0].id),
+                stock_line(&store_id, &items[0].id),
+            ],
+        )
+        .await;
     until_ack(&mut newer, 3).await.unwrap();
     let lines = storesync_tests::cluster::store_data(&conn, &store_id)
         .await

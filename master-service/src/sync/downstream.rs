@@ -209,66 +209,71 @@ async fn send_snapshot(
         })
         .await?;
 
+    // Store data in pages by id, so a large store never sits in memory whole.
     let page = ctx.settings.downstream_batch_records as u64;
-    let mut after = String::new();
-    loop {
-        let rows = stock_line::Entity::find()
-            .filter(stock_line::Column::StoreId.eq(store_id))
-            .filter(stock_line::Column::Id.gt(after.clone()))
-            .order_by_asc(stock_line::Column::Id)
-            .limit(page)
-            .all(db)
-            .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.id.clone();
-        for row in rows {
-            sender
-                .push(SyncRecord {
-                    record: Some(Record::StockLine(row.into())),
-                })
-                .await?;
-        }
-    }
-    let mut after = String::new();
-    loop {
-        let rows = invoice::Entity::find()
-            .filter(invoice::Column::StoreId.eq(store_id))
-            .filter(invoice::Column::Id.gt(after.clone()))
-            .order_by_asc(invoice::Column::Id)
-            .limit(page)
-            .all(db)
-            .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.id.clone();
-        for row in rows {
-            sender
-                .push(SyncRecord {
-                    record: Some(Record::Invoice(row.into())),
-                })
-                .await?;
-        }
-    }
-    let mut after = String::new();
-    loop {
-        let rows = invoice_line::Entity::find()
-            .filter(invoice_line::Column::StoreId.eq(store_id))
-            .filter(invoice_line::Column::Id.gt(after.clone()))
-            .order_by_asc(invoice_line::Column::Id)
-            .limit(page)
-            .all(db)
-            .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.id.clone();
-        for row in rows {
-            sender
-                .push(SyncRecord {
-                    record: Some(Record::InvoiceLine(row.into())),
-                })
-                .await?;
-        }
-    }
+    send_store_rows::<stock_line::Entity>(
+        &mut sender,
+        store_id,
+        page,
+        stock_line::Column::StoreId,
+        stock_line::Column::Id,
+        |r| (r.id.clone(), Record::StockLine(r.into())),
+    )
+    .await?;
+    send_store_rows::<invoice::Entity>(
+        &mut sender,
+        store_id,
+        page,
+        invoice::Column::StoreId,
+        invoice::Column::Id,
+        |r| (r.id.clone(), Record::Invoice(r.into())),
+    )
+    .await?;
+    send_store_rows::<invoice_line::Entity>(
+        &mut sender,
+        store_id,
+        page,
+        invoice_line::Column::StoreId,
+        invoice_line::Column::Id,
+        |r| (r.id.clone(), Record::InvoiceLine(r.into())),
+    )
+    .await?;
     sender.finish(head).await?;
     Ok(head)
+}
+
+/// Pushes every row of one store table into the snapshot, `page` rows per
+/// query, in id order (keyset paging: no offset scans).
+async fn send_store_rows<E: EntityTrait>(
+    sender: &mut SnapshotSender<'_>,
+    store_id: &str,
+    page: u64,
+    store_column: E::Column,
+    id_column: E::Column,
+    to_record: fn(E::Model) -> (String, Record),
+) -> Result<()> {
+    let mut after = String::new();
+    loop {
+        let rows = E::find()
+            .filter(store_column.eq(store_id))
+            .filter(id_column.gt(after.clone()))
+            .order_by_asc(id_column)
+            .limit(page)
+            .all(&sender.ctx.db)
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for row in rows {
+            let (id, record) = to_record(row);
+            after = id;
+            sender
+                .push(SyncRecord {
+                    record: Some(record),
+                })
+                .await?;
+        }
+    }
 }
 
 /// Cuts the snapshot into batches and keeps at most `window` unacknowledged.
