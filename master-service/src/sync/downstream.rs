@@ -74,9 +74,10 @@ pub async fn run(
             in_flight.pop_front();
         }
         if in_flight.len() < settings.downstream_window {
-            let entries =
+            let mut entries =
                 changelog::read_after(&ctx.db, cursor, settings.downstream_batch_records as u64)
                     .await?;
+            keep_within_bytes(&mut entries, settings.downstream_batch_bytes);
             if let Some(last) = entries.last() {
                 let end = u64::try_from(last.seq).unwrap_or(cursor);
                 let records = entries
@@ -123,6 +124,20 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Cuts `entries` after the last one that fits in `max_bytes` (always keeping
+/// the first, so that one large record still moves).
+fn keep_within_bytes(entries: &mut Vec<crate::entities::change_log::Model>, max_bytes: usize) {
+    let mut bytes = 0usize;
+    let fits = entries
+        .iter()
+        .take_while(|entry| {
+            bytes += entry.payload.len() + 16;
+            bytes <= max_bytes
+        })
+        .count();
+    entries.truncate(fits.max(1));
 }
 
 /// Master data as of one change-log cursor, read in one database snapshot.
@@ -199,6 +214,7 @@ async fn send_snapshot(
         sent: 0,
         total,
         pending: Vec::new(),
+        pending_bytes: 0,
     };
     for record in master_records {
         sender.push(record).await?;
@@ -285,12 +301,17 @@ struct SnapshotSender<'a> {
     sent: u64,
     total: u64,
     pending: Vec<SyncRecord>,
+    /// Encoded size of `pending`.
+    pending_bytes: usize,
 }
 
 impl SnapshotSender<'_> {
     async fn push(&mut self, record: SyncRecord) -> Result<()> {
+        self.pending_bytes += record.encoded_len() + 16;
         self.pending.push(record);
-        if self.pending.len() >= self.ctx.settings.downstream_batch_records {
+        if self.pending.len() >= self.ctx.settings.downstream_batch_records
+            || self.pending_bytes >= self.ctx.settings.downstream_batch_bytes
+        {
             self.flush(false, 0).await?;
         }
         Ok(())
@@ -323,6 +344,7 @@ impl SnapshotSender<'_> {
             }
         }
         let records = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
         self.sent += records.len() as u64;
         send(
             self.tx,
@@ -348,5 +370,39 @@ impl SnapshotSender<'_> {
             "initialisation snapshot sent"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_within_bytes;
+    use crate::entities::change_log;
+
+    fn entry(seq: i64, size: usize) -> change_log::Model {
+        change_log::Model {
+            seq,
+            table_name: "ITEM".into(),
+            record_id: seq.to_string(),
+            deleted: false,
+            payload: vec![0; size],
+            changed_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn batches_stop_at_the_byte_limit_but_always_carry_one_record() {
+        let mut entries: Vec<_> = (1..=10).map(|n| entry(n, 84)).collect();
+        keep_within_bytes(&mut entries, 350);
+        assert_eq!(
+            entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let mut huge = vec![entry(1, 10_000), entry(2, 10)];
+        keep_within_bytes(&mut huge, 100);
+        assert_eq!(
+            huge.len(),
+            1,
+            "a record larger than the limit still travels, alone"
+        );
     }
 }

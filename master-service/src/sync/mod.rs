@@ -52,6 +52,8 @@ pub struct SyncSettings {
     pub max_batch_records: u32,
     /// Records per downstream batch.
     pub downstream_batch_records: usize,
+    /// Bytes per downstream batch (encoded records), well under the message limit.
+    pub downstream_batch_bytes: usize,
     /// Unacknowledged downstream batches allowed in flight.
     pub downstream_window: usize,
     /// How long to wait for the Hello.
@@ -67,6 +69,7 @@ impl Default for SyncSettings {
             heartbeat: Duration::from_secs(15),
             max_batch_records: 5000,
             downstream_batch_records: 1000,
+            downstream_batch_bytes: 4 * 1024 * 1024,
             downstream_window: 4,
             hello_timeout: Duration::from_secs(30),
             poll_fallback: Duration::from_secs(5),
