@@ -104,3 +104,105 @@ pub fn stock_line(store_id: &str, item_id: &str) -> pb::SyncRecord {
         })),
     }
 }
+
+/// Sends pre-encoded bytes as messages, so a test can send what no encoder
+/// would; decodes the master's answers as usual.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawBytesCodec;
+
+/// Writes each `Vec<u8>` as one gRPC message body, verbatim.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawEncoder;
+
+/// Decodes `MasterMessage`s.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MasterDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for MasterDecoder {
+    type Item = pb::MasterMessage;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<pb::MasterMessage>, tonic::Status> {
+        prost::Message::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Codec for RawBytesCodec {
+    type Encode = Vec<u8>;
+    type Decode = pb::MasterMessage;
+    type Encoder = RawEncoder;
+    type Decoder = MasterDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> MasterDecoder {
+        MasterDecoder
+    }
+}
+
+/// Opens a sync stream as `sync_id` with the given credentials and sends each
+/// of `messages` (raw message bodies, e.g. a valid Hello then garbage); returns
+/// the status that ends the stream (or OK if it ends cleanly within 20 s).
+pub async fn send_raw(
+    url: &str,
+    sync_id: u32,
+    user: &str,
+    password: &str,
+    messages: Vec<Vec<u8>>,
+) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(64 * 1024 * 1024);
+    grpc.ready().await.expect("ready");
+    let (tx, rx) = mpsc::channel(messages.len().max(1));
+    for message in messages {
+        tx.send(message).await.expect("queue");
+    }
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "authorization",
+        storesync_shared::auth::basic_header(user, password)
+            .parse()
+            .expect("header"),
+    );
+    request
+        .metadata_mut()
+        .insert("x-sync-id", sync_id.to_string().parse().expect("header"));
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/storesync.v1.SyncService/Sync");
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut inbound = grpc
+            .streaming(request, path, RawBytesCodec)
+            .await?
+            .into_inner();
+        while inbound.message().await?.is_some() {}
+        Ok::<(), tonic::Status>(())
+    })
+    .await;
+    drop(tx);
+    match outcome {
+        Ok(Ok(())) => tonic::Status::ok("stream ended"),
+        Ok(Err(status)) => status,
+        Err(_) => tonic::Status::deadline_exceeded("no answer within 20 s"),
+    }
+}

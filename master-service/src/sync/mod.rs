@@ -508,6 +508,25 @@ fn clone_error(error: &Error) -> Error {
     }
 }
 
+/// Why reading the satellite's stream failed, as the status to end it with.
+/// tonic reports a message it cannot decode as INTERNAL and one over the size
+/// limit as OUT_OF_RANGE; both are the sender's fault, not the master's.
+fn inbound_failure(status: &Status) -> Error {
+    match status.code() {
+        tonic::Code::Internal => {
+            Error::InvalidArgument(format!("a malformed message: {}", status.message()))
+        }
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            Error::InvalidArgument(format!(
+                "a message over the size limit of {} bytes: {}",
+                storesync_shared::server::MAX_MESSAGE_BYTES,
+                status.message()
+            ))
+        }
+        _ => Error::Unavailable(format!("the stream broke: {}", status.message())),
+    }
+}
+
 /// Reads the satellite's messages until it says Goodbye, goes away or errs.
 async fn inbound_loop(
     ctx: &SyncContext,
@@ -532,12 +551,7 @@ async fn inbound_loop(
         let message = match next {
             Ok(Some(message)) => message,
             Ok(None) => return Ok(()),
-            Err(status) => {
-                return Err(Error::Unavailable(format!(
-                    "the stream broke: {}",
-                    status.message()
-                )))
-            }
+            Err(status) => return Err(inbound_failure(&status)),
         };
         match message.message {
             Some(satellite_message::Message::UpstreamBatch(batch)) => {

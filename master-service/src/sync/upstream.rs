@@ -297,6 +297,12 @@ fn collect(rows: &mut Rows, site: &SiteIdentity, seq: u64, record: SyncRecord) -
                 Table::StockLine | Table::Invoice | Table::InvoiceLine => {
                     rows.deletes.push(reference)
                 }
+                Table::Unspecified => {
+                    return Err(Error::invalid(
+                        &at("deleted.table"),
+                        format!("{} is not a known table", reference.table),
+                    ))
+                }
                 other => return Err(master_data_denied(other, &reference.id, seq, site)),
             }
         }
