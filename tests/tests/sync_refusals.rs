@@ -81,6 +81,18 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
             .await
             .err()
             .unwrap();
+        // Repeated failures are answered ever more slowly (three so far from here).
+        let started = std::time::Instant::now();
+        let slowed = open(&master.url(), "2", SYNC_USER, "still-wrong", hello(2))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(slowed.code(), tonic::Code::Unauthenticated);
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(900),
+            "the fourth failure in a row came back in {:?}",
+            started.elapsed()
+        );
         assert_eq!(no_sync_id.code(), tonic::Code::Unauthenticated);
 
         // Unknown Sync ID and the master's own: PERMISSION_DENIED saying why.

@@ -39,6 +39,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::changelog::{self, ChangeNotifier};
 use crate::entities::{change_log, site};
+use crate::unlock::Throttle;
 use downstream::Acked;
 use upstream::{sync_id_i32, SiteIdentity};
 
@@ -84,6 +85,9 @@ pub struct SyncContext {
     pub notifier: ChangeNotifier,
     pub settings: Arc<SyncSettings>,
     sessions: Arc<Sessions>,
+    /// Wrong sync credentials, counted per Sync ID and per source address.
+    failures_by_site: Arc<Throttle<u32>>,
+    failures_by_source: Arc<Throttle<Option<std::net::IpAddr>>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -94,6 +98,8 @@ impl SyncContext {
             notifier,
             settings: Arc::new(settings),
             sessions: Arc::new(Sessions::default()),
+            failures_by_site: Arc::new(Throttle::default()),
+            failures_by_source: Arc::new(Throttle::default()),
             shutdown: watch::channel(false).0,
         }
     }
@@ -199,7 +205,8 @@ impl SyncService for SyncHandler {
         request: Request<Streaming<SatelliteMessage>>,
     ) -> std::result::Result<Response<MasterStream>, Status> {
         let ctx = self.ctx.clone();
-        let (site, identity) = authenticate(&ctx.db, request.metadata()).await?;
+        let source = request.remote_addr().map(|a| a.ip());
+        let (site, identity) = authenticate(&ctx, source, request.metadata()).await?;
         let mut inbound = request.into_inner();
         let hello = read_hello(&ctx, &mut inbound, identity.sync_id).await?;
         let welcome = welcome(&ctx, &site, &identity, &hello).await?;
@@ -222,17 +229,40 @@ impl SyncService for SyncHandler {
 /// Wrong user name or password, or a missing or malformed Sync ID: UNAUTHENTICATED,
 /// with one message. Right credentials for a Sync ID that is unknown, the
 /// master's own or disabled: PERMISSION_DENIED saying which.
+///
+/// Repeated failures are answered ever more slowly, per Sync ID and per source
+/// address (see [`Throttle`]), so guessing a password costs seconds a try.
 async fn authenticate(
-    db: &DatabaseConnection,
+    ctx: &SyncContext,
+    source: Option<std::net::IpAddr>,
     metadata: &tonic::metadata::MetadataMap,
 ) -> Result<(site::Model, SiteIdentity)> {
+    let db = &ctx.db;
     let unauthenticated = || Error::Unauthenticated(SYNC_BAD_CREDENTIALS.to_owned());
-    let sync_id: u32 = metadata
+    let sync_id_header: Option<u32> = metadata
         .get("x-sync-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(unauthenticated)?;
-    let credentials = auth::basic_credentials(metadata).map_err(|_| unauthenticated())?;
+        .and_then(|v| v.trim().parse().ok());
+    let delay = ctx
+        .failures_by_source
+        .delay(source)
+        .max(sync_id_header.map_or(Duration::ZERO, |id| ctx.failures_by_site.delay(id)));
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let failed = |sync_id: Option<u32>, user: &str| {
+        let in_a_row = ctx.failures_by_source.failed(source);
+        let for_site = sync_id.map_or(0, |id| ctx.failures_by_site.failed(id));
+        // The user name helps an operator find a misconfigured site; the password never appears.
+        tracing::warn!(sync_id, %user, source = ?source, failures_from_source = in_a_row, failures_for_site = for_site, "sync authentication failed");
+        unauthenticated()
+    };
+    let Some(sync_id) = sync_id_header else {
+        return Err(failed(None, ""));
+    };
+    let Ok(credentials) = auth::basic_credentials(metadata) else {
+        return Err(failed(Some(sync_id), ""));
+    };
     let site = site::Entity::find_by_id(sync_id_i32(sync_id))
         .one(db)
         .await?;
@@ -255,9 +285,10 @@ async fn authenticate(
     };
     let password_ok = auth::verify_secret(credentials.password, expected_hash).await;
     if !password_ok || expected_user.as_deref() != Some(credentials.user.as_str()) {
-        tracing::warn!(sync_id, user = %credentials.user, "sync authentication failed");
-        return Err(unauthenticated());
+        return Err(failed(Some(sync_id), &credentials.user));
     }
+    ctx.failures_by_source.succeeded(source);
+    ctx.failures_by_site.succeeded(sync_id);
     if sync_id == 1 {
         return Err(Error::PermissionDenied(
             "Sync ID 1 is the master itself; a satellite has a Sync ID from 2 to 64".into(),
