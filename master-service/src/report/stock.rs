@@ -135,7 +135,7 @@ fn push_item_store_filters(sql: &mut Sql, request: &pb::StockOnHandRequest, i: &
             .bind_list(&request.store_ids);
     }
     if !request.item_code_prefix.is_empty() {
-        let length = i64::try_from(request.item_code_prefix.chars().count()).unwrap_or(i64::MAX);
+        let length = i32::try_from(request.item_code_prefix.chars().count()).unwrap_or(i32::MAX);
         sql.push(&format!(" AND substr({i}.code, 1, "))
             .bind(length)
             .push(") = ")
