@@ -12,7 +12,8 @@
 //! - [`master_data`]: items and names (`MasterDataService`).
 //! - [`admin`]: `AdminService`, over [`sites`], [`preferences`], [`unlock`] and [`audit`].
 //! - [`settings`]: the `setting` table's keys.
-//! - [`report`]: `ReportService` (sync status of every site).
+//! - [`report`]: `ReportService`: stock on hand, store activity and expiring
+//!   stock across every store, and the sync status of every site.
 //! - [`store`]: `StoreService` for the master's own store (Sync ID 1).
 //!
 //! [`serve`] is what `main` and the tests run.
@@ -35,7 +36,9 @@ pub mod admin;
 pub mod audit;
 pub mod bootstrap;
 pub mod changelog;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod entities;
 pub mod error;
 pub mod master_data;

@@ -13,12 +13,14 @@
 //! - [`agent`]: `AgentService` (status and SyncNow); [`status`]: the live sync
 //!   state that the sync client drives and `AgentService` shows.
 //! - [`bootstrap`]: first operator, locked sync settings.
+//! - [`cli`]: `satellite-agent status`, the operator command that asks a running satellite.
 //! - [`error`]: the crate's error and its gRPC status.
 //!
 //! The sync client itself (the stream to the master) is started beside the
 //! gRPC server by [`Satellite::serve`], from a [`SyncTask`].
 pub mod agent;
 pub mod bootstrap;
+pub mod cli;
 pub mod config;
 pub mod entities;
 pub mod error;

@@ -16,6 +16,7 @@
 //! - [`master_data_read`]: reading items and names (writing is the master's).
 //! - [`server`]: sockets, health, reflection, operator auth layer, shutdown signal.
 pub mod auth;
+pub mod cli;
 pub mod convert;
 pub mod db;
 pub mod entities;
