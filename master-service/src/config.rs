@@ -29,6 +29,15 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The PEM files of the server's TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -69,6 +78,8 @@ pub struct Config {
     /// Heartbeat on idle sync streams, in seconds; a satellite silent for three
     /// of these is taken as gone.
     pub heartbeat_seconds: u64,
+    /// TLS certificate and key (PEM) of the gRPC server; both or neither.
+    pub tls: Option<TlsFiles>,
     /// Log line format.
     pub log_format: LogFormat,
 }
@@ -137,6 +148,15 @@ pub struct Args {
     /// Seconds between heartbeats on idle sync streams, 1 to 3600 [default: 15].
     #[arg(long, env = "STORESYNC_HEARTBEAT_SECONDS", global = true)]
     pub heartbeat_seconds: Option<String>,
+    /// PEM certificate chain: serve TLS only (with --tls-key).
+    #[arg(long, env = "STORESYNC_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "STORESYNC_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA: require client certificates it signed (mutual TLS).
+    #[arg(long, env = "STORESYNC_TLS_CLIENT_CA", global = true)]
+    pub tls_client_ca: Option<PathBuf>,
     /// text or json [default: text].
     #[arg(long, env = "STORESYNC_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -161,6 +181,9 @@ pub struct FileConfig {
     pub sync_interval_minutes: Option<u32>,
     pub shutdown_grace_seconds: Option<u64>,
     pub heartbeat_seconds: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
     pub log_format: Option<String>,
 }
 
@@ -434,6 +457,33 @@ impl Config {
             ));
         }
 
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.tls_client_ca.or(file.tls_client_ca),
+        ) {
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => {
+                return Err(invalid(
+                    "tls_client_ca",
+                    "(set)",
+                    "needs tls_cert and tls_key: mutual TLS is TLS with client certificates",
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "tls_cert",
+                    "(one of two)",
+                    "set both tls_cert and tls_key, or neither",
+                ))
+            }
+        };
+
         let log_format_text = args
             .log_format
             .or(file.log_format)
@@ -458,6 +508,7 @@ impl Config {
             sync_interval_minutes,
             shutdown_grace_seconds,
             heartbeat_seconds,
+            tls,
             log_format,
         })
     }

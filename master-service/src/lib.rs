@@ -121,7 +121,17 @@ pub async fn serve(
     set_health(&health, ServingStatus::Serving).await;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &state.config.tls {
+        let config =
+            storesync_shared::tls::server_config(&tls.cert, &tls.key, tls.client_ca.as_deref())
+                .map_err(Error::internal)?;
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| Error::internal(format!("TLS: {e}")))?;
+        tracing::info!(mutual = tls.client_ca.is_some(), "serving TLS");
+    }
+    let router = builder
         .layer(OperatorAuthLayer::new(db.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)

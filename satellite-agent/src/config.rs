@@ -104,6 +104,13 @@ pub struct Config {
     pub sync_interval_override: Option<Duration>,
     /// Largest upstream batch in records (the master's limit still applies).
     pub upstream_batch_records: usize,
+    /// CA that signed the master's certificate (https master URLs); the system
+    /// roots when unset.
+    pub master_ca: Option<PathBuf>,
+    /// This site's client certificate and key, for a master that requires them.
+    pub master_client_identity: Option<(PathBuf, PathBuf)>,
+    /// TLS of the local gRPC server: certificate, key, optional client CA.
+    pub tls: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
 }
 
 impl std::fmt::Debug for Config {
@@ -186,6 +193,22 @@ pub struct Args {
     pub sync_interval_seconds: Option<u64>,
     #[arg(long, env = "STORESYNC_UPSTREAM_BATCH_RECORDS", hide = true)]
     pub upstream_batch_records: Option<usize>,
+    /// PEM CA of the master's certificate (https URLs) [default: system roots].
+    #[arg(long, env = "STORESYNC_MASTER_CA")]
+    pub master_ca: Option<PathBuf>,
+    /// PEM client certificate for a master that requires one (with --master-client-key).
+    #[arg(long, env = "STORESYNC_MASTER_CLIENT_CERT")]
+    pub master_client_cert: Option<PathBuf>,
+    #[arg(long, env = "STORESYNC_MASTER_CLIENT_KEY")]
+    pub master_client_key: Option<PathBuf>,
+    /// PEM certificate and key: the local gRPC server serves TLS only.
+    #[arg(long, env = "STORESYNC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "STORESYNC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA: the local server requires client certificates it signed.
+    #[arg(long, env = "STORESYNC_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The same settings in the TOML file.
@@ -211,6 +234,12 @@ struct FileConfig {
     drain_seconds: Option<u64>,
     sync_interval_seconds: Option<u64>,
     upstream_batch_records: Option<usize>,
+    master_ca: Option<PathBuf>,
+    master_client_cert: Option<PathBuf>,
+    master_client_key: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Everything wrong with a configuration, one problem a line.
@@ -384,6 +413,31 @@ impl Config {
             ));
         }
 
+        let master_client_identity = match (
+            args.master_client_cert.or(file.master_client_cert),
+            args.master_client_key.or(file.master_client_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                problem("STORESYNC_MASTER_CLIENT_CERT and STORESYNC_MASTER_CLIENT_KEY go together: set both or neither".into());
+                None
+            }
+        };
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.tls_client_ca.or(file.tls_client_ca),
+        ) {
+            (Some(cert), Some(key), client_ca) => Some((cert, key, client_ca)),
+            (None, None, None) => None,
+            _ => {
+                problem("STORESYNC_TLS_CERT and STORESYNC_TLS_KEY go together (STORESYNC_TLS_CLIENT_CA needs both)".into());
+                None
+            }
+        };
+        let master_ca = args.master_ca.or(file.master_ca);
+
         match (master_url, sync_id, listen) {
             (Some(master_url), Some(sync_id), Some(listen)) if problems.is_empty() => Ok(Self {
                 master_url,
@@ -411,6 +465,9 @@ impl Config {
                 drain_timeout,
                 sync_interval_override,
                 upstream_batch_records,
+                master_ca,
+                master_client_identity,
+                tls,
             }),
             _ => Err(ConfigError { problems }),
         }

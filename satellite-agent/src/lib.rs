@@ -184,7 +184,13 @@ impl Satellite {
         }
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key, client_ca)) = &self.config.tls {
+            let config = storesync_shared::tls::server_config(cert, key, client_ca.as_deref())
+                .map_err(|e| Error::Domain(storesync_shared::Error::Internal(e)))?;
+            builder = builder.tls_config(config)?;
+        }
+        let router = builder
             .layer(OperatorAuthLayer::new(self.db.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)

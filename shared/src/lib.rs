@@ -9,6 +9,7 @@
 //! - [`error`]: the domain error and its one mapping to a gRPC status.
 //! - [`auth`]: Basic credentials and argon2 hashes.
 //! - [`db`]: opening PostgreSQL or SQLite with the right settings.
+//! - [`tls`]: TLS (and mutual TLS) for servers and the sync client.
 //! - [`upsert`]: ordered multi-row upserts of records from another site.
 //! - [`store_ops`]: a store's rules (invoices move stock, never below zero)
 //!   and its reads; [`store_service`]: the `StoreService` adapter over them,
@@ -27,6 +28,7 @@ pub mod schema;
 pub mod server;
 pub mod store_ops;
 pub mod store_service;
+pub mod tls;
 pub mod upsert;
 pub mod validate;
 

@@ -71,6 +71,8 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 pub struct Master {
     pub process: Process,
     env: Vec<(String, String)>,
+    /// Set when the master serves TLS: how operator clients connect.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Master {
@@ -95,7 +97,23 @@ impl Master {
             &[],
             &vars,
         );
-        Self { process, env: vars }
+        Self {
+            process,
+            env: vars,
+            tls: None,
+        }
+    }
+
+    /// Starts a master that serves TLS (its `STORESYNC_TLS_*` in `extra`);
+    /// operator clients of this handle connect with `client`.
+    pub fn start_tls(
+        db: &TestDb,
+        extra: &[(&str, &str)],
+        client: tonic::transport::ClientTlsConfig,
+    ) -> Self {
+        let mut master = Self::start(db, extra);
+        master.tls = Some(client);
+        master
     }
 
     /// Kills the master (SIGKILL) and starts it again on the same database and address.
@@ -132,14 +150,24 @@ impl Master {
     }
 
     pub fn url(&self) -> String {
-        self.process.url()
+        match self.tls {
+            Some(_) => format!("https://{}", self.process.addr),
+            None => self.process.url(),
+        }
     }
 
     pub async fn channel(&self) -> Authed {
-        InterceptedService::new(
-            connect(&self.url()).await,
-            BasicAuth::new(OPERATOR_USER, OPERATOR_PASSWORD),
-        )
+        let channel = match &self.tls {
+            Some(tls) => tonic::transport::Endpoint::from_shared(self.url())
+                .expect("endpoint")
+                .tls_config(tls.clone())
+                .expect("tls config")
+                .connect()
+                .await
+                .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url())),
+            None => connect(&self.url()).await,
+        };
+        InterceptedService::new(channel, BasicAuth::new(OPERATOR_USER, OPERATOR_PASSWORD))
     }
 
     pub async fn master_data(

@@ -58,6 +58,8 @@ pub struct ClientSettings {
     pub batch_bytes: usize,
     /// Unacknowledged upstream batches in flight.
     pub window: usize,
+    /// TLS towards `https://` master URLs (CA to trust, optional client identity).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ClientSettings {
@@ -83,6 +85,7 @@ impl ClientSettings {
             batch_records: 2000,
             batch_bytes: 4 * 1024 * 1024,
             window: 4,
+            tls: None,
         }
     }
 }
@@ -111,6 +114,17 @@ pub fn start(satellite: &crate::Satellite) -> crate::SyncTask {
     settings.backoff_initial = config.backoff_initial;
     settings.backoff_max = config.backoff_max;
     settings.batch_records = config.upstream_batch_records;
+    if config.master_urls.iter().any(|u| u.scheme() == "https") {
+        let identity = config
+            .master_client_identity
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        match storesync_shared::tls::client_config(config.master_ca.as_deref(), identity) {
+            Ok(tls) => settings.tls = Some(tls),
+            // Reported on every attempt by the session (no TLS config for an https URL).
+            Err(error) => tracing::error!(%error, "cannot set up TLS towards the master"),
+        }
+    }
     Box::pin(run(satellite.db.clone(), settings, satellite.sync.clone()))
 }
 
@@ -194,7 +208,12 @@ async fn load_state(db: &DatabaseConnection) -> Result<sync_state::Model> {
 }
 
 fn status_error(status: tonic::Status) -> Error {
-    let message = format!("{:?}: {}", status.code(), status.message());
+    // Transport failures (TLS refused, connection reset) carry their cause as
+    // the status's source: show it, or the operator reads only "transport error".
+    let cause = std::error::Error::source(&status)
+        .map(|s| format!(" ({})", source_chain(s)))
+        .unwrap_or_default();
+    let message = format!("{:?}: {}{cause}", status.code(), status.message());
     match status.code() {
         tonic::Code::Unauthenticated => Error::Unauthenticated(message),
         tonic::Code::PermissionDenied => Error::PermissionDenied(message),
@@ -225,6 +244,18 @@ async fn session(
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
+    let endpoint = if master_url.starts_with("https://") {
+        let tls = settings.tls.clone().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "{master_url} needs TLS, but its settings could not be read (see the log at start)"
+            ))
+        })?;
+        endpoint
+            .tls_config(tls)
+            .map_err(|e| Error::invalid("master_url", format!("TLS: {e}")))?
+    } else {
+        endpoint
+    };
     let channel = endpoint.connect().await.map_err(|e| {
         Error::Unavailable(format!(
             "cannot reach the master at {}: {}",
