@@ -13,6 +13,7 @@
 //! - [`admin`]: `AdminService`, over [`sites`], [`preferences`], [`unlock`] and [`audit`].
 //! - [`settings`]: the `setting` table's keys.
 //! - [`report`]: `ReportService` (sync status of every site).
+//! - [`metrics`]: the master's OpenTelemetry instruments and per-site gauge sampler.
 //! - [`store`]: `StoreService` for the master's own store (Sync ID 1).
 //!
 //! [`serve`] is what `main` and the tests run.
@@ -39,6 +40,7 @@ pub mod config;
 pub mod entities;
 pub mod error;
 pub mod master_data;
+pub mod metrics;
 pub mod preferences;
 pub mod report;
 pub mod schema;
@@ -108,10 +110,17 @@ pub async fn serve(
         },
     );
     let retention = tokio::spawn(sync::retention::run(db.clone(), Duration::from_secs(600)));
+    let site_sampler = storesync_shared::telemetry::metrics_exporting().then(|| {
+        tokio::spawn(metrics::run_site_sampler(
+            db.clone(),
+            storesync_shared::telemetry::metric_export_interval(),
+        ))
+    });
     set_health(&health, ServingStatus::Serving).await;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
+        .layer(storesync_shared::telemetry::grpc::GrpcMetricsLayer::new())
         .layer(OperatorAuthLayer::new(db.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -160,6 +169,9 @@ pub async fn serve(
     // Sync sessions are long-lived: end them (UNAVAILABLE) so the drain can finish.
     sync.shut_down();
     retention.abort();
+    if let Some(sampler) = site_sampler {
+        sampler.abort();
+    }
     let _ = stop_tx.send(());
     // The limit matters: hyper >= 1.5.1 can keep a graceful shutdown waiting on
     // an idle HTTP/2 client connection (hyperium/hyper#4170), not only on calls.

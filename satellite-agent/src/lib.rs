@@ -14,6 +14,7 @@
 //!   state that the sync client drives and `AgentService` shows.
 //! - [`bootstrap`]: first operator, locked sync settings.
 //! - [`error`]: the crate's error and its gRPC status.
+//! - [`metrics`]: the satellite's OpenTelemetry instruments.
 //!
 //! The sync client itself (the stream to the master) is started beside the
 //! gRPC server by [`Satellite::serve`], from a [`SyncTask`].
@@ -23,6 +24,7 @@ pub mod config;
 pub mod entities;
 pub mod error;
 pub mod master_data;
+pub mod metrics;
 pub mod outbox;
 pub mod schema;
 pub mod status;
@@ -183,6 +185,7 @@ impl Satellite {
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
+            .layer(storesync_shared::telemetry::grpc::GrpcMetricsLayer::new())
             .layer(OperatorAuthLayer::new(self.db.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)

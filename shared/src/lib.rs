@@ -15,6 +15,8 @@
 //!   with a [`store_service::StoreContext`] for what differs per site.
 //! - [`master_data_read`]: reading items and names (writing is the master's).
 //! - [`server`]: sockets, health, reflection, operator auth layer, shutdown signal.
+//! - [`telemetry`]: logs, OpenTelemetry traces and metrics (OTLP), the metric
+//!   catalogue, W3C context in sync batches, gRPC server metrics.
 pub mod auth;
 pub mod convert;
 pub mod db;
@@ -26,6 +28,7 @@ pub mod schema;
 pub mod server;
 pub mod store_ops;
 pub mod store_service;
+pub mod telemetry;
 pub mod upsert;
 pub mod validate;
 

@@ -21,7 +21,7 @@ pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
@@ -35,9 +35,11 @@ use storesync_shared::{auth, Error, Result};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::changelog::{self, ChangeNotifier};
 use crate::entities::{change_log, site};
+use crate::metrics;
 use downstream::Acked;
 use upstream::{sync_id_i32, SiteIdentity};
 
@@ -171,7 +173,13 @@ impl SyncService for SyncHandler {
         request: Request<Streaming<SatelliteMessage>>,
     ) -> std::result::Result<Response<MasterStream>, Status> {
         let ctx = self.ctx.clone();
-        let (site, identity) = authenticate(&ctx.db, request.metadata()).await?;
+        let (site, identity) = authenticate(&ctx.db, request.metadata())
+            .await
+            .inspect_err(|error| {
+                if matches!(error, Error::Unauthenticated(_)) {
+                    metrics::auth_failed(claimed_sync_id(request.metadata()));
+                }
+            })?;
         let mut inbound = request.into_inner();
         let hello = read_hello(&ctx, &mut inbound, identity.sync_id).await?;
         let welcome = welcome(&ctx, &site, &identity, &hello).await?;
@@ -250,6 +258,14 @@ async fn authenticate(
         store_id: site.store_id.clone(),
     };
     Ok((site, identity))
+}
+
+/// The `x-sync-id` a caller claims, for the auth-failure metric.
+fn claimed_sync_id(metadata: &tonic::metadata::MetadataMap) -> Option<u32> {
+    metadata
+        .get("x-sync-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The one message for every failed sync login.
@@ -376,6 +392,7 @@ async fn run_session(
     };
     tracing::info!(parent: &span, mode, agent_version = %hello.agent_version, initialise = hello.needs_initialisation, cursor = hello.downstream_cursor, "session started");
     let mut replaced = ctx.sessions.register(sync_id, &session_id);
+    metrics::session_opened(sync_id);
     status::connected(
         &ctx.db,
         sync_id,
@@ -448,6 +465,7 @@ async fn run_session(
             let _ = tx.send(Err(status)).await;
         }
     }
+    metrics::session_closed(sync_id);
     ctx.sessions.unregister(sync_id, &session_id);
     status::disconnected(&ctx.db, sync_id, &session_id).await;
 }
@@ -500,6 +518,7 @@ async fn inbound_loop(
         match message.message {
             Some(satellite_message::Message::UpstreamBatch(batch)) => {
                 if batch.records.len() > ctx.settings.max_batch_records as usize {
+                    metrics::upstream_rejected(sync_id, &Error::InvalidArgument(String::new()));
                     return Err(Error::invalid(
                         "upstream_batch.records",
                         format!(
@@ -510,7 +529,16 @@ async fn inbound_loop(
                     ));
                 }
                 let (first, last) = (batch.first_seq, batch.last_seq);
-                let applied = upstream::apply_batch(&ctx.db, identity, batch).await?;
+                // One trace per batch: this apply is a child of the satellite's push.
+                let span = tracing::info_span!(parent: None, "sync.upstream.apply", otel.kind = "consumer", sync_id, first_seq = first, last_seq = last, records = batch.records.len());
+                storesync_shared::telemetry::propagation::set_parent(&span, &batch.trace_context);
+                let tables = metrics::tables_of(&batch.records);
+                let started = Instant::now();
+                let applied = upstream::apply_batch(&ctx.db, identity, batch)
+                    .instrument(span)
+                    .await
+                    .inspect_err(|error| metrics::upstream_rejected(sync_id, error))?;
+                metrics::upstream_applied(sync_id, &tables, applied.applied, started);
                 tracing::debug!(
                     sync_id,
                     first,
