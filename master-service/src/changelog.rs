@@ -50,6 +50,9 @@ pub async fn append<C: ConnectionTrait>(txn: &C, record: &SyncRecord) -> Result<
     })
     .exec_without_returning(txn)
     .await?;
+    // Delivered by PostgreSQL when this transaction commits: wakes the other replicas.
+    crate::sync::cluster::notify(txn, crate::sync::cluster::CHANGES_CHANNEL, &seq.to_string())
+        .await?;
     u64::try_from(seq).map_err(|_| Error::Internal(format!("negative change-log sequence {seq}")))
 }
 
@@ -123,6 +126,12 @@ impl ChangeNotifier {
             }
             newer
         });
+    }
+
+    /// Wakes every tailing stream to re-read the log, whether or not anything
+    /// is known to have changed (after notifications may have been missed).
+    pub fn wake_all(&self) {
+        self.sender.send_modify(|_| {});
     }
 
     /// A receiver that wakes on every commit after this call.

@@ -12,7 +12,8 @@
 //! - [`master_data`]: items and names (`MasterDataService`).
 //! - [`admin`]: `AdminService`, over [`sites`], [`preferences`], [`unlock`] and [`audit`].
 //! - [`settings`]: the `setting` table's keys.
-//! - [`report`]: `ReportService` (sync status of every site).
+//! - [`report`]: `ReportService`: stock on hand, store activity and expiring
+//!   stock across every store, and the sync status of every site.
 //! - [`metrics`]: the master's OpenTelemetry instruments and per-site gauge sampler.
 //! - [`store`]: `StoreService` for the master's own store (Sync ID 1).
 //!
@@ -36,7 +37,9 @@ pub mod admin;
 pub mod audit;
 pub mod bootstrap;
 pub mod changelog;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod entities;
 pub mod error;
 pub mod master_data;
@@ -109,13 +112,20 @@ pub async fn serve(
             ..sync::SyncSettings::default()
         },
     );
-    let retention = tokio::spawn(sync::retention::run(db.clone(), Duration::from_secs(600)));
-    let site_sampler = storesync_shared::telemetry::metrics_exporting().then(|| {
-        tokio::spawn(metrics::run_site_sampler(
+    let mut background = vec![
+        tokio::spawn(sync::retention::run(db.clone(), Duration::from_secs(600))),
+        tokio::spawn(watch_database(db.clone(), health.clone())),
+    ];
+    if storesync_shared::db::is_postgres(&state.config.database_url) {
+        // Other replicas on the same database wake this one's streams.
+        background.push(sync.start_cluster_listener(state.config.database_url.clone()));
+    }
+    if storesync_shared::telemetry::metrics_exporting() {
+        background.push(tokio::spawn(metrics::run_site_sampler(
             db.clone(),
             storesync_shared::telemetry::metric_export_interval(),
-        ))
-    });
+        )));
+    }
     set_health(&health, ServingStatus::Serving).await;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -168,9 +178,8 @@ pub async fn serve(
     let _ = shutdown_tx.send(true);
     // Sync sessions are long-lived: end them (UNAVAILABLE) so the drain can finish.
     sync.shut_down();
-    retention.abort();
-    if let Some(sampler) = site_sampler {
-        sampler.abort();
+    for task in &background {
+        task.abort();
     }
     let _ = stop_tx.send(());
     // The limit matters: hyper >= 1.5.1 can keep a graceful shutdown waiting on
@@ -187,6 +196,29 @@ pub async fn serve(
     db.close().await.ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reports NOT_SERVING while the database cannot be reached and SERVING again
+/// once it can: a probe then takes the replica out of its Service instead of
+/// sending it calls that can only fail.
+async fn watch_database(db: DatabaseConnection, health: tonic_health::server::HealthReporter) {
+    let mut reachable = true;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now_reachable = tokio::time::timeout(Duration::from_secs(5), db.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if now_reachable != reachable {
+            reachable = now_reachable;
+            if reachable {
+                tracing::info!("the database is reachable again: SERVING");
+                set_health(&health, ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("the database cannot be reached: NOT_SERVING until it can");
+                set_health(&health, ServingStatus::NotServing).await;
+            }
+        }
+    }
 }
 
 /// Sets the overall status and that of each storesync service.

@@ -1,4 +1,6 @@
 //! `master-service [serve]`: reads the configuration and runs [`master_service::serve`].
+//! `master-service report …` asks a running master for a report;
+//! `master-service demo` runs a master and two satellites with sample data.
 
 use std::process::ExitCode;
 
@@ -18,12 +20,27 @@ struct Cli {
 enum Command {
     /// Run migrations and serve gRPC (the default).
     Serve,
+    /// Ask the running master for a report (operator credentials from
+    /// --operator-user / --operator-password or their STORESYNC_* variables).
+    Report {
+        #[command(subcommand)]
+        report: master_service::cli::Report,
+        #[command(flatten)]
+        client: master_service::cli::ClientArgs,
+    },
+    /// Start a master and two satellites with sample data; Ctrl-C stops them.
+    Demo(master_service::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `serve` is the only command, and the default.
-    let (Some(Command::Serve) | None) = cli.command;
+    match cli.command {
+        Some(Command::Report { report, client }) => {
+            return report_command(&cli.args, report, client)
+        }
+        Some(Command::Demo(demo)) => return demo_command(demo),
+        Some(Command::Serve) | None => {}
+    }
     let config = match Config::load(cli.args) {
         Ok(config) => config,
         Err(error) => {
@@ -57,6 +74,67 @@ fn main() -> ExitCode {
     // Last: flush spans and metrics while the runtime still runs.
     telemetry.shutdown();
     code
+}
+
+/// A small runtime for the client commands.
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T, ExitCode> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Ok(runtime.block_on(future)),
+        Err(error) => {
+            eprintln!("master-service: cannot start the runtime: {error}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn report_command(
+    args: &Args,
+    report: master_service::cli::Report,
+    client: master_service::cli::ClientArgs,
+) -> ExitCode {
+    let Some(password) = args.operator_password.clone() else {
+        eprintln!("master-service report: set the operator password with STORESYNC_OPERATOR_PASSWORD or --operator-password");
+        return ExitCode::from(2);
+    };
+    let user = args.operator_user.clone().unwrap_or_else(|| "admin".into());
+    let url = storesync_shared::cli::service_url(
+        client.address.as_deref(),
+        args.listen.as_deref(),
+        master_service::config::DEFAULT_LISTEN,
+    );
+    let outcome = block_on(master_service::cli::run_report(
+        &url,
+        &user,
+        &password,
+        report,
+        client.format,
+    ));
+    match outcome {
+        Ok(Ok(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(error)) => {
+            eprintln!("master-service report: {error}");
+            ExitCode::FAILURE
+        }
+        Err(code) => code,
+    }
+}
+
+fn demo_command(demo: master_service::demo::DemoArgs) -> ExitCode {
+    match block_on(master_service::demo::run(demo)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => {
+            eprintln!("master-service demo: {error}");
+            ExitCode::FAILURE
+        }
+        Err(code) => code,
+    }
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

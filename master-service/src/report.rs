@@ -1,5 +1,15 @@
-//! `ReportService`: reports across every store. `SyncStatus` is served now;
-//! the stock and activity reports answer UNIMPLEMENTED until they are built.
+//! `ReportService`: reports across every store, read from the master's copy
+//! of each store's data, and the sync state of every site.
+//!
+//! The handlers are adapters over one domain function per report:
+//! [`stock::stock_on_hand`], [`stock::expiring_stock`],
+//! [`activity::store_activity`] and [`sync_status`]. [`query`] holds what they
+//! share (SQL with bound values, id-filter checks, page tokens). Reports only
+//! read; they never touch the sync stream's tables except to show its state.
+
+pub mod activity;
+pub mod query;
+pub mod stock;
 
 use std::collections::HashMap;
 
@@ -116,28 +126,28 @@ pub async fn sync_status(
 impl ReportService for ReportApi {
     async fn stock_on_hand(
         &self,
-        _: Request<pb::StockOnHandRequest>,
+        request: Request<pb::StockOnHandRequest>,
     ) -> Result<Response<pb::StockOnHandResponse>, Status> {
-        Err(Status::unimplemented(
-            "the StockOnHand report is not implemented yet",
+        Ok(Response::new(
+            stock::stock_on_hand(&self.db, request.get_ref()).await?,
         ))
     }
 
     async fn store_activity(
         &self,
-        _: Request<pb::StoreActivityRequest>,
+        request: Request<pb::StoreActivityRequest>,
     ) -> Result<Response<pb::StoreActivityResponse>, Status> {
-        Err(Status::unimplemented(
-            "the StoreActivity report is not implemented yet",
+        Ok(Response::new(
+            activity::store_activity(&self.db, request.get_ref()).await?,
         ))
     }
 
     async fn expiring_stock(
         &self,
-        _: Request<pb::ExpiringStockRequest>,
+        request: Request<pb::ExpiringStockRequest>,
     ) -> Result<Response<pb::ExpiringStockResponse>, Status> {
-        Err(Status::unimplemented(
-            "the ExpiringStock report is not implemented yet",
+        Ok(Response::new(
+            stock::expiring_stock(&self.db, request.get_ref()).await?,
         ))
     }
 

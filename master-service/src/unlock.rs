@@ -104,12 +104,20 @@ pub async fn require<C: ConnectionTrait>(
     }
 }
 
-/// Slows down repeated wrong codes from one source: no delay for the first
-/// failure, then 250 ms doubling to at most [`Throttle::MAX_DELAY`]. The count
-/// is forgotten after a success or an hour without failures.
-#[derive(Default)]
-pub struct Throttle {
-    failures: Mutex<HashMap<Option<IpAddr>, (u32, Instant)>>,
+/// Slows down repeated failures from one key (a source address for wrong
+/// codes; a Sync ID or a source for wrong sync passwords): no delay for the
+/// first failure, then 250 ms doubling to at most [`Throttle::MAX_DELAY`]. The
+/// count is forgotten after a success or an hour without failures.
+pub struct Throttle<K = Option<IpAddr>> {
+    failures: Mutex<HashMap<K, (u32, Instant)>>,
+}
+
+impl<K> Default for Throttle<K> {
+    fn default() -> Self {
+        Self {
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl Throttle {
@@ -117,18 +125,7 @@ impl Throttle {
     pub const MAX_DELAY: Duration = Duration::from_secs(8);
     const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
-    /// How long to wait before checking a code from `source`.
-    pub fn delay(&self, source: Option<IpAddr>) -> Duration {
-        let Ok(failures) = self.failures.lock() else {
-            return Self::MAX_DELAY;
-        };
-        match failures.get(&source) {
-            Some((count, last)) if last.elapsed() < Self::FORGET_AFTER => Self::delay_after(*count),
-            _ => Duration::ZERO,
-        }
-    }
-
-    /// The delay after `failures` consecutive wrong codes.
+    /// The delay after `failures` consecutive failures.
     pub fn delay_after(failures: u32) -> Duration {
         if failures == 0 {
             return Duration::ZERO;
@@ -136,22 +133,39 @@ impl Throttle {
         let factor = 1u32 << failures.saturating_sub(1).min(8);
         (Duration::from_millis(250) * factor).min(Self::MAX_DELAY)
     }
+}
 
-    /// Counts a wrong code from `source`.
-    pub fn failed(&self, source: Option<IpAddr>) {
-        if let Ok(mut failures) = self.failures.lock() {
-            // Keep the map small: drop sources that have been quiet long enough.
-            failures.retain(|_, (_, last)| last.elapsed() < Self::FORGET_AFTER);
-            let entry = failures.entry(source).or_insert((0, Instant::now()));
-            entry.0 = entry.0.saturating_add(1);
-            entry.1 = Instant::now();
+impl<K: Eq + std::hash::Hash> Throttle<K> {
+    /// How long to wait before checking what `key` sends.
+    pub fn delay(&self, key: K) -> Duration {
+        let Ok(failures) = self.failures.lock() else {
+            return Throttle::MAX_DELAY;
+        };
+        match failures.get(&key) {
+            Some((count, last)) if last.elapsed() < Throttle::FORGET_AFTER => {
+                Throttle::delay_after(*count)
+            }
+            _ => Duration::ZERO,
         }
     }
 
-    /// Forgets the failures of `source` after a right code.
-    pub fn succeeded(&self, source: Option<IpAddr>) {
+    /// Counts a failure of `key`; returns how many in a row it has now.
+    pub fn failed(&self, key: K) -> u32 {
+        let Ok(mut failures) = self.failures.lock() else {
+            return 0;
+        };
+        // Keep the map small: drop keys that have been quiet long enough.
+        failures.retain(|_, (_, last)| last.elapsed() < Throttle::FORGET_AFTER);
+        let entry = failures.entry(key).or_insert((0, Instant::now()));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = Instant::now();
+        entry.0
+    }
+
+    /// Forgets the failures of `key` after a success.
+    pub fn succeeded(&self, key: K) {
         if let Ok(mut failures) = self.failures.lock() {
-            failures.remove(&source);
+            failures.remove(&key);
         }
     }
 }

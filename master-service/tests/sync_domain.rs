@@ -8,6 +8,7 @@ use std::time::Duration;
 use master_service::changelog::{self, ChangeNotifier};
 use master_service::entities::site;
 use master_service::schema::Migrator;
+use master_service::sync::status::claim;
 use master_service::sync::upstream::{apply_batch, SiteIdentity};
 use rand::Rng;
 use sea_orm::{
@@ -166,6 +167,12 @@ async fn upstream_batches_apply_exactly_once_and_only_for_the_own_store() {
         let store_b = "2f1c7a4e-0000-4000-8000-00000000000b";
         add_site(&db, 2, store_a).await;
         add_site(&db, 3, store_b).await;
+        claim(&db, 2, "session-a", "streaming", "test", 0)
+            .await
+            .unwrap();
+        claim(&db, 3, "session-b", "streaming", "test", 0)
+            .await
+            .unwrap();
         let site_a = SiteIdentity {
             sync_id: 2,
             store_id: store_a.into(),
@@ -183,10 +190,14 @@ async fn upstream_batches_apply_exactly_once_and_only_for_the_own_store() {
             ]
         };
 
-        let first = apply_batch(&db, &site_a, batch(1, three())).await.unwrap();
+        let first = apply_batch(&db, &site_a, "session-a", batch(1, three()))
+            .await
+            .unwrap();
         assert_eq!((first.acked_seq, first.applied), (3, 3));
         // The same batch again (its ack was lost): nothing new.
-        let again = apply_batch(&db, &site_a, batch(1, three())).await.unwrap();
+        let again = apply_batch(&db, &site_a, "session-a", batch(1, three()))
+            .await
+            .unwrap();
         assert_eq!((again.acked_seq, again.applied), (3, 0));
         // Overlapping 2..=5 applies only 4 and 5; seq 2's different value is NOT re-applied.
         let overlap = vec![
@@ -195,7 +206,9 @@ async fn upstream_batches_apply_exactly_once_and_only_for_the_own_store() {
             stock(store_a, &ids[3], 4.0),
             stock(store_a, &ids[3], 5.0),
         ];
-        let overlap = apply_batch(&db, &site_a, batch(2, overlap)).await.unwrap();
+        let overlap = apply_batch(&db, &site_a, "session-a", batch(2, overlap))
+            .await
+            .unwrap();
         assert_eq!((overlap.acked_seq, overlap.applied), (5, 2));
         let line1 = stock_line::Entity::find_by_id(ids[1].clone())
             .one(&db)
@@ -217,15 +230,21 @@ async fn upstream_batches_apply_exactly_once_and_only_for_the_own_store() {
         );
 
         // A gap is refused.
-        let gap = apply_batch(&db, &site_a, batch(7, vec![stock(store_a, &ids[4], 1.0)]))
-            .await
-            .unwrap_err();
+        let gap = apply_batch(
+            &db,
+            &site_a,
+            "session-a",
+            batch(7, vec![stock(store_a, &ids[4], 1.0)]),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(gap.code(), tonic::Code::FailedPrecondition, "{gap}");
 
         // Another store's record: the whole batch is refused, naming the record.
         let foreign = apply_batch(
             &db,
             &site_a,
+            "session-a",
             batch(
                 6,
                 vec![stock(store_a, &ids[4], 1.0), stock(store_b, &ids[5], 1.0)],
@@ -248,6 +267,7 @@ async fn upstream_batches_apply_exactly_once_and_only_for_the_own_store() {
         let hijack = apply_batch(
             &db,
             &site_b,
+            "session-b",
             batch(1, vec![stock(store_b, &ids[0], 1000.0)]),
         )
         .await
@@ -256,7 +276,7 @@ async fn upstream_batches_apply_exactly_once_and_only_for_the_own_store() {
         assert!(hijack.to_string().contains(&ids[0]), "{hijack}");
 
         // Master data pushed upstream: refused.
-        let item = apply_batch(&db, &site_a, batch(6, vec![item_record(1)]))
+        let item = apply_batch(&db, &site_a, "session-a", batch(6, vec![item_record(1)]))
             .await
             .unwrap_err();
         assert_eq!(item.code(), tonic::Code::PermissionDenied);
@@ -267,7 +287,7 @@ async fn upstream_batches_apply_exactly_once_and_only_for_the_own_store() {
                 id: ids[0].clone(),
             })),
         };
-        let delete_item = apply_batch(&db, &site_a, batch(6, vec![tombstone]))
+        let delete_item = apply_batch(&db, &site_a, "session-a", batch(6, vec![tombstone]))
             .await
             .unwrap_err();
         assert_eq!(delete_item.code(), tonic::Code::PermissionDenied);
@@ -277,7 +297,7 @@ async fn upstream_batches_apply_exactly_once_and_only_for_the_own_store() {
         if let Some(Record::StockLine(line)) = &mut bad.record {
             line.expiry_date = "2028-02-30".into();
         }
-        let invalid = apply_batch(&db, &site_a, batch(6, vec![bad]))
+        let invalid = apply_batch(&db, &site_a, "session-a", batch(6, vec![bad]))
             .await
             .unwrap_err();
         assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
@@ -287,6 +307,26 @@ async fn upstream_batches_apply_exactly_once_and_only_for_the_own_store() {
                 .contains("upstream record 6: stock_line.expiry_date"),
             "{invalid}"
         );
+
+        // Site 2's session is replaced (on this or another replica): the old
+        // session can no longer apply anything.
+        claim(&db, 2, "session-a2", "streaming", "test", 0)
+            .await
+            .unwrap();
+        let stale = apply_batch(
+            &db,
+            &site_a,
+            "session-a",
+            batch(6, vec![stock(store_a, &ids[4], 1.0)]),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(stale.code(), tonic::Code::Aborted, "{stale}");
+        assert!(stock_line::Entity::find_by_id(ids[4].clone())
+            .one(&db)
+            .await
+            .unwrap()
+            .is_none());
 
         let acked = site::Entity::find_by_id(2)
             .one(&db)

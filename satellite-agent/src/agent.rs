@@ -61,12 +61,7 @@ impl AgentService for Agent {
             sync_with: vec![pb::SyncPeer {
                 sync_id: SyncId::MASTER.get(),
                 name: "master".into(),
-                url: self
-                    .config
-                    .master_url
-                    .as_str()
-                    .trim_end_matches('/')
-                    .to_owned(),
+                url: self.config.master_urls_text(),
             }],
             downstream_cursor: to_u64(state.downstream_cursor),
             upstream_last_seq: to_u64(state.upstream_last_seq),

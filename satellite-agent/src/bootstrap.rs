@@ -73,7 +73,7 @@ pub async fn check_locked_settings<C: ConnectionTrait>(db: &C, config: &Config) 
         .collect();
     let wanted = [
         config.sync_id.to_string(),
-        config.master_url.to_string(),
+        config.master_urls_text(),
         config.sync_user.clone(),
     ];
     let changed: Vec<String> = LOCKED

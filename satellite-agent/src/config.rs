@@ -66,8 +66,11 @@ pub enum LogFormat {
 /// The checked configuration of a satellite.
 #[derive(Clone)]
 pub struct Config {
-    /// The master's gRPC address (`http://` or `https://`).
+    /// The master's gRPC address (`http://` or `https://`): the first of `master_urls`.
     pub master_url: url::Url,
+    /// Every address of the master to try, in order, moving to the next on a
+    /// connection failure (replicas behind one Service need only one).
+    pub master_urls: Vec<url::Url>,
     /// This site's Sync ID (2 to 64).
     pub sync_id: SyncId,
     /// Sync user name and password; both ends must agree on them.
@@ -232,25 +235,33 @@ impl Config {
         let mut problems = Vec::new();
         let mut problem = |p: String| problems.push(p);
 
-        let master_url = match args.master_url.or(file.master_url) {
+        // One URL, or several separated by commas (master replicas, or a
+        // Service address first and replicas after): tried in turn on failure.
+        let mut master_urls = Vec::new();
+        match args.master_url.or(file.master_url) {
             None => {
                 problem("STORESYNC_MASTER_URL (--master-url, or master_url in the file) is required: the master's address, e.g. http://master.example:50051".into());
-                None
             }
-            Some(text) => match url::Url::parse(&text) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-                    Some(url)
+            Some(list) => {
+                for text in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    match url::Url::parse(text) {
+                        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                            master_urls.push(url)
+                        }
+                        Ok(_) => problem(format!(
+                            "STORESYNC_MASTER_URL: {text:?} must be an http:// or https:// URL with a host"
+                        )),
+                        Err(e) => problem(format!("STORESYNC_MASTER_URL: {text:?} is not a URL ({e})")),
+                    }
                 }
-                Ok(_) => {
-                    problem(format!("STORESYNC_MASTER_URL: {text:?} must be an http:// or https:// URL with a host"));
-                    None
+                if master_urls.is_empty() && !list.trim().is_empty() {
+                    problem(format!("STORESYNC_MASTER_URL: {list:?} holds no URL"));
+                } else if list.trim().is_empty() {
+                    problem("STORESYNC_MASTER_URL is empty: give the master's address, e.g. http://master.example:50051".into());
                 }
-                Err(e) => {
-                    problem(format!("STORESYNC_MASTER_URL: {text:?} is not a URL ({e})"));
-                    None
-                }
-            },
-        };
+            }
+        }
+        let master_url = master_urls.first().cloned();
         let sync_id = match args.sync_id.or(file.sync_id) {
             None => {
                 problem(
@@ -376,6 +387,7 @@ impl Config {
         match (master_url, sync_id, listen) {
             (Some(master_url), Some(sync_id), Some(listen)) if problems.is_empty() => Ok(Self {
                 master_url,
+                master_urls,
                 sync_id,
                 sync_user,
                 sync_password,
@@ -402,6 +414,15 @@ impl Config {
             }),
             _ => Err(ConfigError { problems }),
         }
+    }
+
+    /// The master's addresses as configured, comma-separated, without trailing slashes.
+    pub fn master_urls_text(&self) -> String {
+        self.master_urls
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/'))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The SQLite file of the database URL, when it is one (its directory is

@@ -13,6 +13,7 @@
 //! - [`agent`]: `AgentService` (status and SyncNow); [`status`]: the live sync
 //!   state that the sync client drives and `AgentService` shows.
 //! - [`bootstrap`]: first operator, locked sync settings.
+//! - [`cli`]: `satellite-agent status`, the operator command that asks a running satellite.
 //! - [`error`]: the crate's error and its gRPC status.
 //! - [`metrics`]: the satellite's OpenTelemetry instruments.
 //!
@@ -20,6 +21,7 @@
 //! gRPC server by [`Satellite::serve`], from a [`SyncTask`].
 pub mod agent;
 pub mod bootstrap;
+pub mod cli;
 pub mod config;
 pub mod entities;
 pub mod error;

@@ -1,14 +1,39 @@
 //! `satellite-agent`: reads the configuration, sets up logging (stderr) and
 //! runs [`satellite_agent::serve`] until SIGINT or SIGTERM.
+//! `satellite-agent status` asks the running satellite for its sync state.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use satellite_agent::config::{Args, Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "satellite-agent",
+    version,
+    about = "storesync satellite: hosts one store's data and syncs it with the master"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ask the running satellite for its sync state (operator credentials from
+    /// STORESYNC_OPERATOR_USER / STORESYNC_OPERATOR_PASSWORD).
+    Status(satellite_agent::cli::StatusArgs),
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::load(Args::parse()) {
+    let cli = Cli::parse();
+    if let Some(Command::Status(status)) = cli.command {
+        return status_command(&cli.args, &status).await;
+    }
+    let config = match Config::load(cli.args) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("satellite-agent: {error}");
@@ -40,6 +65,29 @@ async fn main() -> ExitCode {
     // Last: flush spans and metrics (blocking, so off the async threads).
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     code
+}
+
+async fn status_command(args: &Args, status: &satellite_agent::cli::StatusArgs) -> ExitCode {
+    let Some(password) = args.operator_password.clone() else {
+        eprintln!("satellite-agent status: set the operator password with STORESYNC_OPERATOR_PASSWORD or --operator-password");
+        return ExitCode::from(2);
+    };
+    let user = args.operator_user.clone().unwrap_or_else(|| "admin".into());
+    let url = storesync_shared::cli::service_url(
+        status.address.as_deref(),
+        args.listen.as_deref(),
+        satellite_agent::config::DEFAULT_LISTEN,
+    );
+    match satellite_agent::cli::status(&url, &user, &password, status).await {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("satellite-agent status: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Logs to stderr (stdout carries only the `listening on` line), filtered by

@@ -51,6 +51,9 @@ impl Error {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Aborted(_) => Code::Aborted,
             Self::Unavailable(_) => Code::Unavailable,
+            Self::Database(sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_)) => {
+                Code::Unavailable
+            }
             Self::Internal(_) | Self::Database(_) => Code::Internal,
         }
     }
@@ -59,6 +62,10 @@ impl Error {
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match &error {
+            Error::Database(sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_)) => {
+                tracing::warn!(%error, "request failed: database unreachable");
+                Status::unavailable("the database is unavailable; retry shortly")
+            }
             Error::Internal(_) | Error::Database(_) => {
                 tracing::error!(%error, "request failed");
                 Status::internal("internal error; see the server log")

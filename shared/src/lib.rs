@@ -18,6 +18,7 @@
 //! - [`telemetry`]: logs, OpenTelemetry traces and metrics (OTLP), the metric
 //!   catalogue, W3C context in sync batches, gRPC server metrics.
 pub mod auth;
+pub mod cli;
 pub mod convert;
 pub mod db;
 pub mod entities;

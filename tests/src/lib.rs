@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod master;
 pub mod otlp;
 pub mod proxy;
+pub mod raw;
 pub mod satellite;
 
 /// Path of a workspace binary built alongside the tests.

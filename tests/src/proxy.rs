@@ -21,6 +21,8 @@ pub struct Proxy {
     cuts: Arc<AtomicU64>,
     refusing: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
+    /// Bumped to drop every open link at once.
+    drop_links: watch::Sender<u64>,
 }
 
 impl Proxy {
@@ -33,6 +35,7 @@ impl Proxy {
         let cuts = Arc::new(AtomicU64::new(0));
         let refusing = Arc::new(AtomicBool::new(false));
         let (stop, stop_rx) = watch::channel(false);
+        let (drop_links, drop_rx) = watch::channel(0u64);
         let (t, c, n, r) = (
             target.clone(),
             cut_after.clone(),
@@ -53,11 +56,16 @@ impl Proxy {
                 }
                 let to = *t.lock().expect("target lock");
                 let (c, n, stop_rx) = (c.clone(), n.clone(), stop_rx.clone());
+                let mut drop_rx = drop_rx.clone();
+                drop_rx.mark_unchanged();
                 tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(to).await {
                         let _ = inbound.set_nodelay(true);
                         let _ = outbound.set_nodelay(true);
-                        link(inbound, outbound, c, n, stop_rx).await;
+                        tokio::select! {
+                            () = link(inbound, outbound, c, n, stop_rx) => {}
+                            _ = drop_rx.changed() => {}
+                        }
                     }
                 });
             }
@@ -69,6 +77,7 @@ impl Proxy {
             cuts,
             refusing,
             stop,
+            drop_links,
         }
     }
 
@@ -85,6 +94,11 @@ impl Proxy {
     /// Cuts the links once `bytes` more bytes have passed (both directions together).
     pub fn cut_after(&self, bytes: u64) {
         self.cut_after.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Drops every open link now (new ones are still accepted unless refused).
+    pub fn cut_all(&self) {
+        self.drop_links.send_modify(|generation| *generation += 1);
     }
 
     /// How many links have been cut so far.

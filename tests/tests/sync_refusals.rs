@@ -6,77 +6,15 @@
 use std::time::Duration;
 
 use storesync_shared::proto::v1 as pb;
-use storesync_shared::proto::v1::sync_service_client::SyncServiceClient;
 use storesync_tests::cluster::{
     create_items, store_data, store_of, Master, Satellite, SYNC_PASSWORD, SYNC_USER,
 };
+use storesync_tests::raw::{hello, open, stock_line, RawSession};
 use storesync_tests::{backends, eventually, TestDb};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-
-struct Session {
-    tx: mpsc::Sender<pb::SatelliteMessage>,
-    inbound: tonic::Streaming<pb::MasterMessage>,
-    welcome: pb::Welcome,
-}
-
-fn hello(sync_id: u32) -> pb::Hello {
-    pb::Hello {
-        protocol_version: 1,
-        sync_id,
-        agent_version: "test".into(),
-        downstream_cursor: 0,
-        upstream_last_seq: 0,
-        needs_initialisation: false,
-        mode: pb::SyncMode::Streaming as i32,
-        upstream_backlog: 0,
-    }
-}
-
-async fn open(
-    master: &Master,
-    sync_id: &str,
-    user: &str,
-    password: &str,
-    hello: pb::Hello,
-) -> Result<Session, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(master.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = SyncServiceClient::new(channel);
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(pb::SatelliteMessage {
-        message: Some(pb::satellite_message::Message::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        "authorization",
-        storesync_shared::auth::basic_header(user, password)
-            .parse()
-            .unwrap(),
-    );
-    request
-        .metadata_mut()
-        .insert("x-sync-id", sync_id.parse().unwrap());
-    let mut inbound = client.sync(request).await?.into_inner();
-    let first = inbound.message().await?.expect("a first message");
-    let Some(pb::master_message::Message::Welcome(welcome)) = first.message else {
-        panic!("expected Welcome, got {first:?}")
-    };
-    Ok(Session {
-        tx,
-        inbound,
-        welcome,
-    })
-}
 
 /// Sends `records` as one batch and returns the status that ends the stream.
 async fn push_expecting_refusal(
-    session: &mut Session,
+    session: &mut RawSession,
     records: Vec<pb::SyncRecord>,
 ) -> tonic::Status {
     let first_seq = session.welcome.upstream_acked_seq + 1;
@@ -111,24 +49,6 @@ async fn push_expecting_refusal(
     outcome.expect("the master answers a bad batch promptly")
 }
 
-fn stock_line(store_id: &str, item_id: &str) -> pb::SyncRecord {
-    pb::SyncRecord {
-        record: Some(pb::sync_record::Record::StockLine(pb::StockLine {
-            id: uuid::Uuid::new_v4().to_string(),
-            store_id: store_id.to_owned(),
-            item_id: item_id.to_owned(),
-            batch: "X1".into(),
-            expiry_date: "2030-01-31".into(),
-            pack_size: 10,
-            available_number_of_packs: 5.0,
-            total_number_of_packs: 5.0,
-            cost_price_per_pack: 1.0,
-            sell_price_per_pack: 1.5,
-            updated_at_ms: 1,
-        })),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_master_refuses_strangers_forgers_and_foreign_records() {
     for backend in backends("the_master_refuses_strangers_forgers_and_foreign_records") {
@@ -142,11 +62,11 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
         let store_3 = store_of(&db, 3).await;
 
         // Wrong password and wrong user name: UNAUTHENTICATED, one message.
-        let wrong_password = open(&master, "2", SYNC_USER, "not-the-password", hello(2))
+        let wrong_password = open(&master.url(), "2", SYNC_USER, "not-the-password", hello(2))
             .await
             .err()
             .unwrap();
-        let wrong_user = open(&master, "2", "mallory", SYNC_PASSWORD, hello(2))
+        let wrong_user = open(&master.url(), "2", "mallory", SYNC_PASSWORD, hello(2))
             .await
             .err()
             .unwrap();
@@ -157,27 +77,39 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
             wrong_user.message(),
             "the message must not tell which part was wrong"
         );
-        let no_sync_id = open(&master, "two", SYNC_USER, SYNC_PASSWORD, hello(2))
+        let no_sync_id = open(&master.url(), "two", SYNC_USER, SYNC_PASSWORD, hello(2))
             .await
             .err()
             .unwrap();
+        // Repeated failures are answered ever more slowly (three so far from here).
+        let started = std::time::Instant::now();
+        let slowed = open(&master.url(), "2", SYNC_USER, "still-wrong", hello(2))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(slowed.code(), tonic::Code::Unauthenticated);
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(900),
+            "the fourth failure in a row came back in {:?}",
+            started.elapsed()
+        );
         assert_eq!(no_sync_id.code(), tonic::Code::Unauthenticated);
 
         // Unknown Sync ID and the master's own: PERMISSION_DENIED saying why.
-        let unknown = open(&master, "9", SYNC_USER, SYNC_PASSWORD, hello(9))
+        let unknown = open(&master.url(), "9", SYNC_USER, SYNC_PASSWORD, hello(9))
             .await
             .err()
             .unwrap();
         assert_eq!(unknown.code(), tonic::Code::PermissionDenied);
         assert!(unknown.message().contains("Sync ID 9"), "{unknown:?}");
-        let own = open(&master, "1", SYNC_USER, SYNC_PASSWORD, hello(1))
+        let own = open(&master.url(), "1", SYNC_USER, SYNC_PASSWORD, hello(1))
             .await
             .err()
             .unwrap();
         assert_eq!(own.code(), tonic::Code::PermissionDenied);
 
         // A Hello that claims another Sync ID than the credentials.
-        let forged = open(&master, "2", SYNC_USER, SYNC_PASSWORD, hello(3))
+        let forged = open(&master.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(3))
             .await
             .err()
             .unwrap();
@@ -186,7 +118,7 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
         // A protocol version the master does not speak.
         let mut future = hello(2);
         future.protocol_version = 99;
-        let version = open(&master, "2", SYNC_USER, SYNC_PASSWORD, future)
+        let version = open(&master.url(), "2", SYNC_USER, SYNC_PASSWORD, future)
             .await
             .err()
             .unwrap();
@@ -197,7 +129,7 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
         );
 
         // Site 2 pushes store 3's record among its own: refused whole.
-        let mut session = open(&master, "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+        let mut session = open(&master.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(2))
             .await
             .unwrap();
         let own_record = stock_line(&store_2.id, &items[0].id);
@@ -214,7 +146,7 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
         );
 
         // Site 2 pushes an item (master data): refused.
-        let mut session = open(&master, "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+        let mut session = open(&master.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(2))
             .await
             .unwrap();
         let mut item = items[0].clone();

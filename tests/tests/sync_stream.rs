@@ -217,7 +217,7 @@ async fn satellite_killed_during_upstream_backlog_loses_and_repeats_nothing() {
 
         // Link down: the backlog piles up in the outbox.
         proxy.refuse(true);
-        proxy.cut_after(0);
+        proxy.cut_all();
         build_backlog(&satellite, &supplier, &items, 250).await;
         let backlog = satellite.status().await.upstream_backlog;
         assert!(
@@ -292,7 +292,7 @@ async fn master_killed_during_transfer_loses_and_repeats_nothing() {
                     &proxy.url(),
                     id,
                     "streaming",
-                    &[("STORESYNC_UPSTREAM_BATCH_RECORDS", "50")],
+                    &[("STORESYNC_UPSTREAM_BATCH_RECORDS", "10")],
                 )
             })
             .collect();
@@ -301,7 +301,7 @@ async fn master_killed_during_transfer_loses_and_repeats_nothing() {
         }
         // Both directions pile up while the link is down.
         proxy.refuse(true);
-        proxy.cut_after(0);
+        proxy.cut_all();
         for satellite in &satellites {
             build_backlog(satellite, &supplier, &items, 120).await;
         }
@@ -309,12 +309,22 @@ async fn master_killed_during_transfer_loses_and_repeats_nothing() {
         assert_eq!(more_items.len(), 400);
 
         proxy.refuse(false);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Kill the master as soon as the first upstream batch has committed:
+        // both directions are then mid-transfer.
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while master_site_acked(&db, 2).await + master_site_acked(&db, 3).await == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no upstream batch committed in {LIMIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         master.process.kill();
         eprintln!(
-            "killed the master at upstream sequence {} / {}",
+            "killed the master at upstream sequence {} / {} (of about {} each)",
             master_site_acked(&db, 2).await,
-            master_site_acked(&db, 3).await
+            master_site_acked(&db, 3).await,
+            120 * 11
         );
         master.start_again();
         proxy.set_target(master.process.addr);
@@ -346,7 +356,7 @@ async fn link_cut_mid_batch_resumes_exactly_once() {
         );
         satellite.wait_initialised(LIMIT).await;
         proxy.refuse(true);
-        proxy.cut_after(0);
+        proxy.cut_all();
         build_backlog(&satellite, &supplier, &items, 150).await;
         let more = create_items(&master, "CUTD", 150).await;
         assert_eq!(more.len(), 150);

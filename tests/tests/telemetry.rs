@@ -8,16 +8,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use storesync_shared::proto::v1 as pb;
-use storesync_shared::proto::v1::sync_service_client::SyncServiceClient;
 use storesync_shared::telemetry::catalog;
 use storesync_tests::cluster::{
     assert_store_copies_equal, create_items, create_trading_partners, goods_in, store_of,
     wait_master_data_equal, Master, Satellite, SYNC_PASSWORD, SYNC_USER,
 };
 use storesync_tests::otlp::{OtlpReceiver, Point, Span};
+use storesync_tests::raw;
 use storesync_tests::{backends, eventually, TestDb};
-use tokio_stream::wrappers::ReceiverStream;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -72,7 +70,14 @@ async fn a_batch_is_one_trace_across_sites_and_the_metrics_name_the_site() {
         wait_master_data_equal(&db, &satellite, LIMIT).await;
 
         // A wrong password, and a batch of another store's data from site 3.
-        let refused = open_session(&master.url(), 3, "wrong-password").await;
+        let refused = raw::open(
+            &master.url(),
+            "3",
+            SYNC_USER,
+            "wrong-password",
+            raw::hello(3),
+        )
+        .await;
         assert_eq!(refused.err().unwrap().code(), tonic::Code::Unauthenticated);
         let foreign_store = store_of(&db, 2).await;
         let status = push_foreign_batch(&master.url(), &foreign_store.id, &items[0].id).await;
@@ -294,92 +299,19 @@ fn has(point: &Point, wanted: &[(&str, &str)]) -> bool {
         .all(|(k, v)| attrs.get(*k).map(String::as_str) == Some(*v))
 }
 
-/// Opens a sync session as `sync_id`; the stream and the Welcome on success.
-async fn open_session(
-    url: &str,
-    sync_id: u32,
-    password: &str,
-) -> Result<
-    (
-        tokio::sync::mpsc::Sender<pb::SatelliteMessage>,
-        tonic::Streaming<pb::MasterMessage>,
-        pb::Welcome,
-    ),
-    tonic::Status,
-> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(pb::SatelliteMessage {
-        message: Some(pb::satellite_message::Message::Hello(pb::Hello {
-            protocol_version: storesync_shared::PROTOCOL_VERSION,
-            sync_id,
-            agent_version: "test".into(),
-            mode: pb::SyncMode::Streaming as i32,
-            ..Default::default()
-        })),
-    })
-    .await
-    .unwrap();
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        "authorization",
-        storesync_shared::auth::basic_header(SYNC_USER, password)
-            .parse()
-            .unwrap(),
-    );
-    request
-        .metadata_mut()
-        .insert("x-sync-id", sync_id.to_string().parse().unwrap());
-    let mut inbound = SyncServiceClient::new(channel)
-        .sync(request)
-        .await?
-        .into_inner();
-    let first = inbound.message().await?.expect("a Welcome");
-    let Some(pb::master_message::Message::Welcome(welcome)) = first.message else {
-        panic!("expected a Welcome, got {first:?}")
-    };
-    Ok((tx, inbound, welcome))
-}
-
 /// Site 3 sends a stock line of `store_id` (not its store); returns the
 /// status that ends its stream.
 async fn push_foreign_batch(url: &str, store_id: &str, item_id: &str) -> tonic::Status {
-    let (tx, mut inbound, welcome) = open_session(url, 3, SYNC_PASSWORD).await.unwrap();
-    let seq = welcome.upstream_acked_seq + 1;
-    let record = pb::SyncRecord {
-        record: Some(pb::sync_record::Record::StockLine(pb::StockLine {
-            id: uuid::Uuid::new_v4().to_string(),
-            store_id: store_id.to_owned(),
-            item_id: item_id.to_owned(),
-            batch: "X1".into(),
-            expiry_date: "2030-01-31".into(),
-            pack_size: 10,
-            available_number_of_packs: 5.0,
-            total_number_of_packs: 5.0,
-            cost_price_per_pack: 1.0,
-            sell_price_per_pack: 1.5,
-            updated_at_ms: 1,
-        })),
-    };
-    tx.send(pb::SatelliteMessage {
-        message: Some(pb::satellite_message::Message::UpstreamBatch(
-            pb::UpstreamBatch {
-                first_seq: seq,
-                last_seq: seq,
-                records: vec![record],
-                trace_context: Default::default(),
-            },
-        )),
-    })
-    .await
-    .unwrap();
+    let mut session = raw::open(url, "3", SYNC_USER, SYNC_PASSWORD, raw::hello(3))
+        .await
+        .unwrap();
+    let seq = session.welcome.upstream_acked_seq + 1;
+    session
+        .push(seq, vec![raw::stock_line(store_id, item_id)])
+        .await;
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            match inbound.message().await {
+            match session.inbound.message().await {
                 Ok(Some(_)) => continue,
                 Ok(None) => panic!("the stream ended without a status"),
                 Err(status) => return status,

@@ -75,9 +75,10 @@ pub async fn run(
             in_flight.pop_front();
         }
         if in_flight.len() < settings.downstream_window {
-            let entries =
+            let mut entries =
                 changelog::read_after(&ctx.db, cursor, settings.downstream_batch_records as u64)
                     .await?;
+            keep_within_bytes(&mut entries, settings.downstream_batch_bytes);
             if let Some(last) = entries.last() {
                 let end = u64::try_from(last.seq).unwrap_or(cursor);
                 let records = entries
@@ -129,6 +130,20 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Cuts `entries` after the last one that fits in `max_bytes` (always keeping
+/// the first, so that one large record still moves).
+fn keep_within_bytes(entries: &mut Vec<crate::entities::change_log::Model>, max_bytes: usize) {
+    let mut bytes = 0usize;
+    let fits = entries
+        .iter()
+        .take_while(|entry| {
+            bytes += entry.payload.len() + 16;
+            bytes <= max_bytes
+        })
+        .count();
+    entries.truncate(fits.max(1));
 }
 
 /// Master data as of one change-log cursor, read in one database snapshot.
@@ -205,6 +220,7 @@ async fn send_snapshot(
         sent: 0,
         total,
         pending: Vec::new(),
+        pending_bytes: 0,
     };
     for record in master_records {
         sender.push(record).await?;
@@ -215,66 +231,71 @@ async fn send_snapshot(
         })
         .await?;
 
+    // Store data in pages by id, so a large store never sits in memory whole.
     let page = ctx.settings.downstream_batch_records as u64;
-    let mut after = String::new();
-    loop {
-        let rows = stock_line::Entity::find()
-            .filter(stock_line::Column::StoreId.eq(store_id))
-            .filter(stock_line::Column::Id.gt(after.clone()))
-            .order_by_asc(stock_line::Column::Id)
-            .limit(page)
-            .all(db)
-            .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.id.clone();
-        for row in rows {
-            sender
-                .push(SyncRecord {
-                    record: Some(Record::StockLine(row.into())),
-                })
-                .await?;
-        }
-    }
-    let mut after = String::new();
-    loop {
-        let rows = invoice::Entity::find()
-            .filter(invoice::Column::StoreId.eq(store_id))
-            .filter(invoice::Column::Id.gt(after.clone()))
-            .order_by_asc(invoice::Column::Id)
-            .limit(page)
-            .all(db)
-            .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.id.clone();
-        for row in rows {
-            sender
-                .push(SyncRecord {
-                    record: Some(Record::Invoice(row.into())),
-                })
-                .await?;
-        }
-    }
-    let mut after = String::new();
-    loop {
-        let rows = invoice_line::Entity::find()
-            .filter(invoice_line::Column::StoreId.eq(store_id))
-            .filter(invoice_line::Column::Id.gt(after.clone()))
-            .order_by_asc(invoice_line::Column::Id)
-            .limit(page)
-            .all(db)
-            .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.id.clone();
-        for row in rows {
-            sender
-                .push(SyncRecord {
-                    record: Some(Record::InvoiceLine(row.into())),
-                })
-                .await?;
-        }
-    }
+    send_store_rows::<stock_line::Entity>(
+        &mut sender,
+        store_id,
+        page,
+        stock_line::Column::StoreId,
+        stock_line::Column::Id,
+        |r| (r.id.clone(), Record::StockLine(r.into())),
+    )
+    .await?;
+    send_store_rows::<invoice::Entity>(
+        &mut sender,
+        store_id,
+        page,
+        invoice::Column::StoreId,
+        invoice::Column::Id,
+        |r| (r.id.clone(), Record::Invoice(r.into())),
+    )
+    .await?;
+    send_store_rows::<invoice_line::Entity>(
+        &mut sender,
+        store_id,
+        page,
+        invoice_line::Column::StoreId,
+        invoice_line::Column::Id,
+        |r| (r.id.clone(), Record::InvoiceLine(r.into())),
+    )
+    .await?;
     sender.finish(head).await?;
     Ok(head)
+}
+
+/// Pushes every row of one store table into the snapshot, `page` rows per
+/// query, in id order (keyset paging: no offset scans).
+async fn send_store_rows<E: EntityTrait>(
+    sender: &mut SnapshotSender<'_>,
+    store_id: &str,
+    page: u64,
+    store_column: E::Column,
+    id_column: E::Column,
+    to_record: fn(E::Model) -> (String, Record),
+) -> Result<()> {
+    let mut after = String::new();
+    loop {
+        let rows = E::find()
+            .filter(store_column.eq(store_id))
+            .filter(id_column.gt(after.clone()))
+            .order_by_asc(id_column)
+            .limit(page)
+            .all(&sender.ctx.db)
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for row in rows {
+            let (id, record) = to_record(row);
+            after = id;
+            sender
+                .push(SyncRecord {
+                    record: Some(record),
+                })
+                .await?;
+        }
+    }
 }
 
 /// Cuts the snapshot into batches and keeps at most `window` unacknowledged.
@@ -286,12 +307,17 @@ struct SnapshotSender<'a> {
     sent: u64,
     total: u64,
     pending: Vec<SyncRecord>,
+    /// Encoded size of `pending`.
+    pending_bytes: usize,
 }
 
 impl SnapshotSender<'_> {
     async fn push(&mut self, record: SyncRecord) -> Result<()> {
+        self.pending_bytes += record.encoded_len() + 16;
         self.pending.push(record);
-        if self.pending.len() >= self.ctx.settings.downstream_batch_records {
+        if self.pending.len() >= self.ctx.settings.downstream_batch_records
+            || self.pending_bytes >= self.ctx.settings.downstream_batch_bytes
+        {
             self.flush(false, 0).await?;
         }
         Ok(())
@@ -324,6 +350,7 @@ impl SnapshotSender<'_> {
             }
         }
         let records = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
         self.sent += records.len() as u64;
         let span = tracing::info_span!(parent: None, "sync.downstream.send", otel.kind = "producer", sync_id = self.sync_id, end_cursor, records = records.len(), initialisation = true);
         let trace_context = storesync_shared::telemetry::propagation::inject(&span);
@@ -352,5 +379,39 @@ impl SnapshotSender<'_> {
             "initialisation snapshot sent"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_within_bytes;
+    use crate::entities::change_log;
+
+    fn entry(seq: i64, size: usize) -> change_log::Model {
+        change_log::Model {
+            seq,
+            table_name: "ITEM".into(),
+            record_id: seq.to_string(),
+            deleted: false,
+            payload: vec![0; size],
+            changed_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn batches_stop_at_the_byte_limit_but_always_carry_one_record() {
+        let mut entries: Vec<_> = (1..=10).map(|n| entry(n, 84)).collect();
+        keep_within_bytes(&mut entries, 350);
+        assert_eq!(
+            entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let mut huge = vec![entry(1, 10_000), entry(2, 10)];
+        keep_within_bytes(&mut huge, 100);
+        assert_eq!(
+            huge.len(),
+            1,
+            "a record larger than the limit still travels, alone"
+        );
     }
 }

@@ -14,6 +14,7 @@
 //! Not here: how master data is written (`master_data`, `changelog`), the
 //! "sync with" list and credentials (`admin`; this module only reads them).
 
+pub mod cluster;
 pub mod downstream;
 pub mod retention;
 pub mod status;
@@ -40,6 +41,7 @@ use tracing::Instrument;
 use crate::changelog::{self, ChangeNotifier};
 use crate::entities::{change_log, site};
 use crate::metrics;
+use crate::unlock::Throttle;
 use downstream::Acked;
 use upstream::{sync_id_i32, SiteIdentity};
 
@@ -53,6 +55,8 @@ pub struct SyncSettings {
     pub max_batch_records: u32,
     /// Records per downstream batch.
     pub downstream_batch_records: usize,
+    /// Bytes per downstream batch (encoded records), well under the message limit.
+    pub downstream_batch_bytes: usize,
     /// Unacknowledged downstream batches allowed in flight.
     pub downstream_window: usize,
     /// How long to wait for the Hello.
@@ -68,6 +72,7 @@ impl Default for SyncSettings {
             heartbeat: Duration::from_secs(15),
             max_batch_records: 5000,
             downstream_batch_records: 1000,
+            downstream_batch_bytes: 4 * 1024 * 1024,
             downstream_window: 4,
             hello_timeout: Duration::from_secs(30),
             poll_fallback: Duration::from_secs(5),
@@ -82,6 +87,9 @@ pub struct SyncContext {
     pub notifier: ChangeNotifier,
     pub settings: Arc<SyncSettings>,
     sessions: Arc<Sessions>,
+    /// Wrong sync credentials, counted per Sync ID and per source address.
+    failures_by_site: Arc<Throttle<u32>>,
+    failures_by_source: Arc<Throttle<Option<std::net::IpAddr>>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -92,6 +100,8 @@ impl SyncContext {
             notifier,
             settings: Arc::new(settings),
             sessions: Arc::new(Sessions::default()),
+            failures_by_site: Arc::new(Throttle::default()),
+            failures_by_source: Arc::new(Throttle::default()),
             shutdown: watch::channel(false).0,
         }
     }
@@ -101,6 +111,15 @@ impl SyncContext {
         SyncServiceServer::new(SyncHandler { ctx: self.clone() })
             .max_decoding_message_size(storesync_shared::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(storesync_shared::server::MAX_MESSAGE_BYTES)
+    }
+
+    /// Listens for other replicas' changes and session claims (PostgreSQL only).
+    pub fn start_cluster_listener(&self, database_url: String) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(cluster::listen(
+            database_url,
+            self.notifier.clone(),
+            self.sessions.clone(),
+        ))
     }
 
     /// Ends every session with `UNAVAILABLE` (the server is draining): the
@@ -134,6 +153,21 @@ impl Sessions {
             old.send_replace(true);
         }
         replaced_rx
+    }
+
+    /// Another replica's session `session_id` claimed `sync_id`: a different
+    /// session of that site here must end.
+    fn claimed_elsewhere(&self, sync_id: u32, session_id: &str) {
+        let mut active = self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if active.get(&sync_id).is_some_and(|(id, _)| id != session_id) {
+            if let Some((old_id, old)) = active.remove(&sync_id) {
+                tracing::info!(sync_id, old_session = %old_id, new_session = %session_id, "a session on another replica replaces this one");
+                old.send_replace(true);
+            }
+        }
     }
 
     fn unregister(&self, sync_id: u32, session_id: &str) {
@@ -173,13 +207,8 @@ impl SyncService for SyncHandler {
         request: Request<Streaming<SatelliteMessage>>,
     ) -> std::result::Result<Response<MasterStream>, Status> {
         let ctx = self.ctx.clone();
-        let (site, identity) = authenticate(&ctx.db, request.metadata())
-            .await
-            .inspect_err(|error| {
-                if matches!(error, Error::Unauthenticated(_)) {
-                    metrics::auth_failed(claimed_sync_id(request.metadata()));
-                }
-            })?;
+        let source = request.remote_addr().map(|a| a.ip());
+        let (site, identity) = authenticate(&ctx, source, request.metadata()).await?;
         let mut inbound = request.into_inner();
         let hello = read_hello(&ctx, &mut inbound, identity.sync_id).await?;
         let welcome = welcome(&ctx, &site, &identity, &hello).await?;
@@ -202,17 +231,41 @@ impl SyncService for SyncHandler {
 /// Wrong user name or password, or a missing or malformed Sync ID: UNAUTHENTICATED,
 /// with one message. Right credentials for a Sync ID that is unknown, the
 /// master's own or disabled: PERMISSION_DENIED saying which.
+///
+/// Repeated failures are answered ever more slowly, per Sync ID and per source
+/// address (see [`Throttle`]), so guessing a password costs seconds a try.
 async fn authenticate(
-    db: &DatabaseConnection,
+    ctx: &SyncContext,
+    source: Option<std::net::IpAddr>,
     metadata: &tonic::metadata::MetadataMap,
 ) -> Result<(site::Model, SiteIdentity)> {
+    let db = &ctx.db;
     let unauthenticated = || Error::Unauthenticated(SYNC_BAD_CREDENTIALS.to_owned());
-    let sync_id: u32 = metadata
+    let sync_id_header: Option<u32> = metadata
         .get("x-sync-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(unauthenticated)?;
-    let credentials = auth::basic_credentials(metadata).map_err(|_| unauthenticated())?;
+        .and_then(|v| v.trim().parse().ok());
+    let delay = ctx
+        .failures_by_source
+        .delay(source)
+        .max(sync_id_header.map_or(Duration::ZERO, |id| ctx.failures_by_site.delay(id)));
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let failed = |sync_id: Option<u32>, user: &str| {
+        let in_a_row = ctx.failures_by_source.failed(source);
+        let for_site = sync_id.map_or(0, |id| ctx.failures_by_site.failed(id));
+        metrics::auth_failed(sync_id);
+        // The user name helps an operator find a misconfigured site; the password never appears.
+        tracing::warn!(sync_id, %user, source = ?source, failures_from_source = in_a_row, failures_for_site = for_site, "sync authentication failed");
+        unauthenticated()
+    };
+    let Some(sync_id) = sync_id_header else {
+        return Err(failed(None, ""));
+    };
+    let Ok(credentials) = auth::basic_credentials(metadata) else {
+        return Err(failed(Some(sync_id), ""));
+    };
     let site = site::Entity::find_by_id(sync_id_i32(sync_id))
         .one(db)
         .await?;
@@ -235,9 +288,10 @@ async fn authenticate(
     };
     let password_ok = auth::verify_secret(credentials.password, expected_hash).await;
     if !password_ok || expected_user.as_deref() != Some(credentials.user.as_str()) {
-        tracing::warn!(sync_id, user = %credentials.user, "sync authentication failed");
-        return Err(unauthenticated());
+        return Err(failed(Some(sync_id), &credentials.user));
     }
+    ctx.failures_by_source.succeeded(source);
+    ctx.failures_by_site.succeeded(sync_id);
     if sync_id == 1 {
         return Err(Error::PermissionDenied(
             "Sync ID 1 is the master itself; a satellite has a Sync ID from 2 to 64".into(),
@@ -258,14 +312,6 @@ async fn authenticate(
         store_id: site.store_id.clone(),
     };
     Ok((site, identity))
-}
-
-/// The `x-sync-id` a caller claims, for the auth-failure metric.
-fn claimed_sync_id(metadata: &tonic::metadata::MetadataMap) -> Option<u32> {
-    metadata
-        .get("x-sync-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The one message for every failed sync login.
@@ -392,8 +438,9 @@ async fn run_session(
     };
     tracing::info!(parent: &span, mode, agent_version = %hello.agent_version, initialise = hello.needs_initialisation, cursor = hello.downstream_cursor, "session started");
     let mut replaced = ctx.sessions.register(sync_id, &session_id);
-    metrics::session_opened(sync_id);
-    status::connected(
+    // The claim in the database decides which session may apply this site's
+    // batches, across replicas; without it the session cannot go on.
+    let claimed = status::claim(
         &ctx.db,
         sync_id,
         &session_id,
@@ -402,6 +449,17 @@ async fn run_session(
         hello.upstream_backlog,
     )
     .await;
+    if let Err(error) = claimed {
+        tracing::warn!(parent: &span, %error, "could not claim the site; ending the session");
+        let _ = tx
+            .send(Err(Status::unavailable(
+                "the master cannot record this session; reconnect later",
+            )))
+            .await;
+        ctx.sessions.unregister(sync_id, &session_id);
+        return;
+    }
+    metrics::session_opened(sync_id);
 
     let (ack_tx, ack_rx) = watch::channel(Acked {
         cursor: hello.downstream_cursor,
@@ -420,6 +478,7 @@ async fn run_session(
     let inbound_half = inbound_loop(
         &ctx,
         &identity,
+        &session_id,
         hello.needs_initialisation,
         inbound,
         &tx,
@@ -485,10 +544,30 @@ fn clone_error(error: &Error) -> Error {
     }
 }
 
+/// Why reading the satellite's stream failed, as the status to end it with.
+/// tonic reports a message it cannot decode as INTERNAL and one over the size
+/// limit as OUT_OF_RANGE; both are the sender's fault, not the master's.
+fn inbound_failure(status: &Status) -> Error {
+    match status.code() {
+        tonic::Code::Internal => {
+            Error::InvalidArgument(format!("a malformed message: {}", status.message()))
+        }
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            Error::InvalidArgument(format!(
+                "a message over the size limit of {} bytes: {}",
+                storesync_shared::server::MAX_MESSAGE_BYTES,
+                status.message()
+            ))
+        }
+        _ => Error::Unavailable(format!("the stream broke: {}", status.message())),
+    }
+}
+
 /// Reads the satellite's messages until it says Goodbye, goes away or errs.
 async fn inbound_loop(
     ctx: &SyncContext,
     identity: &SiteIdentity,
+    session_id: &str,
     initialising: bool,
     mut inbound: Streaming<SatelliteMessage>,
     tx: &downstream::Outbound,
@@ -508,12 +587,7 @@ async fn inbound_loop(
         let message = match next {
             Ok(Some(message)) => message,
             Ok(None) => return Ok(()),
-            Err(status) => {
-                return Err(Error::Unavailable(format!(
-                    "the stream broke: {}",
-                    status.message()
-                )))
-            }
+            Err(status) => return Err(inbound_failure(&status)),
         };
         match message.message {
             Some(satellite_message::Message::UpstreamBatch(batch)) => {
@@ -534,7 +608,7 @@ async fn inbound_loop(
                 storesync_shared::telemetry::propagation::set_parent(&span, &batch.trace_context);
                 let tables = metrics::tables_of(&batch.records);
                 let started = Instant::now();
-                let applied = upstream::apply_batch(&ctx.db, identity, batch)
+                let applied = upstream::apply_batch(&ctx.db, identity, session_id, batch)
                     .instrument(span)
                     .await
                     .inspect_err(|error| metrics::upstream_rejected(sync_id, error))?;
@@ -587,7 +661,11 @@ async fn inbound_loop(
                 status::synced(&ctx.db, sync_id, 0).await;
             }
             Some(satellite_message::Message::Heartbeat(beat)) => {
-                status::heartbeat(&ctx.db, sync_id, beat.upstream_backlog).await;
+                if !status::heartbeat(&ctx.db, sync_id, session_id, beat.upstream_backlog).await {
+                    return Err(Error::Aborted(format!(
+                        "a newer session for Sync ID {sync_id} replaced this one"
+                    )));
+                }
             }
             Some(satellite_message::Message::Goodbye(_)) => return Ok(()),
             Some(satellite_message::Message::Hello(_)) => {

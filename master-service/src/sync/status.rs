@@ -17,15 +17,17 @@ fn log_failure(what: &str, sync_id: u32, result: Result<(), sea_orm::DbErr>) {
     }
 }
 
-/// A session for `sync_id` is now live.
-pub async fn connected(
+/// Session `session_id` claims `sync_id`: from now on only it may apply the
+/// site's upstream batches (see `upstream`), on any replica, and the replicas
+/// holding an older session of the site are told to end it.
+pub async fn claim(
     db: &DatabaseConnection,
     sync_id: u32,
     session_id: &str,
     mode: &str,
     agent_version: &str,
     backlog: u64,
-) {
+) -> Result<(), sea_orm::DbErr> {
     let now = now_ms();
     let row = site_status::ActiveModel {
         sync_id: Set(sync_id_i32(sync_id)),
@@ -44,7 +46,7 @@ pub async fn connected(
         init_records_done: Set(0),
         init_records_total: Set(0),
     };
-    let result = site_status::Entity::insert(row)
+    site_status::Entity::insert(row)
         .on_conflict(
             OnConflict::column(site_status::Column::SyncId)
                 .update_columns([
@@ -59,9 +61,13 @@ pub async fn connected(
                 .to_owned(),
         )
         .exec_without_returning(db)
-        .await
-        .map(|_| ());
-    log_failure("a connection", sync_id, result);
+        .await?;
+    super::cluster::notify(
+        db,
+        super::cluster::SESSIONS_CHANNEL,
+        &format!("{sync_id}:{session_id}"),
+    )
+    .await
 }
 
 async fn update(
@@ -78,21 +84,32 @@ async fn update(
     log_failure(what, sync_id, query.exec(db).await.map(|_| ()));
 }
 
-/// The site is alive and reports `backlog` outbox entries waiting.
-pub async fn heartbeat(db: &DatabaseConnection, sync_id: u32, backlog: u64) {
-    update(
-        db,
-        "a heartbeat",
-        sync_id,
-        vec![
-            (site_status::Column::HeartbeatAtMs, Expr::value(now_ms())),
-            (
-                site_status::Column::UpstreamBacklogReported,
-                Expr::value(i64::try_from(backlog).unwrap_or(i64::MAX)),
-            ),
-        ],
-    )
-    .await;
+/// The site is alive and reports `backlog` outbox entries waiting. Returns
+/// false when another session has claimed the site since (this one must end);
+/// a database error is logged and taken as still the owner.
+pub async fn heartbeat(
+    db: &DatabaseConnection,
+    sync_id: u32,
+    session_id: &str,
+    backlog: u64,
+) -> bool {
+    let result = site_status::Entity::update_many()
+        .col_expr(site_status::Column::HeartbeatAtMs, Expr::value(now_ms()))
+        .col_expr(
+            site_status::Column::UpstreamBacklogReported,
+            Expr::value(i64::try_from(backlog).unwrap_or(i64::MAX)),
+        )
+        .filter(site_status::Column::SyncId.eq(sync_id_i32(sync_id)))
+        .filter(site_status::Column::SessionId.eq(session_id.to_owned()))
+        .exec(db)
+        .await;
+    match result {
+        Ok(outcome) => outcome.rows_affected > 0,
+        Err(error) => {
+            log_failure("a heartbeat", sync_id, Err(error));
+            true
+        }
+    }
 }
 
 /// A sync exchange succeeded; `received` upstream records were new.

@@ -26,7 +26,7 @@ use storesync_shared::proto::v1::{
 };
 use storesync_shared::{upsert, validate, Error, Result};
 
-use crate::entities::site;
+use crate::entities::{site, site_status};
 
 /// Sync IDs are 1..=64, stored as INTEGER.
 pub(crate) fn sync_id_i32(sync_id: u32) -> i32 {
@@ -62,11 +62,26 @@ struct Rows {
 pub async fn apply_batch(
     db: &DatabaseConnection,
     site: &SiteIdentity,
+    session_id: &str,
     batch: UpstreamBatch,
 ) -> Result<Applied> {
     check_shape(&batch)?;
     let txn = db.begin().await?;
     let acked = lock_acked_seq(&txn, site.sync_id).await?;
+    // Under the site's row lock: only the session holding the claim applies,
+    // so a session replaced on another replica can never apply again.
+    let owner: Option<Option<String>> = site_status::Entity::find_by_id(sync_id_i32(site.sync_id))
+        .select_only()
+        .column(site_status::Column::SessionId)
+        .into_tuple()
+        .one(&txn)
+        .await?;
+    if owner.flatten().as_deref() != Some(session_id) {
+        return Err(Error::Aborted(format!(
+            "a newer session for Sync ID {} replaced this one; nothing of this batch was applied",
+            site.sync_id
+        )));
+    }
     if batch.last_seq <= acked {
         txn.commit().await?;
         return Ok(Applied {
@@ -281,6 +296,12 @@ fn collect(rows: &mut Rows, site: &SiteIdentity, seq: u64, record: SyncRecord) -
             match reference.table() {
                 Table::StockLine | Table::Invoice | Table::InvoiceLine => {
                     rows.deletes.push(reference)
+                }
+                Table::Unspecified => {
+                    return Err(Error::invalid(
+                        &at("deleted.table"),
+                        format!("{} is not a known table", reference.table),
+                    ))
                 }
                 other => return Err(master_data_denied(other, &reference.id, seq, site)),
             }

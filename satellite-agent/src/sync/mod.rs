@@ -40,7 +40,8 @@ use crate::status::SyncHandle;
 /// How the satellite talks to the master.
 #[derive(Clone, Debug)]
 pub struct ClientSettings {
-    pub master_url: String,
+    /// The master's addresses, tried in turn: a failed session moves to the next.
+    pub master_urls: Vec<String>,
     pub sync_id: u32,
     pub sync_user: String,
     pub sync_password: String,
@@ -63,14 +64,14 @@ pub struct ClientSettings {
 impl ClientSettings {
     /// Defaults for everything but the connection details.
     pub fn new(
-        master_url: String,
+        master_urls: Vec<String>,
         sync_id: u32,
         sync_user: String,
         sync_password: String,
         mode: SyncMode,
     ) -> Self {
         Self {
-            master_url,
+            master_urls,
             sync_id,
             sync_user,
             sync_password,
@@ -95,7 +96,11 @@ pub fn start(satellite: &crate::Satellite) -> crate::SyncTask {
         crate::config::SyncMode::Interval => SyncMode::Interval,
     };
     let mut settings = ClientSettings::new(
-        config.master_url.as_str().trim_end_matches('/').to_owned(),
+        config
+            .master_urls
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/').to_owned())
+            .collect(),
         config.sync_id.get(),
         config.sync_user.clone(),
         config.sync_password.clone(),
@@ -115,13 +120,20 @@ pub async fn run(db: DatabaseConnection, settings: ClientSettings, handle: SyncH
     let mut failures: u32 = 0;
     let mut last_logged: Option<String> = None;
     let mut interval = settings.interval_minutes;
+    // Which of the master's addresses to use; a failure moves to the next.
+    let mut current = 0usize;
     loop {
         if handle.is_shutting_down() {
             break;
         }
         handle.set_state(ConnectionState::Connecting);
+        let url = settings
+            .master_urls
+            .get(current % settings.master_urls.len().max(1))
+            .cloned()
+            .unwrap_or_default();
         let outcome = tokio::select! {
-            outcome = session(&db, &settings, &handle, &mut interval) => outcome,
+            outcome = session(&db, &settings, &url, &handle, &mut interval) => outcome,
             () = handle.shutdown_requested() => break,
         };
         let wait = match outcome {
@@ -142,6 +154,7 @@ pub async fn run(db: DatabaseConnection, settings: ClientSettings, handle: SyncH
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
+                current = current.wrapping_add(1);
                 let cause = error.to_string();
                 // Log a cause once, then again only every 20th retry, never in a tight loop.
                 if last_logged.as_deref() != Some(cause.as_str()) {
@@ -197,6 +210,7 @@ fn status_error(status: tonic::Status) -> Error {
 async fn session(
     db: &DatabaseConnection,
     settings: &ClientSettings,
+    master_url: &str,
     handle: &SyncHandle,
     interval: &mut u32,
 ) -> Result<()> {
@@ -206,7 +220,7 @@ async fn session(
         apply::clear_for_initialisation(db).await?;
     }
     let backlog = outbox_table::Entity::find().count(db).await?;
-    let endpoint = tonic::transport::Endpoint::from_shared(settings.master_url.clone())
+    let endpoint = tonic::transport::Endpoint::from_shared(master_url.to_owned())
         .map_err(|e| Error::invalid("master_url", e))?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
@@ -215,7 +229,7 @@ async fn session(
     let channel = endpoint.connect().await.map_err(|e| {
         Error::Unavailable(format!(
             "cannot reach the master at {}: {}",
-            settings.master_url,
+            master_url,
             source_chain(&e)
         ))
     })?;

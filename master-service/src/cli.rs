@@ -1,0 +1,333 @@
+//! `master-service report …`: the operator's reports from the command line.
+//! Calls the running master's `ReportService` over gRPC (nothing here reads
+//! the database) and prints a table, CSV or JSON; every page is fetched, with
+//! progress on stderr for long answers.
+
+use serde_json::Value;
+use storesync_shared::cli::{self, number, time_ms, Format, OperatorChannel, Table};
+use storesync_shared::proto::v1 as pb;
+use storesync_shared::proto::v1::report_service_client::ReportServiceClient;
+
+/// Most pages one command fetches (1000 rows each): a bound, not a target.
+const MAX_PAGES: usize = 10_000;
+/// Page size the command asks for.
+const PAGE_SIZE: u32 = 1000;
+
+/// Which report, with its filters.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Report {
+    /// Packs and units on hand per item and store, and totals per item.
+    StockOnHand {
+        /// Only items whose code starts with this.
+        #[arg(long, default_value = "")]
+        item_code_prefix: String,
+        /// Only this item (repeatable).
+        #[arg(long = "item-id")]
+        item_ids: Vec<String>,
+        /// Only this store (repeatable).
+        #[arg(long = "store-id")]
+        store_ids: Vec<String>,
+        /// Also rows for stores without stock of an item.
+        #[arg(long)]
+        include_zero: bool,
+    },
+    /// Invoices, lines, units and value per store and kind over a date range.
+    StoreActivity {
+        /// First day, YYYY-MM-DD [default: 29 days before --to].
+        #[arg(long, default_value = "")]
+        from: String,
+        /// Last day, YYYY-MM-DD [default: today, UTC].
+        #[arg(long, default_value = "")]
+        to: String,
+        /// Only this store (repeatable).
+        #[arg(long = "store-id")]
+        store_ids: Vec<String>,
+        /// One row per day too.
+        #[arg(long)]
+        per_day: bool,
+    },
+    /// Batches with stock left expiring before a date, soonest first.
+    ExpiringStock {
+        /// YYYY-MM-DD [default: 90 days from today].
+        #[arg(long)]
+        before: Option<String>,
+        /// Only this store (repeatable).
+        #[arg(long = "store-id")]
+        store_ids: Vec<String>,
+    },
+    /// The sync state of every site in the "sync with" list.
+    SyncStatus,
+}
+
+/// Where and how to call, and how to print.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClientArgs {
+    /// The master to ask, host:port or URL [default: from --listen, else 127.0.0.1:50051].
+    #[arg(long, env = "STORESYNC_ADDRESS", global = true)]
+    pub address: Option<String>,
+    /// table, csv or json.
+    #[arg(long, default_value = "table", global = true)]
+    pub format: Format,
+}
+
+/// Runs `report` against the master at `url` and returns the text to print.
+pub async fn run_report(
+    url: &str,
+    user: &str,
+    password: &str,
+    report: Report,
+    format: Format,
+) -> Result<String, String> {
+    let channel = cli::connect(url, user, password).await?;
+    let mut client = ReportServiceClient::new(channel);
+    let explain = |status: tonic::Status| cli::explain(&status);
+    match report {
+        Report::StockOnHand {
+            item_code_prefix,
+            item_ids,
+            store_ids,
+            include_zero,
+        } => {
+            let mut rows = Table::new(&[
+                "item_code",
+                "item_name",
+                "store_code",
+                "packs",
+                "units",
+                "batches",
+                "earliest_expiry",
+            ]);
+            let mut totals = Table::new(&["item_code", "stores_packs", "stores_units", "batches"]);
+            let mut request = pb::StockOnHandRequest {
+                item_ids,
+                store_ids,
+                item_code_prefix,
+                include_zero,
+                page_size: PAGE_SIZE,
+                page_token: String::new(),
+            };
+            for page in 1..=MAX_PAGES {
+                let answer = client
+                    .stock_on_hand(request.clone())
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                for row in answer.rows {
+                    rows.push(vec![
+                        row.item_code.into(),
+                        row.item_name.into(),
+                        row.store_code.into(),
+                        number(row.packs_on_hand),
+                        number(row.units_on_hand),
+                        row.batches.into(),
+                        row.earliest_expiry.into(),
+                    ]);
+                }
+                for total in answer.totals {
+                    // An item split across two pages has a total on each: keep the last.
+                    if rows_last_code(&totals) == Some(total.item_code.as_str()) {
+                        totals.rows.pop();
+                    }
+                    totals.push(vec![
+                        total.item_code.into(),
+                        number(total.packs_on_hand),
+                        number(total.units_on_hand),
+                        total.batches.into(),
+                    ]);
+                }
+                if answer.next_page_token.is_empty() {
+                    break;
+                }
+                progress(page, rows.rows.len());
+                request.page_token = answer.next_page_token;
+            }
+            let mut out = rows.render(format, false);
+            if format == Format::Table {
+                out.push_str("\nTotals per item across the stores shown\n");
+                out.push_str(&totals.render(format, false));
+            }
+            Ok(out)
+        }
+        Report::StoreActivity {
+            from,
+            to,
+            store_ids,
+            per_day,
+        } => {
+            let mut rows = Table::new(&[
+                "store_code",
+                "day",
+                "kind",
+                "invoices",
+                "lines",
+                "units",
+                "value",
+            ]);
+            let mut request = pb::StoreActivityRequest {
+                from_date: from,
+                to_date: to,
+                store_ids,
+                per_day,
+                page_size: PAGE_SIZE,
+                page_token: String::new(),
+            };
+            for page in 1..=MAX_PAGES {
+                let answer = client
+                    .store_activity(request.clone())
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                for row in answer.rows {
+                    rows.push(vec![
+                        row.store_code.into(),
+                        row.day.into(),
+                        row.kind.into(),
+                        row.invoices.into(),
+                        row.lines.into(),
+                        number(row.units),
+                        number(row.value),
+                    ]);
+                }
+                if answer.next_page_token.is_empty() {
+                    break;
+                }
+                progress(page, rows.rows.len());
+                request.page_token = answer.next_page_token;
+            }
+            Ok(rows.render(format, false))
+        }
+        Report::ExpiringStock { before, store_ids } => {
+            let before = before.unwrap_or_else(|| {
+                (chrono::Utc::now().date_naive() + chrono::Duration::days(90))
+                    .format("%Y-%m-%d")
+                    .to_string()
+            });
+            let mut rows = Table::new(&[
+                "expiry_date",
+                "store_code",
+                "item_code",
+                "item_name",
+                "batch",
+                "units",
+                "cost_value",
+            ]);
+            let mut request = pb::ExpiringStockRequest {
+                before,
+                store_ids,
+                page_size: PAGE_SIZE,
+                page_token: String::new(),
+            };
+            for page in 1..=MAX_PAGES {
+                let answer = client
+                    .expiring_stock(request.clone())
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                for row in answer.rows {
+                    rows.push(vec![
+                        row.expiry_date.into(),
+                        row.store_code.into(),
+                        row.item_code.into(),
+                        row.item_name.into(),
+                        row.batch.into(),
+                        number(row.units),
+                        number(row.cost_value),
+                    ]);
+                }
+                if answer.next_page_token.is_empty() {
+                    break;
+                }
+                progress(page, rows.rows.len());
+                request.page_token = answer.next_page_token;
+            }
+            Ok(rows.render(format, false))
+        }
+        Report::SyncStatus => sync_status(&mut client, format).await,
+    }
+}
+
+async fn sync_status(
+    client: &mut ReportServiceClient<OperatorChannel>,
+    format: Format,
+) -> Result<String, String> {
+    let sites = client
+        .sync_status(pb::SyncStatusRequest {})
+        .await
+        .map_err(|status| cli::explain(&status))?
+        .into_inner()
+        .sites;
+    let mut table = Table::new(&[
+        "sync_id",
+        "site",
+        "store",
+        "connected",
+        "mode",
+        "last_sync",
+        "received",
+        "backlog",
+        "down_pending",
+        "oldest_pending_s",
+        "init",
+        "version",
+        "last_error",
+    ]);
+    for site in sites {
+        let connected = match (site.connected, site.ever_connected) {
+            (true, _) => "yes",
+            (false, true) => "no",
+            (false, false) => "never",
+        };
+        let mode = match pb::SyncMode::try_from(site.mode) {
+            Ok(pb::SyncMode::Streaming) => "streaming",
+            Ok(pb::SyncMode::Interval) => "interval",
+            _ => "",
+        };
+        let init = if site.initialising {
+            format!("{}/{}", site.init_records_done, site.init_records_total)
+        } else {
+            String::new()
+        };
+        let last_error = if site.last_error.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{} {}",
+                text_of(&time_ms(site.last_error_at_ms)),
+                site.last_error
+            )
+        };
+        table.push(vec![
+            site.sync_id.into(),
+            site.site_name.into(),
+            site.store_code.into(),
+            connected.into(),
+            mode.into(),
+            time_ms(site.last_sync_at_ms),
+            site.upstream_records_received.into(),
+            site.upstream_backlog_reported.into(),
+            site.downstream_pending.into(),
+            (site.downstream_oldest_pending_age_ms / 1000).into(),
+            init.into(),
+            site.agent_version.into(),
+            last_error.into(),
+        ]);
+    }
+    Ok(table.render(format, false))
+}
+
+fn text_of(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_owned()
+}
+
+fn rows_last_code(table: &Table) -> Option<&str> {
+    table
+        .rows
+        .last()
+        .and_then(|row| row.first())
+        .and_then(Value::as_str)
+}
+
+/// Long answers: say how far we are, on stderr (stdout is the answer).
+fn progress(page: usize, rows: usize) {
+    eprintln!("… page {page}: {rows} rows so far");
+}
