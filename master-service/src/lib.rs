@@ -14,6 +14,7 @@
 //! - [`settings`]: the `setting` table's keys.
 //! - [`report`]: `ReportService`: stock on hand, store activity and expiring
 //!   stock across every store, and the sync status of every site.
+//! - [`metrics`]: the master's OpenTelemetry instruments and per-site gauge sampler.
 //! - [`store`]: `StoreService` for the master's own store (Sync ID 1).
 //!
 //! [`serve`] is what `main` and the tests run.
@@ -42,6 +43,7 @@ pub mod demo;
 pub mod entities;
 pub mod error;
 pub mod master_data;
+pub mod metrics;
 pub mod preferences;
 pub mod report;
 pub mod schema;
@@ -118,6 +120,12 @@ pub async fn serve(
         // Other replicas on the same database wake this one's streams.
         background.push(sync.start_cluster_listener(state.config.database_url.clone()));
     }
+    if storesync_shared::telemetry::metrics_exporting() {
+        background.push(tokio::spawn(metrics::run_site_sampler(
+            db.clone(),
+            storesync_shared::telemetry::metric_export_interval(),
+        )));
+    }
     set_health(&health, ServingStatus::Serving).await;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -132,6 +140,7 @@ pub async fn serve(
         tracing::info!(mutual = tls.client_ca.is_some(), "serving TLS");
     }
     let router = builder
+        .layer(storesync_shared::telemetry::grpc::GrpcMetricsLayer::new())
         .layer(OperatorAuthLayer::new(db.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)

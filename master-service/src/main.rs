@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use master_service::config::{Args, Config, LogFormat};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "master-service", version, about = "The storesync master")]
@@ -49,7 +48,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -60,14 +58,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    // The OTLP exporter's connection lives on the runtime: set up inside it.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        init_tracing(config.log_format)
+    };
+    let code = match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("master-service: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Last: flush spans and metrics while the runtime still runs.
+    telemetry.shutdown();
+    code
 }
 
 /// A small runtime for the client commands.
@@ -150,14 +156,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Logs to stderr (stdout carries only the lines operators and tests read),
-/// filtered by `RUST_LOG` (default `info`).
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// filtered by `RUST_LOG` (default `info`); OpenTelemetry export when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see `storesync_shared::telemetry`).
+fn init_tracing(format: LogFormat) -> storesync_shared::telemetry::Telemetry {
+    storesync_shared::telemetry::init("master-service", format == LogFormat::Json)
 }

@@ -15,6 +15,7 @@
 //! - [`bootstrap`]: first operator, locked sync settings.
 //! - [`cli`]: `satellite-agent status`, the operator command that asks a running satellite.
 //! - [`error`]: the crate's error and its gRPC status.
+//! - [`metrics`]: the satellite's OpenTelemetry instruments.
 //!
 //! The sync client itself (the stream to the master) is started beside the
 //! gRPC server by [`Satellite::serve`], from a [`SyncTask`].
@@ -25,6 +26,7 @@ pub mod config;
 pub mod entities;
 pub mod error;
 pub mod master_data;
+pub mod metrics;
 pub mod outbox;
 pub mod schema;
 pub mod status;
@@ -191,6 +193,7 @@ impl Satellite {
             builder = builder.tls_config(config)?;
         }
         let router = builder
+            .layer(storesync_shared::telemetry::grpc::GrpcMetricsLayer::new())
             .layer(OperatorAuthLayer::new(self.db.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)

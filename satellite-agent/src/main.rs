@@ -40,7 +40,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(config.log_format);
+    let telemetry = init_tracing(config.log_format);
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -48,7 +48,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match satellite_agent::serve(
+    let code = match satellite_agent::serve(
         listener,
         config,
         storesync_shared::server::shutdown_signal(),
@@ -61,7 +61,10 @@ async fn main() -> ExitCode {
             tracing::error!(%error, "satellite-agent stopped");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Last: flush spans and metrics (blocking, so off the async threads).
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
 }
 
 async fn status_command(args: &Args, status: &satellite_agent::cli::StatusArgs) -> ExitCode {
@@ -88,15 +91,8 @@ async fn status_command(args: &Args, status: &satellite_agent::cli::StatusArgs) 
 }
 
 /// Logs to stderr (stdout carries only the `listening on` line), filtered by
-/// `RUST_LOG` (default `info`).
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// `RUST_LOG` (default `info`); OpenTelemetry export when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see `storesync_shared::telemetry`).
+fn init_tracing(format: LogFormat) -> storesync_shared::telemetry::Telemetry {
+    storesync_shared::telemetry::init("satellite-agent", format == LogFormat::Json)
 }

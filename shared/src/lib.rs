@@ -16,6 +16,8 @@
 //!   with a [`store_service::StoreContext`] for what differs per site.
 //! - [`master_data_read`]: reading items and names (writing is the master's).
 //! - [`server`]: sockets, health, reflection, operator auth layer, shutdown signal.
+//! - [`telemetry`]: logs, OpenTelemetry traces and metrics (OTLP), the metric
+//!   catalogue, W3C context in sync batches, gRPC server metrics.
 pub mod auth;
 pub mod cli;
 pub mod convert;
@@ -28,6 +30,7 @@ pub mod schema;
 pub mod server;
 pub mod store_ops;
 pub mod store_service;
+pub mod telemetry;
 pub mod tls;
 pub mod upsert;
 pub mod validate;

@@ -50,30 +50,42 @@ pub fn reflection_services() -> Result<
 }
 
 /// Resolves on the first SIGINT or SIGTERM (Kubernetes sends SIGTERM).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: call it (inside the runtime) before announcing the listening
+/// address, so that a SIGTERM sent right after the announcement is a graceful
+/// shutdown and not the default, immediate death.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            async fn received(name: &str, installed: std::io::Result<tokio::signal::unix::Signal>) {
+                match installed {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for {name}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+            tokio::select! {
+                () = received("SIGINT", interrupt) => tracing::info!("SIGINT (Ctrl-C) received: shutting down"),
+                () = received("SIGTERM", terminate) => tracing::info!("SIGTERM received: shutting down"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C received: shutting down");
+        } else {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received: shutting down"),
-        () = term => tracing::info!("SIGTERM received: shutting down"),
     }
 }
 

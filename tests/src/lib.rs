@@ -20,6 +20,7 @@ use std::time::Duration;
 
 pub mod cluster;
 pub mod master;
+pub mod otlp;
 pub mod proxy;
 pub mod raw;
 pub mod satellite;

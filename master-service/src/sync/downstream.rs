@@ -27,6 +27,7 @@ use storesync_shared::proto::v1::{
 use storesync_shared::validate::now_ms;
 use storesync_shared::{Error, Result};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use super::{status, SyncContext};
 use crate::changelog;
@@ -91,15 +92,20 @@ pub async fn run(
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
+                // One trace per batch, started when it is sent (changes of many
+                // writes share a batch); each satellite's apply is its child.
+                let span = tracing::info_span!(parent: None, "sync.downstream.send", otel.kind = "producer", sync_id, end_cursor = end, records = records.len());
+                let trace_context = storesync_shared::telemetry::propagation::inject(&span);
                 send(
                     &tx,
                     master_message::Message::DownstreamBatch(DownstreamBatch {
                         records,
                         end_cursor: end,
                         initialisation: None,
-                        trace_context: Default::default(),
+                        trace_context,
                     }),
                 )
+                .instrument(span)
                 .await?;
                 cursor = end;
                 in_flight.push_back(end);
@@ -346,6 +352,8 @@ impl SnapshotSender<'_> {
         let records = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         self.sent += records.len() as u64;
+        let span = tracing::info_span!(parent: None, "sync.downstream.send", otel.kind = "producer", sync_id = self.sync_id, end_cursor, records = records.len(), initialisation = true);
+        let trace_context = storesync_shared::telemetry::propagation::inject(&span);
         send(
             self.tx,
             master_message::Message::DownstreamBatch(DownstreamBatch {
@@ -356,9 +364,10 @@ impl SnapshotSender<'_> {
                     records_total: self.total,
                     complete,
                 }),
-                trace_context: Default::default(),
+                trace_context,
             }),
         )
+        .instrument(span)
         .await
     }
 

@@ -22,7 +22,7 @@ pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
@@ -36,9 +36,11 @@ use storesync_shared::{auth, Error, Result};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::changelog::{self, ChangeNotifier};
 use crate::entities::{change_log, site};
+use crate::metrics;
 use crate::unlock::Throttle;
 use downstream::Acked;
 use upstream::{sync_id_i32, SiteIdentity};
@@ -253,6 +255,7 @@ async fn authenticate(
     let failed = |sync_id: Option<u32>, user: &str| {
         let in_a_row = ctx.failures_by_source.failed(source);
         let for_site = sync_id.map_or(0, |id| ctx.failures_by_site.failed(id));
+        metrics::auth_failed(sync_id);
         // The user name helps an operator find a misconfigured site; the password never appears.
         tracing::warn!(sync_id, %user, source = ?source, failures_from_source = in_a_row, failures_for_site = for_site, "sync authentication failed");
         unauthenticated()
@@ -456,6 +459,7 @@ async fn run_session(
         ctx.sessions.unregister(sync_id, &session_id);
         return;
     }
+    metrics::session_opened(sync_id);
 
     let (ack_tx, ack_rx) = watch::channel(Acked {
         cursor: hello.downstream_cursor,
@@ -520,6 +524,7 @@ async fn run_session(
             let _ = tx.send(Err(status)).await;
         }
     }
+    metrics::session_closed(sync_id);
     ctx.sessions.unregister(sync_id, &session_id);
     status::disconnected(&ctx.db, sync_id, &session_id).await;
 }
@@ -587,6 +592,7 @@ async fn inbound_loop(
         match message.message {
             Some(satellite_message::Message::UpstreamBatch(batch)) => {
                 if batch.records.len() > ctx.settings.max_batch_records as usize {
+                    metrics::upstream_rejected(sync_id, &Error::InvalidArgument(String::new()));
                     return Err(Error::invalid(
                         "upstream_batch.records",
                         format!(
@@ -597,7 +603,16 @@ async fn inbound_loop(
                     ));
                 }
                 let (first, last) = (batch.first_seq, batch.last_seq);
-                let applied = upstream::apply_batch(&ctx.db, identity, session_id, batch).await?;
+                // One trace per batch: this apply is a child of the satellite's push.
+                let span = tracing::info_span!(parent: None, "sync.upstream.apply", otel.kind = "consumer", sync_id, first_seq = first, last_seq = last, records = batch.records.len());
+                storesync_shared::telemetry::propagation::set_parent(&span, &batch.trace_context);
+                let tables = metrics::tables_of(&batch.records);
+                let started = Instant::now();
+                let applied = upstream::apply_batch(&ctx.db, identity, session_id, batch)
+                    .instrument(span)
+                    .await
+                    .inspect_err(|error| metrics::upstream_rejected(sync_id, error))?;
+                metrics::upstream_applied(sync_id, &tables, applied.applied, started);
                 tracing::debug!(
                     sync_id,
                     first,

@@ -31,6 +31,7 @@ use storesync_shared::validate::now_ms;
 use storesync_shared::{auth, Error, Result};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
 
 use crate::entities::{outbox as outbox_table, sync_state};
 use crate::outbox;
@@ -348,13 +349,19 @@ async fn session(
     loop {
         // Fill the upstream window from the outbox.
         while !initialising && in_flight.len() < settings.window {
-            let Some(batch) = next_batch(db, sent_seq, batch_records, settings.batch_bytes).await?
+            let Some(mut batch) =
+                next_batch(db, sent_seq, batch_records, settings.batch_bytes).await?
             else {
                 break;
             };
             sent_seq = batch.last_seq;
             in_flight.push_back(batch.last_seq);
-            send(&tx, satellite_message::Message::UpstreamBatch(batch)).await?;
+            // One trace per batch: the master's apply becomes a child of this span.
+            let span = tracing::info_span!(parent: None, "sync.upstream.push", otel.kind = "producer", sync_id = settings.sync_id, first_seq = batch.first_seq, last_seq = batch.last_seq, records = batch.records.len());
+            batch.trace_context = storesync_shared::telemetry::propagation::inject(&span);
+            send(&tx, satellite_message::Message::UpstreamBatch(batch))
+                .instrument(span)
+                .await?;
         }
         if settings.mode == SyncMode::Interval && caught_up && !initialising && in_flight.is_empty()
         {
@@ -384,7 +391,12 @@ async fn session(
                     Some(master_message::Message::DownstreamBatch(batch)) => {
                         let end_cursor = batch.end_cursor;
                         let progress = batch.initialisation;
-                        let applied = apply::apply_batch(db, batch, welcome.store.as_ref(), welcome.upstream_acked_seq).await?;
+                        let span = tracing::info_span!(parent: None, "sync.downstream.apply", otel.kind = "consumer", sync_id = settings.sync_id, end_cursor, records = batch.records.len());
+                        storesync_shared::telemetry::propagation::set_parent(&span, &batch.trace_context);
+                        let tables = crate::metrics::tables_of(&batch.records);
+                        let started = std::time::Instant::now();
+                        let applied = apply::apply_batch(db, batch, welcome.store.as_ref(), welcome.upstream_acked_seq).instrument(span).await?;
+                        crate::metrics::downstream_applied(settings.sync_id, &tables, applied.records, started);
                         if let Some(progress) = &progress {
                             handle.set_initialising(progress.records_done, progress.records_total);
                             if progress.records_done == progress.records_total || progress.records_done % 10_000 < 1000 {

@@ -1,0 +1,31 @@
+//! W3C trace context (`traceparent`, `tracestate`) carried inside sync batches.
+//!
+//! Per-call gRPC metadata would make a whole sync session one trace; a batch
+//! carries its own context (`UpstreamBatch.trace_context`,
+//! `DownstreamBatch.trace_context`), so the sender's span for one batch and
+//! the receiver's apply span of that batch are one trace.
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The W3C context of `span`, for a batch's `trace_context`. Empty when
+/// traces are not exported (the span has no OpenTelemetry context then).
+pub fn inject(span: &tracing::Span) -> HashMap<String, String> {
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier
+}
+
+/// Makes `span` a child of the context in `carrier` (a received batch's
+/// `trace_context`). A missing or malformed context leaves `span` a root.
+pub fn set_parent(span: &tracing::Span, carrier: &HashMap<String, String>) {
+    if carrier.is_empty() {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(carrier);
+    // Fails only when the span is already started or not exported: it stays a root.
+    let _ = span.set_parent(parent);
+}

@@ -1,0 +1,323 @@
+//! Scenario: OpenTelemetry from the real binaries, received by an in-process
+//! OTLP collector. One upstream batch is one trace from the satellite's push
+//! to the master's apply; one master-data batch is one trace from the master's
+//! send to the satellite's apply; the metrics carry the site's Sync ID; and a
+//! graceful stop flushes what the satellite still buffered.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use storesync_shared::telemetry::catalog;
+use storesync_tests::cluster::{
+    assert_store_copies_equal, create_items, create_trading_partners, goods_in, store_of,
+    wait_master_data_equal, Master, Satellite, SYNC_PASSWORD, SYNC_USER,
+};
+use storesync_tests::otlp::{OtlpReceiver, Point, Span};
+use storesync_tests::raw;
+use storesync_tests::{backends, eventually, TestDb};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A metric, the attributes one of its points must have, and a check of its value.
+type Expected = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    fn(f64) -> bool,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_is_one_trace_across_sites_and_the_metrics_name_the_site() {
+    for backend in backends("a_batch_is_one_trace_across_sites_and_the_metrics_name_the_site") {
+        let receiver = OtlpReceiver::start().await;
+        let endpoint = receiver.endpoint();
+        let master_db = TestDb::new(backend);
+        // The master exports often; its service name is the default one.
+        let mut master = Master::start(
+            &master_db,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "deployment.environment.name=test",
+                ),
+            ],
+        );
+        let db = master_db.connect().await;
+        master.add_site(2).await;
+        master.add_site(3).await;
+        let items = create_items(&master, "OTEL", 2).await;
+        let (supplier, _) = create_trading_partners(&master, "T").await;
+        // The satellite exports only when it stops: proves the shutdown flush.
+        let mut satellite = Satellite::start(
+            &master.url(),
+            2,
+            "streaming",
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_SERVICE_NAME", "satellite-two"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "60000"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+            ],
+        );
+        satellite.wait_initialised(LIMIT).await;
+        let mut store = satellite.store().await;
+        goods_in(&mut store, &supplier, &items, 10.0, "OTEL-1").await;
+        assert_store_copies_equal(&db, &satellite, LIMIT).await;
+        create_items(&master, "LIVE", 1).await;
+        wait_master_data_equal(&db, &satellite, LIMIT).await;
+
+        // A wrong password, and a batch of another store's data from site 3.
+        let refused = raw::open(
+            &master.url(),
+            "3",
+            SYNC_USER,
+            "wrong-password",
+            raw::hello(3),
+        )
+        .await;
+        assert_eq!(refused.err().unwrap().code(), tonic::Code::Unauthenticated);
+        let foreign_store = store_of(&db, 2).await;
+        let status = push_foreign_batch(&master.url(), &foreign_store.id, &items[0].id).await;
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+
+        // While the satellite is connected, the master exports its session.
+        eventually(LIMIT, "the master to export site 2's session", || async {
+            receiver
+                .points()
+                .iter()
+                .any(|p| {
+                    p.service == "master-service"
+                        && p.metric == catalog::SITES_CONNECTED.name
+                        && has(p, &[("sync_id", "2")])
+                        && p.value == 1.0
+                })
+                .then_some(())
+        })
+        .await;
+
+        let exit = satellite
+            .process
+            .terminate(Duration::from_secs(30))
+            .expect("the satellite stops on SIGTERM");
+        assert!(exit.success(), "satellite exit: {exit:?}");
+
+        // Upstream: the satellite's push and the master's apply, one trace.
+        let (push, apply) = eventually(LIMIT, "an upstream push and its apply", || async {
+            let spans = receiver.spans();
+            parent_and_child(
+                &spans,
+                "satellite-two",
+                "sync.upstream.push",
+                "master-service",
+                "sync.upstream.apply",
+            )
+        })
+        .await;
+        assert_eq!(push.attributes["sync_id"], "2");
+        assert_eq!(apply.attributes["sync_id"], "2");
+        assert_eq!(apply.attributes["first_seq"], push.attributes["first_seq"]);
+        assert_eq!(
+            apply
+                .resource
+                .get("deployment.environment.name")
+                .map(String::as_str),
+            Some("test"),
+            "OTEL_RESOURCE_ATTRIBUTES is honoured"
+        );
+        // Downstream: the master's send and the satellite's apply, one trace.
+        let (send, applied) = eventually(LIMIT, "a downstream send and its apply", || async {
+            let spans = receiver.spans();
+            parent_and_child(
+                &spans,
+                "master-service",
+                "sync.downstream.send",
+                "satellite-two",
+                "sync.downstream.apply",
+            )
+        })
+        .await;
+        assert_eq!(
+            send.attributes["end_cursor"],
+            applied.attributes["end_cursor"]
+        );
+
+        // Metrics, with the attributes a dashboard groups by.
+        let master_expects: &[Expected] = &[
+            (catalog::SITES_CONNECTED.name, &[("sync_id", "2")], |v| {
+                v == 1.0
+            }),
+            (
+                catalog::RECORDS_APPLIED.name,
+                &[
+                    ("sync_id", "2"),
+                    ("direction", "upstream"),
+                    ("table", "invoice"),
+                ],
+                |v| v >= 1.0,
+            ),
+            (
+                catalog::RECORDS_APPLIED.name,
+                &[
+                    ("sync_id", "2"),
+                    ("direction", "upstream"),
+                    ("table", "stock_line"),
+                ],
+                |v| v >= 2.0,
+            ),
+            (
+                catalog::BATCH_DURATION.name,
+                &[("sync_id", "2"), ("direction", "upstream")],
+                |v| v >= 1.0,
+            ),
+            (catalog::UPSTREAM_BACKLOG.name, &[("sync_id", "2")], |v| {
+                v == 0.0
+            }),
+            (catalog::DOWNSTREAM_PENDING.name, &[("sync_id", "2")], |v| {
+                v == 0.0
+            }),
+            (catalog::DOWNSTREAM_DELAY.name, &[("sync_id", "2")], |v| {
+                v == 0.0
+            }),
+            (catalog::LAST_SUCCESS.name, &[("sync_id", "2")], |v| {
+                v > 1.7e9
+            }),
+            (catalog::INIT_PROGRESS.name, &[("sync_id", "2")], |v| {
+                v == 1.0
+            }),
+            (catalog::AUTH_FAILURES.name, &[("sync_id", "3")], |v| {
+                v >= 1.0
+            }),
+            (
+                catalog::BATCHES_REJECTED.name,
+                &[("sync_id", "3"), ("reason", "permission_denied")],
+                |v| v >= 1.0,
+            ),
+            (
+                catalog::RPC_SERVER_DURATION.name,
+                &[
+                    ("rpc.service", "storesync.v1.SyncService"),
+                    ("rpc.method", "Sync"),
+                ],
+                |v| v >= 1.0,
+            ),
+        ];
+        let satellite_expects: &[Expected] = &[
+            (
+                catalog::RECORDS_APPLIED.name,
+                &[
+                    ("sync_id", "2"),
+                    ("direction", "downstream"),
+                    ("table", "item"),
+                ],
+                |v| v >= 3.0,
+            ),
+            (
+                catalog::BATCH_DURATION.name,
+                &[("sync_id", "2"), ("direction", "downstream")],
+                |v| v >= 1.0,
+            ),
+            (
+                catalog::RPC_SERVER_DURATION.name,
+                &[
+                    ("rpc.service", "storesync.v1.StoreService"),
+                    ("rpc.method", "CreateInvoice"),
+                ],
+                |v| v >= 1.0,
+            ),
+        ];
+        eventually(LIMIT, "every expected metric", || async {
+            let points = receiver.points();
+            let missing: Vec<String> = master_expects
+                .iter()
+                .map(|e| ("master-service", e))
+                .chain(satellite_expects.iter().map(|e| ("satellite-two", e)))
+                .filter(|(service, (name, attrs, ok))| {
+                    !points.iter().any(|p| {
+                        p.service == *service && p.metric == *name && has(p, attrs) && ok(p.value)
+                    })
+                })
+                .map(|(service, (name, attrs, _))| format!("{service}: {name} {attrs:?}"))
+                .collect();
+            if missing.is_empty() {
+                Some(())
+            } else {
+                eprintln!("still missing: {missing:#?}");
+                None
+            }
+        })
+        .await;
+        // Everything exported is in the catalogue, with its unit.
+        for point in receiver.points() {
+            let desc = catalog::ALL
+                .iter()
+                .find(|d| d.name == point.metric)
+                .unwrap_or_else(|| panic!("{} is exported but not in the catalogue", point.metric));
+            assert_eq!(point.unit, desc.unit, "unit of {}", point.metric);
+        }
+
+        let exit = master
+            .process
+            .terminate(Duration::from_secs(30))
+            .expect("the master stops on SIGTERM");
+        assert!(exit.success(), "master exit: {exit:?}");
+        receiver.stop().await;
+    }
+}
+
+/// A span named `parent_name` of `parent_service` with a child named
+/// `child_name` of `child_service` in the same trace.
+fn parent_and_child(
+    spans: &[Span],
+    parent_service: &str,
+    parent_name: &str,
+    child_service: &str,
+    child_name: &str,
+) -> Option<(Span, Span)> {
+    spans
+        .iter()
+        .filter(|s| s.service == parent_service && s.name == parent_name)
+        .find_map(|parent| {
+            spans
+                .iter()
+                .find(|c| {
+                    c.service == child_service
+                        && c.name == child_name
+                        && c.trace_id == parent.trace_id
+                        && c.parent_span_id == parent.span_id
+                })
+                .map(|child| (parent.clone(), child.clone()))
+        })
+}
+
+fn has(point: &Point, wanted: &[(&str, &str)]) -> bool {
+    let attrs: &BTreeMap<String, String> = &point.attributes;
+    wanted
+        .iter()
+        .all(|(k, v)| attrs.get(*k).map(String::as_str) == Some(*v))
+}
+
+/// Site 3 sends a stock line of `store_id` (not its store); returns the
+/// status that ends its stream.
+async fn push_foreign_batch(url: &str, store_id: &str, item_id: &str) -> tonic::Status {
+    let mut session = raw::open(url, "3", SYNC_USER, SYNC_PASSWORD, raw::hello(3))
+        .await
+        .unwrap();
+    let seq = session.welcome.upstream_acked_seq + 1;
+    session
+        .push(seq, vec![raw::stock_line(store_id, item_id)])
+        .await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match session.inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the master answers a foreign batch promptly")
+}
