@@ -44,11 +44,23 @@ pub async fn stock_on_hand<C: ConnectionTrait>(
              COALESCE(a.packs, CAST(0 AS DOUBLE PRECISION)) AS packs, \
              COALESCE(a.units, CAST(0 AS DOUBLE PRECISION)) AS units, \
              COALESCE(a.batches, 0) AS batches, a.earliest_expiry AS earliest_expiry \
-             FROM item i CROSS JOIN store st LEFT JOIN (",
+             FROM (",
         );
+        // Only the items this page can reach: rows go in (item code, store
+        // code) order and every item has a row per store, so the next
+        // page_size + 1 items by code cover the page. Without this the cross
+        // join and the aggregate would cover every item of the catalogue.
+        push_page_items(&mut sql, request, after.as_ref(), page_size, "id, code, name");
+        sql.push(") i CROSS JOIN store st LEFT JOIN (");
         push_aggregate(&mut sql, request);
+        sql.push(" AND s.item_id IN (");
+        push_page_items(&mut sql, request, after.as_ref(), page_size, "id");
+        sql.push(")");
+        sql.push(" GROUP BY s.item_id, s.store_id");
         sql.push(") a ON a.item_id = i.id AND a.store_id = st.id WHERE 1 = 1");
-        push_item_store_filters(&mut sql, request, "i", "st");
+        if !request.store_ids.is_empty() {
+            sql.push(" AND st.id IN ").bind_list(&request.store_ids);
+        }
     } else {
         sql.push(&format!(
             "SELECT i.id AS item_id, i.code AS item_code, i.name AS item_name, \
@@ -105,9 +117,9 @@ pub async fn stock_on_hand<C: ConnectionTrait>(
     })
 }
 
-/// Packs, units, batches and earliest expiry per item and store of the
-/// selected stock lines with packs left, grouped once (then joined to the
-/// item-store pairs).
+/// The start of the aggregate of the selected stock lines with packs left
+/// (packs, units, batches, earliest expiry per item and store); the caller
+/// adds its conditions and the `GROUP BY`, then joins it to the item-store pairs.
 fn push_aggregate(sql: &mut Sql, request: &pb::StockOnHandRequest) {
     sql.push(&format!(
         "SELECT s.item_id, s.store_id, SUM({PACKS}) AS packs, SUM({UNITS}) AS units, \
@@ -121,7 +133,33 @@ fn push_aggregate(sql: &mut Sql, request: &pb::StockOnHandRequest) {
         sql.push(" AND s.store_id IN ")
             .bind_list(&request.store_ids);
     }
-    sql.push(" GROUP BY s.item_id, s.store_id");
+}
+
+/// `SELECT <columns> FROM item …` of the items (filtered) from the page
+/// token's item code on, in code order, at most `page_size + 1` of them.
+fn push_page_items(
+    sql: &mut Sql,
+    request: &pb::StockOnHandRequest,
+    after: Option<&Vec<String>>,
+    page_size: u64,
+    columns: &str,
+) {
+    sql.push(&format!("SELECT {columns} FROM item ip WHERE 1 = 1"));
+    if !request.item_ids.is_empty() {
+        sql.push(" AND ip.id IN ").bind_list(&request.item_ids);
+    }
+    if !request.item_code_prefix.is_empty() {
+        let length = i32::try_from(request.item_code_prefix.chars().count()).unwrap_or(i32::MAX);
+        sql.push(" AND substr(ip.code, 1, ")
+            .bind(length)
+            .push(") = ")
+            .bind(request.item_code_prefix.clone());
+    }
+    if let Some(key) = after {
+        sql.push(" AND ip.code >= ").bind(key[0].clone());
+    }
+    sql.push(" ORDER BY ip.code LIMIT ")
+        .bind(i64::try_from(page_size + 1).unwrap_or(i64::MAX));
 }
 
 /// ` AND …` for the item, prefix and store filters on aliases `i` and `st`.
