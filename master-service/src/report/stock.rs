@@ -50,7 +50,13 @@ pub async fn stock_on_hand<C: ConnectionTrait>(
         // code) order and every item has a row per store, so the next
         // page_size + 1 items by code cover the page. Without this the cross
         // join and the aggregate would cover every item of the catalogue.
-        push_page_items(&mut sql, request, after.as_ref(), page_size, "id, code, name");
+        push_page_items(
+            &mut sql,
+            request,
+            after.as_ref(),
+            page_size,
+            "id, code, name",
+        );
         sql.push(") i CROSS JOIN store st LEFT JOIN (");
         push_aggregate(&mut sql, request);
         sql.push(" AND s.item_id IN (");
