@@ -1,0 +1,304 @@
+//! A seeded fault campaign: a master (PostgreSQL when TEST_DATABASE_URL is set)
+//! and three satellites (two streaming, one on a short interval) behind TCP
+//! proxies; a random workload of store operations and master-data changes and
+//! deletes, interleaved with random faults: `kill -9` of the master or of a
+//! satellite, links cut mid-stream, satellites paused (SIGSTOP/SIGCONT), and
+//! once per campaign a satellite's database deleted. After every round, once
+//! quiet, the checker proves: each satellite's store data equals the master's
+//! copy, record by record; master data is the same everywhere; every invoice a
+//! satellite acknowledged is on the master exactly once; no deleted item came
+//! back; every stock line's packs equal the sum of its invoice lines.
+//!
+//! `STORESYNC_CAMPAIGN_SEED` replays a campaign; `STORESYNC_CAMPAIGN_ROUNDS`
+//! lengthens it (CI runs 2 rounds). A failure prints the seed.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use storesync_shared::entities::{invoice, invoice_line, item, stock_line};
+use storesync_shared::proto::v1 as pb;
+use storesync_tests::cluster::{
+    assert_store_copies_equal, create_items, create_trading_partners, goods_in, goods_out,
+    wait_master_data_equal, Master, Satellite,
+};
+use storesync_tests::proxy::Proxy;
+use storesync_tests::{backends, TestDb};
+
+const QUIET: Duration = Duration::from_secs(90);
+const CALL: Duration = Duration::from_secs(10);
+
+#[derive(Default, Debug)]
+struct Tally {
+    operations: usize,
+    acknowledged: usize,
+    refused: usize,
+    master_kills: usize,
+    satellite_kills: usize,
+    link_cuts: usize,
+    pauses: usize,
+    wipes: usize,
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
+    let seed: u64 = std::env::var("STORESYNC_CAMPAIGN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let rounds: usize = std::env::var("STORESYNC_CAMPAIGN_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    eprintln!("*** fault campaign: seed {seed}, {rounds} rounds (replay: STORESYNC_CAMPAIGN_SEED={seed}) ***");
+    let backend = *backends("seeded_fault_campaign_loses_nothing_and_lets_nothing_in")
+        .last()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let master_db = TestDb::new(backend);
+    let mut master = Master::start(&master_db, &[]);
+    let db = master_db.connect().await;
+    for sync_id in [2, 3, 4] {
+        master.add_site(sync_id).await;
+    }
+    let trade_items = create_items(&master, "TRADE", 8).await;
+    let (supplier, customer) = create_trading_partners(&master, "Q").await;
+    let mut satellites = Vec::new();
+    let mut proxies = Vec::new();
+    for sync_id in [2u32, 3, 4] {
+        let proxy = Proxy::start(master.process.addr).await;
+        let mode = if sync_id == 4 {
+            "interval"
+        } else {
+            "streaming"
+        };
+        satellites.push(Satellite::start(
+            &proxy.url(),
+            sync_id,
+            mode,
+            &[("STORESYNC_SYNC_INTERVAL_SECONDS", "2")],
+        ));
+        proxies.push(proxy);
+    }
+    for satellite in &satellites {
+        satellite.wait_initialised(QUIET).await;
+    }
+
+    let mut tally = Tally::default();
+    let mut acknowledged: HashMap<u32, HashSet<String>> = HashMap::new();
+    let mut deleted_items: HashSet<String> = HashSet::new();
+    let mut scratch: Vec<pb::Item> = Vec::new();
+    let wipe_round = rng.gen_range(0..rounds);
+
+    for round in 0..rounds {
+        for step in 0..20 {
+            let choice = rng.gen_range(0..12);
+            match choice {
+                0..=4 => {
+                    // A store operation at a random satellite.
+                    let n = rng.gen_range(0..satellites.len());
+                    let satellite = &satellites[n];
+                    tally.operations += 1;
+                    let mut store = satellite.store().await;
+                    let outcome = if rng.gen_bool(0.6) {
+                        let count = rng.gen_range(1..4);
+                        let chosen: Vec<pb::Item> = (0..count)
+                            .map(|_| trade_items[rng.gen_range(0..trade_items.len())].clone())
+                            .collect();
+                        let packs = f64::from(rng.gen_range(1..20));
+                        let reference = format!("R{round}S{step}");
+                        tokio::time::timeout(CALL, async {
+                            goods_in(&mut store, &supplier, &chosen, packs, &reference).await
+                        })
+                        .await
+                        .ok()
+                        .map(Ok)
+                    } else {
+                        let lines = tokio::time::timeout(
+                            CALL,
+                            store.list_stock(pb::ListStockRequest {
+                                in_stock_only: true,
+                                page_size: 100,
+                                ..Default::default()
+                            }),
+                        )
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .map(|r| r.into_inner().stock_lines)
+                        .unwrap_or_default();
+                        if lines.is_empty() {
+                            None
+                        } else {
+                            let line = lines[rng.gen_range(0..lines.len())].clone();
+                            let packs = f64::from(rng.gen_range(1..6));
+                            tokio::time::timeout(
+                                CALL,
+                                goods_out(&mut store, &customer, &line, packs),
+                            )
+                            .await
+                            .ok()
+                        }
+                    };
+                    match outcome {
+                        Some(Ok(response)) => {
+                            tally.acknowledged += 1;
+                            let id = response.invoice.unwrap().id;
+                            acknowledged
+                                .entry(satellite.sync_id)
+                                .or_default()
+                                .insert(id);
+                        }
+                        Some(Err(status)) => {
+                            assert_eq!(
+                                status.code(),
+                                tonic::Code::FailedPrecondition,
+                                "seed {seed}: unexpected refusal {status:?}"
+                            );
+                            tally.refused += 1;
+                        }
+                        None => {}
+                    }
+                }
+                5 | 6 => {
+                    // Master data: a new scratch item, a change, or a delete.
+                    let mut client = master.master_data().await;
+                    if scratch.is_empty() || rng.gen_bool(0.4) {
+                        scratch
+                            .extend(create_items(&master, &format!("SCR{round}{step}"), 1).await);
+                    } else if rng.gen_bool(0.5) {
+                        let mut changed = scratch[rng.gen_range(0..scratch.len())].clone();
+                        changed.name = format!("Changed in round {round} step {step}");
+                        changed.active = rng.gen_bool(0.5);
+                        let stored = client
+                            .upsert_item(pb::UpsertItemRequest {
+                                item: Some(changed),
+                            })
+                            .await
+                            .unwrap()
+                            .into_inner()
+                            .item
+                            .unwrap();
+                        if let Some(slot) = scratch.iter_mut().find(|i| i.id == stored.id) {
+                            *slot = stored;
+                        }
+                    } else {
+                        let gone = scratch.swap_remove(rng.gen_range(0..scratch.len()));
+                        client
+                            .delete_item(pb::DeleteItemRequest {
+                                id: gone.id.clone(),
+                            })
+                            .await
+                            .unwrap();
+                        deleted_items.insert(gone.id);
+                    }
+                }
+                7 => {
+                    let n = rng.gen_range(0..satellites.len());
+                    satellites[n].restart_after_kill();
+                    tally.satellite_kills += 1;
+                }
+                8 => {
+                    proxies[rng.gen_range(0..proxies.len())].cut_all();
+                    tally.link_cuts += 1;
+                }
+                9 => {
+                    let n = rng.gen_range(0..satellites.len());
+                    let pid = satellites[n].process.child.id();
+                    signal(pid, "STOP");
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1500))).await;
+                    signal(pid, "CONT");
+                    tally.pauses += 1;
+                }
+                _ => {
+                    master.restart_after_kill();
+                    tally.master_kills += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..200))).await;
+        }
+
+        // Quiet: everything reaches everywhere; then the checks.
+        check(&db, &satellites, &acknowledged, &deleted_items, seed).await;
+        if round == wipe_round {
+            let n = rng.gen_range(0..satellites.len());
+            satellites[n].restart_with_empty_disk();
+            tally.wipes += 1;
+            satellites[n].wait_initialised(QUIET).await;
+            check(&db, &satellites, &acknowledged, &deleted_items, seed).await;
+        }
+        eprintln!("round {round} of seed {seed} checked: {tally:?}");
+    }
+    eprintln!("*** fault campaign seed {seed}: {rounds} rounds, {tally:?}, failures found: 0 ***");
+}
+
+async fn check(
+    db: &sea_orm::DatabaseConnection,
+    satellites: &[Satellite],
+    acknowledged: &HashMap<u32, HashSet<String>>,
+    deleted_items: &HashSet<String>,
+    seed: u64,
+) {
+    for satellite in satellites {
+        wait_master_data_equal(db, satellite, QUIET).await;
+        assert_store_copies_equal(db, satellite, QUIET).await;
+        let local = satellite.db.connect().await;
+        for id in deleted_items {
+            assert!(
+                item::Entity::find_by_id(id.clone())
+                    .one(&local)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "seed {seed}: deleted item {id} is back on satellite {}",
+                satellite.sync_id
+            );
+        }
+    }
+    for id in deleted_items {
+        assert!(
+            item::Entity::find_by_id(id.clone())
+                .one(db)
+                .await
+                .unwrap()
+                .is_none(),
+            "seed {seed}: deleted item {id} is back on the master"
+        );
+    }
+    for (sync_id, ids) in acknowledged {
+        for id in ids {
+            let found = invoice::Entity::find()
+                .filter(invoice::Column::Id.eq(id.clone()))
+                .all(db)
+                .await
+                .unwrap();
+            assert_eq!(found.len(), 1, "seed {seed}: acknowledged invoice {id} of site {sync_id} is on the master {} times", found.len());
+        }
+    }
+    // Stock is what its invoice lines say: packs in minus packs out, each once.
+    let lines = invoice_line::Entity::find().all(db).await.unwrap();
+    let mut moved: HashMap<String, f64> = HashMap::new();
+    for line in lines {
+        *moved.entry(line.stock_line_id).or_default() += line.number_of_packs;
+    }
+    for stock in stock_line::Entity::find().all(db).await.unwrap() {
+        let expected = moved.get(&stock.id).copied().unwrap_or(0.0);
+        assert!(
+            (stock.total_number_of_packs - expected).abs() < 1e-6,
+            "seed {seed}: stock line {} holds {} packs but its invoice lines add up to {expected}",
+            stock.id,
+            stock.total_number_of_packs
+        );
+    }
+}
