@@ -429,8 +429,6 @@ async fn run_session(
 ) {
     let sync_id = identity.sync_id;
     let span = tracing::info_span!("sync_session", sync_id, session = %session_id);
-    let _enter = span.enter();
-    drop(_enter);
     let mode = if hello.mode() == SyncMode::Interval {
         "interval"
     } else {
@@ -508,10 +506,9 @@ async fn run_session(
                     status::error(&ctx.db, sync_id, status.message()).await;
                 }
             }
-            let record = match &error {
-                Error::PermissionDenied(_) | Error::InvalidArgument(_) => None,
-                _ => None,
-            };
+            // The status message names the record; the typed reference is not
+            // carried out of the apply yet.
+            let record = None;
             let _ = tx
                 .send(Ok(MasterMessage {
                     message: Some(master_message::Message::Error(SyncError {
