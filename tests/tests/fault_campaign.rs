@@ -2,7 +2,7 @@
 //! and three satellites (two streaming, one on a short interval) behind TCP
 //! proxies; a random workload of store operations and master-data changes and
 //! deletes, interleaved with random faults: `kill -9` of the master or of a
-//! satellite, links cut mid-stream, satellites paused (SIGSTOP/SIGCONT), and
+//! satellite, links cut mid-stream, satellites paused (SIGSTOP/SIGCONT), PostgreSQL restarted, and
 //! once per campaign a satellite's database deleted. After every round, once
 //! quiet, the checker proves: each satellite's store data equals the master's
 //! copy, record by record; master data is the same everywhere; every invoice a
@@ -27,7 +27,7 @@ use storesync_tests::cluster::{
     wait_master_data_equal, Master, Satellite,
 };
 use storesync_tests::proxy::Proxy;
-use storesync_tests::{backends, TestDb};
+use storesync_tests::{backends, Backend, TestDb};
 
 const QUIET: Duration = Duration::from_secs(90);
 const CALL: Duration = Duration::from_secs(10);
@@ -42,6 +42,28 @@ struct Tally {
     link_cuts: usize,
     pauses: usize,
     wipes: usize,
+    postgres_restarts: usize,
+}
+
+/// The local PostgreSQL cluster's version, when TEST_DATABASE_URL points at one.
+fn local_cluster() -> Option<String> {
+    let url = std::env::var("TEST_DATABASE_URL").ok()?;
+    if !(url.contains("127.0.0.1") || url.contains("localhost")) {
+        return None;
+    }
+    let version = std::fs::read_dir("/etc/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .next()?
+        .file_name();
+    Some(version.to_string_lossy().into_owned())
+}
+
+fn pg_ctl(version: &str, action: &str) -> bool {
+    Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", version, "main", action])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn signal(pid: u32, name: &str) {
@@ -68,7 +90,10 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
 
     let master_db = TestDb::new(backend);
     let mut master = Master::start(&master_db, &[]);
-    let db = master_db.connect().await;
+    let mut db = master_db.connect().await;
+    // PostgreSQL restarts join the faults when the master's database is a local
+    // cluster this test may control (this test binary runs alone).
+    let pg_cluster = (backend == Backend::Postgres).then(local_cluster).flatten();
     for sync_id in [2, 3, 4] {
         master.add_site(sync_id).await;
     }
@@ -172,36 +197,64 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                     }
                 }
                 5 | 6 => {
-                    // Master data: a new scratch item, a change, or a delete.
+                    // Master data: a new scratch item, a change, or a delete. A call the
+                    // master cannot answer (its database just restarted) is not
+                    // acknowledged, so nothing is expected of it.
                     let mut client = master.master_data().await;
+                    let unanswered = |status: tonic::Status| {
+                        assert_eq!(
+                            status.code(),
+                            tonic::Code::Unavailable,
+                            "seed {seed}: {status:?}"
+                        );
+                    };
                     if scratch.is_empty() || rng.gen_bool(0.4) {
-                        scratch
-                            .extend(create_items(&master, &format!("SCR{round}{step}"), 1).await);
+                        let item = pb::Item {
+                            code: format!("SCR{round}-{step}"),
+                            name: format!("Scratch item of round {round} step {step}"),
+                            unit: "tab".into(),
+                            default_pack_size: 10,
+                            active: true,
+                            ..Default::default()
+                        };
+                        match client
+                            .upsert_item(pb::UpsertItemRequest { item: Some(item) })
+                            .await
+                        {
+                            Ok(stored) => scratch.push(stored.into_inner().item.unwrap()),
+                            Err(status) => unanswered(status),
+                        }
                     } else if rng.gen_bool(0.5) {
                         let mut changed = scratch[rng.gen_range(0..scratch.len())].clone();
                         changed.name = format!("Changed in round {round} step {step}");
                         changed.active = rng.gen_bool(0.5);
-                        let stored = client
+                        match client
                             .upsert_item(pb::UpsertItemRequest {
                                 item: Some(changed),
                             })
                             .await
-                            .unwrap()
-                            .into_inner()
-                            .item
-                            .unwrap();
-                        if let Some(slot) = scratch.iter_mut().find(|i| i.id == stored.id) {
-                            *slot = stored;
+                        {
+                            Ok(stored) => {
+                                let stored = stored.into_inner().item.unwrap();
+                                if let Some(slot) = scratch.iter_mut().find(|i| i.id == stored.id) {
+                                    *slot = stored;
+                                }
+                            }
+                            Err(status) => unanswered(status),
                         }
                     } else {
-                        let gone = scratch.swap_remove(rng.gen_range(0..scratch.len()));
-                        client
+                        let index = rng.gen_range(0..scratch.len());
+                        match client
                             .delete_item(pb::DeleteItemRequest {
-                                id: gone.id.clone(),
+                                id: scratch[index].id.clone(),
                             })
                             .await
-                            .unwrap();
-                        deleted_items.insert(gone.id);
+                        {
+                            Ok(_) => {
+                                deleted_items.insert(scratch.swap_remove(index).id);
+                            }
+                            Err(status) => unanswered(status),
+                        }
                     }
                 }
                 7 => {
@@ -210,7 +263,13 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                     tally.satellite_kills += 1;
                 }
                 8 => {
-                    proxies[rng.gen_range(0..proxies.len())].cut_all();
+                    // Cut at a random byte offset of what flows next (mid-message), or at once.
+                    let proxy = &proxies[rng.gen_range(0..proxies.len())];
+                    if rng.gen_bool(0.5) {
+                        proxy.cut_after(rng.gen_range(1..20_000));
+                    } else {
+                        proxy.cut_all();
+                    }
                     tally.link_cuts += 1;
                 }
                 9 => {
@@ -220,6 +279,16 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                     tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1500))).await;
                     signal(pid, "CONT");
                     tally.pauses += 1;
+                }
+                10 if pg_cluster.is_some() && rng.gen_bool(0.25) => {
+                    // PostgreSQL itself goes away and comes back under the master.
+                    let version = pg_cluster.as_deref().unwrap_or_default();
+                    assert!(
+                        pg_ctl(version, "restart"),
+                        "seed {seed}: pg_ctlcluster restart"
+                    );
+                    db = master_db.connect().await;
+                    tally.postgres_restarts += 1;
                 }
                 _ => {
                     master.restart_after_kill();
