@@ -165,8 +165,20 @@ pub async fn apply_batch(
 
 /// Empties every synced table before a snapshot, so that a half-finished
 /// earlier initialisation leaves nothing behind.
+///
+/// Refuses (and changes nothing) if the database has become initialised in
+/// the meantime: its data must never be thrown away.
 pub async fn clear_for_initialisation(db: &DatabaseConnection) -> Result<()> {
     let txn = db.begin().await?;
+    let state = sync_state::Entity::find_by_id(1)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| Error::Internal("sync_state row is missing".into()))?;
+    if state.initialised {
+        return Err(Error::FailedPrecondition(
+            "the database is initialised; it is not emptied for a snapshot".into(),
+        ));
+    }
     invoice_line::Entity::delete_many().exec(&txn).await?;
     invoice::Entity::delete_many().exec(&txn).await?;
     stock_line::Entity::delete_many().exec(&txn).await?;

@@ -235,9 +235,6 @@ async fn session(
 ) -> Result<()> {
     let state = load_state(db).await?;
     let initialise = !state.initialised;
-    if initialise {
-        apply::clear_for_initialisation(db).await?;
-    }
     let backlog = outbox_table::Entity::find().count(db).await?;
     let endpoint = tonic::transport::Endpoint::from_shared(master_url.to_owned())
         .map_err(|e| Error::invalid("master_url", e))?
@@ -333,6 +330,11 @@ async fn session(
         .min(welcome.max_batch_records.max(1) as usize);
 
     let mut initialising = welcome.initialising;
+    if initialising {
+        // Only now that a snapshot is coming: empty what a half-finished
+        // earlier initialisation may have left.
+        apply::clear_for_initialisation(db).await?;
+    }
     let mut sent_seq = if initialising {
         welcome.upstream_acked_seq
     } else {
