@@ -10,12 +10,12 @@
 //! adapts them to gRPC. It does not touch store data, except to count what
 //! still refers to a record that is about to be deleted.
 
-use sea_orm::sea_query::{Alias, Expr, Func};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel,
+    PaginatorTrait, QueryFilter, TransactionTrait,
 };
 use storesync_shared::entities::{invoice, invoice_line, item, name, stock_line, store};
+use storesync_shared::master_data_read as read;
 use storesync_shared::proto::v1::{self as pb, sync_record, RecordRef, SyncRecord, Table};
 use storesync_shared::validate::{self, now_ms};
 use tonic::{Request, Response, Status};
@@ -138,16 +138,6 @@ pub async fn delete_item(
     Ok(())
 }
 
-/// One item by id.
-pub async fn get_item<C: ConnectionTrait>(db: &C, id: &str) -> Result<pb::Item> {
-    validate::uuid("id", id)?;
-    item::Entity::find_by_id(id.to_owned())
-        .one(db)
-        .await?
-        .map(pb::Item::from)
-        .ok_or_else(|| Error::not_found(format!("no item has id {id}")))
-}
-
 /// Creates (empty id) or replaces a name; returns it as stored.
 ///
 /// A name that stands for one of the network's stores (same id as the store)
@@ -253,16 +243,6 @@ pub async fn delete_name(
     Ok(())
 }
 
-/// One name by id.
-pub async fn get_name<C: ConnectionTrait>(db: &C, id: &str) -> Result<pb::Name> {
-    validate::uuid("id", id)?;
-    name::Entity::find_by_id(id.to_owned())
-        .one(db)
-        .await?
-        .map(pb::Name::from)
-        .ok_or_else(|| Error::not_found(format!("no name has id {id}")))
-}
-
 /// The change-log record of a name as it is now.
 pub fn name_record(name: pb::Name) -> SyncRecord {
     SyncRecord {
@@ -277,144 +257,6 @@ pub fn tombstone(table: Table, id: &str) -> SyncRecord {
             table: table as i32,
             id: id.to_owned(),
         })),
-    }
-}
-
-/// A page of a list ordered by code, as asked for.
-#[derive(Debug, PartialEq, Eq)]
-pub struct PageQuery {
-    /// Rows per page.
-    pub size: u64,
-    /// Codes at or before this one were on earlier pages.
-    pub after_code: Option<String>,
-    pub code_prefix: String,
-    pub active_only: bool,
-}
-
-/// Largest page; 0 asks for [`DEFAULT_PAGE_SIZE`].
-pub const MAX_PAGE_SIZE: u32 = 1000;
-pub const DEFAULT_PAGE_SIZE: u32 = 100;
-
-impl PageQuery {
-    /// Checks `page_size` and decodes `page_token`.
-    pub fn new(
-        page_size: u32,
-        page_token: &str,
-        code_prefix: &str,
-        active_only: bool,
-    ) -> Result<Self> {
-        let size = validate::page_size("page_size", page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let after_code = if page_token.is_empty() {
-            None
-        } else {
-            Some(decode_page_token(page_token)?)
-        };
-        validate::optional_text("code_prefix", code_prefix, 64)?;
-        Ok(Self {
-            size,
-            after_code,
-            code_prefix: code_prefix.to_owned(),
-            active_only,
-        })
-    }
-}
-
-/// The token of the page after the one ending at `last_code`: the code in hex.
-/// Opaque to callers, and stable: a row added or removed between calls does
-/// not make the next page skip or repeat another row.
-pub fn encode_page_token(last_code: &str) -> String {
-    last_code.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Inverse of [`encode_page_token`].
-pub fn decode_page_token(token: &str) -> Result<String> {
-    let bad = || {
-        Error::invalid(
-            "page_token",
-            "is not a token from a previous page; leave it empty for the first page",
-        )
-    };
-    if token.len() % 2 != 0 || token.len() > 256 {
-        return Err(bad());
-    }
-    let bytes = (0..token.len())
-        .step_by(2)
-        .map(|i| {
-            token
-                .get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()
-        .ok_or_else(bad)?;
-    String::from_utf8(bytes).map_err(|_| bad())
-}
-
-/// A page of items ordered by code, and the next page's token ("" on the last).
-pub async fn list_items<C: ConnectionTrait>(
-    db: &C,
-    page: &PageQuery,
-) -> Result<(Vec<pb::Item>, String)> {
-    let mut query = item::Entity::find().order_by_asc(item::Column::Code);
-    if let Some(after) = &page.after_code {
-        query = query.filter(item::Column::Code.gt(after.as_str()));
-    }
-    if !page.code_prefix.is_empty() {
-        query = query.filter(code_has_prefix(item::Column::Code, &page.code_prefix));
-    }
-    if page.active_only {
-        query = query.filter(item::Column::Active.eq(true));
-    }
-    let rows = query.limit(page.size + 1).all(db).await?;
-    let (rows, next) = split_page(rows, page.size, |row| &row.code);
-    Ok((rows.into_iter().map(pb::Item::from).collect(), next))
-}
-
-/// A page of names ordered by code, and the next page's token ("" on the last).
-pub async fn list_names<C: ConnectionTrait>(
-    db: &C,
-    page: &PageQuery,
-) -> Result<(Vec<pb::Name>, String)> {
-    let mut query = name::Entity::find().order_by_asc(name::Column::Code);
-    if let Some(after) = &page.after_code {
-        query = query.filter(name::Column::Code.gt(after.as_str()));
-    }
-    if !page.code_prefix.is_empty() {
-        query = query.filter(code_has_prefix(name::Column::Code, &page.code_prefix));
-    }
-    if page.active_only {
-        query = query.filter(name::Column::Active.eq(true));
-    }
-    let rows = query.limit(page.size + 1).all(db).await?;
-    let (rows, next) = split_page(rows, page.size, |row| &row.code);
-    Ok((rows.into_iter().map(pb::Name::from).collect(), next))
-}
-
-/// `substr(code, 1, n) = prefix`: case-sensitive on both backends, and free of
-/// LIKE's wildcards (codes may hold `_`).
-fn code_has_prefix<C: ColumnTrait>(column: C, prefix: &str) -> sea_orm::sea_query::SimpleExpr {
-    let len = i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX);
-    Expr::expr(
-        Func::cust(Alias::new("substr"))
-            .arg(Expr::col(column))
-            .arg(1)
-            .arg(len),
-    )
-    .eq(prefix)
-}
-
-/// Keeps `size` of the `size + 1` rows fetched; the extra one says whether
-/// another page follows.
-fn split_page<T>(mut rows: Vec<T>, size: u64, code: impl Fn(&T) -> &String) -> (Vec<T>, String) {
-    let size = usize::try_from(size).unwrap_or(usize::MAX);
-    if rows.len() > size {
-        rows.truncate(size);
-        let next = rows
-            .last()
-            .map(|row| encode_page_token(code(row)))
-            .unwrap_or_default();
-        (rows, next)
-    } else {
-        (rows, String::new())
     }
 }
 
@@ -462,7 +304,7 @@ impl pb::master_data_service_server::MasterDataService for MasterDataApi {
         request: Request<pb::GetItemRequest>,
     ) -> Result<Response<pb::Item>, Status> {
         Ok(Response::new(
-            get_item(&self.state.db, &request.into_inner().id).await?,
+            read::get_item(&self.state.db, &request.into_inner().id).await?,
         ))
     }
 
@@ -470,13 +312,9 @@ impl pb::master_data_service_server::MasterDataService for MasterDataApi {
         &self,
         request: Request<pb::ListItemsRequest>,
     ) -> Result<Response<pb::ListItemsResponse>, Status> {
-        let r = request.into_inner();
-        let page = PageQuery::new(r.page_size, &r.page_token, &r.code_prefix, r.active_only)?;
-        let (items, next_page_token) = list_items(&self.state.db, &page).await?;
-        Ok(Response::new(pb::ListItemsResponse {
-            items,
-            next_page_token,
-        }))
+        Ok(Response::new(
+            read::list_items(&self.state.db, &request.into_inner()).await?,
+        ))
     }
 
     async fn upsert_name(
@@ -509,7 +347,7 @@ impl pb::master_data_service_server::MasterDataService for MasterDataApi {
         request: Request<pb::GetNameRequest>,
     ) -> Result<Response<pb::Name>, Status> {
         Ok(Response::new(
-            get_name(&self.state.db, &request.into_inner().id).await?,
+            read::get_name(&self.state.db, &request.into_inner().id).await?,
         ))
     }
 
@@ -517,35 +355,15 @@ impl pb::master_data_service_server::MasterDataService for MasterDataApi {
         &self,
         request: Request<pb::ListNamesRequest>,
     ) -> Result<Response<pb::ListNamesResponse>, Status> {
-        let r = request.into_inner();
-        let page = PageQuery::new(r.page_size, &r.page_token, &r.code_prefix, r.active_only)?;
-        let (names, next_page_token) = list_names(&self.state.db, &page).await?;
-        Ok(Response::new(pb::ListNamesResponse {
-            names,
-            next_page_token,
-        }))
+        Ok(Response::new(
+            read::list_names(&self.state.db, &request.into_inner()).await?,
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn page_tokens_round_trip_and_reject_garbage() {
-        for code in ["A", "AMOX250TAB", "a/b_c.d-e", "ÄÖ"] {
-            assert_eq!(
-                decode_page_token(&encode_page_token(code)).expect("decodes"),
-                code
-            );
-        }
-        for bad in ["x", "zz", "abc", "ff"] {
-            let err = decode_page_token(bad).expect_err("rejects");
-            assert!(err.to_string().starts_with("page_token:"), "{err}");
-        }
-        assert!(PageQuery::new(1001, "", "", false).is_err());
-        assert_eq!(PageQuery::new(0, "", "", false).expect("ok").size, 100);
-    }
 
     #[test]
     fn item_checks_name_the_field() {
@@ -609,16 +427,5 @@ mod tests {
                 "{err} should name {field}"
             );
         }
-    }
-
-    #[test]
-    fn pages_split_after_size_rows() {
-        let rows = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
-        let (page, next) = split_page(rows.clone(), 2, |s| s);
-        assert_eq!(page, vec!["a", "b"]);
-        assert_eq!(decode_page_token(&next).expect("token"), "b");
-        let (page, next) = split_page(rows, 3, |s| s);
-        assert_eq!(page.len(), 3);
-        assert!(next.is_empty());
     }
 }

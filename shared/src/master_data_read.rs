@@ -32,13 +32,37 @@ pub async fn get_name<C: ConnectionTrait>(db: &C, id: &str) -> Result<pb::Name> 
         .ok_or_else(|| Error::NotFound(format!("name {id} does not exist")))
 }
 
-/// Checks a page token, which is the last code of the previous page.
-fn code_token(token: &str) -> Result<()> {
+/// The token of the page after the one ending at `last_code`: the code in hex.
+/// Opaque to callers, and stable: a row added or removed between calls does
+/// not make the next page skip or repeat another row.
+pub fn encode_page_token(last_code: &str) -> String {
+    last_code.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Inverse of [`encode_page_token`]; an empty token is the first page (None).
+pub fn decode_page_token(token: &str) -> Result<Option<String>> {
     if token.is_empty() {
-        Ok(())
-    } else {
-        validate::code("page_token", token)
+        return Ok(None);
     }
+    let bad = || {
+        Error::invalid(
+            "page_token",
+            "is not a token from a previous page; leave it empty for the first page",
+        )
+    };
+    if token.len() % 2 != 0 || token.len() > 256 {
+        return Err(bad());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad)?;
+    String::from_utf8(bytes).map(Some).map_err(|_| bad())
 }
 
 /// `column` starts with `prefix` (case-sensitive on both backends, unlike
@@ -68,11 +92,11 @@ pub async fn list_items<C: ConnectionTrait>(
         DEFAULT_PAGE_SIZE,
         MAX_PAGE_SIZE,
     )?;
-    code_token(&request.page_token)?;
+    let after = decode_page_token(&request.page_token)?;
     validate::optional_text("code_prefix", &request.code_prefix, 64)?;
     let mut query = item::Entity::find();
-    if !request.page_token.is_empty() {
-        query = query.filter(item::Column::Code.gt(request.page_token.as_str()));
+    if let Some(after) = after {
+        query = query.filter(item::Column::Code.gt(after));
     }
     if !request.code_prefix.is_empty() {
         query = query.filter(starts_with(
@@ -88,7 +112,7 @@ pub async fn list_items<C: ConnectionTrait>(
         .limit(page_size + 1)
         .all(db)
         .await?;
-    let next_page_token = next_token(&mut rows, page_size, |last| last.code.clone());
+    let next_page_token = next_token(&mut rows, page_size, |last| encode_page_token(&last.code));
     Ok(pb::ListItemsResponse {
         items: rows.into_iter().map(Into::into).collect(),
         next_page_token,
@@ -106,11 +130,11 @@ pub async fn list_names<C: ConnectionTrait>(
         DEFAULT_PAGE_SIZE,
         MAX_PAGE_SIZE,
     )?;
-    code_token(&request.page_token)?;
+    let after = decode_page_token(&request.page_token)?;
     validate::optional_text("code_prefix", &request.code_prefix, 64)?;
     let mut query = name::Entity::find();
-    if !request.page_token.is_empty() {
-        query = query.filter(name::Column::Code.gt(request.page_token.as_str()));
+    if let Some(after) = after {
+        query = query.filter(name::Column::Code.gt(after));
     }
     if !request.code_prefix.is_empty() {
         query = query.filter(starts_with(
@@ -126,9 +150,31 @@ pub async fn list_names<C: ConnectionTrait>(
         .limit(page_size + 1)
         .all(db)
         .await?;
-    let next_page_token = next_token(&mut rows, page_size, |last| last.code.clone());
+    let next_page_token = next_token(&mut rows, page_size, |last| encode_page_token(&last.code));
     Ok(pb::ListNamesResponse {
         names: rows.into_iter().map(Into::into).collect(),
         next_page_token,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        for code in ["A", "AMOX250TAB", "a/b_c.d-e", "ÄÖ"] {
+            assert_eq!(
+                decode_page_token(&encode_page_token(code))
+                    .expect("decodes")
+                    .as_deref(),
+                Some(code)
+            );
+        }
+        assert_eq!(decode_page_token("").expect("first page"), None);
+        for bad in ["x", "zz", "abc", "ff"] {
+            let err = decode_page_token(bad).expect_err("rejects");
+            assert!(err.to_string().starts_with("page_token:"), "{err}");
+        }
+    }
 }
