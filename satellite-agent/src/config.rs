@@ -104,6 +104,9 @@ pub struct Config {
     pub sync_interval_override: Option<Duration>,
     /// Largest upstream batch in records (the master's limit still applies).
     pub upstream_batch_records: usize,
+    /// Whether sync messages are gzip-compressed both ways (for slow links:
+    /// fewer bytes for more CPU at both ends).
+    pub sync_compression: bool,
     /// CA that signed the master's certificate (https master URLs); the system
     /// roots when unset.
     pub master_ca: Option<PathBuf>,
@@ -193,6 +196,9 @@ pub struct Args {
     pub sync_interval_seconds: Option<u64>,
     #[arg(long, env = "STORESYNC_UPSTREAM_BATCH_RECORDS", hide = true)]
     pub upstream_batch_records: Option<usize>,
+    /// `none` (default) or `gzip`: compress the sync stream both ways.
+    #[arg(long, env = "STORESYNC_SYNC_COMPRESSION")]
+    pub sync_compression: Option<String>,
     /// PEM CA of the master's certificate (https URLs) [default: system roots].
     #[arg(long, env = "STORESYNC_MASTER_CA")]
     pub master_ca: Option<PathBuf>,
@@ -234,6 +240,7 @@ struct FileConfig {
     drain_seconds: Option<u64>,
     sync_interval_seconds: Option<u64>,
     upstream_batch_records: Option<usize>,
+    sync_compression: Option<String>,
     master_ca: Option<PathBuf>,
     master_client_cert: Option<PathBuf>,
     master_client_key: Option<PathBuf>,
@@ -413,6 +420,17 @@ impl Config {
             ));
         }
 
+        let sync_compression = match args.sync_compression.or(file.sync_compression).as_deref() {
+            None | Some("none") => false,
+            Some("gzip") => true,
+            Some(other) => {
+                problem(format!(
+                    "STORESYNC_SYNC_COMPRESSION: {other:?} must be `none` or `gzip`"
+                ));
+                false
+            }
+        };
+
         let master_client_identity = match (
             args.master_client_cert.or(file.master_client_cert),
             args.master_client_key.or(file.master_client_key),
@@ -465,6 +483,7 @@ impl Config {
                 drain_timeout,
                 sync_interval_override,
                 upstream_batch_records,
+                sync_compression,
                 master_ca,
                 master_client_identity,
                 tls,

@@ -106,11 +106,16 @@ impl SyncContext {
         }
     }
 
-    /// The gRPC service, with explicit message size limits.
+    /// The gRPC service, with explicit message size limits. A satellite that
+    /// sends gzip is understood, and one that accepts gzip is answered in it
+    /// (`STORESYNC_SYNC_COMPRESSION` on the satellite); others get plain messages.
+    /// The size limits apply to the decompressed message.
     pub fn service(&self) -> SyncServiceServer<SyncHandler> {
         SyncServiceServer::new(SyncHandler { ctx: self.clone() })
             .max_decoding_message_size(storesync_shared::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(storesync_shared::server::MAX_MESSAGE_BYTES)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
     }
 
     /// Listens for other replicas' changes and session claims (PostgreSQL only).

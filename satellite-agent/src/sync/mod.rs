@@ -61,6 +61,8 @@ pub struct ClientSettings {
     pub window: usize,
     /// TLS towards `https://` master URLs (CA to trust, optional client identity).
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// gzip both ways (the master accepts and answers in kind).
+    pub compression: bool,
 }
 
 impl ClientSettings {
@@ -87,6 +89,7 @@ impl ClientSettings {
             batch_bytes: 4 * 1024 * 1024,
             window: 4,
             tls: None,
+            compression: false,
         }
     }
 }
@@ -115,6 +118,7 @@ pub fn start(satellite: &crate::Satellite) -> crate::SyncTask {
     settings.backoff_initial = config.backoff_initial;
     settings.backoff_max = config.backoff_max;
     settings.batch_records = config.upstream_batch_records;
+    settings.compression = config.sync_compression;
     if config.master_urls.iter().any(|u| u.scheme() == "https") {
         let identity = config
             .master_client_identity
@@ -264,6 +268,11 @@ async fn session(
     let mut client = SyncServiceClient::new(channel)
         .max_decoding_message_size(storesync_shared::server::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(storesync_shared::server::MAX_MESSAGE_BYTES);
+    if settings.compression {
+        client = client
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    }
 
     let (tx, rx) = mpsc::channel::<SatelliteMessage>(settings.window * 2 + 8);
     let hello = Hello {
