@@ -30,12 +30,15 @@ pub fn bin_path(name: &str, override_var: &str) -> PathBuf {
     if let Ok(path) = std::env::var(override_var) {
         return PathBuf::from(path);
     }
-    // target/<profile>/deps/<test-exe> -> target/<profile>/<name>
+    // A test runs from target/<profile>/deps/, a binary (the benchmark) from
+    // target/<profile>/: the binaries under test sit in target/<profile>/.
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
+    let dir = exe.parent().expect("executable directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>")
+    } else {
+        dir
+    };
     let path = profile_dir.join(name);
     assert!(
         path.exists(),

@@ -23,6 +23,9 @@ pub struct Proxy {
     stop: watch::Sender<bool>,
     /// Bumped to drop every open link at once.
     drop_links: watch::Sender<u64>,
+    /// Bytes forwarded towards the target (satellite to master) and back.
+    bytes_up: Arc<AtomicU64>,
+    bytes_down: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -36,12 +39,15 @@ impl Proxy {
         let refusing = Arc::new(AtomicBool::new(false));
         let (stop, stop_rx) = watch::channel(false);
         let (drop_links, drop_rx) = watch::channel(0u64);
+        let bytes_up = Arc::new(AtomicU64::new(0));
+        let bytes_down = Arc::new(AtomicU64::new(0));
         let (t, c, n, r) = (
             target.clone(),
             cut_after.clone(),
             cuts.clone(),
             refusing.clone(),
         );
+        let (up, down) = (bytes_up.clone(), bytes_down.clone());
         tokio::spawn(async move {
             let mut stop_rx = stop_rx;
             loop {
@@ -56,6 +62,7 @@ impl Proxy {
                 }
                 let to = *t.lock().expect("target lock");
                 let (c, n, stop_rx) = (c.clone(), n.clone(), stop_rx.clone());
+                let counters = (up.clone(), down.clone());
                 let mut drop_rx = drop_rx.clone();
                 drop_rx.mark_unchanged();
                 tokio::spawn(async move {
@@ -63,7 +70,7 @@ impl Proxy {
                         let _ = inbound.set_nodelay(true);
                         let _ = outbound.set_nodelay(true);
                         tokio::select! {
-                            () = link(inbound, outbound, c, n, stop_rx) => {}
+                            () = link(inbound, outbound, c, n, counters, stop_rx) => {}
                             _ = drop_rx.changed() => {}
                         }
                     }
@@ -78,7 +85,17 @@ impl Proxy {
             refusing,
             stop,
             drop_links,
+            bytes_up,
+            bytes_down,
         }
+    }
+
+    /// Bytes forwarded so far towards the target and back from it.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes_up.load(Ordering::SeqCst),
+            self.bytes_down.load(Ordering::SeqCst),
+        )
     }
 
     /// `http://addr`.
@@ -123,12 +140,13 @@ async fn link(
     outbound: TcpStream,
     cut_after: Arc<AtomicU64>,
     cuts: Arc<AtomicU64>,
+    (bytes_up, bytes_down): (Arc<AtomicU64>, Arc<AtomicU64>),
     mut stop: watch::Receiver<bool>,
 ) {
     let (mut in_read, mut in_write) = inbound.into_split();
     let (mut out_read, mut out_write) = outbound.into_split();
-    let up = pump(&mut in_read, &mut out_write, &cut_after, &cuts);
-    let down = pump(&mut out_read, &mut in_write, &cut_after, &cuts);
+    let up = pump(&mut in_read, &mut out_write, &cut_after, &cuts, &bytes_up);
+    let down = pump(&mut out_read, &mut in_write, &cut_after, &cuts, &bytes_down);
     tokio::select! {
         _ = up => {}
         _ = down => {}
@@ -137,8 +155,13 @@ async fn link(
 }
 
 /// Copies until EOF, an error, or the cut budget runs out (then cuts mid-buffer).
-async fn pump<R, W>(from: &mut R, to: &mut W, cut_after: &AtomicU64, cuts: &AtomicU64)
-where
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    cut_after: &AtomicU64,
+    cuts: &AtomicU64,
+    forwarded: &AtomicU64,
+) where
     R: AsyncReadExt + Unpin,
     W: AsyncWriteExt + Unpin,
 {
@@ -163,5 +186,6 @@ where
         if to.write_all(&buffer[..n]).await.is_err() {
             return;
         }
+        forwarded.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

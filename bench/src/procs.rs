@@ -1,0 +1,25 @@
+//! Memory of the processes under test, read from `/proc`.
+
+/// A `kB` field of `/proc/<pid>/status` in MiB (NaN when unreadable).
+fn status_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Resident memory now.
+pub fn resident_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// Peak resident memory since the process started.
+pub fn peak_resident_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}

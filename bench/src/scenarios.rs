@@ -1,0 +1,745 @@
+//! The seven scenarios. Each starts its own master (on a scratch PostgreSQL
+//! database) and satellites (SQLite each) as real processes, and stops them.
+//!
+//! Every scenario also checks that what it timed really happened (row counts,
+//! cursors, acknowledged sequences) and fails loudly if not: a fast wrong
+//! answer is not a figure.
+
+use std::time::{Duration, Instant};
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use storesync_shared::proto::v1 as pb;
+use storesync_tests::cluster::{create_items, create_trading_partners, Authed, Master, Satellite};
+use storesync_tests::proxy::Proxy;
+use storesync_tests::{Backend, TestDb};
+
+use crate::data::{self, Backlog};
+use crate::procs::{peak_resident_mib, resident_mib};
+use crate::report::{ms, Figure, Target};
+use crate::Sizes;
+
+type Agent = pb::agent_service_client::AgentServiceClient<Authed>;
+
+/// How long any one wait may take before the scenario fails.
+const PATIENCE: Duration = Duration::from_secs(600);
+
+fn per_second(records: usize, elapsed: Duration) -> f64 {
+    records as f64 / elapsed.as_secs_f64()
+}
+
+/// A master on a fresh PostgreSQL database with sites `2..=satellites + 1`.
+async fn master_with_sites(satellites: u32, extra: &[(&str, &str)]) -> (TestDb, Master) {
+    let db = TestDb::new(Backend::Postgres);
+    let master = Master::start(&db, extra);
+    for sync_id in 2..=satellites + 1 {
+        master.add_site(sync_id).await;
+    }
+    (db, master)
+}
+
+/// Starts satellites `2..=count + 1` and waits until each is initialised.
+async fn start_satellites(master_url: &str, count: u32, extra: &[(&str, &str)]) -> Vec<Satellite> {
+    let satellites: Vec<Satellite> = (2..=count + 1)
+        .map(|sync_id| Satellite::start(master_url, sync_id, "streaming", extra))
+        .collect();
+    for satellite in &satellites {
+        satellite.wait_initialised(PATIENCE).await;
+    }
+    satellites
+}
+
+/// Polls `check` every `every` until it holds; fails after [`PATIENCE`].
+async fn wait_for<F, Fut>(what: &str, every: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Each site's acknowledged upstream sequence on the master.
+async fn acked_seqs(db: &DatabaseConnection) -> anyhow::Result<Vec<(i32, i64)>> {
+    let rows = db
+        .query_all(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT sync_id, upstream_acked_seq FROM site ORDER BY sync_id",
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "sync_id")?,
+                r.try_get("", "upstream_acked_seq")?,
+            ))
+        })
+        .collect()
+}
+
+/// Scenario 1: N satellites each with a backlog; records per second until
+/// the master has committed them all, and the same rows through `COPY`.
+pub async fn upstream(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let n = sizes.upstream_satellites;
+    let (db, master) = master_with_sites(n, &[]).await;
+    let conn = storesync_shared::db::connect(&db.url(), n + 2).await?;
+    let items: Vec<String> = create_items(&master, "UP", 50)
+        .await
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    let (supplier, _) = create_trading_partners(&master, "U").await;
+    let mut satellites = start_satellites(&master.url(), n, &[]).await;
+    let mut stores = Vec::new();
+    for satellite in &satellites {
+        stores.push(satellite.status().await.store.expect("store").id);
+    }
+
+    let label = format!("{n} satellites x {} records", sizes.upstream_records);
+    let mut rate = Figure::new("upstream", format!("master commit rate, {label}"), "rec/s");
+    let mut copy = Figure::new("upstream", "PostgreSQL COPY of the same rows", "rec/s");
+    let mut ratio =
+        Figure::new("upstream", "upstream / COPY", "ratio").target(Target::AtLeast(0.5));
+    for run in 0..sizes.runs {
+        let mut expected = Vec::new();
+        let mut backlogs = Vec::new();
+        for (satellite, store_id) in satellites.iter_mut().zip(&stores) {
+            anyhow::ensure!(
+                satellite
+                    .process
+                    .terminate(Duration::from_secs(20))
+                    .is_some(),
+                "satellite {} did not stop",
+                satellite.sync_id
+            );
+            let backlog =
+                Backlog::goods_received(store_id, &supplier.id, &items, sizes.upstream_records);
+            let local = satellite.db.connect().await;
+            let last = backlog.write_to_satellite(&local).await?;
+            local.close().await?;
+            expected.push((satellite.sync_id as i32, last as i64));
+            backlogs.push(backlog);
+        }
+        let before =
+            futures::future::try_join_all(stores.iter().map(|s| data::store_counts(&conn, s)))
+                .await?;
+        let total: usize = backlogs.iter().map(Backlog::len).sum();
+        let started = Instant::now();
+        for satellite in &mut satellites {
+            satellite.start_again();
+        }
+        wait_for(
+            "the master to acknowledge every backlog",
+            Duration::from_millis(10),
+            || async {
+                let acked = acked_seqs(&conn).await?;
+                Ok(expected
+                    .iter()
+                    .all(|(id, last)| acked.iter().any(|(s, a)| s == id && a >= last)))
+            },
+        )
+        .await?;
+        let elapsed = started.elapsed();
+        // What was acknowledged is really there.
+        for ((store_id, backlog), before) in stores.iter().zip(&backlogs).zip(&before) {
+            let after = data::store_counts(&conn, store_id).await?;
+            anyhow::ensure!(
+                after
+                    == [
+                        before[0] + backlog.stock_lines.len() as i64,
+                        before[1] + backlog.invoices.len() as i64,
+                        before[2] + backlog.invoice_lines.len() as i64,
+                    ],
+                "store {store_id}: the master's rows {after:?} do not add up after {before:?}"
+            );
+        }
+        data::create_copy_tables(&conn).await?;
+        let copied = data::copy_ceiling(&conn, &backlogs.iter().collect::<Vec<_>>()).await?;
+        let (r, c) = (per_second(total, elapsed), per_second(total, copied));
+        eprintln!(
+            "upstream run {run}: {total} records in {elapsed:.2?} = {r:.0}/s; COPY {copied:.2?} = {c:.0}/s"
+        );
+        rate.samples.push(r);
+        copy.samples.push(c);
+        ratio.samples.push(r / c);
+    }
+    Ok(vec![rate, copy, ratio])
+}
+
+/// Agent clients made once (a poll must not open a connection).
+async fn agents(satellites: &[Satellite]) -> Vec<Agent> {
+    let mut agents = Vec::new();
+    for satellite in satellites {
+        agents.push(satellite.agent().await);
+    }
+    agents
+}
+
+/// Scenario 2: master-data changes reaching 1 and 63 satellites.
+pub async fn downstream(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let changes = sizes.downstream_changes;
+    let mut figures = Vec::new();
+    for &fanout in &sizes.fanouts {
+        let (db, master) = master_with_sites(fanout, &[]).await;
+        let conn = db.connect().await;
+        let satellites = start_satellites(&master.url(), fanout, &[]).await;
+        let mut agents = agents(&satellites).await;
+        let mut per_satellite = Figure::new(
+            "downstream",
+            format!("apply rate per satellite, {fanout} satellite(s)"),
+            "rec/s",
+        )
+        .target(Target::AtLeast(100_000.0));
+        let mut last = Figure::new(
+            "downstream",
+            format!("{changes} changes: until the last of {fanout} has all"),
+            "ms",
+        );
+        for run in 0..sizes.runs {
+            let started = Instant::now();
+            let head = data::master_data_changes(&conn, &format!("R{run}"), changes).await?;
+            let committed = started.elapsed();
+            let started = Instant::now();
+            let mut done: Vec<Option<Duration>> = vec![None; agents.len()];
+            let deadline = started + PATIENCE;
+            while done.iter().any(Option::is_none) {
+                anyhow::ensure!(Instant::now() < deadline, "satellites did not catch up");
+                for (agent, slot) in agents.iter_mut().zip(done.iter_mut()) {
+                    if slot.is_none() {
+                        let status = agent.status(pb::AgentStatusRequest {}).await?.into_inner();
+                        if status.downstream_cursor >= head {
+                            *slot = Some(started.elapsed());
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let times: Vec<Duration> = done.into_iter().flatten().collect();
+            let slowest = times.iter().max().copied().unwrap_or_default();
+            let mut rates: Vec<f64> = times.iter().map(|t| per_second(changes, *t)).collect();
+            rates.sort_by(f64::total_cmp);
+            let median_rate = rates[rates.len() / 2];
+            eprintln!(
+                "downstream {fanout} run {run}: committed {changes} changes in {committed:.2?}; per-satellite median {median_rate:.0}/s; last satellite after {slowest:.2?}"
+            );
+            per_satellite.samples.push(median_rate);
+            last.samples.push(ms(slowest));
+        }
+        // Spot check: the last run's changes are in a satellite's tables.
+        let local = satellites[0].db.connect().await;
+        let row = local
+            .query_one(Statement::from_string(
+                DbBackend::Sqlite,
+                format!(
+                    "SELECT (SELECT COUNT(*) FROM item WHERE code LIKE 'R{0}I%') + (SELECT COUNT(*) FROM name WHERE code LIKE 'R{0}N%') AS n",
+                    sizes.runs - 1
+                ),
+            ))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("count"))?;
+        let landed: i64 = row.try_get("", "n")?;
+        anyhow::ensure!(
+            landed == changes as i64,
+            "satellite {} holds {landed} of the {changes} changes",
+            satellites[0].sync_id
+        );
+        figures.push(per_satellite);
+        figures.push(last);
+        drop(satellites);
+        drop(master);
+    }
+    Ok(figures)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Scenario 3: one change each way in streaming mode, timed from the
+/// writer's commit (its call returned) to the moment a reader at the other
+/// end sees it, while another satellite writes in the background.
+pub async fn latency(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let (db, master) = master_with_sites(2, &[]).await;
+    let conn = db.connect().await;
+    let items = create_items(&master, "LAT", 5).await;
+    let (supplier, _) = create_trading_partners(&master, "L").await;
+    let satellites = start_satellites(&master.url(), 2, &[]).await;
+    let (measured, background) = (&satellites[0], &satellites[1]);
+
+    // Light background load: an invoice every 100 ms at the other satellite.
+    let stop = tokio::sync::watch::channel(false);
+    let load = {
+        let mut store = background.store().await;
+        let (supplier, items) = (supplier.clone(), items.clone());
+        let mut stop_rx = stop.0.subscribe();
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            loop {
+                storesync_tests::cluster::goods_in(
+                    &mut store,
+                    &supplier,
+                    &items[n % items.len()..=n % items.len()],
+                    1.0,
+                    &format!("BG{n}"),
+                )
+                .await;
+                n += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop_rx.changed() => return n,
+                }
+            }
+        })
+    };
+
+    let mut master_data = master.master_data().await;
+    let mut satellite_data = measured.master_data().await;
+    let mut satellite_store = measured.store().await;
+    let mut down = (
+        Figure::new("latency", "master -> satellite p50", "ms"),
+        Figure::new("latency", "master -> satellite p99", "ms").target(Target::Below(5.0)),
+    );
+    let mut up = (
+        Figure::new("latency", "satellite -> master p50", "ms"),
+        Figure::new("latency", "satellite -> master p99", "ms").target(Target::Below(5.0)),
+    );
+    let warmup = 20;
+    for run in 0..sizes.runs {
+        let mut down_samples = Vec::new();
+        let mut up_samples = Vec::new();
+        for n in 0..sizes.latency_changes + warmup {
+            // Master to satellite: an item renamed on the master.
+            let mut item = items[0].clone();
+            item.name = format!("Latency probe {run}-{n}");
+            master_data
+                .upsert_item(pb::UpsertItemRequest {
+                    item: Some(item.clone()),
+                })
+                .await?;
+            let committed = Instant::now();
+            let deadline = committed + Duration::from_secs(30);
+            loop {
+                let seen = satellite_data
+                    .get_item(pb::GetItemRequest {
+                        id: item.id.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                if seen.name == item.name {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the satellite never saw {}",
+                    item.name
+                );
+            }
+            let down_latency = committed.elapsed();
+
+            // Satellite to master: goods received at the satellite.
+            let created = storesync_tests::cluster::goods_in(
+                &mut satellite_store,
+                &supplier,
+                &items[1..2],
+                1.0,
+                &format!("LAT{run}-{n}"),
+            )
+            .await;
+            let committed = Instant::now();
+            let invoice_id = created.invoice.expect("invoice").id;
+            let deadline = committed + Duration::from_secs(30);
+            loop {
+                let row = conn
+                    .query_one(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        "SELECT COUNT(*) AS n FROM invoice_line WHERE invoice_id = $1",
+                        [invoice_id.clone().into()],
+                    ))
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("count"))?;
+                if row.try_get::<i64>("", "n")? > 0 {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the master never saw invoice {invoice_id}"
+                );
+            }
+            let up_latency = committed.elapsed();
+            if n >= warmup {
+                down_samples.push(ms(down_latency));
+                up_samples.push(ms(up_latency));
+            }
+        }
+        down_samples.sort_by(f64::total_cmp);
+        up_samples.sort_by(f64::total_cmp);
+        eprintln!(
+            "latency run {run}: down p50 {:.2} p99 {:.2} max {:.2} ms; up p50 {:.2} p99 {:.2} max {:.2} ms ({} changes each way)",
+            percentile(&down_samples, 50.0),
+            percentile(&down_samples, 99.0),
+            percentile(&down_samples, 100.0),
+            percentile(&up_samples, 50.0),
+            percentile(&up_samples, 99.0),
+            percentile(&up_samples, 100.0),
+            down_samples.len()
+        );
+        down.0.samples.push(percentile(&down_samples, 50.0));
+        down.1.samples.push(percentile(&down_samples, 99.0));
+        up.0.samples.push(percentile(&up_samples, 50.0));
+        up.1.samples.push(percentile(&up_samples, 99.0));
+    }
+    stop.0.send_replace(true);
+    let background_invoices = load.await?;
+    eprintln!("latency: {background_invoices} background invoices meanwhile");
+    Ok(vec![down.0, down.1, up.0, up.1])
+}
+
+/// Scenario 4 and 7: a new satellite for a store of `init_records` records
+/// with the items and names, until ready; then every report on that data.
+pub async fn init_and_reports(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let (db, master) = master_with_sites(0, &[]).await;
+    let site = master.add_site(2).await;
+    let store_id = site.store.expect("store").id;
+    let conn = db.connect().await;
+    let seeding = Instant::now();
+    data::seed_store(
+        &conn,
+        &store_id,
+        sizes.init_records,
+        sizes.init_items,
+        sizes.init_names,
+    )
+    .await?;
+    let expected = data::store_counts(&conn, &store_id).await?;
+    eprintln!(
+        "init: seeded {} store records ({expected:?}), {} items, {} names in {:.1?}",
+        sizes.init_records,
+        sizes.init_items,
+        sizes.init_names,
+        seeding.elapsed()
+    );
+    let mut ready = Figure::new(
+        "init",
+        format!(
+            "new satellite ready: {} records + {} items + {} names",
+            sizes.init_records, sizes.init_items, sizes.init_names
+        ),
+        "s",
+    )
+    .target(Target::Below(30.0));
+    let mut peak = Figure::new("init", "satellite peak resident memory", "MiB");
+    let mut master_peak = Figure::new("init", "master peak resident memory (info)", "MiB");
+    for run in 0..sizes.runs {
+        let started = Instant::now();
+        let satellite = Satellite::start(&master.url(), 2, "streaming", &[]);
+        let mut agent = satellite.agent().await;
+        wait_for(
+            "the new satellite to initialise",
+            Duration::from_millis(20),
+            || {
+                let mut agent = agent.clone();
+                async move {
+                    Ok(agent
+                        .status(pb::AgentStatusRequest {})
+                        .await?
+                        .into_inner()
+                        .initialised)
+                }
+            },
+        )
+        .await?;
+        let elapsed = started.elapsed();
+        let pid = satellite.process.child.id();
+        let satellite_peak = peak_resident_mib(pid);
+        let local = satellite.db.connect().await;
+        let got = data::store_counts(&local, &store_id).await?;
+        anyhow::ensure!(
+            got == expected,
+            "satellite holds {got:?}, master {expected:?}"
+        );
+        let status = agent.status(pb::AgentStatusRequest {}).await?.into_inner();
+        eprintln!(
+            "init run {run}: ready in {elapsed:.2?} ({} records reported), satellite peak {satellite_peak:.1} MiB",
+            status.init_records_total
+        );
+        ready.samples.push(elapsed.as_secs_f64());
+        peak.samples.push(satellite_peak);
+        master_peak
+            .samples
+            .push(peak_resident_mib(master.process.child.id()));
+        drop(local);
+        drop(satellite);
+    }
+
+    let mut figures = vec![ready, peak, master_peak];
+    figures.extend(reports(sizes, &master).await?);
+    Ok(figures)
+}
+
+/// Scenario 7: each report through the master's ReportService.
+async fn reports(sizes: &Sizes, master: &Master) -> anyhow::Result<Vec<Figure>> {
+    let mut client = master.reports().await;
+    let runs = sizes.runs.max(5);
+    let mut figures = Vec::new();
+    let target = Target::Below(1000.0);
+    macro_rules! time {
+        ($label:expr, $call:expr) => {{
+            let mut figure = Figure::new("reports", $label, "ms").target(target);
+            for _ in 0..runs {
+                let started = Instant::now();
+                let response = $call.await?.into_inner();
+                figure.samples.push(ms(started.elapsed()));
+                std::hint::black_box(response);
+            }
+            figures.push(figure);
+        }};
+    }
+    time!(
+        "StockOnHand, first page of 1000",
+        client.stock_on_hand(pb::StockOnHandRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+    );
+    time!(
+        "StockOnHand, item code prefix I0123",
+        client.stock_on_hand(pb::StockOnHandRequest {
+            item_code_prefix: "I0123".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+    );
+    time!(
+        "StockOnHand, include_zero, first page",
+        client.stock_on_hand(pb::StockOnHandRequest {
+            include_zero: true,
+            page_size: 1000,
+            ..Default::default()
+        })
+    );
+    time!(
+        "StoreActivity, 30 days",
+        client.store_activity(pb::StoreActivityRequest {
+            from_date: "2026-03-01".into(),
+            to_date: "2026-03-30".into(),
+            ..Default::default()
+        })
+    );
+    time!(
+        "StoreActivity, a year per day (first page)",
+        client.store_activity(pb::StoreActivityRequest {
+            from_date: "2026-01-01".into(),
+            to_date: "2026-12-31".into(),
+            per_day: true,
+            ..Default::default()
+        })
+    );
+    time!(
+        "ExpiringStock, before 2026-04-01, first page",
+        client.expiring_stock(pb::ExpiringStockRequest {
+            before: "2026-04-01".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+    );
+    time!("SyncStatus", client.sync_status(pb::SyncStatusRequest {}));
+    Ok(figures)
+}
+
+/// Scenario 5: the master's resident memory with idle connected satellites,
+/// and an idle satellite's, sampled once a second for five seconds.
+pub async fn footprint(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let count = sizes.footprint_satellites;
+    let (_db, master) = master_with_sites(count, &[]).await;
+    create_items(&master, "FP", 20).await;
+    let satellites = start_satellites(&master.url(), count, &[]).await;
+    // Settle: every session past its snapshot and heartbeating.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let connected = master
+        .reports()
+        .await
+        .sync_status(pb::SyncStatusRequest {})
+        .await?
+        .into_inner()
+        .sites
+        .iter()
+        .filter(|s| s.connected)
+        .count();
+    anyhow::ensure!(
+        connected == count as usize,
+        "{connected} of {count} satellites are connected"
+    );
+    let pid = master.process.child.id();
+    let mut master_rss = Figure::new(
+        "footprint",
+        format!("master resident, {count} idle satellites"),
+        "MiB",
+    )
+    .target(Target::Below(64.0));
+    let mut satellite_rss = Figure::new(
+        "footprint",
+        "idle satellite resident (median of all)",
+        "MiB",
+    )
+    .target(Target::Below(20.0));
+    let mut satellite_max = Figure::new("footprint", "idle satellite resident (largest)", "MiB");
+    for _ in 0..5 {
+        master_rss.samples.push(resident_mib(pid));
+        let mut all: Vec<f64> = satellites
+            .iter()
+            .map(|s| resident_mib(s.process.child.id()))
+            .collect();
+        all.sort_by(f64::total_cmp);
+        satellite_rss.samples.push(all[all.len() / 2]);
+        satellite_max.samples.push(all[all.len() - 1]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!(
+        "footprint: master peak so far {:.1} MiB",
+        peak_resident_mib(pid)
+    );
+    Ok(vec![master_rss, satellite_rss, satellite_max])
+}
+
+/// Scenario 6: bytes on the wire per record, each way, gzip off and on,
+/// counted by a proxy between satellite and master; against the same records
+/// encoded as protobuf and as JSON.
+pub async fn wire(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let records = sizes.wire_records;
+    let mut figures = Vec::new();
+    for compression in ["none", "gzip"] {
+        let (db, master) = master_with_sites(1, &[]).await;
+        let conn = db.connect().await;
+        let items: Vec<String> = create_items(&master, "W", 50)
+            .await
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        let (supplier, _) = create_trading_partners(&master, "W").await;
+        let proxy = Proxy::start(master.process.addr).await;
+        let extra = [("STORESYNC_SYNC_COMPRESSION", compression)];
+        let mut satellite = Satellite::start(&proxy.url(), 2, "streaming", &extra);
+        satellite.wait_initialised(PATIENCE).await;
+        let mut agent = satellite.agent().await;
+
+        // Downstream: master-data changes.
+        let (_, down_before) = proxy.bytes();
+        let head = data::master_data_changes(&conn, "W", records).await?;
+        wait_for(
+            "the satellite to apply the changes",
+            Duration::from_millis(20),
+            || {
+                let mut agent = agent.clone();
+                async move {
+                    Ok(agent
+                        .status(pb::AgentStatusRequest {})
+                        .await?
+                        .into_inner()
+                        .downstream_cursor
+                        >= head)
+                }
+            },
+        )
+        .await?;
+        let (_, down_after) = proxy.bytes();
+
+        // Upstream: a backlog written while the satellite was stopped.
+        anyhow::ensure!(
+            satellite
+                .process
+                .terminate(Duration::from_secs(20))
+                .is_some(),
+            "satellite did not stop"
+        );
+        let store_id = data_store_id(&conn, 2).await?;
+        let backlog = Backlog::goods_received(&store_id, &supplier.id, &items, records);
+        let local = satellite.db.connect().await;
+        let last = backlog.write_to_satellite(&local).await?;
+        local.close().await?;
+        let (up_before, _) = proxy.bytes();
+        satellite.start_again();
+        agent = satellite.agent().await;
+        wait_for(
+            "the master to acknowledge the backlog",
+            Duration::from_millis(20),
+            || async {
+                Ok(acked_seqs(&conn)
+                    .await?
+                    .iter()
+                    .any(|(s, a)| *s == 2 && *a >= last as i64))
+            },
+        )
+        .await?;
+        let (up_after, _) = proxy.bytes();
+        drop(agent);
+        let down = (down_after - down_before) as f64 / records as f64;
+        let up = (up_after - up_before) as f64 / backlog.len() as f64;
+        eprintln!("wire {compression}: downstream {down:.1} B/record, upstream {up:.1} B/record");
+        figures.push(
+            Figure::new(
+                "wire",
+                format!("downstream bytes/record, compression {compression}"),
+                "B",
+            )
+            .sample(down),
+        );
+        figures.push(
+            Figure::new(
+                "wire",
+                format!("upstream bytes/record, compression {compression}"),
+                "B",
+            )
+            .sample(up),
+        );
+        if compression == "none" {
+            let master_data = data::master_data_records("W", records, 0);
+            let (proto_down, json_down) = encoded_sizes(&master_data);
+            let (proto_up, json_up) = encoded_sizes(&backlog.records);
+            figures.push(
+                Figure::new("wire", "downstream records as protobuf (payload only)", "B")
+                    .sample(proto_down),
+            );
+            figures.push(Figure::new("wire", "downstream records as JSON", "B").sample(json_down));
+            figures.push(
+                Figure::new("wire", "upstream records as protobuf (payload only)", "B")
+                    .sample(proto_up),
+            );
+            figures.push(Figure::new("wire", "upstream records as JSON", "B").sample(json_up));
+        }
+    }
+    Ok(figures)
+}
+
+/// Mean protobuf and JSON bytes of `records`.
+fn encoded_sizes(records: &[pb::SyncRecord]) -> (f64, f64) {
+    use prost::Message;
+    let proto: usize = records.iter().map(Message::encoded_len).sum();
+    let json: usize = records
+        .iter()
+        .map(|r| data::as_json(r).to_string().len())
+        .sum();
+    let n = records.len().max(1) as f64;
+    (proto as f64 / n, json as f64 / n)
+}
+
+/// The store hosted by `sync_id`.
+async fn data_store_id(db: &DatabaseConnection, sync_id: i32) -> anyhow::Result<String> {
+    let row = db
+        .query_one(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT store_id FROM site WHERE sync_id = $1",
+            [sync_id.into()],
+        ))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no site {sync_id}"))?;
+    Ok(row.try_get("", "store_id")?)
+}
