@@ -634,7 +634,7 @@ async fn inbound_loop(
             }
             Some(satellite_message::Message::DownstreamAck(ack)) => {
                 if ack.cursor > 0 {
-                    site::Entity::update_many()
+                    let update = site::Entity::update_many()
                         .col_expr(
                             site::Column::DownstreamCursor,
                             Expr::value(i64::try_from(ack.cursor).unwrap_or(i64::MAX)),
@@ -644,9 +644,16 @@ async fn inbound_loop(
                         .filter(
                             site::Column::DownstreamCursor
                                 .lt(i64::try_from(ack.cursor).unwrap_or(i64::MAX)),
-                        )
-                        .exec(&ctx.db)
-                        .await?;
+                        );
+                    if initialising {
+                        // The site becomes initialised: from now on tombstones
+                        // wait for it, so this must survive any crash.
+                        update.exec(&ctx.db).await?;
+                    } else {
+                        // Not flushed: after a database crash an older cursor
+                        // only keeps tombstones a little longer.
+                        status::without_flush(&ctx.db, update).await?;
+                    }
                 }
                 if initialising && ack.cursor > 0 {
                     initialising = false;

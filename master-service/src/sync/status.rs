@@ -5,7 +5,10 @@
 //! disconnect so that an old session cannot mark a newer one as gone.
 
 use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, Set,
+    TransactionTrait,
+};
 use storesync_shared::validate::now_ms;
 
 use super::upstream::sync_id_i32;
@@ -81,7 +84,30 @@ async fn update(
     for (column, value) in columns {
         query = query.col_expr(column, value);
     }
-    log_failure(what, sync_id, query.exec(db).await.map(|_| ()));
+    log_failure(what, sync_id, without_flush(db, query).await);
+}
+
+/// Runs `update` without waiting for the write-ahead log to reach the disk
+/// (PostgreSQL's `synchronous_commit = off`, for this transaction only).
+///
+/// For writes whose loss in a crash costs nothing: status, and cursors that
+/// only ever move forward and whose older value makes the master resend what
+/// the satellite then skips. A session writes these after every batch; a
+/// flush each time would stall the stream for a disk round trip per batch.
+/// Atomicity and ordering are unchanged; only durability of the last
+/// few hundred milliseconds is given up.
+pub(super) async fn without_flush<E: EntityTrait>(
+    db: &DatabaseConnection,
+    update: sea_orm::UpdateMany<E>,
+) -> Result<(), sea_orm::DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return update.exec(db).await.map(|_| ());
+    }
+    let txn = db.begin().await?;
+    txn.execute_unprepared("SET LOCAL synchronous_commit = off")
+        .await?;
+    update.exec(&txn).await?;
+    txn.commit().await
 }
 
 /// The site is alive and reports `backlog` outbox entries waiting. Returns
