@@ -18,6 +18,11 @@
 //! change of each id (`Latest`), which leaves the state applying them one by
 //! one in arrival order would: a repeated id ends with its last version, a row
 //! sent and then deleted is gone, one deleted and then sent again exists.
+//!
+//! # Backends
+//! On PostgreSQL (module `postgres`) each table is written with one array-bound
+//! upsert that also checks ownership; elsewhere (SQLite) ownership is checked
+//! with queries first and rows are written with `shared::upsert`.
 
 use std::collections::HashSet;
 
@@ -31,6 +36,8 @@ use storesync_shared::proto::v1::{sync_record::Record, SyncRecord, Table, Upstre
 use storesync_shared::{upsert, validate, Error, Result};
 
 use crate::entities::{site, site_status};
+
+mod postgres;
 
 /// Sync IDs are 1..=64, stored as INTEGER.
 pub(crate) fn sync_id_i32(sync_id: u32) -> i32 {
@@ -204,6 +211,10 @@ pub async fn apply_batch(
     batch: UpstreamBatch,
 ) -> Result<Applied> {
     check_shape(&batch)?;
+    if let DatabaseConnection::SqlxPostgresPoolConnection(_) = db {
+        return postgres::apply_batch(db.get_postgres_connection_pool(), site, session_id, batch)
+            .await;
+    }
     let txn = db.begin().await?;
     let acked = lock_acked_seq(&txn, site.sync_id).await?;
     let owner: Option<Option<String>> = site_status::Entity::find_by_id(sync_id_i32(site.sync_id))
