@@ -12,6 +12,17 @@
 //! A site may write only store data of the store it hosts. A record of another
 //! store, one whose id already belongs to another store's row, or any master data
 //! rejects the whole batch with `PERMISSION_DENIED` naming the record.
+//!
+//! # Order within a batch
+//! Every record is validated, then each table's records are reduced to the last
+//! change of each id (`Latest`), which leaves the state applying them one by
+//! one in arrival order would: a repeated id ends with its last version, a row
+//! sent and then deleted is gone, one deleted and then sent again exists.
+//!
+//! # Backends
+//! On PostgreSQL (module `postgres`) each table is written with one array-bound
+//! upsert that also checks ownership; elsewhere (SQLite) ownership is checked
+//! with queries first and rows are written with `shared::upsert`.
 
 use std::collections::HashSet;
 
@@ -21,12 +32,12 @@ use sea_orm::{
     TransactionTrait,
 };
 use storesync_shared::entities::{invoice, invoice_line, stock_line};
-use storesync_shared::proto::v1::{
-    sync_record::Record, RecordRef, SyncRecord, Table, UpstreamBatch,
-};
+use storesync_shared::proto::v1::{sync_record::Record, SyncRecord, Table, UpstreamBatch};
 use storesync_shared::{upsert, validate, Error, Result};
 
 use crate::entities::{site, site_status};
+
+mod postgres;
 
 /// Sync IDs are 1..=64, stored as INTEGER.
 pub(crate) fn sync_id_i32(sync_id: u32) -> i32 {
@@ -49,13 +60,147 @@ pub struct Applied {
     pub applied: u32,
 }
 
-/// Rows of one batch, by table, in the order they arrived.
+/// One record's effect on a row.
+enum Change<M> {
+    Upsert(M),
+    Delete(String),
+}
+
+/// A batch's records, by table, in the order they arrived.
 #[derive(Default)]
 struct Rows {
-    stock_lines: Vec<stock_line::Model>,
-    invoices: Vec<invoice::Model>,
-    invoice_lines: Vec<invoice_line::Model>,
-    deletes: Vec<RecordRef>,
+    stock_lines: Vec<Change<stock_line::Model>>,
+    invoices: Vec<Change<invoice::Model>>,
+    invoice_lines: Vec<Change<invoice_line::Model>>,
+}
+
+/// The last change of each row a batch touches in one table.
+///
+/// Rows of one table do not depend on each other, so writing only the last
+/// change of each id leaves exactly the state that applying every record in
+/// arrival order would: a repeated id ends with its last version, and a row
+/// deleted and then sent again exists (and one sent and then deleted does not).
+struct Latest<M> {
+    upserts: Vec<M>,
+    deletes: Vec<String>,
+}
+
+impl<M> Latest<M> {
+    fn of(changes: Vec<Change<M>>, id_of: impl Fn(&M) -> &str) -> Self {
+        // Walking backwards, the first sight of an id is its last change.
+        let keep: Vec<bool> = {
+            let mut seen: HashSet<&str> = HashSet::with_capacity(changes.len());
+            let mut keep: Vec<bool> = changes
+                .iter()
+                .rev()
+                .map(|change| {
+                    seen.insert(match change {
+                        Change::Upsert(model) => id_of(model),
+                        Change::Delete(id) => id,
+                    })
+                })
+                .collect();
+            keep.reverse();
+            keep
+        };
+        let mut latest = Self {
+            upserts: Vec::with_capacity(changes.len()),
+            deletes: Vec::new(),
+        };
+        for (change, keep) in changes.into_iter().zip(keep) {
+            match change {
+                Change::Upsert(model) if keep => latest.upserts.push(model),
+                Change::Delete(id) if keep => latest.deletes.push(id),
+                _ => {}
+            }
+        }
+        latest
+    }
+
+    /// Every id this table's changes touch.
+    fn ids<'a>(&'a self, id_of: impl Fn(&'a M) -> &'a str) -> impl Iterator<Item = &'a str> {
+        self.upserts
+            .iter()
+            .map(id_of)
+            .chain(self.deletes.iter().map(String::as_str))
+    }
+}
+
+/// A batch reduced to the last change of each row, by table.
+struct Changes {
+    stock_lines: Latest<stock_line::Model>,
+    invoices: Latest<invoice::Model>,
+    invoice_lines: Latest<invoice_line::Model>,
+}
+
+impl Changes {
+    fn of(rows: Rows) -> Self {
+        Self {
+            stock_lines: Latest::of(rows.stock_lines, |r| &r.id),
+            invoices: Latest::of(rows.invoices, |r| &r.id),
+            invoice_lines: Latest::of(rows.invoice_lines, |r| &r.id),
+        }
+    }
+}
+
+/// What the site's row and claim say about a batch, before its records are read.
+enum Start {
+    /// Every entry of the batch was applied before (a resend after a lost ack).
+    AlreadyApplied(u64),
+    /// Apply the batch's records after skipping this many already applied.
+    Apply(usize),
+}
+
+/// Checks the claim and the sequence under the site's row lock: `acked` is the
+/// site's acknowledged sequence (`None`: the site is gone) and `owner` the
+/// session holding its claim.
+fn start(
+    site: &SiteIdentity,
+    session_id: &str,
+    acked: Option<i64>,
+    owner: Option<String>,
+    batch: &UpstreamBatch,
+) -> Result<Start> {
+    let Some(acked) = acked else {
+        return Err(Error::PermissionDenied(format!(
+            "Sync ID {} is no longer in the master's sync-with list",
+            site.sync_id
+        )));
+    };
+    let acked = u64::try_from(acked).unwrap_or(0);
+    // Only the session holding the claim applies, so a session replaced on
+    // another replica can never apply again.
+    if owner.as_deref() != Some(session_id) {
+        return Err(Error::Aborted(format!(
+            "a newer session for Sync ID {} replaced this one; nothing of this batch was applied",
+            site.sync_id
+        )));
+    }
+    if batch.last_seq <= acked {
+        return Ok(Start::AlreadyApplied(acked));
+    }
+    if batch.first_seq > acked + 1 {
+        return Err(Error::FailedPrecondition(format!(
+            "upstream batch out of sequence: it starts at {} but the master has applied up to {acked}; resend from {}",
+            batch.first_seq,
+            acked + 1
+        )));
+    }
+    usize::try_from(acked + 1 - batch.first_seq)
+        .map(Start::Apply)
+        .map_err(|_| Error::Internal("skip overflow".into()))
+}
+
+/// Validates the batch's records after the first `skip` and reduces them to
+/// the last change of each row; also returns how many records that was.
+fn read_records(site: &SiteIdentity, batch: UpstreamBatch, skip: usize) -> Result<(Changes, u32)> {
+    let mut rows = Rows::default();
+    let applied = u32::try_from(batch.records.len().saturating_sub(skip)).unwrap_or(u32::MAX);
+    for (offset, record) in batch.records.into_iter().enumerate().skip(skip) {
+        let seq = batch.first_seq + offset as u64;
+        collect(&mut rows, site, seq, record)?;
+    }
+    Ok((Changes::of(rows), applied))
 }
 
 /// Applies `batch` for `site`. See the module docs for the invariant.
@@ -66,63 +211,40 @@ pub async fn apply_batch(
     batch: UpstreamBatch,
 ) -> Result<Applied> {
     check_shape(&batch)?;
+    if let DatabaseConnection::SqlxPostgresPoolConnection(_) = db {
+        return postgres::apply_batch(db.get_postgres_connection_pool(), site, session_id, batch)
+            .await;
+    }
     let txn = db.begin().await?;
     let acked = lock_acked_seq(&txn, site.sync_id).await?;
-    // Under the site's row lock: only the session holding the claim applies,
-    // so a session replaced on another replica can never apply again.
     let owner: Option<Option<String>> = site_status::Entity::find_by_id(sync_id_i32(site.sync_id))
         .select_only()
         .column(site_status::Column::SessionId)
         .into_tuple()
         .one(&txn)
         .await?;
-    if owner.flatten().as_deref() != Some(session_id) {
-        return Err(Error::Aborted(format!(
-            "a newer session for Sync ID {} replaced this one; nothing of this batch was applied",
-            site.sync_id
-        )));
-    }
-    if batch.last_seq <= acked {
-        txn.commit().await?;
-        return Ok(Applied {
-            acked_seq: acked,
-            applied: 0,
-        });
-    }
-    if batch.first_seq > acked + 1 {
-        return Err(Error::FailedPrecondition(format!(
-            "upstream batch out of sequence: it starts at {} but the master has applied up to {acked}; resend from {}",
-            batch.first_seq,
-            acked + 1
-        )));
-    }
-    let skip = usize::try_from(acked + 1 - batch.first_seq)
-        .map_err(|_| Error::Internal("skip overflow".into()))?;
-    let mut rows = Rows::default();
-    for (offset, record) in batch.records.into_iter().enumerate().skip(skip) {
-        let seq = batch.first_seq + offset as u64;
-        collect(&mut rows, site, seq, record)?;
-    }
-    let applied = u32::try_from(
-        rows.stock_lines.len()
-            + rows.invoices.len()
-            + rows.invoice_lines.len()
-            + rows.deletes.len(),
-    )
-    .unwrap_or(u32::MAX);
-    check_ids_not_foreign(&txn, site, &rows).await?;
-    write_rows(&txn, site, rows).await?;
+    let skip = match start(site, session_id, acked, owner.flatten(), &batch)? {
+        Start::AlreadyApplied(acked) => {
+            txn.commit().await?;
+            return Ok(Applied {
+                acked_seq: acked,
+                applied: 0,
+            });
+        }
+        Start::Apply(skip) => skip,
+    };
+    let last_seq = to_i64(batch.last_seq)?;
+    let (changes, applied) = read_records(site, batch, skip)?;
+    check_ids_not_foreign(&txn, site, &changes).await?;
+    write_rows(&txn, site, changes).await?;
     site::Entity::update_many()
-        .col_expr(
-            site::Column::UpstreamAckedSeq,
-            Expr::value(to_i64(batch.last_seq)?),
-        )
+        .col_expr(site::Column::UpstreamAckedSeq, Expr::value(last_seq))
         .filter(site::Column::SyncId.eq(sync_id_i32(site.sync_id)))
         .exec(&txn)
         .await?;
     txn.commit().await?;
     Ok(Applied {
-        acked_seq: batch.last_seq,
+        acked_seq: last_seq as u64,
         applied,
     })
 }
@@ -161,19 +283,15 @@ fn check_shape(batch: &UpstreamBatch) -> Result<()> {
     Ok(())
 }
 
-/// The site's acknowledged sequence, locking its row for this transaction.
-async fn lock_acked_seq<C: ConnectionTrait>(txn: &C, sync_id: u32) -> Result<u64> {
+/// The site's acknowledged sequence (`None`: the site is gone), locking its
+/// row for this transaction.
+async fn lock_acked_seq<C: ConnectionTrait>(txn: &C, sync_id: u32) -> Result<Option<i64>> {
     // FOR UPDATE on PostgreSQL; SQLite has no row locks and needs none (one writer).
     let site = site::Entity::find_by_id(sync_id_i32(sync_id))
         .lock_exclusive()
         .one(txn)
-        .await?
-        .ok_or_else(|| {
-            Error::PermissionDenied(format!(
-                "Sync ID {sync_id} is no longer in the master's sync-with list"
-            ))
-        })?;
-    Ok(u64::try_from(site.upstream_acked_seq).unwrap_or(0))
+        .await?;
+    Ok(site.map(|site| site.upstream_acked_seq))
 }
 
 fn record_name(table: Table, id: &str, seq: u64) -> String {
@@ -231,7 +349,7 @@ fn collect(rows: &mut Rows, site: &SiteIdentity, seq: u64, record: SyncRecord) -
                 line.sell_price_per_pack,
                 0.0,
             )?;
-            rows.stock_lines.push(line.into());
+            rows.stock_lines.push(Change::Upsert(line.into()));
         }
         Some(Record::Invoice(mut invoice)) => {
             validate::uuid(&at("invoice.id"), &invoice.id)?;
@@ -253,7 +371,7 @@ fn collect(rows: &mut Rows, site: &SiteIdentity, seq: u64, record: SyncRecord) -
             }
             validate::optional_text(&at("invoice.reference"), &invoice.reference, 256)?;
             invoice.lines.clear();
-            rows.invoices.push(invoice.into());
+            rows.invoices.push(Change::Upsert(invoice.into()));
         }
         Some(Record::InvoiceLine(line)) => {
             validate::uuid(&at("invoice_line.id"), &line.id)?;
@@ -289,14 +407,14 @@ fn collect(rows: &mut Rows, site: &SiteIdentity, seq: u64, record: SyncRecord) -
                 line.sell_price_per_pack,
                 0.0,
             )?;
-            rows.invoice_lines.push(line.into());
+            rows.invoice_lines.push(Change::Upsert(line.into()));
         }
         Some(Record::Deleted(reference)) => {
             validate::uuid(&at("deleted.id"), &reference.id)?;
             match reference.table() {
-                Table::StockLine | Table::Invoice | Table::InvoiceLine => {
-                    rows.deletes.push(reference)
-                }
+                Table::StockLine => rows.stock_lines.push(Change::Delete(reference.id)),
+                Table::Invoice => rows.invoices.push(Change::Delete(reference.id)),
+                Table::InvoiceLine => rows.invoice_lines.push(Change::Delete(reference.id)),
                 Table::Unspecified => {
                     return Err(Error::invalid(
                         &at("deleted.table"),
@@ -328,18 +446,27 @@ fn master_data_denied(table: Table, id: &str, seq: u64, site: &SiteIdentity) -> 
     ))
 }
 
+/// The refusal of an id that already belongs to another store's row.
+fn foreign_row(table: Table, id: &str, store_id: &str, site: &SiteIdentity) -> Error {
+    Error::PermissionDenied(format!(
+        "{} {id} already exists in store {store_id:?}; Sync ID {} may not change it; nothing of this batch was applied",
+        table.as_str_name().to_ascii_lowercase(),
+        site.sync_id
+    ))
+}
+
 /// No id of the batch may already belong to another store's row: an upsert by
 /// id would otherwise move that row into this site's store.
 async fn check_ids_not_foreign<C: ConnectionTrait>(
     txn: &C,
     site: &SiteIdentity,
-    rows: &Rows,
+    changes: &Changes,
 ) -> Result<()> {
-    async fn check<E, C>(
+    async fn check<'a, E, C>(
         txn: &C,
         site: &SiteIdentity,
         table: Table,
-        ids: Vec<String>,
+        ids: impl Iterator<Item = &'a str>,
         id_col: E::Column,
         store_col: E::Column,
     ) -> Result<()>
@@ -347,41 +474,28 @@ async fn check_ids_not_foreign<C: ConnectionTrait>(
         E: EntityTrait,
         C: ConnectionTrait,
     {
+        let ids: Vec<&str> = ids.collect();
         for chunk in ids.chunks(500) {
             let foreign: Option<(String, String)> = E::find()
                 .select_only()
                 .column(id_col)
                 .column(store_col)
-                .filter(id_col.is_in(chunk.iter().cloned()))
-                .filter(store_col.ne(site.store_id.clone()))
+                .filter(id_col.is_in(chunk.iter().copied()))
+                .filter(store_col.ne(site.store_id.as_str()))
                 .into_tuple()
                 .one(txn)
                 .await?;
             if let Some((id, store_id)) = foreign {
-                return Err(Error::PermissionDenied(format!(
-                    "{} {id} already exists in store {store_id:?}; Sync ID {} may not change it; nothing of this batch was applied",
-                    table.as_str_name().to_ascii_lowercase(),
-                    site.sync_id
-                )));
+                return Err(foreign_row(table, &id, &store_id, site));
             }
         }
         Ok(())
-    }
-    let mut stock_ids: HashSet<String> = rows.stock_lines.iter().map(|r| r.id.clone()).collect();
-    let mut invoice_ids: HashSet<String> = rows.invoices.iter().map(|r| r.id.clone()).collect();
-    let mut line_ids: HashSet<String> = rows.invoice_lines.iter().map(|r| r.id.clone()).collect();
-    for deleted in &rows.deletes {
-        match deleted.table() {
-            Table::StockLine => stock_ids.insert(deleted.id.clone()),
-            Table::Invoice => invoice_ids.insert(deleted.id.clone()),
-            _ => line_ids.insert(deleted.id.clone()),
-        };
     }
     check::<stock_line::Entity, _>(
         txn,
         site,
         Table::StockLine,
-        stock_ids.into_iter().collect(),
+        changes.stock_lines.ids(|r| &r.id),
         stock_line::Column::Id,
         stock_line::Column::StoreId,
     )
@@ -390,7 +504,7 @@ async fn check_ids_not_foreign<C: ConnectionTrait>(
         txn,
         site,
         Table::Invoice,
-        invoice_ids.into_iter().collect(),
+        changes.invoices.ids(|r| &r.id),
         invoice::Column::Id,
         invoice::Column::StoreId,
     )
@@ -399,7 +513,7 @@ async fn check_ids_not_foreign<C: ConnectionTrait>(
         txn,
         site,
         Table::InvoiceLine,
-        line_ids.into_iter().collect(),
+        changes.invoice_lines.ids(|r| &r.id),
         invoice_line::Column::Id,
         invoice_line::Column::StoreId,
     )
@@ -409,34 +523,62 @@ async fn check_ids_not_foreign<C: ConnectionTrait>(
 
 /// Upserts the batch's rows (whole-row replace: the site is their only writer)
 /// and applies its deletes.
-async fn write_rows<C: ConnectionTrait>(txn: &C, site: &SiteIdentity, rows: Rows) -> Result<()> {
-    upsert::all::<stock_line::Entity, _>(txn, rows.stock_lines, |r| &r.id).await?;
-    upsert::all::<invoice::Entity, _>(txn, rows.invoices, |r| &r.id).await?;
-    upsert::all::<invoice_line::Entity, _>(txn, rows.invoice_lines, |r| &r.id).await?;
-    for deleted in rows.deletes {
-        match deleted.table() {
-            Table::StockLine => {
-                stock_line::Entity::delete_many()
-                    .filter(stock_line::Column::Id.eq(deleted.id))
-                    .filter(stock_line::Column::StoreId.eq(site.store_id.clone()))
-                    .exec(txn)
-                    .await?;
-            }
-            Table::Invoice => {
-                invoice::Entity::delete_many()
-                    .filter(invoice::Column::Id.eq(deleted.id))
-                    .filter(invoice::Column::StoreId.eq(site.store_id.clone()))
-                    .exec(txn)
-                    .await?;
-            }
-            _ => {
-                invoice_line::Entity::delete_many()
-                    .filter(invoice_line::Column::Id.eq(deleted.id))
-                    .filter(invoice_line::Column::StoreId.eq(site.store_id.clone()))
-                    .exec(txn)
-                    .await?;
-            }
+async fn write_rows<C: ConnectionTrait>(
+    txn: &C,
+    site: &SiteIdentity,
+    changes: Changes,
+) -> Result<()> {
+    async fn delete<E, C>(
+        txn: &C,
+        site: &SiteIdentity,
+        ids: Vec<String>,
+        id_col: E::Column,
+        store_col: E::Column,
+    ) -> Result<()>
+    where
+        E: EntityTrait,
+        C: ConnectionTrait,
+    {
+        for chunk in ids.chunks(500) {
+            E::delete_many()
+                .filter(id_col.is_in(chunk.iter().map(String::as_str)))
+                .filter(store_col.eq(site.store_id.as_str()))
+                .exec(txn)
+                .await?;
         }
+        Ok(())
     }
+    let Changes {
+        stock_lines,
+        invoices,
+        invoice_lines,
+    } = changes;
+    upsert::all::<stock_line::Entity, _>(txn, stock_lines.upserts, |r| &r.id).await?;
+    upsert::all::<invoice::Entity, _>(txn, invoices.upserts, |r| &r.id).await?;
+    upsert::all::<invoice_line::Entity, _>(txn, invoice_lines.upserts, |r| &r.id).await?;
+    delete::<stock_line::Entity, _>(
+        txn,
+        site,
+        stock_lines.deletes,
+        stock_line::Column::Id,
+        stock_line::Column::StoreId,
+    )
+    .await?;
+    delete::<invoice::Entity, _>(
+        txn,
+        site,
+        invoices.deletes,
+        invoice::Column::Id,
+        invoice::Column::StoreId,
+    )
+    .await?;
+    delete::<invoice_line::Entity, _>(
+        txn,
+        site,
+        invoice_lines.deletes,
+        invoice_line::Column::Id,
+        invoice_line::Column::StoreId,
+    )
+    .await?;
     Ok(())
 }
