@@ -33,6 +33,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    storesync_shared::server::reexec_with_malloc_tunables();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Report { report, client }) => {

@@ -27,8 +27,13 @@ enum Command {
     Status(satellite_agent::cli::StatusArgs),
 }
 
+fn main() -> ExitCode {
+    storesync_shared::server::reexec_with_malloc_tunables();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Status(status)) = cli.command {
         return status_command(&cli.args, &status).await;
