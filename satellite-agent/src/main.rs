@@ -27,8 +27,34 @@ enum Command {
     Status(satellite_agent::cli::StatusArgs),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Runtime threads. A satellite serves one store: its database takes one
+/// writer at a time, and two workers keep up with the sync stream and the
+/// store's clients; tokio's default (one per core) only adds thread stacks
+/// and malloc arenas on a bigger machine.
+const WORKER_THREADS: usize = 2;
+/// Threads for blocking work, mostly password checks (argon2id: CPU-bound,
+/// 19 MiB of memory each); tokio's default of 512 would let a burst of client
+/// calls hold that much memory each at once.
+const MAX_BLOCKING_THREADS: usize = 2;
+
+fn main() -> ExitCode {
+    storesync_shared::server::reexec_with_malloc_tunables();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("satellite-agent: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Status(status)) = cli.command {
         return status_command(&cli.args, &status).await;

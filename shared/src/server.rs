@@ -204,3 +204,52 @@ where
         })
     }
 }
+
+/// The glibc malloc tunable both binaries run with: a fixed mmap threshold of
+/// 128 KiB (glibc's own starting value).
+///
+/// Every password check (argon2id) allocates and frees a 19 MiB block. glibc
+/// raises its mmap threshold to the size of each large block freed (up to
+/// 32 MiB), so later argon2 blocks come from the malloc arenas of the blocking
+/// threads and stay resident: a master that had let 63 satellites in kept
+/// ~230 MiB that way, an idle satellite ~19 MiB. A fixed threshold turns that
+/// adjustment off, so such blocks are mapped and unmapped and leave nothing
+/// behind; smaller allocations behave as in a fresh process.
+pub const MALLOC_TUNABLES: &str = "glibc.malloc.mmap_threshold=131072";
+
+/// Runs this program again with [`MALLOC_TUNABLES`] in `GLIBC_TUNABLES`,
+/// unless it already is there. Call it first thing in `main`.
+///
+/// glibc reads its tunables only when a program starts, and the other way to
+/// set the threshold (`mallopt`) is an unsafe call, which this workspace
+/// forbids; re-executing keeps the process id, arguments and open descriptors,
+/// and takes a millisecond. On success it does not return. If it cannot
+/// (no `/proc/self/exe`, say), the program goes on with glibc's defaults.
+/// Other libcs ignore the variable.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn reexec_with_malloc_tunables() {
+    use std::os::unix::process::CommandExt;
+    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if current.contains("glibc.malloc.mmap_threshold") {
+        return;
+    }
+    let tunables = if current.is_empty() {
+        MALLOC_TUNABLES.to_owned()
+    } else {
+        format!("{current}:{MALLOC_TUNABLES}")
+    };
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    let error = command.args(args).env("GLIBC_TUNABLES", tunables).exec();
+    eprintln!("cannot re-execute with GLIBC_TUNABLES={MALLOC_TUNABLES} ({error}); memory freed by password checks may stay resident");
+}
+
+/// See the Linux/glibc version: nothing to do elsewhere.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn reexec_with_malloc_tunables() {}
