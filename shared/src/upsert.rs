@@ -11,10 +11,10 @@
 //! run): every shape is prepared once and then found in sqlx's per-connection
 //! statement cache, where one statement per distinct row count would be parsed
 //! anew each time, and the values move out of the models instead of being
-//! copied through a query tree. One statement per record would cost a round
-//! trip to sqlx's SQLite worker thread per record, which the benchmark
-//! (`satellite-agent/benches/apply.rs`) measured slower. PostgreSQL keeps
-//! sea-query's statements.
+//! copied through a query tree. Not one statement per record: each statement
+//! is a round trip to sqlx's SQLite worker thread (not measured against this;
+//! `satellite-agent/benches/apply.rs` can, with `SQLITE_ROWS` = 1). PostgreSQL
+//! keeps sea-query's statements.
 
 use std::collections::HashSet;
 use std::fmt::Write;
