@@ -12,7 +12,20 @@ use std::time::Duration;
 ///
 /// SQLite gets WAL, `synchronous=NORMAL` (durable at each checkpoint, and a
 /// transaction is atomic either way) and a busy timeout, so that readers never
-/// block the writer. PostgreSQL keeps sqlx's defaults, which set TCP_NODELAY.
+/// block the writer. A committed transaction is in the WAL file before COMMIT
+/// returns, so it survives a crash of the process either way.
+///
+/// Two SQLite settings are for applying sync batches (`satellite-agent/benches/apply.rs`):
+/// - `cache_size` 8 MiB instead of 2 MiB: a 1000-record batch dirties pages all
+///   over the indexes; with 2 MiB they spilled to the WAL before the commit and
+///   were read back (about 40 % more records per CPU-second). It bounds the
+///   memory the connection keeps.
+/// - `wal_autocheckpoint` 10,000 pages instead of 1,000: a checkpoint (copying
+///   the WAL into the database, with an fsync) every few batches instead of
+///   every one, and a page changed by several batches is copied once. The WAL
+///   file grows to about 40 MiB and is reused.
+///
+/// PostgreSQL keeps sqlx's defaults, which set TCP_NODELAY.
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let max_connections = if is_postgres(url) { max_connections } else { 1 };
     let mut options = ConnectOptions::new(url.to_owned());
@@ -26,6 +39,8 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
             opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
+                .pragma("cache_size", "-8192")
+                .pragma("wal_autocheckpoint", "10000")
                 .create_if_missing(true)
         });
     Database::connect(options).await

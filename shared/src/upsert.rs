@@ -5,17 +5,33 @@
 //! row twice, and unique columns (item and name codes) are checked row by row,
 //! so a run of records is cut into statements wherever an id repeats: the rows
 //! land in exactly the order they were sent, each state valid when it was made.
+//!
+//! On SQLite the statements are written here rather than by sea-query, in a
+//! few fixed sizes (`SQLITE_ROWS` rows, then powers of two for the rest of a
+//! run): every shape is prepared once and then found in sqlx's per-connection
+//! statement cache, where one statement per distinct row count would be parsed
+//! anew each time, and the values move out of the models instead of being
+//! copied through a query tree. Not one statement per record: each statement
+//! is a round trip to sqlx's SQLite worker thread (not measured against this;
+//! `satellite-agent/benches/apply.rs` can, with `SQLITE_ROWS` = 1). PostgreSQL
+//! keeps sea-query's statements.
 
 use std::collections::HashSet;
+use std::fmt::Write;
 
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveModelTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, Iterable,
-    PrimaryKeyToColumn,
+    ActiveModelTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IdenStatic, IntoActiveModel,
+    Iterable, PrimaryKeyToColumn, Statement, Value,
 };
 
 /// Bind parameters per statement: below SQLite's 32,766 and PostgreSQL's 65,535.
 const MAX_PARAMETERS: usize = 30_000;
+
+/// Rows per SQLite statement. Larger statements save little per row and each
+/// shape stays prepared in the connection's cache, its program growing with
+/// its rows.
+const SQLITE_ROWS: usize = 128;
 
 /// Upserts `models` of entity `E` in order; `id_of` gives each row's primary key.
 pub async fn all<E, C>(
@@ -32,57 +48,228 @@ where
     if models.is_empty() {
         return Ok(());
     }
-    let key: Vec<E::Column> = E::PrimaryKey::iter()
-        .map(PrimaryKeyToColumn::into_column)
-        .collect();
-    let key_names: Vec<String> = key
-        .iter()
-        .map(|c| sea_orm::IdenStatic::as_str(c).to_owned())
-        .collect();
-    let update: Vec<E::Column> = E::Column::iter()
-        .filter(|c| {
-            !key_names
-                .iter()
-                .any(|k| k == sea_orm::IdenStatic::as_str(c))
-        })
-        .collect();
-    let rows_per_statement = (MAX_PARAMETERS / E::Column::iter().count().max(1)).clamp(1, 1000);
+    let columns = E::Column::iter().count().max(1);
+    let rows_per_statement = match db.get_database_backend() {
+        DbBackend::Sqlite => SQLITE_ROWS,
+        _ => 1000,
+    }
+    .min(MAX_PARAMETERS / columns)
+    .max(1);
+    let runs = cut(&models, rows_per_statement, id_of);
+    match db.get_database_backend() {
+        DbBackend::Sqlite => sqlite::write::<E, C>(db, models, &runs).await,
+        _ => sea_query_write::<E, C>(db, models, &runs).await,
+    }
+}
 
-    let mut run: Vec<E::Model> = Vec::new();
-    let mut ids_in_run: HashSet<String> = HashSet::new();
+/// The lengths of consecutive statements: at most `limit` rows each, a new
+/// one wherever an id repeats within the current one.
+fn cut<M>(models: &[M], limit: usize, id_of: impl Fn(&M) -> &str) -> Vec<usize> {
+    let mut lengths = Vec::new();
+    let mut ids_in_run: HashSet<&str> = HashSet::with_capacity(limit.min(models.len()));
     for model in models {
-        let id = id_of(&model).to_owned();
-        if run.len() == rows_per_statement || ids_in_run.contains(&id) {
-            write::<E, C>(db, std::mem::take(&mut run), &key, &update).await?;
+        let id = id_of(model);
+        if ids_in_run.len() == limit || ids_in_run.contains(id) {
+            lengths.push(ids_in_run.len());
             ids_in_run.clear();
         }
         ids_in_run.insert(id);
-        run.push(model);
     }
-    write::<E, C>(db, run, &key, &update).await
+    lengths.push(ids_in_run.len());
+    lengths
 }
 
-async fn write<E, C>(
-    db: &C,
-    run: Vec<E::Model>,
-    key: &[E::Column],
-    update: &[E::Column],
-) -> Result<(), DbErr>
+/// The key and non-key columns of `E`.
+fn key_and_update<E: EntityTrait>() -> (Vec<E::Column>, Vec<E::Column>) {
+    let key: Vec<E::Column> = E::PrimaryKey::iter()
+        .map(PrimaryKeyToColumn::into_column)
+        .collect();
+    let update = E::Column::iter()
+        .filter(|c| !key.iter().any(|k| k.as_str() == c.as_str()))
+        .collect();
+    (key, update)
+}
+
+async fn sea_query_write<E, C>(db: &C, models: Vec<E::Model>, runs: &[usize]) -> Result<(), DbErr>
 where
     E: EntityTrait,
     E::Model: IntoActiveModel<E::ActiveModel>,
     E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
     C: ConnectionTrait,
 {
-    if run.is_empty() {
-        return Ok(());
-    }
-    let conflict = OnConflict::columns(key.iter().copied())
-        .update_columns(update.iter().copied())
-        .to_owned();
-    E::insert_many(run.into_iter().map(IntoActiveModel::into_active_model))
+    let (key, update) = key_and_update::<E>();
+    let mut models = models.into_iter();
+    for &rows in runs {
+        let conflict = OnConflict::columns(key.iter().copied())
+            .update_columns(update.iter().copied())
+            .to_owned();
+        E::insert_many(
+            models
+                .by_ref()
+                .take(rows)
+                .map(IntoActiveModel::into_active_model),
+        )
         .on_conflict(conflict)
         .exec_without_returning(db)
         .await?;
+    }
     Ok(())
+}
+
+mod sqlite {
+    use super::*;
+
+    /// Writes each run of `runs` as statements of `SQLITE_ROWS` rows and then
+    /// of decreasing powers of two, in order.
+    pub(super) async fn write<E, C>(
+        db: &C,
+        models: Vec<E::Model>,
+        runs: &[usize],
+    ) -> Result<(), DbErr>
+    where
+        E: EntityTrait,
+        E::Model: IntoActiveModel<E::ActiveModel>,
+        E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
+        C: ConnectionTrait,
+    {
+        let columns: Vec<E::Column> = E::Column::iter().collect();
+        let (key, update) = key_and_update::<E>();
+        let mut models = models.into_iter();
+        // The statement of each size, built once per call.
+        let mut statements: Vec<(usize, String)> = Vec::new();
+        for &run in runs {
+            let mut left = run;
+            while left > 0 {
+                let rows = if left >= SQLITE_ROWS {
+                    SQLITE_ROWS
+                } else {
+                    1 << left.ilog2()
+                };
+                left -= rows;
+                let sql = match statements.iter().find(|(n, _)| *n == rows) {
+                    Some((_, sql)) => sql.clone(),
+                    None => {
+                        let sql = statement::<E>(&columns, &key, &update, rows);
+                        statements.push((rows, sql.clone()));
+                        sql
+                    }
+                };
+                let mut values = Vec::with_capacity(rows * columns.len());
+                for model in models.by_ref().take(rows) {
+                    let mut active = model.into_active_model();
+                    for column in &columns {
+                        values.push(
+                            active
+                                .take(*column)
+                                .into_value()
+                                .unwrap_or(Value::Int(None)),
+                        );
+                    }
+                }
+                db.execute(Statement::from_sql_and_values(
+                    DbBackend::Sqlite,
+                    sql,
+                    values,
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `INSERT INTO "t" ("a", …) VALUES (?, …), … ON CONFLICT ("id") DO UPDATE SET "a" = excluded."a", …`
+    fn statement<E: EntityTrait>(
+        columns: &[E::Column],
+        key: &[E::Column],
+        update: &[E::Column],
+        rows: usize,
+    ) -> String {
+        let quoted = |c: &E::Column| format!("\"{}\"", c.as_str());
+        let list = |cs: &[E::Column]| cs.iter().map(quoted).collect::<Vec<_>>().join(", ");
+        let row = format!("({})", vec!["?"; columns.len()].join(", "));
+        let mut sql = format!(
+            "INSERT INTO \"{}\" ({}) VALUES {row}",
+            E::default().table_name(),
+            list(columns)
+        );
+        for _ in 1..rows {
+            sql.push_str(", ");
+            sql.push_str(&row);
+        }
+        let _ = write!(sql, " ON CONFLICT ({}) DO ", list(key));
+        if update.is_empty() {
+            sql.push_str("NOTHING");
+        } else {
+            sql.push_str("UPDATE SET ");
+            let set: Vec<String> = update
+                .iter()
+                .map(|c| format!("\"{0}\" = excluded.\"{0}\"", c.as_str()))
+                .collect();
+            sql.push_str(&set.join(", "));
+        }
+        sql
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder};
+
+    use crate::entities::item;
+
+    fn item(id: &str, code: &str, version: i64) -> item::Model {
+        item::Model {
+            id: id.into(),
+            code: code.into(),
+            name: format!("{id} v{version}"),
+            unit: "tab".into(),
+            default_pack_size: 1,
+            active: true,
+            updated_at_ms: version,
+        }
+    }
+
+    /// Codes traded within one batch and ids repeated across statement
+    /// boundaries end as the last version of each record, on SQLite.
+    #[tokio::test]
+    async fn repeated_ids_and_traded_codes_end_as_sent_last() {
+        let db = crate::db::connect("sqlite::memory:", 1).await.unwrap();
+        db.execute_unprepared(
+            "CREATE TABLE item (id TEXT PRIMARY KEY, code TEXT NOT NULL UNIQUE, name TEXT NOT NULL, \
+             unit TEXT NOT NULL, default_pack_size INTEGER NOT NULL, active BOOLEAN NOT NULL, \
+             updated_at_ms BIGINT NOT NULL)",
+        )
+        .await
+        .unwrap();
+        // 300 items (more than one statement's rows), each sent three times.
+        let mut rows: Vec<item::Model> = Vec::new();
+        for version in 0..3 {
+            for n in 0..300 {
+                rows.push(item(&format!("i{n:03}"), &format!("C{n:03}"), version));
+            }
+        }
+        // Then i000 and i001 trade codes: one steps aside first.
+        rows.push(item("i001", "TMP", 3));
+        rows.push(item("i000", "C001", 3));
+        rows.push(item("i001", "C000", 3));
+        let txn = sea_orm::TransactionTrait::begin(&db).await.unwrap();
+        super::all::<item::Entity, _>(&txn, rows, |r| &r.id)
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+
+        let stored = item::Entity::find()
+            .order_by_asc(item::Column::Id)
+            .all(&db)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 300);
+        assert_eq!(stored[0], item("i000", "C001", 3));
+        assert_eq!(stored[1], item("i001", "C000", 3));
+        assert!(stored[2..]
+            .iter()
+            .all(|r| r.updated_at_ms == 2 && r.code == r.id.replace('i', "C")));
+    }
 }
