@@ -123,6 +123,9 @@ impl Satellite {
         bootstrap::check_locked_settings(&db, &config).await?;
         bootstrap::ensure_operator(&db, &config).await?;
         let state = store::sync_state(&db).await?;
+        if state.initialised {
+            sync::apply::build_store_data_indexes(&db).await?;
+        }
         let interval = u32::try_from(state.sync_interval_minutes)
             .ok()
             .filter(|minutes| *minutes > 0)

@@ -132,6 +132,9 @@ pub async fn apply_batch(
             .map_err(|_| Error::invalid("welcome.upstream_acked_seq", "is out of range"))?;
         // The outbox is empty while uninitialised (writes are refused until now).
         outbox::Entity::delete_many().exec(&txn).await?;
+        // Built once over the whole snapshot, in the transaction that makes
+        // the database initialised: no initialised database lacks them.
+        build_store_data_indexes(&txn).await?;
         sync_state::Entity::update_many()
             .col_expr(sync_state::Column::DownstreamCursor, Expr::value(cursor))
             .col_expr(sync_state::Column::Initialised, Expr::value(true))
@@ -163,6 +166,16 @@ pub async fn apply_batch(
     })
 }
 
+/// Builds the store-data indexes a snapshot load goes without (a no-op for
+/// those that exist). Also run at start on an initialised database: a check
+/// that costs nothing when they are there.
+pub async fn build_store_data_indexes<C: ConnectionTrait>(db: &C) -> Result<()> {
+    for (_, create) in storesync_shared::schema::store_data_indexes() {
+        db.execute_unprepared(&create).await?;
+    }
+    Ok(())
+}
+
 /// Empties every synced table before a snapshot, so that a half-finished
 /// earlier initialisation leaves nothing behind.
 ///
@@ -186,6 +199,11 @@ pub async fn clear_for_initialisation(db: &DatabaseConnection) -> Result<()> {
     name::Entity::delete_many().exec(&txn).await?;
     item::Entity::delete_many().exec(&txn).await?;
     outbox::Entity::delete_many().exec(&txn).await?;
+    // Until the last snapshot batch builds them again (see `apply_batch`).
+    for (index, _) in storesync_shared::schema::store_data_indexes() {
+        txn.execute_unprepared(&format!("DROP INDEX IF EXISTS {index}"))
+            .await?;
+    }
     sync_state::Entity::update_many()
         .col_expr(sync_state::Column::DownstreamCursor, Expr::value(0i64))
         .col_expr(sync_state::Column::UpstreamLastSeq, Expr::value(0i64))
