@@ -33,7 +33,7 @@ fn batch_records() -> usize {
     std::env::var("BENCH_BATCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000)
+        .unwrap_or(10_000)
 }
 const ITEMS: u64 = 100_000;
 const NAMES: u64 = 50_000;
@@ -436,7 +436,7 @@ async fn main() {
         init_peak,
     );
     report(
-        "(a) item and name changes, 1000 per batch",
+        &format!("(a) item and name changes, {} per batch", batch_records()),
         change_records,
         change_samples,
         change_cpu,
