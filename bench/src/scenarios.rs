@@ -27,10 +27,21 @@ fn per_second(records: usize, elapsed: Duration) -> f64 {
     records as f64 / elapsed.as_secs_f64()
 }
 
+/// The product's default heartbeat (the test harness shortens it to notice
+/// dead links fast; a benchmark measures what operators run).
+const HEARTBEAT: (&str, &str) = ("STORESYNC_HEARTBEAT_SECONDS", "15");
+
+/// `extra` after the product defaults the harness overrides.
+fn with_defaults<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut vars = vec![HEARTBEAT];
+    vars.extend_from_slice(extra);
+    vars
+}
+
 /// A master on a fresh PostgreSQL database with sites `2..=satellites + 1`.
 async fn master_with_sites(satellites: u32, extra: &[(&str, &str)]) -> (TestDb, Master) {
     let db = TestDb::new(Backend::Postgres);
-    let master = Master::start(&db, extra);
+    let master = Master::start(&db, &with_defaults(extra));
     for sync_id in 2..=satellites + 1 {
         master.add_site(sync_id).await;
     }
@@ -40,7 +51,7 @@ async fn master_with_sites(satellites: u32, extra: &[(&str, &str)]) -> (TestDb, 
 /// Starts satellites `2..=count + 1` and waits until each is initialised.
 async fn start_satellites(master_url: &str, count: u32, extra: &[(&str, &str)]) -> Vec<Satellite> {
     let satellites: Vec<Satellite> = (2..=count + 1)
-        .map(|sync_id| Satellite::start(master_url, sync_id, "streaming", extra))
+        .map(|sync_id| Satellite::start(master_url, sync_id, "streaming", &with_defaults(extra)))
         .collect();
     for satellite in &satellites {
         satellite.wait_initialised(PATIENCE).await;
@@ -440,7 +451,7 @@ pub async fn init_and_reports(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     let mut master_peak = Figure::new("init", "master peak resident memory (info)", "MiB");
     for run in 0..sizes.runs {
         let started = Instant::now();
-        let satellite = Satellite::start(&master.url(), 2, "streaming", &[]);
+        let satellite = Satellite::start(&master.url(), 2, "streaming", &with_defaults(&[]));
         let mut agent = satellite.agent().await;
         wait_for(
             "the new satellite to initialise",
@@ -627,7 +638,7 @@ pub async fn wire(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         let (supplier, _) = create_trading_partners(&master, "W").await;
         let proxy = Proxy::start(master.process.addr).await;
         let extra = [("STORESYNC_SYNC_COMPRESSION", compression)];
-        let mut satellite = Satellite::start(&proxy.url(), 2, "streaming", &extra);
+        let mut satellite = Satellite::start(&proxy.url(), 2, "streaming", &with_defaults(&extra));
         satellite.wait_initialised(PATIENCE).await;
         let mut agent = satellite.agent().await;
 
