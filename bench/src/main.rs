@@ -72,6 +72,9 @@ struct Args {
     /// Master-data changes in the downstream scenario.
     #[arg(long, default_value_t = 100_000)]
     downstream_changes: usize,
+    /// Satellites of each downstream fan-out run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,63")]
+    fanouts: Vec<u32>,
     /// Changes each way per run in the latency scenario.
     #[arg(long, default_value_t = 1000)]
     latency_changes: usize,
@@ -120,7 +123,7 @@ impl Sizes {
             upstream_satellites: args.upstream_satellites.clamp(1, 63),
             upstream_records: args.upstream_records.max(1),
             downstream_changes: args.downstream_changes.max(2),
-            fanouts: vec![1, 63],
+            fanouts: args.fanouts.iter().map(|n| (*n).clamp(1, 63)).collect(),
             latency_changes: args.latency_changes.max(10),
             init_records: args.init_records.max(10),
             init_items: 100_000,

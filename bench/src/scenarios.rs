@@ -211,6 +211,11 @@ pub async fn downstream(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
             format!("{changes} changes: until the last of {fanout} has all"),
             "ms",
         );
+        let mut together = Figure::new(
+            "downstream",
+            format!("records applied per second, {fanout} satellite(s) together"),
+            "rec/s",
+        );
         for run in 0..sizes.runs {
             let started = Instant::now();
             let head = data::master_data_changes(&conn, &format!("R{run}"), changes).await?;
@@ -240,6 +245,9 @@ pub async fn downstream(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
             );
             per_satellite.samples.push(median_rate);
             last.samples.push(ms(slowest));
+            together
+                .samples
+                .push(per_second(changes * times.len(), slowest));
         }
         // Spot check: the last run's changes are in a satellite's tables.
         let local = satellites[0].db.connect().await;
@@ -261,6 +269,7 @@ pub async fn downstream(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         );
         figures.push(per_satellite);
         figures.push(last);
+        figures.push(together);
         drop(satellites);
         drop(master);
     }

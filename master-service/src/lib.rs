@@ -129,7 +129,13 @@ pub async fn serve(
     set_health(&health, ServingStatus::Serving).await;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut builder = tonic::transport::Server::builder();
+    // Upstream batches (≤ 4 MiB, usually a few hundred KiB) flow while the
+    // previous one is applied: a 1 MiB window per stream instead of HTTP/2's
+    // 64 KiB keeps the next batch arriving meanwhile, and bounds what 63
+    // sending satellites can make the master buffer.
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(2 * 1024 * 1024);
     if let Some(tls) = &state.config.tls {
         let config =
             storesync_shared::tls::server_config(&tls.cert, &tls.key, tls.client_ca.as_deref())

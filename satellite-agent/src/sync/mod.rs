@@ -244,6 +244,14 @@ async fn session(
         .map_err(|e| Error::invalid("master_url", e))?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
+        // HTTP/2 lets a peer send only a window ahead of what this side has
+        // read, and this side reads the next batch only after applying the
+        // last: with the 64 KiB default a 1 MiB batch crawled over in window
+        // round trips while the satellite sat idle (half the machine idle
+        // in the downstream benchmark). 8 MiB covers two full batches; it
+        // only bounds buffering, an idle stream holds none of it.
+        .initial_stream_window_size(8 * 1024 * 1024)
+        .initial_connection_window_size(8 * 1024 * 1024)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     let endpoint = if master_url.starts_with("https://") {
