@@ -11,7 +11,7 @@ use storesync_shared::proto::v1::{self as pb, sync_record::Record, SyncRecord, T
 use storesync_shared::upsert;
 
 fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Lines per goods-received invoice: each brings one invoice line and one stock line.
