@@ -143,8 +143,8 @@ pub fn ms(duration: Duration) -> f64 {
 pub fn print_table(figures: &[Figure]) {
     println!();
     println!(
-        "{:<12} {:<58} {:>12} {:>12} {:>12} {:>3} {:<9} {:<12} {}",
-        "scenario", "metric", "median", "min", "max", "n", "unit", "target", "met"
+        "{:<12} {:<58} {:>12} {:>12} {:>12} {:>3} {:<9} {:<12} met",
+        "scenario", "metric", "median", "min", "max", "n", "unit", "target"
     );
     println!("{}", "-".repeat(140));
     for f in figures {
