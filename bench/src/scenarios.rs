@@ -75,6 +75,24 @@ where
     }
 }
 
+/// Polls a satellite's status until `done` holds; fails after [`PATIENCE`].
+async fn wait_for_status(
+    agent: &Agent,
+    what: &str,
+    done: impl Fn(&pb::AgentStatus) -> bool,
+) -> anyhow::Result<()> {
+    let done = &done;
+    wait_for(what, Duration::from_millis(20), || {
+        let mut agent = agent.clone();
+        async move {
+            Ok(done(
+                &agent.status(pb::AgentStatusRequest {}).await?.into_inner(),
+            ))
+        }
+    })
+    .await
+}
+
 /// Each site's acknowledged upstream sequence on the master.
 async fn acked_seqs(db: &DatabaseConnection) -> anyhow::Result<Vec<(i32, i64)>> {
     let rows = db
@@ -462,21 +480,7 @@ pub async fn init_and_reports(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         let started = Instant::now();
         let satellite = Satellite::start(&master.url(), 2, "streaming", &with_defaults(&[]));
         let mut agent = satellite.agent().await;
-        wait_for(
-            "the new satellite to initialise",
-            Duration::from_millis(20),
-            || {
-                let mut agent = agent.clone();
-                async move {
-                    Ok(agent
-                        .status(pb::AgentStatusRequest {})
-                        .await?
-                        .into_inner()
-                        .initialised)
-                }
-            },
-        )
-        .await?;
+        wait_for_status(&agent, "the new satellite to initialise", |s| s.initialised).await?;
         let elapsed = started.elapsed();
         let pid = satellite.process.child.id();
         let satellite_peak = peak_resident_mib(pid);
@@ -654,21 +658,9 @@ pub async fn wire(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         // Downstream: master-data changes.
         let (_, down_before) = proxy.bytes();
         let head = data::master_data_changes(&conn, "W", records).await?;
-        wait_for(
-            "the satellite to apply the changes",
-            Duration::from_millis(20),
-            || {
-                let mut agent = agent.clone();
-                async move {
-                    Ok(agent
-                        .status(pb::AgentStatusRequest {})
-                        .await?
-                        .into_inner()
-                        .downstream_cursor
-                        >= head)
-                }
-            },
-        )
+        wait_for_status(&agent, "the satellite to apply the changes", |s| {
+            s.downstream_cursor >= head
+        })
         .await?;
         let (_, down_after) = proxy.bytes();
 
