@@ -75,6 +75,33 @@ fn every_dashboard_query_uses_emitted_metrics_and_every_metric_has_a_panel() {
     }
 }
 
+/// The alert rules shipped with the manifests (their firing is unit-tested
+/// by promtool in CI) watch only metrics the code emits.
+#[test]
+fn every_alert_rule_uses_emitted_metrics() {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../k8s/base/prometheus/storesync-alerts.yml"
+    ))
+    .unwrap();
+    let emitted: BTreeSet<String> = catalog::ALL
+        .iter()
+        .flat_map(|desc| desc.prometheus_names())
+        .collect();
+    let exprs: Vec<&str> = rules
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .collect();
+    let named: Vec<String> = exprs.iter().flat_map(|line| metric_names(line)).collect();
+    assert!(named.len() >= 6, "too few metrics in the alert rules: {named:?}");
+    for name in named {
+        assert!(
+            emitted.contains(&name),
+            "an alert rule watches {name}, which the code does not emit (emitted: {emitted:?})"
+        );
+    }
+}
+
 #[test]
 fn prometheus_names_follow_the_collector_exporter() {
     assert_eq!(
