@@ -146,7 +146,7 @@ pub async fn serve(
         tracing::info!(mutual = tls.client_ca.is_some(), "serving TLS");
     }
     let router = builder
-        .layer(storesync_shared::telemetry::grpc::GrpcMetricsLayer::new())
+        .layer(storesync_shared::telemetry::grpc::GrpcServerLayer::new())
         .layer(OperatorAuthLayer::new(db.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -196,7 +196,7 @@ impl Satellite {
             builder = builder.tls_config(config)?;
         }
         let router = builder
-            .layer(storesync_shared::telemetry::grpc::GrpcMetricsLayer::new())
+            .layer(storesync_shared::telemetry::grpc::GrpcServerLayer::new())
             .layer(OperatorAuthLayer::new(self.db.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)

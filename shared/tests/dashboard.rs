@@ -93,7 +93,10 @@ fn every_alert_rule_uses_emitted_metrics() {
         .filter(|line| !line.trim_start().starts_with('#'))
         .collect();
     let named: Vec<String> = exprs.iter().flat_map(|line| metric_names(line)).collect();
-    assert!(named.len() >= 6, "too few metrics in the alert rules: {named:?}");
+    assert!(
+        named.len() >= 6,
+        "too few metrics in the alert rules: {named:?}"
+    );
     for name in named {
         assert!(
             emitted.contains(&name),

@@ -11,11 +11,12 @@
 //! the end); without it the PostgreSQL variants print a loud SKIPPED line.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 pub mod cluster;
@@ -182,6 +183,21 @@ pub struct Process {
     pub addr: SocketAddr,
     /// Short name for log prefixes.
     pub label: String,
+    /// The last lines it printed (stdout and stderr), for tests that read its logs.
+    output: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// Lines of a process's output kept for [`Process::output`].
+const OUTPUT_LINES: usize = 10_000;
+
+fn keep_line(output: &Mutex<VecDeque<String>>, line: &str) {
+    let mut lines = output
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if lines.len() == OUTPUT_LINES {
+        lines.pop_front();
+    }
+    lines.push_back(line.to_owned());
 }
 
 impl Process {
@@ -218,18 +234,23 @@ impl Process {
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
+        let output = Arc::new(Mutex::new(VecDeque::new()));
         let prefix = label.to_owned();
+        let kept = Arc::clone(&output);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let _ = tx.send(addr.trim().to_owned());
                 }
+                keep_line(&kept, &line);
                 eprintln!("[{prefix}] {line}");
             }
         });
         let prefix = label.to_owned();
+        let kept = Arc::clone(&output);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                keep_line(&kept, &line);
                 eprintln!("[{prefix}] {line}");
             }
         });
@@ -247,7 +268,17 @@ impl Process {
             child,
             addr,
             label: label.to_owned(),
+            output,
         }
+    }
+
+    /// The last lines the process printed so far, oldest first.
+    pub fn output(&self) -> Vec<String> {
+        let lines = self
+            .output
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lines.iter().cloned().collect()
     }
 
     /// `http://addr`, for a tonic endpoint.

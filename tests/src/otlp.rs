@@ -34,6 +34,8 @@ pub struct Span {
     pub span_id: Vec<u8>,
     /// Empty for a root span.
     pub parent_span_id: Vec<u8>,
+    /// The OTLP span kind (2 is SERVER).
+    pub kind: i32,
     pub attributes: BTreeMap<String, String>,
 }
 
@@ -147,6 +149,7 @@ impl OtlpReceiver {
                             trace_id: span.trace_id.clone(),
                             span_id: span.span_id.clone(),
                             parent_span_id: span.parent_span_id.clone(),
+                            kind: span.kind,
                             attributes: attributes(&span.attributes),
                         });
                     }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use storesync_shared::proto::v1 as pb;
 use storesync_shared::telemetry::catalog;
 use storesync_tests::cluster::{
     assert_store_copies_equal, create_items, create_trading_partners, goods_in, store_of,
@@ -269,6 +270,149 @@ async fn a_batch_is_one_trace_across_sites_and_the_metrics_name_the_site() {
 
 /// A span named `parent_name` of `parent_service` with a child named
 /// `child_name` of `child_service` in the same trace.
+/// Scenario: an operator calls the master with grpcurl, once passing the
+/// `traceparent` of their own trace. Every call is one server span named
+/// after its RPC with the RPC attributes and its status; the one with a
+/// `traceparent` is a child of the caller's span; health probes make none;
+/// and a JSON log line written during a call names that call's trace and span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_is_a_span_that_continues_the_callers_trace() {
+    const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+    const UPSERT: &str = "storesync.v1.MasterDataService/UpsertItem";
+    const UNLOCK: &str = "storesync.v1.AdminService/Unlock";
+    for backend in backends("every_call_is_a_span_that_continues_the_callers_trace") {
+        let receiver = OtlpReceiver::start().await;
+        let endpoint = receiver.endpoint();
+        let master_db = TestDb::new(backend);
+        let master = Master::start(
+            &master_db,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+                ("STORESYNC_LOG_FORMAT", "json"),
+            ],
+        );
+        // Two plain calls, one carrying the caller's context, one refused.
+        create_items(&master, "SPAN", 2).await;
+        let mut client = master.master_data().await;
+        let item = |code: &str| pb::UpsertItemRequest {
+            item: Some(pb::Item {
+                code: code.into(),
+                name: format!("Traced {code}"),
+                unit: "tab".into(),
+                default_pack_size: 10,
+                active: true,
+                ..Default::default()
+            }),
+        };
+        let mut traced = tonic::Request::new(item("TRACED"));
+        traced.metadata_mut().insert(
+            "traceparent",
+            format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+                .parse()
+                .unwrap(),
+        );
+        client.upsert_item(traced).await.unwrap();
+        let refused = client.upsert_item(item("")).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        // A wrong authorisation code is logged (a warning) inside its call.
+        let wrong = master
+            .admin()
+            .await
+            .unlock(pb::UnlockRequest {
+                authorisation_code: "not-the-code".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::PermissionDenied);
+        let mut health = tonic_health::pb::health_client::HealthClient::new(
+            tonic::transport::Channel::from_shared(master.url())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap();
+
+        let (upserts, unlock) = eventually(LIMIT, "the calls' spans", || async {
+            let spans = receiver.spans();
+            let named = |name: &str| -> Vec<Span> {
+                spans
+                    .iter()
+                    .filter(|s| s.service == "master-service" && s.name == name)
+                    .cloned()
+                    .collect()
+            };
+            let (upserts, unlock) = (named(UPSERT), named(UNLOCK));
+            (upserts.len() >= 4 && !unlock.is_empty()).then_some((upserts, unlock))
+        })
+        .await;
+        assert_eq!(upserts.len(), 4, "one span per call: {upserts:#?}");
+        for span in &upserts {
+            assert_eq!(span.kind, 2, "a server span: {span:?}");
+            assert_eq!(span.attributes["rpc.system"], "grpc");
+            assert_eq!(
+                span.attributes["rpc.service"],
+                "storesync.v1.MasterDataService"
+            );
+            assert_eq!(span.attributes["rpc.method"], "UpsertItem");
+            assert_eq!(span.attributes["network.peer.address"], "127.0.0.1");
+            assert!(
+                span.attributes.contains_key("network.peer.port"),
+                "{span:?}"
+            );
+        }
+        let mut codes: Vec<&str> = upserts
+            .iter()
+            .map(|s| s.attributes["rpc.grpc.status_code"].as_str())
+            .collect();
+        codes.sort_unstable();
+        assert_eq!(codes, ["0", "0", "0", "3"]);
+        let children: Vec<&Span> = upserts
+            .iter()
+            .filter(|s| hex(&s.trace_id) == CALLER_TRACE)
+            .collect();
+        assert_eq!(children.len(), 1, "one call carried the caller's trace");
+        assert_eq!(hex(&children[0].parent_span_id), CALLER_SPAN);
+        let roots = upserts
+            .iter()
+            .filter(|s| s.parent_span_id.is_empty())
+            .count();
+        assert_eq!(
+            roots, 3,
+            "calls without a traceparent start their own trace"
+        );
+        assert_eq!(unlock[0].attributes["rpc.grpc.status_code"], "7");
+        assert!(
+            receiver
+                .spans()
+                .iter()
+                .all(|s| !s.name.starts_with("grpc.health")),
+            "health probes make no span"
+        );
+
+        // The warning's JSON line names the Unlock call's trace and span.
+        let (trace_id, span_id) = (hex(&unlock[0].trace_id), hex(&unlock[0].span_id));
+        let line = master
+            .process
+            .output()
+            .into_iter()
+            .find(|line| line.contains("wrong authorisation code"))
+            .expect("the wrong code is logged");
+        let logged: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(logged["span"]["trace_id"], trace_id.as_str(), "{line}");
+        assert_eq!(logged["span"]["span_id"], span_id.as_str(), "{line}");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn parent_and_child(
     spans: &[Span],
     parent_service: &str,

@@ -12,7 +12,8 @@
 //!   turn a signal off.
 //! - [`propagation`] carries W3C trace context inside sync batches, so one
 //!   batch is one trace across sites.
-//! - [`grpc`] is the tower layer that records the gRPC server metrics.
+//! - [`grpc`] is the tower layer that makes a span and records the gRPC
+//!   server metrics for every call.
 //!
 //! [`Telemetry::shutdown`] flushes what is buffered: call it last, after the
 //! server has drained, while the tokio runtime is still running (the exporter's

@@ -1,4 +1,5 @@
-//! W3C trace context (`traceparent`, `tracestate`) carried inside sync batches.
+//! W3C trace context (`traceparent`, `tracestate`) carried inside sync batches,
+//! and read from a unary call's metadata.
 //!
 //! Per-call gRPC metadata would make a whole sync session one trace; a batch
 //! carries its own context (`UpstreamBatch.trace_context`,
@@ -28,4 +29,28 @@ pub fn set_parent(span: &tracing::Span, carrier: &HashMap<String, String>) {
     let parent = TraceContextPropagator::new().extract(carrier);
     // Fails only when the span is already started or not exported: it stays a root.
     let _ = span.set_parent(parent);
+}
+
+/// Makes `span` a child of the W3C context in a call's metadata (HTTP/2
+/// headers), if it carries one; otherwise `span` stays a root.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
+    if !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    // Fails only when the span is not exported: it stays a root.
+    let _ = span.set_parent(parent);
+}
+
+/// Reads propagation fields from HTTP headers.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
 }
