@@ -315,7 +315,10 @@ pub fn help(doc: &[&str], default: Option<String>) -> String {
         .collect::<Vec<_>>()
         .join(" ");
     // As clap does with a one-line doc comment: no closing period.
-    let text = text.strip_suffix('.').map_or(text.clone(), str::to_owned);
+    let text = match text.strip_suffix('.') {
+        Some(stripped) => stripped.to_owned(),
+        None => text,
+    };
     match default {
         Some(default) if !default.is_empty() => format!("{text} [default: {default}]"),
         _ => text,
@@ -581,7 +584,7 @@ mod tests {
         );
         assert_eq!(
             help(&[" Optional."], None::<String>.show_default()),
-            "Optional."
+            "Optional"
         );
     }
 }
