@@ -387,7 +387,7 @@ pub fn path(text: &str) -> Result<Option<PathBuf>, String> {
 
 /// Declares a binary's settings once; see the [module docs](crate::config).
 ///
-/// ```ignore
+/// ```text
 /// storesync_shared::settings! {
 ///     /// Flags, each also read from its `STORESYNC_*` variable.
 ///     pub struct Args { global: true }
