@@ -2,22 +2,26 @@
 //! defaults → optional TOML file → `STORESYNC_*` environment → command-line flags,
 //! and checked once at start with messages that say what to change.
 //!
-//! clap merges the environment and the flags ([`Args`], every field optional);
-//! [`Config::load`] lays them over the file ([`FileConfig`]) and the defaults.
-//! Values are taken as text and parsed here, so every error names the setting
-//! in all its spellings.
+//! Each setting is declared once, in the [`settings!`](storesync_shared::settings)
+//! table below: its name (file key, and flag with `-`), its variable, its
+//! default and its check. [`Config::from_layers`] adds the rules that involve
+//! several settings and reports every problem together.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use serde::Deserialize;
-
-use crate::error::{Error, Result};
+use storesync_shared::config::{
+    address, number, one_of, path, rule, ConfigError, FileLayer, Problems, ShowDefault,
+    HEARTBEAT_SECONDS, HEARTBEAT_SECONDS_RANGE, SHUTDOWN_GRACE_SECONDS_RANGE,
+    SYNC_INTERVAL_MINUTES_RANGE,
+};
 
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
 /// File name of the embedded SQLite database when no database URL is given.
 pub const DEFAULT_SQLITE_FILE: &str = "storesync-master.db";
+/// Operator created on first start when none is named.
+pub const DEFAULT_OPERATOR_USER: &str = "admin";
 
 /// A secret from the configuration: never printed, not even in debug output.
 #[derive(Clone, PartialEq, Eq)]
@@ -45,6 +49,135 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+impl ShowDefault for LogFormat {
+    fn show_default(&self) -> Option<String> {
+        Some(match self {
+            Self::Text => "text".into(),
+            Self::Json => "json".into(),
+        })
+    }
+}
+
+const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
+
+storesync_shared::settings! {
+    /// Flags, each also readable from its `STORESYNC_*` variable. Every one is
+    /// optional text here, so that the file and defaults fill the gaps and
+    /// every bad value is reported by [`Config::load`], all together.
+    pub struct Args { global: true }
+    /// Every setting, parsed and checked on its own.
+    pub struct Settings {
+        /// gRPC listen address, ip:port.
+        listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 50051)),
+            env "STORESYNC_LISTEN",
+            check address("0.0.0.0:50051");
+        /// postgres://… or sqlite://… [default: embedded SQLite file storesync-master.db].
+        database_url: Option<String> = None,
+            env "STORESYNC_DATABASE_URL",
+            secret true,
+            check database_url;
+        /// Directory of the embedded SQLite file [default: working directory].
+        data_dir: Option<PathBuf> = None,
+            env "STORESYNC_DATA_DIR",
+            check path;
+        /// Largest PostgreSQL pool size.
+        db_max_connections: u32 = 10,
+            env "STORESYNC_DB_MAX_CONNECTIONS",
+            check number((1, 1000));
+        /// Authorisation code that unlocks the sync preferences.
+        authorisation_code: Option<String> = None,
+            env "STORESYNC_AUTHORISATION_CODE",
+            secret true,
+            check authorisation_code;
+        /// Operator user created on first start.
+        operator_user: String = DEFAULT_OPERATOR_USER.to_owned(),
+            env "STORESYNC_OPERATOR_USER",
+            check |text| {
+                check_sync_user("operator_user", text)
+                    .map(|()| text.to_owned())
+                    .map_err(|_| format!("{text:?}: use 1 to 64 characters without ':' or control characters"))
+            };
+        /// Its password [default: generated and printed once].
+        operator_password: Option<String> = None,
+            env "STORESYNC_OPERATOR_PASSWORD",
+            secret true,
+            check |text| match text.chars().count() {
+                1..=256 => Ok(Some(text.to_owned())),
+                _ => Err("use 1 to 256 characters, or leave it unset to have one generated".into()),
+            };
+        /// Code of the master's own store, first start only.
+        master_store_code: String = "MASTER".to_owned(),
+            env "STORESYNC_MASTER_STORE_CODE",
+            check |text| rule(storesync_shared::validate::code("master_store_code", text)).map(|()| text.to_owned());
+        /// Name of the master's own store, first start only.
+        master_store_name: String = "Master store".to_owned(),
+            env "STORESYNC_MASTER_STORE_NAME",
+            check |text| rule(storesync_shared::validate::text("master_store_name", text, 256)).map(|()| text.to_owned());
+        /// Shared sync user name, first start only.
+        sync_user: Option<String> = None,
+            env "STORESYNC_SYNC_USER",
+            check |text| rule(check_sync_user("sync_user", text)).map(|()| Some(text.to_owned()));
+        /// Shared sync password, first start only.
+        sync_password: Option<String> = None,
+            env "STORESYNC_SYNC_PASSWORD",
+            secret true,
+            check |text| rule(check_sync_password("sync_password", text)).map(|()| Some(text.to_owned()));
+        /// Sync time interval in minutes, first start only.
+        sync_interval_minutes: u32 = storesync_shared::config::SYNC_INTERVAL_MINUTES,
+            env "STORESYNC_SYNC_INTERVAL_MINUTES",
+            check number(SYNC_INTERVAL_MINUTES_RANGE);
+        /// Seconds to drain calls after SIGTERM.
+        shutdown_grace_seconds: u64 = 20,
+            env "STORESYNC_SHUTDOWN_GRACE_SECONDS",
+            check number(SHUTDOWN_GRACE_SECONDS_RANGE);
+        /// Seconds between heartbeats on idle sync streams, 1 to 3600.
+        heartbeat_seconds: u64 = HEARTBEAT_SECONDS,
+            env "STORESYNC_HEARTBEAT_SECONDS",
+            check number(HEARTBEAT_SECONDS_RANGE);
+        /// PEM certificate chain: serve TLS only (with --tls-key).
+        tls_cert: Option<PathBuf> = None,
+            env "STORESYNC_TLS_CERT",
+            check path;
+        /// PEM private key of --tls-cert.
+        tls_key: Option<PathBuf> = None,
+            env "STORESYNC_TLS_KEY",
+            check path;
+        /// PEM CA: require client certificates it signed (mutual TLS).
+        tls_client_ca: Option<PathBuf> = None,
+            env "STORESYNC_TLS_CLIENT_CA",
+            check path;
+        /// text or json.
+        log_format: LogFormat = LogFormat::Text,
+            env "STORESYNC_LOG_FORMAT",
+            check one_of(LOG_FORMATS);
+    }
+}
+
+/// An empty URL means the embedded SQLite file; never echoes the URL (it may
+/// hold a password).
+fn database_url(text: &str) -> Result<Option<String>, String> {
+    let url = text.trim();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    if storesync_shared::db::is_postgres(url) || url.starts_with("sqlite:") {
+        return Ok(Some(url.to_owned()));
+    }
+    Err(
+        "set postgres://user@host:5432/db or sqlite://path?mode=rwc, \
+         or leave it unset for the embedded SQLite file"
+            .into(),
+    )
+}
+
+fn authorisation_code(code: &str) -> Result<Option<String>, String> {
+    let len = code.chars().count();
+    if !(8..=256).contains(&len) || code.trim() != code {
+        return Err("use 8 to 256 characters without leading or trailing spaces".into());
+    }
+    Ok(Some(code.to_owned()))
 }
 
 /// Everything the master needs to start, checked.
@@ -84,164 +217,6 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// Flags, each also readable from its `STORESYNC_*` variable. Every one is
-/// optional here so that the file and defaults can fill the gaps.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct Args {
-    /// TOML file with any of the settings below (keys are the flag names with `_`).
-    #[arg(long, env = "STORESYNC_CONFIG", global = true)]
-    pub config: Option<PathBuf>,
-    /// gRPC listen address, ip:port [default: 0.0.0.0:50051].
-    #[arg(long, env = "STORESYNC_LISTEN", global = true)]
-    pub listen: Option<String>,
-    /// postgres://… or sqlite://… [default: embedded SQLite file storesync-master.db].
-    #[arg(long, env = "STORESYNC_DATABASE_URL", global = true)]
-    pub database_url: Option<String>,
-    /// Directory of the embedded SQLite file [default: working directory].
-    #[arg(long, env = "STORESYNC_DATA_DIR", global = true)]
-    pub data_dir: Option<PathBuf>,
-    /// Largest PostgreSQL pool size [default: 10].
-    #[arg(long, env = "STORESYNC_DB_MAX_CONNECTIONS", global = true)]
-    pub db_max_connections: Option<String>,
-    /// Authorisation code that unlocks the sync preferences.
-    #[arg(
-        long,
-        env = "STORESYNC_AUTHORISATION_CODE",
-        global = true,
-        hide_env_values = true
-    )]
-    pub authorisation_code: Option<String>,
-    /// Operator user created on first start [default: admin].
-    #[arg(long, env = "STORESYNC_OPERATOR_USER", global = true)]
-    pub operator_user: Option<String>,
-    /// Its password [default: generated and printed once].
-    #[arg(
-        long,
-        env = "STORESYNC_OPERATOR_PASSWORD",
-        global = true,
-        hide_env_values = true
-    )]
-    pub operator_password: Option<String>,
-    /// Code of the master's own store, first start only [default: MASTER].
-    #[arg(long, env = "STORESYNC_MASTER_STORE_CODE", global = true)]
-    pub master_store_code: Option<String>,
-    /// Name of the master's own store, first start only [default: Master store].
-    #[arg(long, env = "STORESYNC_MASTER_STORE_NAME", global = true)]
-    pub master_store_name: Option<String>,
-    /// Shared sync user name, first start only.
-    #[arg(long, env = "STORESYNC_SYNC_USER", global = true)]
-    pub sync_user: Option<String>,
-    /// Shared sync password, first start only.
-    #[arg(
-        long,
-        env = "STORESYNC_SYNC_PASSWORD",
-        global = true,
-        hide_env_values = true
-    )]
-    pub sync_password: Option<String>,
-    /// Sync time interval in minutes, first start only [default: 10].
-    #[arg(long, env = "STORESYNC_SYNC_INTERVAL_MINUTES", global = true)]
-    pub sync_interval_minutes: Option<String>,
-    /// Seconds to drain calls after SIGTERM [default: 20].
-    #[arg(long, env = "STORESYNC_SHUTDOWN_GRACE_SECONDS", global = true)]
-    pub shutdown_grace_seconds: Option<String>,
-    /// Seconds between heartbeats on idle sync streams, 1 to 3600 [default: 15].
-    #[arg(long, env = "STORESYNC_HEARTBEAT_SECONDS", global = true)]
-    pub heartbeat_seconds: Option<String>,
-    /// PEM certificate chain: serve TLS only (with --tls-key).
-    #[arg(long, env = "STORESYNC_TLS_CERT", global = true)]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "STORESYNC_TLS_KEY", global = true)]
-    pub tls_key: Option<PathBuf>,
-    /// PEM CA: require client certificates it signed (mutual TLS).
-    #[arg(long, env = "STORESYNC_TLS_CLIENT_CA", global = true)]
-    pub tls_client_ca: Option<PathBuf>,
-    /// text or json [default: text].
-    #[arg(long, env = "STORESYNC_LOG_FORMAT", global = true)]
-    pub log_format: Option<String>,
-}
-
-/// The TOML file: the same settings as [`Args`], snake_case keys. Unknown keys
-/// are an error, so that a typo does not silently keep a default.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<String>,
-    pub database_url: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub db_max_connections: Option<u32>,
-    pub authorisation_code: Option<String>,
-    pub operator_user: Option<String>,
-    pub operator_password: Option<String>,
-    pub master_store_code: Option<String>,
-    pub master_store_name: Option<String>,
-    pub sync_user: Option<String>,
-    pub sync_password: Option<String>,
-    pub sync_interval_minutes: Option<u32>,
-    pub shutdown_grace_seconds: Option<u64>,
-    pub heartbeat_seconds: Option<u64>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_client_ca: Option<PathBuf>,
-    pub log_format: Option<String>,
-}
-
-impl FileConfig {
-    /// Reads and parses `path`.
-    pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read the config file {} (--config / STORESYNC_CONFIG): {e}",
-                path.display()
-            ))
-        })?;
-        toml::from_str(&text).map_err(|e| {
-            Error::Config(format!(
-                "the config file {} is not valid: {e}",
-                path.display()
-            ))
-        })
-    }
-}
-
-/// How a setting is spelled in each layer, for error messages.
-fn spelled(key: &str) -> String {
-    format!(
-        "STORESYNC_{} (--{} or `{key}` in the config file)",
-        key.to_ascii_uppercase(),
-        key.replace('_', "-")
-    )
-}
-
-fn invalid(key: &str, value: &str, why: &str) -> Error {
-    Error::Config(format!("{} = {value:?}: {why}", spelled(key)))
-}
-
-fn parse_number<T>(key: &str, value: &str, range: (T, T)) -> Result<T>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-{
-    let parsed: T = value.trim().parse().map_err(|_| {
-        invalid(
-            key,
-            value,
-            &format!(
-                "not a whole number; set one from {} to {}",
-                range.0, range.1
-            ),
-        )
-    })?;
-    if parsed < range.0 || parsed > range.1 {
-        return Err(invalid(
-            key,
-            value,
-            &format!("out of range; set one from {} to {}", range.0, range.1),
-        ));
-    }
-    Ok(parsed)
-}
-
 /// The rules for a shared or per-site sync user name (it travels in Basic
 /// credentials, so it cannot hold `:`).
 pub fn check_sync_user(field: &str, value: &str) -> storesync_shared::Result<()> {
@@ -274,194 +249,47 @@ pub fn check_sync_password(field: &str, value: &str) -> storesync_shared::Result
 }
 
 /// Sync time interval bounds, in minutes (one minute to one day).
-pub const SYNC_INTERVAL_MINUTES: (u32, u32) = (1, 1440);
+pub const SYNC_INTERVAL_MINUTES: (u32, u32) = SYNC_INTERVAL_MINUTES_RANGE;
 
 impl Config {
     /// Reads the file named by `args.config` (if any) and lays the layers over
     /// the defaults. `STORESYNC_*` variables are already in `args` (clap).
-    pub fn load(args: Args) -> Result<Self> {
-        let file = match &args.config {
-            Some(path) => FileConfig::read(path)?,
-            None => FileConfig::default(),
-        };
+    pub fn load(args: Args) -> Result<Self, ConfigError> {
+        let file = FileLayer::read(args.config.as_deref())?;
         Self::from_layers(args, file)
     }
 
-    /// `args` (environment and flags) over `file` over the defaults, checked.
-    pub fn from_layers(args: Args, file: FileConfig) -> Result<Self> {
-        let listen_text = args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen: SocketAddr = listen_text.trim().parse().map_err(|_| {
-            invalid(
-                "listen",
-                &listen_text,
-                "not an address; set ip:port, e.g. 0.0.0.0:50051 (port 0 picks a free port)",
-            )
-        })?;
+    /// `args` (environment and flags) over `file` over the defaults, checked;
+    /// every problem is reported, not only the first.
+    pub fn from_layers(args: Args, file: FileLayer) -> Result<Self, ConfigError> {
+        let mut problems = Problems::default();
+        let s = Settings::layered(&args, &file, &mut problems);
 
-        let data_dir = args.data_dir.or(file.data_dir);
-        let database_url = match args.database_url.or(file.database_url) {
-            Some(url) if !url.trim().is_empty() => {
-                let url = url.trim().to_owned();
-                if !(storesync_shared::db::is_postgres(&url) || url.starts_with("sqlite:")) {
-                    return Err(invalid(
-                        "database_url",
-                        "(hidden: it may hold a password)",
-                        "set postgres://user@host:5432/db or sqlite://path?mode=rwc, \
-                         or leave it unset for the embedded SQLite file",
-                    ));
-                }
-                url
-            }
-            _ => {
-                let dir = data_dir.unwrap_or_else(|| PathBuf::from("."));
+        let database_url = match s.database_url {
+            Some(url) => url,
+            None => {
+                let dir = s.data_dir.unwrap_or_else(|| PathBuf::from("."));
                 if !dir.is_dir() {
-                    return Err(invalid(
-                        "data_dir",
-                        &dir.display().to_string(),
-                        "is not an existing directory; create it or point to another",
-                    ));
+                    problems.invalid(
+                        &Settings::data_dir,
+                        format_args!(
+                            "{} is not an existing directory; create it or point to another",
+                            dir.display()
+                        ),
+                    );
                 }
                 storesync_shared::db::sqlite_url(&dir.join(DEFAULT_SQLITE_FILE))
             }
         };
 
-        let db_max_connections = match args.db_max_connections {
-            Some(text) => parse_number("db_max_connections", &text, (1, 1000))?,
-            None => file.db_max_connections.unwrap_or(10),
-        };
-        if !(1..=1000).contains(&db_max_connections) {
-            return Err(invalid(
-                "db_max_connections",
-                &db_max_connections.to_string(),
-                "out of range; set one from 1 to 1000",
-            ));
+        if s.sync_user.is_some() != s.sync_password.is_some() {
+            problems.together(
+                &[&Settings::sync_user, &Settings::sync_password],
+                " (or set them later with UpdatePreferences)",
+            );
         }
 
-        let authorisation_code = args.authorisation_code.or(file.authorisation_code);
-        if let Some(code) = &authorisation_code {
-            let len = code.chars().count();
-            if !(8..=256).contains(&len) || code.trim() != code {
-                return Err(invalid(
-                    "authorisation_code",
-                    "(hidden)",
-                    "use 8 to 256 characters without leading or trailing spaces",
-                ));
-            }
-        }
-
-        let operator_user = args
-            .operator_user
-            .or(file.operator_user)
-            .unwrap_or_else(|| "admin".to_owned());
-        if check_sync_user("operator_user", &operator_user).is_err() {
-            return Err(invalid(
-                "operator_user",
-                &operator_user,
-                "use 1 to 64 characters without ':' or control characters",
-            ));
-        }
-        let operator_password = args.operator_password.or(file.operator_password);
-        if let Some(password) = &operator_password {
-            if password.is_empty() || password.chars().count() > 256 {
-                return Err(invalid(
-                    "operator_password",
-                    "(hidden)",
-                    "use 1 to 256 characters, or leave it unset to have one generated",
-                ));
-            }
-        }
-
-        let master_store_code = args
-            .master_store_code
-            .or(file.master_store_code)
-            .unwrap_or_else(|| "MASTER".to_owned());
-        if let Err(e) = storesync_shared::validate::code("master_store_code", &master_store_code) {
-            return Err(invalid(
-                "master_store_code",
-                &master_store_code,
-                &e.to_string(),
-            ));
-        }
-        let master_store_name = args
-            .master_store_name
-            .or(file.master_store_name)
-            .unwrap_or_else(|| "Master store".to_owned());
-        if let Err(e) =
-            storesync_shared::validate::text("master_store_name", &master_store_name, 256)
-        {
-            return Err(invalid(
-                "master_store_name",
-                &master_store_name,
-                &e.to_string(),
-            ));
-        }
-
-        let sync_user = args.sync_user.or(file.sync_user);
-        let sync_password = args.sync_password.or(file.sync_password);
-        match (&sync_user, &sync_password) {
-            (Some(user), Some(password)) => {
-                if let Err(e) = check_sync_user("sync_user", user) {
-                    return Err(invalid("sync_user", user, &e.to_string()));
-                }
-                if let Err(e) = check_sync_password("sync_password", password) {
-                    // The message says how long it is, never what it is.
-                    return Err(invalid("sync_password", "(hidden)", &e.to_string()));
-                }
-            }
-            (None, None) => {}
-            _ => {
-                return Err(Error::Config(format!(
-                    "set both {} and {}, or neither (then set them with UpdatePreferences)",
-                    spelled("sync_user"),
-                    spelled("sync_password")
-                )))
-            }
-        }
-
-        let sync_interval_minutes = match args.sync_interval_minutes {
-            Some(text) => parse_number("sync_interval_minutes", &text, SYNC_INTERVAL_MINUTES)?,
-            None => file.sync_interval_minutes.unwrap_or(10),
-        };
-        if !(SYNC_INTERVAL_MINUTES.0..=SYNC_INTERVAL_MINUTES.1).contains(&sync_interval_minutes) {
-            return Err(invalid(
-                "sync_interval_minutes",
-                &sync_interval_minutes.to_string(),
-                "out of range; set 1 to 1440 minutes",
-            ));
-        }
-
-        let shutdown_grace_seconds = match args.shutdown_grace_seconds {
-            Some(text) => parse_number("shutdown_grace_seconds", &text, (0, 3600))?,
-            None => file.shutdown_grace_seconds.unwrap_or(20),
-        };
-        if shutdown_grace_seconds > 3600 {
-            return Err(invalid(
-                "shutdown_grace_seconds",
-                &shutdown_grace_seconds.to_string(),
-                "out of range; set 0 to 3600 seconds",
-            ));
-        }
-
-        let heartbeat_seconds = match args.heartbeat_seconds {
-            Some(text) => parse_number("heartbeat_seconds", &text, (1, 3600))?,
-            None => file.heartbeat_seconds.unwrap_or(15),
-        };
-        if !(1..=3600).contains(&heartbeat_seconds) {
-            return Err(invalid(
-                "heartbeat_seconds",
-                &heartbeat_seconds.to_string(),
-                "out of range; set 1 to 3600 seconds",
-            ));
-        }
-
-        let tls = match (
-            args.tls_cert.or(file.tls_cert),
-            args.tls_key.or(file.tls_key),
-            args.tls_client_ca.or(file.tls_client_ca),
-        ) {
+        let tls = match (s.tls_cert, s.tls_key, s.tls_client_ca) {
             (Some(cert), Some(key), client_ca) => Some(TlsFiles {
                 cert,
                 key,
@@ -469,60 +297,49 @@ impl Config {
             }),
             (None, None, None) => None,
             (None, None, Some(_)) => {
-                return Err(invalid(
-                    "tls_client_ca",
-                    "(set)",
-                    "needs tls_cert and tls_key: mutual TLS is TLS with client certificates",
-                ))
+                problems.invalid(
+                    &Settings::tls_client_ca,
+                    "needs STORESYNC_TLS_CERT and STORESYNC_TLS_KEY too: mutual TLS is TLS with client certificates",
+                );
+                None
             }
             _ => {
-                return Err(invalid(
-                    "tls_cert",
-                    "(one of two)",
-                    "set both tls_cert and tls_key, or neither",
-                ))
+                problems.together(&[&Settings::tls_cert, &Settings::tls_key], "");
+                None
             }
         };
 
-        let log_format_text = args
-            .log_format
-            .or(file.log_format)
-            .unwrap_or_else(|| "text".to_owned());
-        let log_format = match log_format_text.trim().to_ascii_lowercase().as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => return Err(invalid("log_format", &log_format_text, "set text or json")),
-        };
-
-        Ok(Self {
-            listen,
-            database_url,
-            db_max_connections,
-            authorisation_code: authorisation_code.map(Secret),
-            operator_user,
-            operator_password: operator_password.map(Secret),
-            master_store_code,
-            master_store_name,
-            sync_user,
-            sync_password: sync_password.map(Secret),
-            sync_interval_minutes,
-            shutdown_grace_seconds,
-            heartbeat_seconds,
-            tls,
-            log_format,
+        problems.finish(|| {
+            Some(Self {
+                listen: s.listen,
+                database_url,
+                db_max_connections: s.db_max_connections,
+                authorisation_code: s.authorisation_code.map(Secret),
+                operator_user: s.operator_user,
+                operator_password: s.operator_password.map(Secret),
+                master_store_code: s.master_store_code,
+                master_store_name: s.master_store_name,
+                sync_user: s.sync_user,
+                sync_password: s.sync_password.map(Secret),
+                sync_interval_minutes: s.sync_interval_minutes,
+                shutdown_grace_seconds: s.shutdown_grace_seconds,
+                heartbeat_seconds: s.heartbeat_seconds,
+                tls,
+                log_format: s.log_format,
+            })
         })
     }
 
     /// A configuration for tests and embedding: defaults, `listen` on
     /// `127.0.0.1:0` and the given database.
-    pub fn for_database(database_url: &str) -> Result<Self> {
+    pub fn for_database(database_url: &str) -> Result<Self, ConfigError> {
         Self::from_layers(
             Args {
                 listen: Some("127.0.0.1:0".into()),
                 database_url: Some(database_url.into()),
                 ..Args::default()
             },
-            FileConfig::default(),
+            FileLayer::default(),
         )
     }
 }
@@ -540,7 +357,7 @@ mod tests {
 
     #[test]
     fn defaults_apply_when_nothing_is_set() {
-        let config = Config::from_layers(Args::default(), FileConfig::default()).expect("valid");
+        let config = Config::from_layers(Args::default(), FileLayer::default()).expect("valid");
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert!(config
             .database_url
@@ -548,13 +365,14 @@ mod tests {
         assert_eq!(config.sync_interval_minutes, 10);
         assert_eq!(config.operator_user, "admin");
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.heartbeat_seconds, 15);
+        assert_eq!(config.shutdown_grace_seconds, 20);
     }
 
     #[test]
     fn flags_and_environment_win_over_the_file() {
-        let file: FileConfig =
-            toml::from_str("listen = \"127.0.0.1:7000\"\nsync_interval_minutes = 5\n")
-                .expect("toml");
+        let file = FileLayer::parse("listen = \"127.0.0.1:7000\"\nsync_interval_minutes = 5\n")
+            .expect("toml");
         let mut layered = args();
         layered.listen = Some("127.0.0.1:8000".into());
         let config = Config::from_layers(layered, file).expect("valid");
@@ -566,7 +384,7 @@ mod tests {
     fn errors_name_the_setting_and_say_what_to_do() {
         let mut bad = args();
         bad.listen = Some("nowhere".into());
-        let err = Config::from_layers(bad, FileConfig::default()).expect_err("rejects");
+        let err = Config::from_layers(bad, FileLayer::default()).expect_err("rejects");
         let text = err.to_string();
         assert!(
             text.contains("STORESYNC_LISTEN") && text.contains("ip:port"),
@@ -575,14 +393,14 @@ mod tests {
 
         let mut bad = args();
         bad.sync_interval_minutes = Some("0".into());
-        let text = Config::from_layers(bad, FileConfig::default())
+        let text = Config::from_layers(bad, FileLayer::default())
             .expect_err("rejects")
             .to_string();
         assert!(text.contains("STORESYNC_SYNC_INTERVAL_MINUTES") && text.contains("1 to 1440"));
 
         let mut bad = args();
         bad.sync_user = Some("sync".into());
-        let text = Config::from_layers(bad, FileConfig::default())
+        let text = Config::from_layers(bad, FileLayer::default())
             .expect_err("rejects")
             .to_string();
         assert!(text.contains("both"), "{text}");
@@ -590,7 +408,7 @@ mod tests {
         let mut bad = args();
         bad.sync_user = Some("sync".into());
         bad.sync_password = Some("short".into());
-        let text = Config::from_layers(bad, FileConfig::default())
+        let text = Config::from_layers(bad, FileLayer::default())
             .expect_err("rejects")
             .to_string();
         assert!(
@@ -600,7 +418,53 @@ mod tests {
 
         let mut bad = args();
         bad.log_format = Some("xml".into());
-        assert!(Config::from_layers(bad, FileConfig::default()).is_err());
-        assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+        assert!(Config::from_layers(bad, FileLayer::default()).is_err());
+        let typo = FileLayer::parse("lisen = \"x\"").expect("toml");
+        let text = Config::from_layers(args(), typo)
+            .expect_err("an unknown key is refused")
+            .to_string();
+        assert!(text.contains("unknown key `lisen`"), "{text}");
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_at_once_each_by_its_names() {
+        let mut bad = args();
+        bad.listen = Some("nowhere".into());
+        bad.heartbeat_seconds = Some("0".into());
+        bad.tls_key = Some("key.pem".into());
+        let file = FileLayer::parse("db_max_connections = 0\nshutdown_grace_seconds = \"soon\"")
+            .expect("toml");
+        let error = Config::from_layers(bad, file).expect_err("rejects");
+        assert_eq!(error.problems.len(), 5, "{error}");
+        let text = error.to_string();
+        for needle in [
+            "STORESYNC_LISTEN: \"nowhere\" is not an address",
+            "(--listen, or `listen` in the config file)",
+            "STORESYNC_HEARTBEAT_SECONDS: 0 is out of range; set one from 1 to 3600",
+            "STORESYNC_DB_MAX_CONNECTIONS: 0 is out of range; set one from 1 to 1000",
+            "STORESYNC_SHUTDOWN_GRACE_SECONDS: \"soon\" is not a whole number",
+            "STORESYNC_TLS_CERT (--tls-cert) and STORESYNC_TLS_KEY (--tls-key) go together",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in {text}");
+        }
+    }
+
+    #[test]
+    fn help_shows_the_declared_defaults() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let help = Cli::command().render_help().to_string();
+        for needle in [
+            "[default: 0.0.0.0:50051]",
+            "[default: 15]",
+            "[default: 20]",
+            "[default: text]",
+        ] {
+            assert!(help.contains(needle), "{needle:?} not in {help}");
+        }
     }
 }

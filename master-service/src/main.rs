@@ -109,7 +109,10 @@ fn report_command(
         eprintln!("master-service report: set the operator password with STORESYNC_OPERATOR_PASSWORD or --operator-password");
         return ExitCode::from(2);
     };
-    let user = args.operator_user.clone().unwrap_or_else(|| "admin".into());
+    let user = args
+        .operator_user
+        .clone()
+        .unwrap_or_else(|| master_service::config::DEFAULT_OPERATOR_USER.into());
     let url = storesync_shared::cli::service_url(
         client.address.as_deref(),
         args.listen.as_deref(),

@@ -65,3 +65,34 @@ fn a_config_file_with_an_unknown_key_or_bad_value_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn every_bad_setting_is_reported_in_one_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("master.toml");
+    std::fs::write(&file, "heartbeat_seconds = 0\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let output = master()
+        .current_dir(dir.path())
+        .arg("--config")
+        .arg(&file)
+        .arg("--db-max-connections")
+        .arg("none")
+        .env("STORESYNC_LISTEN", "not-an-address")
+        .env("STORESYNC_SYNC_USER", "sync")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for needle in [
+        "STORESYNC_HEARTBEAT_SECONDS: 0 is out of range; set one from 1 to 3600",
+        "STORESYNC_LISTEN: \"not-an-address\" is not an address",
+        "STORESYNC_DB_MAX_CONNECTIONS: \"none\" is not a whole number",
+        "STORESYNC_SYNC_USER (--sync-user) and STORESYNC_SYNC_PASSWORD (--sync-password) go together",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    assert!(
+        !dir.path().join("storesync-master.db").exists(),
+        "nothing started"
+    );
+}

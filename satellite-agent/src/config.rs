@@ -2,20 +2,37 @@
 //! defaults → TOML file (`--config` / `STORESYNC_CONFIG`) → `STORESYNC_*`
 //! environment → command-line flags, and checked once at start with messages
 //! that say what to change.
+//!
+//! Each setting is declared once, in the [`settings!`](storesync_shared::settings)
+//! table below: its name (file key, and flag with `-`), its variable, old names
+//! kept as aliases, its default and its check. [`Config::load`] adds the rules
+//! that involve several settings and reports every problem together.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
-use serde::Deserialize;
+pub use storesync_shared::config::ConfigError;
+use storesync_shared::config::{
+    address, number, one_of, path, rule, FileLayer, Problems, ShowDefault, HEARTBEAT_SECONDS,
+    HEARTBEAT_SECONDS_RANGE, SATELLITE_SYNC_INTERVAL_MINUTES, SHUTDOWN_GRACE_SECONDS_RANGE,
+    SYNC_INTERVAL_MINUTES_RANGE,
+};
 
 /// Where the satellite listens when nothing else is said.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50052";
 /// SQLite file name inside the data directory.
 pub const DEFAULT_DATABASE_FILE: &str = "storesync-satellite.db";
 /// Minutes between sessions in interval mode until the master says otherwise.
-pub const DEFAULT_SYNC_INTERVAL_MINUTES: u32 = 5;
+pub const DEFAULT_SYNC_INTERVAL_MINUTES: u32 = SATELLITE_SYNC_INTERVAL_MINUTES;
+/// Operator created on first start when none is named.
+pub const DEFAULT_OPERATOR_USER: &str = "admin";
+/// First reconnection delay, in milliseconds.
+pub const DEFAULT_BACKOFF_INITIAL_MS: u64 = 500;
+/// The cap the reconnection delay doubles up to, in milliseconds.
+pub const DEFAULT_BACKOFF_MAX_MS: u64 = 30_000;
+/// Largest upstream batch, in records.
+pub const DEFAULT_UPSTREAM_BATCH_RECORDS: usize = 2000;
 
 /// The Sync ID of a site: 1 is the master, 2 to 64 are satellites.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -47,6 +64,12 @@ impl std::fmt::Display for SyncId {
     }
 }
 
+impl ShowDefault for SyncId {
+    fn show_default(&self) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+
 /// How the satellite keeps in touch with the master.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncMode {
@@ -61,6 +84,220 @@ pub enum SyncMode {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+const SYNC_MODES: &[(&str, SyncMode)] = &[
+    ("streaming", SyncMode::Streaming),
+    ("interval", SyncMode::Interval),
+];
+const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
+const COMPRESSIONS: &[(&str, bool)] = &[("none", false), ("gzip", true)];
+
+/// Shows a default by its word in a choice list.
+fn word<T: PartialEq>(choices: &[(&str, T)], value: &T) -> Option<String> {
+    choices
+        .iter()
+        .find(|(_, v)| v == value)
+        .map(|(w, _)| (*w).to_owned())
+}
+
+impl ShowDefault for SyncMode {
+    fn show_default(&self) -> Option<String> {
+        word(SYNC_MODES, self)
+    }
+}
+
+impl ShowDefault for LogFormat {
+    fn show_default(&self) -> Option<String> {
+        word(LOG_FORMATS, self)
+    }
+}
+
+/// The master's addresses, in the order they are tried.
+#[derive(Clone, Debug)]
+pub struct MasterUrls(pub Vec<url::Url>);
+
+impl ShowDefault for MasterUrls {
+    fn show_default(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Whether the sync stream is gzip-compressed, shown as its word.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gzip(pub bool);
+
+impl ShowDefault for Gzip {
+    fn show_default(&self) -> Option<String> {
+        word(COMPRESSIONS, &self.0)
+    }
+}
+
+storesync_shared::settings! {
+    /// Command-line flags; each also reads its `STORESYNC_*` variable (flags win).
+    /// Every one is optional text here, so that the file and defaults fill the
+    /// gaps and every bad value is reported by [`Config::load`], all together.
+    pub struct Args { global: false }
+    /// Every setting, parsed and checked on its own.
+    pub struct Settings {
+        /// The master's URL, e.g. http://master.example:50051 (several, comma-separated, are tried in turn).
+        master_url: Option<MasterUrls> = None,
+            env "STORESYNC_MASTER_URL",
+            check |text| master_urls(text).map(Some);
+        /// This site's Sync ID, 2 to 64 (1 is the master).
+        sync_id: Option<SyncId> = None,
+            env "STORESYNC_SYNC_ID",
+            check |text| {
+                let value: u32 = text.trim().parse().map_err(|_| {
+                    format!("{text:?} is not a whole number; a satellite's Sync ID is 2 to 64")
+                })?;
+                SyncId::satellite(value).map(Some)
+            };
+        /// The sync user name the master expects.
+        sync_user: Option<String> = None,
+            env "STORESYNC_SYNC_USER",
+            check |text| Ok((!text.trim().is_empty()).then(|| text.to_owned()));
+        /// The sync password the master expects.
+        sync_password: Option<String> = None,
+            env "STORESYNC_SYNC_PASSWORD",
+            secret true,
+            check non_empty;
+        /// `streaming` or `interval`.
+        sync_mode: SyncMode = SyncMode::Streaming,
+            env "STORESYNC_SYNC_MODE",
+            check one_of(SYNC_MODES);
+        /// Minutes between sessions in interval mode (the master's preference wins).
+        sync_interval_minutes: u32 = DEFAULT_SYNC_INTERVAL_MINUTES,
+            env "STORESYNC_SYNC_INTERVAL_MINUTES",
+            check number(SYNC_INTERVAL_MINUTES_RANGE);
+        /// sqlite://… or postgres://… [default: a SQLite file storesync-satellite.db in the data directory].
+        database_url: Option<String> = None,
+            env "STORESYNC_DATABASE_URL",
+            secret true,
+            check |text| {
+                if text.starts_with("sqlite:") || storesync_shared::db::is_postgres(text) {
+                    Ok(Some(text.to_owned()))
+                } else {
+                    Err("the URL must start with sqlite:// or postgres://".into())
+                }
+            };
+        /// Directory of the default SQLite file [default: the working directory].
+        data_dir: Option<PathBuf> = None,
+            env "STORESYNC_DATA_DIR",
+            check path;
+        /// Address to serve gRPC on.
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 50052)),
+            env "STORESYNC_LISTEN",
+            check address(DEFAULT_LISTEN);
+        /// Code that unlocks changes of the sync settings.
+        authorisation_code: Option<String> = None,
+            env "STORESYNC_AUTHORISATION_CODE",
+            secret true,
+            check non_empty;
+        /// Operator created on first start.
+        operator_user: String = DEFAULT_OPERATOR_USER.to_owned(),
+            env "STORESYNC_OPERATOR_USER",
+            check |text| rule(storesync_shared::validate::code("operator_user", text)).map(|()| text.to_owned());
+        /// Its password [default: generated and printed once].
+        operator_password: Option<String> = None,
+            env "STORESYNC_OPERATOR_PASSWORD",
+            secret true,
+            check non_empty;
+        /// `text` or `json`.
+        log_format: LogFormat = LogFormat::Text,
+            env "STORESYNC_LOG_FORMAT",
+            check one_of(LOG_FORMATS);
+        /// Seconds between heartbeats on an idle stream (the master's Welcome may override).
+        #[arg(hide = true)]
+        heartbeat_seconds: u64 = HEARTBEAT_SECONDS,
+            env "STORESYNC_HEARTBEAT_SECONDS",
+            check number(HEARTBEAT_SECONDS_RANGE);
+        /// First reconnection delay, in milliseconds.
+        #[arg(hide = true)]
+        backoff_initial_ms: u64 = DEFAULT_BACKOFF_INITIAL_MS,
+            env "STORESYNC_BACKOFF_INITIAL_MS",
+            check number((10, 3_600_000));
+        /// The cap the reconnection delay doubles up to (with jitter), in milliseconds.
+        #[arg(hide = true)]
+        backoff_max_ms: u64 = DEFAULT_BACKOFF_MAX_MS,
+            env "STORESYNC_BACKOFF_MAX_MS",
+            check number((10, 3_600_000));
+        /// Seconds that calls in flight and the sync task get to finish after SIGTERM.
+        shutdown_grace_seconds: u64 = 10,
+            env "STORESYNC_SHUTDOWN_GRACE_SECONDS",
+            aliases ["drain-seconds"],
+            check number(SHUTDOWN_GRACE_SECONDS_RANGE);
+        /// Seconds between interval-mode sessions, overriding the minutes (tests, demos).
+        #[arg(hide = true)]
+        sync_interval_seconds: Option<u64> = None,
+            env "STORESYNC_SYNC_INTERVAL_SECONDS",
+            check |text| number((1, 86_400))(text).map(Some);
+        /// Largest upstream batch in records (the master's limit still applies).
+        #[arg(hide = true)]
+        upstream_batch_records: usize = DEFAULT_UPSTREAM_BATCH_RECORDS,
+            env "STORESYNC_UPSTREAM_BATCH_RECORDS",
+            check number((1, 5000));
+        /// `none` or `gzip`: compress the sync stream both ways.
+        sync_compression: Gzip = Gzip(false),
+            env "STORESYNC_SYNC_COMPRESSION",
+            check |text| one_of(COMPRESSIONS)(text).map(Gzip);
+        /// PEM CA of the master's certificate (https URLs) [default: system roots].
+        master_ca: Option<PathBuf> = None,
+            env "STORESYNC_MASTER_CA",
+            check path;
+        /// PEM client certificate for a master that requires one (with --master-client-key).
+        master_client_cert: Option<PathBuf> = None,
+            env "STORESYNC_MASTER_CLIENT_CERT",
+            check path;
+        /// PEM private key of --master-client-cert.
+        master_client_key: Option<PathBuf> = None,
+            env "STORESYNC_MASTER_CLIENT_KEY",
+            check path;
+        /// PEM certificate and key: the local gRPC server serves TLS only.
+        tls_cert: Option<PathBuf> = None,
+            env "STORESYNC_TLS_CERT",
+            check path;
+        /// PEM private key of --tls-cert.
+        tls_key: Option<PathBuf> = None,
+            env "STORESYNC_TLS_KEY",
+            check path;
+        /// PEM CA: the local server requires client certificates it signed.
+        tls_client_ca: Option<PathBuf> = None,
+            env "STORESYNC_TLS_CLIENT_CA",
+            check path;
+    }
+}
+
+/// An empty secret counts as not set.
+fn non_empty(text: &str) -> Result<Option<String>, String> {
+    Ok((!text.is_empty()).then(|| text.to_owned()))
+}
+
+/// One URL, or several separated by commas (master replicas, or a Service
+/// address first and replicas after): tried in turn on failure.
+fn master_urls(list: &str) -> Result<MasterUrls, String> {
+    let mut urls = Vec::new();
+    let mut wrong = Vec::new();
+    for text in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        match url::Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                urls.push(url)
+            }
+            Ok(_) => wrong.push(format!(
+                "{text:?} must be an http:// or https:// URL with a host"
+            )),
+            Err(e) => wrong.push(format!("{text:?} is not a URL ({e})")),
+        }
+    }
+    if !wrong.is_empty() {
+        return Err(wrong.join("; "));
+    }
+    if urls.is_empty() {
+        return Err(format!(
+            "{list:?} holds no URL; give the master's address, e.g. http://master.example:50051"
+        ));
+    }
+    Ok(MasterUrls(urls))
 }
 
 /// The checked configuration of a satellite.
@@ -96,8 +333,9 @@ pub struct Config {
     /// Reconnection backoff: first delay, and the cap it doubles up to (with jitter).
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// How long shutdown waits for calls in flight and the sync task.
-    pub drain_timeout: Duration,
+    /// How long shutdown waits for calls in flight and the sync task
+    /// (`STORESYNC_SHUTDOWN_GRACE_SECONDS`, the master's name for the same idea).
+    pub shutdown_grace: Duration,
     /// When set, the wait between interval-mode sessions, overriding the
     /// configured and the master's interval (minutes are too coarse for tests
     /// and demos).
@@ -136,360 +374,99 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// Command-line flags; each also reads its `STORESYNC_*` variable (flags win).
-#[derive(Debug, Default, Parser)]
-#[command(
-    name = "satellite-agent",
-    version,
-    about = "storesync satellite: hosts one store's data and syncs it with the master"
-)]
-pub struct Args {
-    /// TOML file with any of the settings below (snake_case keys).
-    #[arg(long, env = "STORESYNC_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// The master's URL, e.g. http://master.example:50051.
-    #[arg(long, env = "STORESYNC_MASTER_URL")]
-    pub master_url: Option<String>,
-    /// This site's Sync ID, 2 to 64 (1 is the master).
-    #[arg(long, env = "STORESYNC_SYNC_ID")]
-    pub sync_id: Option<u32>,
-    #[arg(long, env = "STORESYNC_SYNC_USER")]
-    pub sync_user: Option<String>,
-    #[arg(long, env = "STORESYNC_SYNC_PASSWORD", hide_env_values = true)]
-    pub sync_password: Option<String>,
-    /// `streaming` (default) or `interval`.
-    #[arg(long, env = "STORESYNC_SYNC_MODE")]
-    pub sync_mode: Option<String>,
-    /// Minutes between sessions in interval mode (default 5; the master's preference wins).
-    #[arg(long, env = "STORESYNC_SYNC_INTERVAL_MINUTES")]
-    pub sync_interval_minutes: Option<u32>,
-    /// Default: a SQLite file `storesync-satellite.db` in the data directory.
-    #[arg(long, env = "STORESYNC_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// Directory of the default SQLite file (default: the working directory).
-    #[arg(long, env = "STORESYNC_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Address to serve gRPC on (default 127.0.0.1:50052).
-    #[arg(long, env = "STORESYNC_LISTEN")]
-    pub listen: Option<String>,
-    /// Code that unlocks changes of the sync settings.
-    #[arg(long, env = "STORESYNC_AUTHORISATION_CODE", hide_env_values = true)]
-    pub authorisation_code: Option<String>,
-    /// Operator created on first start (default `admin`).
-    #[arg(long, env = "STORESYNC_OPERATOR_USER")]
-    pub operator_user: Option<String>,
-    #[arg(long, env = "STORESYNC_OPERATOR_PASSWORD", hide_env_values = true)]
-    pub operator_password: Option<String>,
-    /// `text` (default) or `json`.
-    #[arg(long, env = "STORESYNC_LOG_FORMAT")]
-    pub log_format: Option<String>,
-    #[arg(long, env = "STORESYNC_HEARTBEAT_SECONDS", hide = true)]
-    pub heartbeat_seconds: Option<u64>,
-    #[arg(long, env = "STORESYNC_BACKOFF_INITIAL_MS", hide = true)]
-    pub backoff_initial_ms: Option<u64>,
-    #[arg(long, env = "STORESYNC_BACKOFF_MAX_MS", hide = true)]
-    pub backoff_max_ms: Option<u64>,
-    #[arg(long, env = "STORESYNC_SHUTDOWN_GRACE_SECONDS", hide = true)]
-    pub drain_seconds: Option<u64>,
-    /// Seconds between interval-mode sessions, overriding the minutes (tests, demos).
-    #[arg(long, env = "STORESYNC_SYNC_INTERVAL_SECONDS", hide = true)]
-    pub sync_interval_seconds: Option<u64>,
-    #[arg(long, env = "STORESYNC_UPSTREAM_BATCH_RECORDS", hide = true)]
-    pub upstream_batch_records: Option<usize>,
-    /// `none` (default) or `gzip`: compress the sync stream both ways.
-    #[arg(long, env = "STORESYNC_SYNC_COMPRESSION")]
-    pub sync_compression: Option<String>,
-    /// PEM CA of the master's certificate (https URLs) [default: system roots].
-    #[arg(long, env = "STORESYNC_MASTER_CA")]
-    pub master_ca: Option<PathBuf>,
-    /// PEM client certificate for a master that requires one (with --master-client-key).
-    #[arg(long, env = "STORESYNC_MASTER_CLIENT_CERT")]
-    pub master_client_cert: Option<PathBuf>,
-    #[arg(long, env = "STORESYNC_MASTER_CLIENT_KEY")]
-    pub master_client_key: Option<PathBuf>,
-    /// PEM certificate and key: the local gRPC server serves TLS only.
-    #[arg(long, env = "STORESYNC_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    #[arg(long, env = "STORESYNC_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// PEM CA: the local server requires client certificates it signed.
-    #[arg(long, env = "STORESYNC_TLS_CLIENT_CA")]
-    pub tls_client_ca: Option<PathBuf>,
-}
-
-/// The same settings in the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    master_url: Option<String>,
-    sync_id: Option<u32>,
-    sync_user: Option<String>,
-    sync_password: Option<String>,
-    sync_mode: Option<String>,
-    sync_interval_minutes: Option<u32>,
-    database_url: Option<String>,
-    data_dir: Option<PathBuf>,
-    listen: Option<String>,
-    authorisation_code: Option<String>,
-    operator_user: Option<String>,
-    operator_password: Option<String>,
-    log_format: Option<String>,
-    heartbeat_seconds: Option<u64>,
-    backoff_initial_ms: Option<u64>,
-    backoff_max_ms: Option<u64>,
-    drain_seconds: Option<u64>,
-    sync_interval_seconds: Option<u64>,
-    upstream_batch_records: Option<usize>,
-    sync_compression: Option<String>,
-    master_ca: Option<PathBuf>,
-    master_client_cert: Option<PathBuf>,
-    master_client_key: Option<PathBuf>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    tls_client_ca: Option<PathBuf>,
-}
-
-/// Everything wrong with a configuration, one problem a line.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
-pub struct ConfigError {
-    pub problems: Vec<String>,
-}
-
 impl Config {
     /// Layers the file named by `args.config` under `args` (which already hold
     /// the environment under the flags) over the defaults, and checks the result.
     pub fn load(args: Args) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
+        let file = FileLayer::read(args.config.as_deref())?;
         Self::layer(args, file)
     }
 
-    fn layer(args: Args, file: FileConfig) -> Result<Self, ConfigError> {
-        let mut problems = Vec::new();
-        let mut problem = |p: String| problems.push(p);
+    fn layer(args: Args, file: FileLayer) -> Result<Self, ConfigError> {
+        let mut problems = Problems::default();
+        let s = Settings::layered(&args, &file, &mut problems);
 
-        // One URL, or several separated by commas (master replicas, or a
-        // Service address first and replicas after): tried in turn on failure.
-        let mut master_urls = Vec::new();
-        match args.master_url.or(file.master_url) {
-            None => {
-                problem("STORESYNC_MASTER_URL (--master-url, or master_url in the file) is required: the master's address, e.g. http://master.example:50051".into());
-            }
-            Some(list) => {
-                for text in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                    match url::Url::parse(text) {
-                        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-                            master_urls.push(url)
-                        }
-                        Ok(_) => problem(format!(
-                            "STORESYNC_MASTER_URL: {text:?} must be an http:// or https:// URL with a host"
-                        )),
-                        Err(e) => problem(format!("STORESYNC_MASTER_URL: {text:?} is not a URL ({e})")),
-                    }
-                }
-                if master_urls.is_empty() && !list.trim().is_empty() {
-                    problem(format!("STORESYNC_MASTER_URL: {list:?} holds no URL"));
-                } else if list.trim().is_empty() {
-                    problem("STORESYNC_MASTER_URL is empty: give the master's address, e.g. http://master.example:50051".into());
-                }
-            }
-        }
-        let master_url = master_urls.first().cloned();
-        let sync_id = match args.sync_id.or(file.sync_id) {
-            None => {
-                problem(
-                    "STORESYNC_SYNC_ID (--sync-id) is required: this site's Sync ID, 2 to 64"
-                        .into(),
-                );
-                None
-            }
-            Some(value) => SyncId::satellite(value)
-                .map_err(|why| problem(format!("STORESYNC_SYNC_ID: {why}")))
-                .ok(),
-        };
-        let sync_user = args.sync_user.or(file.sync_user).unwrap_or_default();
-        if sync_user.trim().is_empty() {
-            problem("STORESYNC_SYNC_USER (--sync-user) is required: the sync user name the master expects".into());
-        }
-        let sync_password = args
-            .sync_password
-            .or(file.sync_password)
-            .unwrap_or_default();
-        if sync_password.is_empty() {
-            problem("STORESYNC_SYNC_PASSWORD (--sync-password) is required: the sync password the master expects".into());
-        }
-        let sync_mode = match args.sync_mode.or(file.sync_mode).as_deref() {
-            None | Some("streaming") => SyncMode::Streaming,
-            Some("interval") => SyncMode::Interval,
-            Some(other) => {
-                problem(format!(
-                    "STORESYNC_SYNC_MODE: {other:?} must be `streaming` or `interval`"
-                ));
-                SyncMode::Streaming
-            }
-        };
-        let sync_interval_minutes = args
-            .sync_interval_minutes
-            .or(file.sync_interval_minutes)
-            .unwrap_or(DEFAULT_SYNC_INTERVAL_MINUTES);
-        if !(1..=1440).contains(&sync_interval_minutes) {
-            problem(format!("STORESYNC_SYNC_INTERVAL_MINUTES: {sync_interval_minutes} must be 1 to 1440 minutes"));
-        }
-        let database_url = match args.database_url.or(file.database_url) {
-            Some(url) => {
-                if !(url.starts_with("sqlite:") || storesync_shared::db::is_postgres(&url)) {
-                    problem(
-                        "STORESYNC_DATABASE_URL must start with sqlite:// or postgres://".into(),
-                    );
-                }
-                url
-            }
-            None => {
-                let dir = args
-                    .data_dir
-                    .or(file.data_dir)
-                    .unwrap_or_else(|| PathBuf::from("."));
-                storesync_shared::db::sqlite_url(&dir.join(DEFAULT_DATABASE_FILE))
-            }
-        };
-        let listen_text = args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen = listen_text
-            .parse::<SocketAddr>()
-            .map_err(|_| {
-                problem(format!(
-                    "STORESYNC_LISTEN: {listen_text:?} must be an address such as 127.0.0.1:50052"
-                ))
-            })
-            .ok();
-        let operator_user = args
-            .operator_user
-            .or(file.operator_user)
-            .unwrap_or_else(|| "admin".into());
-        if let Err(e) = storesync_shared::validate::code("STORESYNC_OPERATOR_USER", &operator_user)
-        {
-            problem(e.to_string());
-        }
-        let log_format = match args.log_format.or(file.log_format).as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                problem(format!(
-                    "STORESYNC_LOG_FORMAT: {other:?} must be `text` or `json`"
-                ));
-                LogFormat::Text
-            }
-        };
-        let heartbeat = Duration::from_secs(
-            args.heartbeat_seconds
-                .or(file.heartbeat_seconds)
-                .unwrap_or(15)
-                .max(1),
+        let master_urls = problems.required(
+            &Settings::master_url,
+            s.master_url,
+            "the master's address, e.g. http://master.example:50051",
         );
-        let backoff_initial = Duration::from_millis(
-            args.backoff_initial_ms
-                .or(file.backoff_initial_ms)
-                .unwrap_or(500)
-                .max(10),
+        let sync_id = problems.required(
+            &Settings::sync_id,
+            s.sync_id,
+            "this site's Sync ID, 2 to 64",
         );
-        let backoff_max = Duration::from_millis(
-            args.backoff_max_ms
-                .or(file.backoff_max_ms)
-                .unwrap_or(30_000),
-        )
-        .max(backoff_initial);
-        let drain_timeout =
-            Duration::from_secs(args.drain_seconds.or(file.drain_seconds).unwrap_or(10));
-
-        let sync_interval_override = args
-            .sync_interval_seconds
-            .or(file.sync_interval_seconds)
-            .map(|seconds| Duration::from_secs(seconds.max(1)));
-        let upstream_batch_records = args
-            .upstream_batch_records
-            .or(file.upstream_batch_records)
-            .unwrap_or(2000);
-        if !(1..=5000).contains(&upstream_batch_records) {
-            problem(format!(
-                "STORESYNC_UPSTREAM_BATCH_RECORDS: {upstream_batch_records} must be 1 to 5000"
-            ));
-        }
-
-        let sync_compression = match args.sync_compression.or(file.sync_compression).as_deref() {
-            None | Some("none") => false,
-            Some("gzip") => true,
-            Some(other) => {
-                problem(format!(
-                    "STORESYNC_SYNC_COMPRESSION: {other:?} must be `none` or `gzip`"
-                ));
-                false
-            }
-        };
-
-        let master_client_identity = match (
-            args.master_client_cert.or(file.master_client_cert),
-            args.master_client_key.or(file.master_client_key),
-        ) {
+        let sync_user = problems.required(
+            &Settings::sync_user,
+            s.sync_user,
+            "the sync user name the master expects",
+        );
+        let sync_password = problems.required(
+            &Settings::sync_password,
+            s.sync_password,
+            "the sync password the master expects",
+        );
+        let database_url = s.database_url.unwrap_or_else(|| {
+            let dir = s.data_dir.unwrap_or_else(|| PathBuf::from("."));
+            storesync_shared::db::sqlite_url(&dir.join(DEFAULT_DATABASE_FILE))
+        });
+        let master_client_identity = match (s.master_client_cert, s.master_client_key) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
             _ => {
-                problem("STORESYNC_MASTER_CLIENT_CERT and STORESYNC_MASTER_CLIENT_KEY go together: set both or neither".into());
+                problems.together(
+                    &[&Settings::master_client_cert, &Settings::master_client_key],
+                    "",
+                );
                 None
             }
         };
-        let tls = match (
-            args.tls_cert.or(file.tls_cert),
-            args.tls_key.or(file.tls_key),
-            args.tls_client_ca.or(file.tls_client_ca),
-        ) {
+        let tls = match (s.tls_cert, s.tls_key, s.tls_client_ca) {
             (Some(cert), Some(key), client_ca) => Some((cert, key, client_ca)),
             (None, None, None) => None,
+            (None, None, Some(_)) => {
+                problems.invalid(
+                    &Settings::tls_client_ca,
+                    "needs STORESYNC_TLS_CERT and STORESYNC_TLS_KEY too: mutual TLS is TLS with client certificates",
+                );
+                None
+            }
             _ => {
-                problem("STORESYNC_TLS_CERT and STORESYNC_TLS_KEY go together (STORESYNC_TLS_CLIENT_CA needs both)".into());
+                problems.together(&[&Settings::tls_cert, &Settings::tls_key], "");
                 None
             }
         };
-        let master_ca = args.master_ca.or(file.master_ca);
+        let backoff_initial = Duration::from_millis(s.backoff_initial_ms);
+        // A cap below the first delay means no doubling at all, not an error.
+        let backoff_max = Duration::from_millis(s.backoff_max_ms).max(backoff_initial);
 
-        match (master_url, sync_id, listen) {
-            (Some(master_url), Some(sync_id), Some(listen)) if problems.is_empty() => Ok(Self {
-                master_url,
-                master_urls,
-                sync_id,
-                sync_user,
-                sync_password,
-                sync_mode,
-                sync_interval_minutes,
+        problems.finish(|| {
+            Some(Self {
+                master_url: master_urls.as_ref()?.0.first()?.clone(),
+                master_urls: master_urls?.0,
+                sync_id: sync_id?,
+                sync_user: sync_user?,
+                sync_password: sync_password?,
+                sync_mode: s.sync_mode,
+                sync_interval_minutes: s.sync_interval_minutes,
                 database_url,
-                listen,
-                authorisation_code: args
-                    .authorisation_code
-                    .or(file.authorisation_code)
-                    .filter(|c| !c.is_empty()),
-                operator_user,
-                operator_password: args
-                    .operator_password
-                    .or(file.operator_password)
-                    .filter(|p| !p.is_empty()),
-                log_format,
-                heartbeat,
+                listen: s.listen,
+                authorisation_code: s.authorisation_code,
+                operator_user: s.operator_user,
+                operator_password: s.operator_password,
+                log_format: s.log_format,
+                heartbeat: Duration::from_secs(s.heartbeat_seconds),
                 backoff_initial,
                 backoff_max,
-                drain_timeout,
-                sync_interval_override,
-                upstream_batch_records,
-                sync_compression,
-                master_ca,
+                shutdown_grace: Duration::from_secs(s.shutdown_grace_seconds),
+                sync_interval_override: s.sync_interval_seconds.map(Duration::from_secs),
+                upstream_batch_records: s.upstream_batch_records,
+                sync_compression: s.sync_compression.0,
+                master_ca: s.master_ca,
                 master_client_identity,
                 tls,
-            }),
-            _ => Err(ConfigError { problems }),
-        }
+            })
+        })
     }
 
     /// The master's addresses as configured, comma-separated, without trailing slashes.
@@ -510,14 +487,6 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let fail = |why: String| ConfigError {
-        problems: vec![format!("config file {}: {why}", path.display())],
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    toml::from_str(&text).map_err(|e| fail(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,7 +494,7 @@ mod tests {
     fn args() -> Args {
         Args {
             master_url: Some("http://127.0.0.1:50051".into()),
-            sync_id: Some(2),
+            sync_id: Some("2".into()),
             sync_user: Some("sync".into()),
             sync_password: Some("secret".into()),
             ..Args::default()
@@ -534,7 +503,7 @@ mod tests {
 
     #[test]
     fn defaults_fill_what_is_not_said() {
-        let config = Config::layer(args(), FileConfig::default()).expect("valid");
+        let config = Config::layer(args(), FileLayer::default()).expect("valid");
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.sync_mode, SyncMode::Streaming);
         assert_eq!(config.sync_interval_minutes, 5);
@@ -545,12 +514,18 @@ mod tests {
             config.sqlite_path(),
             Some(Path::new("./storesync-satellite.db"))
         );
+        assert_eq!(config.heartbeat, Duration::from_secs(15));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.backoff_initial, Duration::from_millis(500));
+        assert_eq!(config.backoff_max, Duration::from_secs(30));
+        assert_eq!(config.upstream_batch_records, 2000);
+        assert!(!config.sync_compression);
     }
 
     #[test]
     fn flags_and_environment_win_over_the_file() {
-        let file: FileConfig =
-            toml::from_str("sync_id = 7\nsync_mode = \"interval\"\nlisten = \"0.0.0.0:1\"")
+        let file =
+            FileLayer::parse("sync_id = 7\nsync_mode = \"interval\"\nlisten = \"0.0.0.0:1\"")
                 .expect("toml");
         let config = Config::layer(args(), file).expect("valid");
         assert_eq!(config.sync_id.get(), 2);
@@ -559,14 +534,45 @@ mod tests {
     }
 
     #[test]
+    fn the_old_drain_name_still_sets_the_shutdown_grace() {
+        let file = FileLayer::parse("drain_seconds = 3").expect("toml");
+        let config = Config::layer(args(), file).expect("valid");
+        assert_eq!(config.shutdown_grace, Duration::from_secs(3));
+
+        let file = FileLayer::parse("drain_seconds = 3\nshutdown_grace_seconds = 4").expect("toml");
+        let config = Config::layer(args(), file).expect("valid");
+        assert_eq!(
+            config.shutdown_grace,
+            Duration::from_secs(4),
+            "the new name wins"
+        );
+
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let mut flagged = Cli::try_parse_from(["satellite-agent", "--drain-seconds", "6"])
+            .expect("the old flag parses")
+            .args;
+        flagged.master_url = args().master_url;
+        flagged.sync_id = args().sync_id;
+        flagged.sync_user = args().sync_user;
+        flagged.sync_password = args().sync_password;
+        let config = Config::layer(flagged, FileLayer::default()).expect("valid");
+        assert_eq!(config.shutdown_grace, Duration::from_secs(6));
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let bad = Args {
             master_url: Some("ftp://x".into()),
-            sync_id: Some(1),
+            sync_id: Some("1".into()),
             sync_mode: Some("often".into()),
             ..Args::default()
         };
-        let error = Config::layer(bad, FileConfig::default())
+        let error = Config::layer(bad, FileLayer::default())
             .expect_err("invalid")
             .to_string();
         for needle in [
@@ -578,6 +584,29 @@ mod tests {
         ] {
             assert!(error.contains(needle), "{error}");
         }
-        assert!(!format!("{:?}", Config::layer(args(), FileConfig::default())).contains("secret"));
+        assert!(!format!("{:?}", Config::layer(args(), FileLayer::default())).contains("secret"));
+    }
+
+    #[test]
+    fn file_and_flag_problems_are_reported_together_by_their_names() {
+        let file = FileLayer::parse(
+            "heartbeat_seconds = 0\nupstream_batch_records = 9000\nsync_modus = \"interval\"",
+        )
+        .expect("toml");
+        let mut bad = args();
+        bad.listen = Some("here".into());
+        bad.master_client_cert = Some("client.pem".into());
+        let error = Config::layer(bad, file).expect_err("invalid");
+        assert_eq!(error.problems.len(), 5, "{error}");
+        let text = error.to_string();
+        for needle in [
+            "STORESYNC_HEARTBEAT_SECONDS: 0 is out of range; set one from 1 to 3600 (--heartbeat-seconds, or `heartbeat_seconds` in the config file)",
+            "STORESYNC_UPSTREAM_BATCH_RECORDS: 9000 is out of range; set one from 1 to 5000",
+            "unknown key `sync_modus`",
+            "STORESYNC_LISTEN: \"here\" is not an address",
+            "STORESYNC_MASTER_CLIENT_CERT (--master-client-cert) and STORESYNC_MASTER_CLIENT_KEY (--master-client-key) go together",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in {text}");
+        }
     }
 }

@@ -148,7 +148,7 @@ impl Satellite {
 
     /// Serves gRPC on `listener` until `shutdown` resolves, with `sync_task`
     /// running beside it; then health goes NOT_SERVING, the sync client is told
-    /// to stop, and calls in flight get `config.drain_timeout` to finish.
+    /// to stop, and calls in flight get `config.shutdown_grace` to finish.
     ///
     /// Prints `storesync satellite listening on <addr>` on stdout once ready.
     pub async fn serve(
@@ -226,7 +226,7 @@ impl Satellite {
                 .await;
         }
         self.sync.begin_shutdown();
-        let drain = self.config.drain_timeout;
+        let drain = self.config.shutdown_grace;
         let served = match ended_early {
             Some(result) => result,
             None => {

@@ -98,7 +98,10 @@ async fn status_command(args: &Args, status: &satellite_agent::cli::StatusArgs) 
         eprintln!("satellite-agent status: set the operator password with STORESYNC_OPERATOR_PASSWORD or --operator-password");
         return ExitCode::from(2);
     };
-    let user = args.operator_user.clone().unwrap_or_else(|| "admin".into());
+    let user = args
+        .operator_user
+        .clone()
+        .unwrap_or_else(|| satellite_agent::config::DEFAULT_OPERATOR_USER.into());
     let url = storesync_shared::cli::service_url(
         status.address.as_deref(),
         args.listen.as_deref(),

@@ -8,6 +8,7 @@
 //! - [`validate`]: input checks whose errors name the field.
 //! - [`error`]: the domain error and its one mapping to a gRPC status.
 //! - [`auth`]: Basic credentials and argon2 hashes.
+//! - [`config`]: defaults both binaries share, and declaring settings once.
 //! - [`db`]: opening PostgreSQL or SQLite with the right settings.
 //! - [`tls`]: TLS (and mutual TLS) for servers and the sync client.
 //! - [`upsert`]: ordered multi-row upserts of records from another site.
@@ -20,6 +21,7 @@
 //!   catalogue, W3C context in sync batches, gRPC server metrics.
 pub mod auth;
 pub mod cli;
+pub mod config;
 pub mod convert;
 pub mod db;
 pub mod entities;

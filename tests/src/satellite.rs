@@ -47,7 +47,6 @@ pub fn spawn_satellite(
         ("STORESYNC_OPERATOR_PASSWORD", OPERATOR_PASSWORD.to_owned()),
         ("STORESYNC_BACKOFF_INITIAL_MS", "100".to_owned()),
         ("STORESYNC_BACKOFF_MAX_MS", "1000".to_owned()),
-        ("STORESYNC_DRAIN_SECONDS", "5".to_owned()),
     ]
     .into_iter()
     .map(|(key, value)| (key.to_owned(), value))
