@@ -244,7 +244,13 @@ pub struct Satellite {
 impl Satellite {
     /// Starts satellite `sync_id` syncing with `master_url` in `mode` ("streaming" or "interval").
     pub fn start(master_url: &str, sync_id: u32, mode: &str, extra: &[(&str, &str)]) -> Self {
-        Self::start_on(TestDb::new(Backend::Sqlite), master_url, sync_id, mode, extra)
+        Self::start_on(
+            TestDb::new(Backend::Sqlite),
+            master_url,
+            sync_id,
+            mode,
+            extra,
+        )
     }
 
     /// As [`Satellite::start`], on `db` (a SQLite file placed by the caller,

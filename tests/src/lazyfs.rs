@@ -144,7 +144,9 @@ fn mount_at(path: &Path, state: &Arc<Mutex<State>>) -> io::Result<BackgroundSess
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic while serving one request leaves the tree consistent enough to
     // go on serving (each operation updates it in one step).
-    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 enum Kind {
@@ -317,7 +319,10 @@ impl State {
             return Err(Errno::EINVAL);
         }
         let ino = self.lookup(parent, name)?;
-        let moving_dir = matches!(self.nodes.get(&ino).map(|n| &n.kind), Some(Kind::Dir { .. }));
+        let moving_dir = matches!(
+            self.nodes.get(&ino).map(|n| &n.kind),
+            Some(Kind::Dir { .. })
+        );
         if let Ok(target) = self.lookup(new_parent, new_name) {
             if target == ino {
                 return Ok(());
@@ -362,7 +367,11 @@ impl State {
 impl Node {
     fn new(kind: Kind, perm: u16, uid: u32, gid: u32) -> Self {
         let now = SystemTime::now();
-        let nlink = if matches!(kind, Kind::Dir { .. }) { 2 } else { 1 };
+        let nlink = if matches!(kind, Kind::Dir { .. }) {
+            2
+        } else {
+            1
+        };
         Self {
             kind,
             perm,
@@ -638,7 +647,9 @@ impl Filesystem for LazyFilesystem {
                 kind: Kind::File { data, .. },
                 ..
             }) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
                 let end = start.saturating_add(size as usize).min(data.len());
                 reply.data(&data[start..end]);
             }

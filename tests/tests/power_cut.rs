@@ -57,7 +57,11 @@ fn a_cut_keeps_what_was_fsynced_and_drops_what_was_not() {
 
     let report = lazy.cut().expect("cut");
     assert_eq!(report.files_reverted, 2, "{report:?}");
-    assert_eq!(read(&synced), b"durable", "fsynced bytes survive, later ones do not");
+    assert_eq!(
+        read(&synced),
+        b"durable",
+        "fsynced bytes survive, later ones do not"
+    );
     assert_eq!(
         read(&unsynced),
         b"",
@@ -65,7 +69,10 @@ fn a_cut_keeps_what_was_fsynced_and_drops_what_was_not() {
     );
 
     // A file rewritten in place and synced with fdatasync keeps the new bytes.
-    let mut file = std::fs::OpenOptions::new().write(true).open(&synced).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&synced)
+        .unwrap();
     file.write_all(b"DURABLE, again").unwrap();
     file.sync_data().unwrap();
     drop(file);
@@ -166,7 +173,14 @@ async fn trade(
     let mut store = satellite.store().await;
     let mut ids = Vec::new();
     for n in 0..count {
-        let response = goods_in(&mut store, supplier, items, 10.0, &format!("{reference}{n}")).await;
+        let response = goods_in(
+            &mut store,
+            supplier,
+            items,
+            10.0,
+            &format!("{reference}{n}"),
+        )
+        .await;
         ids.push(response.invoice.unwrap().id);
     }
     let line = store
@@ -189,7 +203,9 @@ async fn trade(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_satellite_that_loses_power_after_the_ack_loses_and_duplicates_nothing() {
-    for backend in backends("a_satellite_that_loses_power_after_the_ack_loses_and_duplicates_nothing") {
+    for backend in
+        backends("a_satellite_that_loses_power_after_the_ack_loses_and_duplicates_nothing")
+    {
         satellite_power_cut(backend).await;
     }
 }
@@ -216,7 +232,10 @@ async fn satellite_power_cut(backend: Backend) {
     let mut acknowledged = trade(&satellite, &supplier, &customer, &items, "yesterday", 2).await;
     wait_settled(&satellite, &what).await;
     let stopped = satellite.process.terminate(Duration::from_secs(30));
-    assert!(stopped.is_some_and(|s| s.success()), "{what}: clean stop: {stopped:?}");
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "{what}: clean stop: {stopped:?}"
+    );
     satellite.start_again();
     satellite.wait_initialised(QUIET).await;
 
@@ -258,7 +277,10 @@ async fn a_sqlite_master_that_loses_power_after_the_ack_leaves_no_site_stuck() {
     let mut acknowledged = trade(&satellite, &supplier, &customer, &items, "yesterday", 2).await;
     wait_settled(&satellite, what).await;
     let stopped = master.process.terminate(Duration::from_secs(30));
-    assert!(stopped.is_some_and(|s| s.success()), "{what}: clean stop: {stopped:?}");
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "{what}: clean stop: {stopped:?}"
+    );
     master.start_again();
     wait_settled(&satellite, what).await;
 
