@@ -244,7 +244,24 @@ pub struct Satellite {
 impl Satellite {
     /// Starts satellite `sync_id` syncing with `master_url` in `mode` ("streaming" or "interval").
     pub fn start(master_url: &str, sync_id: u32, mode: &str, extra: &[(&str, &str)]) -> Self {
-        let db = TestDb::new(Backend::Sqlite);
+        Self::start_on(
+            TestDb::new(Backend::Sqlite),
+            master_url,
+            sync_id,
+            mode,
+            extra,
+        )
+    }
+
+    /// As [`Satellite::start`], on `db` (a SQLite file placed by the caller,
+    /// e.g. on the power-cut filesystem of [`crate::lazyfs`]).
+    pub fn start_on(
+        db: TestDb,
+        master_url: &str,
+        sync_id: u32,
+        mode: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let mut vars = env(&[
             ("STORESYNC_LISTEN", "127.0.0.1:0"),
             ("STORESYNC_MASTER_URL", master_url),

@@ -20,6 +20,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 pub mod cluster;
+pub mod lazyfs;
 pub mod master;
 pub mod otlp;
 pub mod proxy;
@@ -105,6 +106,14 @@ impl TestDb {
                 }
             }
         }
+    }
+
+    /// A fresh SQLite database in a new directory under `parent` (e.g. the
+    /// power-cut filesystem of [`lazyfs`]), removed on drop.
+    pub fn sqlite_in(parent: &std::path::Path) -> Self {
+        let dir = tempfile::tempdir_in(parent).expect("temp dir");
+        let path = dir.path().join("storesync.db");
+        Self::Sqlite { dir, path }
     }
 
     /// The `STORESYNC_DATABASE_URL` of this database.
