@@ -200,6 +200,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keyset_conditions_nest_one_column_per_level() {
+        use sea_orm::sea_query::{Query, SqliteQueryBuilder};
+        let after = Query::select()
+            .column(sea_orm::sea_query::Asterisk)
+            .from(name("t"))
+            .cond_where(after_key(
+                &[col("t", "a"), col("t", "b"), col("t", "c")],
+                &["x".into(), 7_i64.into(), "z".into()],
+            ))
+            .to_string(SqliteQueryBuilder);
+        assert_eq!(
+            after,
+            r#"SELECT * FROM "t" WHERE "t"."a" > 'x' OR ("t"."a" = 'x' AND ("t"."b" > 7 OR ("t"."b" = 7 AND "t"."c" > 'z')))"#
+        );
+    }
+
+    #[test]
     fn tokens_round_trip_and_refuse_others() {
         let key = vec!["AMOX250".to_owned(), "S2".to_owned()];
         let token = encode_token("soh", &key);
