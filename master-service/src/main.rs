@@ -32,15 +32,7 @@ enum Command {
     Demo(master_service::demo::DemoArgs),
 }
 
-/// Threads for blocking work, which here is mostly password checks (argon2id:
-/// CPU-bound, 19 MiB of memory each). With tokio's default of 512, 63
-/// satellites reconnecting at once after a master restart had their passwords
-/// checked all together, and the master peaked near 1 GiB; four threads check
-/// them as fast on a few cores and bound that to about 80 MiB.
-const MAX_BLOCKING_THREADS: usize = 4;
-
 fn main() -> ExitCode {
-    storesync_shared::server::reexec_with_malloc_tunables();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Report { report, client }) => {
@@ -56,8 +48,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // No cap on blocking threads: the blocking work here is password checks,
+    // which `storesync_shared::auth` already runs at most two at a time, each
+    // with a pooled buffer (its working memory), so more threads cannot mean
+    // more of that memory.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
     {

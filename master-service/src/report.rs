@@ -4,7 +4,7 @@
 //! The handlers are adapters over one domain function per report:
 //! [`stock::stock_on_hand`], [`stock::expiring_stock`],
 //! [`activity::store_activity`] and [`sync_status`]. [`query`] holds what they
-//! share (SQL with bound values, id-filter checks, page tokens). Reports only
+//! share (sea-query helpers, id-filter checks, page tokens). Reports only
 //! read; they never touch the sync stream's tables except to show its state.
 
 pub mod activity;

@@ -32,16 +32,13 @@ enum Command {
 /// store's clients; tokio's default (one per core) only adds thread stacks
 /// and malloc arenas on a bigger machine.
 const WORKER_THREADS: usize = 2;
-/// Threads for blocking work, mostly password checks (argon2id: CPU-bound,
-/// 19 MiB of memory each); tokio's default of 512 would let a burst of client
-/// calls hold that much memory each at once.
-const MAX_BLOCKING_THREADS: usize = 2;
 
 fn main() -> ExitCode {
-    storesync_shared::server::reexec_with_malloc_tunables();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
-        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        // No cap on blocking threads: password checks, the blocking work
+        // here, run at most two at a time with pooled working memory
+        // (`storesync_shared::auth`), however many threads there are.
         .enable_all()
         .build()
     {

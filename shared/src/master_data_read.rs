@@ -67,7 +67,7 @@ pub fn decode_page_token(token: &str) -> Result<Option<String>> {
 
 /// `column` starts with `prefix` (case-sensitive on both backends, unlike
 /// SQLite's LIKE).
-pub(crate) fn starts_with(
+pub fn starts_with(
     column: sea_orm::sea_query::SimpleExpr,
     prefix: &str,
 ) -> sea_orm::sea_query::SimpleExpr {

@@ -3,12 +3,16 @@
 //! page over the invoices of the range (`invoice_store_created` index).
 
 use chrono::{Duration, NaiveDate, Utc};
+use sea_orm::sea_query::{Asterisk, Condition, Expr, Func, JoinType, Order, Query, SimpleExpr};
 use sea_orm::ConnectionTrait;
 use storesync_shared::proto::v1 as pb;
 use storesync_shared::store_ops::{next_token, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use storesync_shared::validate;
 
-use super::query::{check_store_ids, decode_token, encode_token, Sql};
+use super::query::{
+    after_key, check_store_ids, col, count_all, decode_token, encode_token, literal, name,
+    query_all, zero_real,
+};
 use crate::error::{Error, Result};
 
 /// Widest range one request may cover (ten years).
@@ -34,80 +38,130 @@ pub async fn store_activity<C: ConnectionTrait>(
     let from_ms = day_start_ms(from);
     let to_ms = day_start_ms(to) + DAY_MS;
 
-    let (day, group_day) = if request.per_day {
-        (
-            "inv.created_at_ms / 86400000",
-            ", inv.created_at_ms / 86400000",
-        )
+    // The UTC day of an invoice (days since 1970-01-01), or one group for
+    // the whole range. A literal divisor, not a bound value: `GROUP BY` must
+    // repeat the selected expression word for word on PostgreSQL.
+    let day: SimpleExpr = if request.per_day {
+        col("inv", "created_at_ms").div(literal(DAY_MS))
     } else {
-        ("CAST(0 AS BIGINT)", "")
+        Func::cast_as(literal(0), name("BIGINT")).into()
     };
-    let mut sql = Sql::new(db.get_database_backend());
+    // The invoices of the range (and stores asked for), on `invoice inv`.
+    let mut of_range = Condition::all()
+        .add(col("inv", "created_at_ms").gte(from_ms))
+        .add(col("inv", "created_at_ms").lt(to_ms));
+    if !request.store_ids.is_empty() {
+        of_range = of_range.add(col("inv", "store_id").is_in(request.store_ids.iter().cloned()));
+    }
+    let mut group = vec![
+        SimpleExpr::from(col("inv", "store_id")),
+        col("inv", "kind").into(),
+    ];
+    if request.per_day {
+        group.push(day.clone());
+    }
     // Customer invoices store taken packs as negative lines and are reported
     // as delivered (positive); the rest keep their sign. Invoices and lines
     // are each summed straight into (store, kind, day) groups and the two
     // joined: a thousand-odd groups, where summing lines per invoice first
     // meant sorting 600,000 lines into 100,000 groups (1.2 s on a store of a
     // million records; 0.4 s this way).
-    let select_invoices = |sql: &mut Sql| {
-        sql.push("inv.created_at_ms >= ")
-            .bind(from_ms)
-            .push(" AND inv.created_at_ms < ")
-            .bind(to_ms);
-        if !request.store_ids.is_empty() {
-            sql.push(" AND inv.store_id IN ")
-                .bind_list(&request.store_ids);
-        }
-    };
-    sql.push(&format!(
-        "SELECT * FROM (SELECT st.id AS store_id, st.code AS store_code, i.kind AS kind, \
-         i.day AS day, i.invoices AS invoices, \
-         CAST(COALESCE(l.lines, 0) AS BIGINT) AS lines, \
-         COALESCE(CASE WHEN i.kind = 'CUSTOMER_INVOICE' THEN -l.units ELSE l.units END, \
-           CAST(0 AS DOUBLE PRECISION)) AS units, \
-         COALESCE(CASE WHEN i.kind = 'CUSTOMER_INVOICE' THEN -l.sell_value ELSE l.cost_value END, \
-           CAST(0 AS DOUBLE PRECISION)) AS value \
-         FROM (SELECT inv.store_id AS store_id, inv.kind AS kind, {day} AS day, COUNT(*) AS invoices \
-           FROM invoice inv WHERE "
-    ));
-    select_invoices(&mut sql);
-    sql.push(&format!(
-        " GROUP BY inv.store_id, inv.kind{group_day}) i \
-         JOIN store st ON st.id = i.store_id \
-         LEFT JOIN (SELECT inv.store_id AS store_id, inv.kind AS kind, {day} AS day, \
-           COUNT(*) AS lines, \
-           SUM(l.number_of_packs * l.pack_size) AS units, \
-           SUM(l.number_of_packs * l.sell_price_per_pack) AS sell_value, \
-           SUM(l.number_of_packs * l.cost_price_per_pack) AS cost_value \
-           FROM invoice_line l JOIN invoice inv ON inv.id = l.invoice_id WHERE "
-    ));
-    select_invoices(&mut sql);
-    sql.push(&format!(
-        " GROUP BY inv.store_id, inv.kind{group_day}) l \
-         ON l.store_id = i.store_id AND l.kind = i.kind AND l.day = i.day"
-    ));
-    sql.push(") t");
+    let mut invoices = Query::select();
+    invoices
+        .expr_as(col("inv", "store_id"), name("store_id"))
+        .expr_as(col("inv", "kind"), name("kind"))
+        .expr_as(day.clone(), name("day"))
+        .expr_as(count_all(), name("invoices"))
+        .from_as(name("invoice"), name("inv"))
+        .cond_where(of_range.clone())
+        .add_group_by(group.clone());
+    let line_sum = |price: &str| Func::sum(col("l", "number_of_packs").mul(col("l", price)));
+    let mut lines = Query::select();
+    lines
+        .expr_as(col("inv", "store_id"), name("store_id"))
+        .expr_as(col("inv", "kind"), name("kind"))
+        .expr_as(day, name("day"))
+        .expr_as(count_all(), name("lines"))
+        .expr_as(line_sum("pack_size"), name("units"))
+        .expr_as(line_sum("sell_price_per_pack"), name("sell_value"))
+        .expr_as(line_sum("cost_price_per_pack"), name("cost_value"))
+        .from_as(name("invoice_line"), name("l"))
+        .join_as(
+            JoinType::InnerJoin,
+            name("invoice"),
+            name("inv"),
+            col("inv", "id").equals((name("l"), name("invoice_id"))),
+        )
+        .cond_where(of_range)
+        .add_group_by(group);
+    // `-x` as `x * -1`: the same value (sea-query has no unary minus).
+    let delivered = |column: &str| col("l", column).mul(literal(-1));
+    let is_customer_invoice = || col("i", "kind").eq(literal("CUSTOMER_INVOICE"));
+    let mut groups = Query::select();
+    groups
+        .expr_as(col("st", "id"), name("store_id"))
+        .expr_as(col("st", "code"), name("store_code"))
+        .expr_as(col("i", "kind"), name("kind"))
+        .expr_as(col("i", "day"), name("day"))
+        .expr_as(col("i", "invoices"), name("invoices"))
+        .expr_as(
+            Func::cast_as(
+                Func::coalesce([col("l", "lines").into(), literal(0)]),
+                name("BIGINT"),
+            ),
+            name("lines"),
+        )
+        .expr_as(
+            Func::coalesce([
+                Expr::case(is_customer_invoice(), delivered("units"))
+                    .finally(col("l", "units"))
+                    .into(),
+                zero_real(),
+            ]),
+            name("units"),
+        )
+        .expr_as(
+            Func::coalesce([
+                Expr::case(is_customer_invoice(), delivered("sell_value"))
+                    .finally(col("l", "cost_value"))
+                    .into(),
+                zero_real(),
+            ]),
+            name("value"),
+        )
+        .from_subquery(invoices, name("i"))
+        .join_as(
+            JoinType::InnerJoin,
+            name("store"),
+            name("st"),
+            col("st", "id").equals((name("i"), name("store_id"))),
+        )
+        .join_subquery(
+            JoinType::LeftJoin,
+            lines,
+            name("l"),
+            Condition::all()
+                .add(col("l", "store_id").equals((name("i"), name("store_id"))))
+                .add(col("l", "kind").equals((name("i"), name("kind"))))
+                .add(col("l", "day").equals((name("i"), name("day")))),
+        );
+    let mut page = Query::select();
+    page.column(Asterisk).from_subquery(groups, name("t"));
     if let Some(key) = after {
         let key_day: i64 = key[1]
             .parse()
             .map_err(|_| Error::invalid("page_token", "is not a token this server issued"))?;
-        sql.push(" WHERE t.store_code > ")
-            .bind(key[0].clone())
-            .push(" OR (t.store_code = ")
-            .bind(key[0].clone())
-            .push(" AND (t.day > ")
-            .bind(key_day)
-            .push(" OR (t.day = ")
-            .bind(key_day)
-            .push(" AND t.kind > ")
-            .bind(key[2].clone())
-            .push(")))");
+        page.cond_where(after_key(
+            &[col("t", "store_code"), col("t", "day"), col("t", "kind")],
+            &[key[0].clone().into(), key_day.into(), key[2].clone().into()],
+        ));
     }
-    sql.push(" ORDER BY t.store_code, t.day, t.kind LIMIT ")
-        .bind(i64::try_from(page_size + 1).unwrap_or(i64::MAX));
+    page.order_by((name("t"), name("store_code")), Order::Asc)
+        .order_by((name("t"), name("day")), Order::Asc)
+        .order_by((name("t"), name("kind")), Order::Asc)
+        .limit(page_size + 1);
 
-    let mut keyed = db
-        .query_all(sql.build())
+    let mut keyed = query_all(db, &page)
         .await?
         .into_iter()
         .map(|row| -> Result<(i64, pb::StoreActivityRow)> {

@@ -1,12 +1,15 @@
-//! Plumbing the reports share: raw SQL text with values bound in the
-//! backend's placeholder style, checks of the id filters, and page tokens.
+//! Plumbing the reports share: names and conditions for the statements
+//! (built with sea-query, so SQLite and PostgreSQL each get their own
+//! placeholders and quoting), checks of the id filters, and page tokens.
 //!
-//! Reports are written as plain SQL (one statement each, aggregation in the
-//! database) because they join, group and page in ways the entity API spells
-//! poorly. Everything here accepts SQLite and PostgreSQL alike.
+//! Reports are one statement each, aggregation in the database, because they
+//! join, group and page in ways the entity API spells poorly; sea-query's
+//! statement builder spells them, and everything here accepts SQLite and
+//! PostgreSQL alike.
 
+use sea_orm::sea_query::{Alias, Condition, Expr, Func, FunctionCall, SelectStatement, SimpleExpr};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement, Value,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryResult, Statement, Value,
 };
 use storesync_shared::entities::{item, store};
 use storesync_shared::validate;
@@ -16,57 +19,57 @@ use crate::error::{Error, Result};
 /// Most ids one filter may hold; a longer list is a client bug.
 pub const MAX_FILTER_IDS: usize = 1000;
 
-/// SQL text being built, with its bound values.
-pub struct Sql {
-    backend: DbBackend,
-    text: String,
-    values: Vec<Value>,
+/// `table.column`, `table` being an alias the statement gives a table or subquery.
+pub fn col(table: &str, column: &str) -> Expr {
+    Expr::col((Alias::new(table), Alias::new(column)))
 }
 
-impl Sql {
-    pub fn new(backend: DbBackend) -> Self {
-        Self {
-            backend,
-            text: String::new(),
-            values: Vec::new(),
+/// A name for a table, subquery or selected column.
+pub fn name(name: &str) -> Alias {
+    Alias::new(name)
+}
+
+/// `COUNT(*)`.
+pub fn count_all() -> FunctionCall {
+    Func::count(Expr::col(sea_orm::sea_query::Asterisk))
+}
+
+/// A literal (not a bound value): where the same expression appears in
+/// `SELECT` and `GROUP BY`, PostgreSQL matches them by their text, which two
+/// placeholders would make different.
+pub fn literal(value: impl Into<Value>) -> SimpleExpr {
+    SimpleExpr::Constant(value.into())
+}
+
+/// `CAST(0 AS DOUBLE PRECISION)`: a zero of the type of a sum of reals on
+/// both backends, for the rows an outer join leaves without one.
+pub fn zero_real() -> SimpleExpr {
+    Func::cast_as(literal(0), name("DOUBLE PRECISION")).into()
+}
+
+/// The keyset condition "after `key`" for rows ordered by `columns`:
+/// `c0 > k0 OR (c0 = k0 AND (c1 > k1 OR (c1 = k1 AND …)))`.
+pub fn after_key(columns: &[Expr], key: &[Value]) -> Condition {
+    match (columns, key) {
+        ([column], [value]) => Condition::all().add(column.clone().gt(value.clone())),
+        ([column, columns @ ..], [value, key @ ..]) => {
+            Condition::any().add(column.clone().gt(value.clone())).add(
+                Condition::all()
+                    .add(column.clone().eq(value.clone()))
+                    .add(after_key(columns, key)),
+            )
         }
+        _ => Condition::all(),
     }
+}
 
-    /// Appends literal SQL (never caller input).
-    pub fn push(&mut self, sql: &str) -> &mut Self {
-        self.text.push_str(sql);
-        self
-    }
-
-    /// Appends a placeholder bound to `value`.
-    pub fn bind(&mut self, value: impl Into<Value>) -> &mut Self {
-        self.values.push(value.into());
-        match self.backend {
-            DbBackend::Postgres => {
-                let n = self.values.len();
-                self.text.push_str(&format!("${n}"));
-            }
-            _ => self.text.push('?'),
-        }
-        self
-    }
-
-    /// Appends `(p1, p2, …)` bound to `values` (which must not be empty).
-    pub fn bind_list(&mut self, values: &[String]) -> &mut Self {
-        self.text.push('(');
-        for (n, value) in values.iter().enumerate() {
-            if n > 0 {
-                self.text.push_str(", ");
-            }
-            self.bind(value.clone());
-        }
-        self.text.push(')');
-        self
-    }
-
-    pub fn build(self) -> Statement {
-        Statement::from_sql_and_values(self.backend, self.text, self.values)
-    }
+/// Runs `select` on `db`, written in the backend's dialect.
+pub async fn query_all<C: ConnectionTrait>(
+    db: &C,
+    select: &SelectStatement,
+) -> Result<Vec<QueryResult>> {
+    let statement: Statement = db.get_database_backend().build(select);
+    Ok(db.query_all(statement).await?)
 }
 
 /// Checks a filter of store ids: UUIDs that name existing stores.
@@ -195,6 +198,23 @@ pub fn decode_token(report: &str, token: &str, parts: usize) -> Result<Option<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyset_conditions_nest_one_column_per_level() {
+        use sea_orm::sea_query::{Query, SqliteQueryBuilder};
+        let after = Query::select()
+            .column(sea_orm::sea_query::Asterisk)
+            .from(name("t"))
+            .cond_where(after_key(
+                &[col("t", "a"), col("t", "b"), col("t", "c")],
+                &["x".into(), 7_i64.into(), "z".into()],
+            ))
+            .to_string(SqliteQueryBuilder);
+        assert_eq!(
+            after,
+            r#"SELECT * FROM "t" WHERE "t"."a" > 'x' OR ("t"."a" = 'x' AND ("t"."b" > 7 OR ("t"."b" = 7 AND "t"."c" > 'z')))"#
+        );
+    }
 
     #[test]
     fn tokens_round_trip_and_refuse_others() {

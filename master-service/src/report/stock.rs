@@ -6,17 +6,46 @@
 
 use std::collections::HashMap;
 
+use sea_orm::sea_query::{
+    Asterisk, Condition, Func, JoinType, Order, Query, SelectStatement, SimpleExpr,
+};
 use sea_orm::ConnectionTrait;
+use storesync_shared::master_data_read::starts_with;
 use storesync_shared::proto::v1 as pb;
 use storesync_shared::store_ops::{next_token, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use storesync_shared::validate;
 
-use super::query::{check_item_ids, check_store_ids, decode_token, encode_token, Sql};
+use super::query::{
+    after_key, check_item_ids, check_store_ids, col, count_all, decode_token, encode_token,
+    literal, name, query_all, zero_real,
+};
 use crate::error::Result;
 
-/// Per stock line: packs left, and the units they hold.
-const PACKS: &str = "s.total_number_of_packs";
-const UNITS: &str = "s.total_number_of_packs * s.pack_size";
+/// Per stock line of `stock_line s`: packs left.
+fn packs() -> SimpleExpr {
+    col("s", "total_number_of_packs").into()
+}
+
+/// Per stock line of `stock_line s`: the units its packs hold.
+fn units() -> SimpleExpr {
+    col("s", "total_number_of_packs").mul(col("s", "pack_size"))
+}
+
+/// Stock lines of `stock_line s` that have packs left.
+fn with_stock() -> SimpleExpr {
+    col("s", "total_number_of_packs").gt(literal(0))
+}
+
+/// `MIN(NULLIF(s.expiry_date, ''))`: the earliest expiry of a group of stock
+/// lines, lines without one left out.
+fn earliest_expiry() -> SimpleExpr {
+    Func::min(Func::cust(name("NULLIF")).args([col("s", "expiry_date").into(), literal("")])).into()
+}
+
+/// `ids` as bound values, for `IN`.
+fn ids(ids: &[String]) -> impl Iterator<Item = String> + '_ {
+    ids.iter().cloned()
+}
 
 /// Stock on hand per item and store (see `ReportService.StockOnHand`).
 pub async fn stock_on_hand<C: ConnectionTrait>(
@@ -34,66 +63,117 @@ pub async fn stock_on_hand<C: ConnectionTrait>(
     check_item_ids(db, "item_ids", &request.item_ids).await?;
     check_store_ids(db, "store_ids", &request.store_ids).await?;
 
-    let mut sql = Sql::new(db.get_database_backend());
-    sql.push("SELECT * FROM (");
-    if request.include_zero {
+    let rows_of_page = if request.include_zero {
         // Every selected item with every selected store, stock or not.
-        sql.push(
-            "SELECT i.id AS item_id, i.code AS item_code, i.name AS item_name, \
-             st.id AS store_id, st.code AS store_code, \
-             COALESCE(a.packs, CAST(0 AS DOUBLE PRECISION)) AS packs, \
-             COALESCE(a.units, CAST(0 AS DOUBLE PRECISION)) AS units, \
-             COALESCE(a.batches, 0) AS batches, a.earliest_expiry AS earliest_expiry \
-             FROM (",
-        );
-        // Only the items this page can reach: rows go in (item code, store
-        // code) order and every item has a row per store, so the next
-        // page_size + 1 items by code cover the page. Without this the cross
-        // join and the aggregate would cover every item of the catalogue.
-        push_page_items(
-            &mut sql,
-            request,
-            after.as_ref(),
-            page_size,
-            "id, code, name",
-        );
-        sql.push(") i CROSS JOIN store st LEFT JOIN (");
-        push_aggregate(&mut sql, request);
-        sql.push(" AND s.item_id IN (");
-        push_page_items(&mut sql, request, after.as_ref(), page_size, "id");
-        sql.push(")");
-        sql.push(" GROUP BY s.item_id, s.store_id");
-        sql.push(") a ON a.item_id = i.id AND a.store_id = st.id WHERE 1 = 1");
+        let mut pairs = Query::select();
+        pairs
+            .expr_as(col("i", "id"), name("item_id"))
+            .expr_as(col("i", "code"), name("item_code"))
+            .expr_as(col("i", "name"), name("item_name"))
+            .expr_as(col("st", "id"), name("store_id"))
+            .expr_as(col("st", "code"), name("store_code"))
+            .expr_as(
+                Func::coalesce([col("a", "packs").into(), zero_real()]),
+                name("packs"),
+            )
+            .expr_as(
+                Func::coalesce([col("a", "units").into(), zero_real()]),
+                name("units"),
+            )
+            .expr_as(
+                Func::coalesce([col("a", "batches").into(), literal(0)]),
+                name("batches"),
+            )
+            .expr_as(col("a", "earliest_expiry"), name("earliest_expiry"))
+            // Only the items this page can reach: rows go in (item code,
+            // store code) order and every item has a row per store, so the
+            // next page_size + 1 items by code cover the page. Without this
+            // the cross join and the aggregate would cover every item of the
+            // catalogue.
+            .from_subquery(
+                page_items(request, after.as_ref(), page_size, &["id", "code", "name"]),
+                name("i"),
+            )
+            // A cross join: sea-query writes every join with its `ON`, which
+            // PostgreSQL refuses after `CROSS JOIN`; `ON TRUE` is the same.
+            .join_as(
+                JoinType::InnerJoin,
+                name("store"),
+                name("st"),
+                Condition::all(),
+            )
+            .join_subquery(
+                JoinType::LeftJoin,
+                page_aggregate(request, after.as_ref(), page_size),
+                name("a"),
+                Condition::all()
+                    .add(col("a", "item_id").equals((name("i"), name("id"))))
+                    .add(col("a", "store_id").equals((name("st"), name("id")))),
+            );
         if !request.store_ids.is_empty() {
-            sql.push(" AND st.id IN ").bind_list(&request.store_ids);
+            pairs.and_where(col("st", "id").is_in(ids(&request.store_ids)));
         }
+        pairs
     } else {
-        sql.push(&format!(
-            "SELECT i.id AS item_id, i.code AS item_code, i.name AS item_name, \
-             st.id AS store_id, st.code AS store_code, \
-             SUM({PACKS}) AS packs, SUM({UNITS}) AS units, COUNT(*) AS batches, \
-             MIN(NULLIF(s.expiry_date, '')) AS earliest_expiry \
-             FROM stock_line s JOIN item i ON i.id = s.item_id JOIN store st ON st.id = s.store_id \
-             WHERE s.total_number_of_packs > 0"
+        let mut stocked = Query::select();
+        stocked
+            .expr_as(col("i", "id"), name("item_id"))
+            .expr_as(col("i", "code"), name("item_code"))
+            .expr_as(col("i", "name"), name("item_name"))
+            .expr_as(col("st", "id"), name("store_id"))
+            .expr_as(col("st", "code"), name("store_code"))
+            .expr_as(Func::sum(packs()), name("packs"))
+            .expr_as(Func::sum(units()), name("units"))
+            .expr_as(count_all(), name("batches"))
+            .expr_as(earliest_expiry(), name("earliest_expiry"))
+            .from_as(name("stock_line"), name("s"))
+            .join_as(
+                JoinType::InnerJoin,
+                name("item"),
+                name("i"),
+                col("i", "id").equals((name("s"), name("item_id"))),
+            )
+            .join_as(
+                JoinType::InnerJoin,
+                name("store"),
+                name("st"),
+                col("st", "id").equals((name("s"), name("store_id"))),
+            )
+            .and_where(with_stock());
+        if !request.item_ids.is_empty() {
+            stocked.and_where(col("i", "id").is_in(ids(&request.item_ids)));
+        }
+        if !request.store_ids.is_empty() {
+            stocked.and_where(col("st", "id").is_in(ids(&request.store_ids)));
+        }
+        if !request.item_code_prefix.is_empty() {
+            stocked.and_where(starts_with(
+                col("i", "code").into(),
+                &request.item_code_prefix,
+            ));
+        }
+        stocked.group_by_columns([
+            (name("i"), name("id")),
+            (name("i"), name("code")),
+            (name("i"), name("name")),
+            (name("st"), name("id")),
+            (name("st"), name("code")),
+        ]);
+        stocked
+    };
+    let mut page = Query::select();
+    page.column(Asterisk).from_subquery(rows_of_page, name("t"));
+    if let Some(key) = &after {
+        page.cond_where(after_key(
+            &[col("t", "item_code"), col("t", "store_code")],
+            &[key[0].clone().into(), key[1].clone().into()],
         ));
-        push_item_store_filters(&mut sql, request, "i", "st");
-        sql.push(" GROUP BY i.id, i.code, i.name, st.id, st.code");
     }
-    sql.push(") t");
-    if let Some(key) = after {
-        sql.push(" WHERE t.item_code > ")
-            .bind(key[0].clone())
-            .push(" OR (t.item_code = ")
-            .bind(key[0].clone())
-            .push(" AND t.store_code > ")
-            .bind(key[1].clone())
-            .push(")");
-    }
-    sql.push(" ORDER BY t.item_code, t.store_code LIMIT ")
-        .bind(i64::try_from(page_size + 1).unwrap_or(i64::MAX));
+    page.order_by((name("t"), name("item_code")), Order::Asc)
+        .order_by((name("t"), name("store_code")), Order::Asc)
+        .limit(page_size + 1);
 
-    let mut rows = db
-        .query_all(sql.build())
+    let mut rows = query_all(db, &page)
         .await?
         .into_iter()
         .map(|row| -> Result<pb::StockOnHandRow> {
@@ -123,68 +203,65 @@ pub async fn stock_on_hand<C: ConnectionTrait>(
     })
 }
 
-/// The start of the aggregate of the selected stock lines with packs left
-/// (packs, units, batches, earliest expiry per item and store); the caller
-/// adds its conditions and the `GROUP BY`, then joins it to the item-store pairs.
-fn push_aggregate(sql: &mut Sql, request: &pb::StockOnHandRequest) {
-    sql.push(&format!(
-        "SELECT s.item_id, s.store_id, SUM({PACKS}) AS packs, SUM({UNITS}) AS units, \
-         COUNT(*) AS batches, MIN(NULLIF(s.expiry_date, '')) AS earliest_expiry \
-         FROM stock_line s WHERE s.total_number_of_packs > 0"
-    ));
-    if !request.item_ids.is_empty() {
-        sql.push(" AND s.item_id IN ").bind_list(&request.item_ids);
-    }
-    if !request.store_ids.is_empty() {
-        sql.push(" AND s.store_id IN ")
-            .bind_list(&request.store_ids);
-    }
-}
-
-/// `SELECT <columns> FROM item …` of the items (filtered) from the page
-/// token's item code on, in code order, at most `page_size + 1` of them.
-fn push_page_items(
-    sql: &mut Sql,
+/// The aggregate of the selected stock lines with packs left of the items
+/// this page can reach (packs, units, batches, earliest expiry per item and
+/// store), to be joined to the item-store pairs.
+fn page_aggregate(
     request: &pb::StockOnHandRequest,
     after: Option<&Vec<String>>,
     page_size: u64,
-    columns: &str,
-) {
-    sql.push(&format!("SELECT {columns} FROM item ip WHERE 1 = 1"));
+) -> SelectStatement {
+    let mut aggregate = Query::select();
+    aggregate
+        .column((name("s"), name("item_id")))
+        .column((name("s"), name("store_id")))
+        .expr_as(Func::sum(packs()), name("packs"))
+        .expr_as(Func::sum(units()), name("units"))
+        .expr_as(count_all(), name("batches"))
+        .expr_as(earliest_expiry(), name("earliest_expiry"))
+        .from_as(name("stock_line"), name("s"))
+        .and_where(with_stock());
     if !request.item_ids.is_empty() {
-        sql.push(" AND ip.id IN ").bind_list(&request.item_ids);
-    }
-    if !request.item_code_prefix.is_empty() {
-        let length = i32::try_from(request.item_code_prefix.chars().count()).unwrap_or(i32::MAX);
-        sql.push(" AND substr(ip.code, 1, ")
-            .bind(length)
-            .push(") = ")
-            .bind(request.item_code_prefix.clone());
-    }
-    if let Some(key) = after {
-        sql.push(" AND ip.code >= ").bind(key[0].clone());
-    }
-    sql.push(" ORDER BY ip.code LIMIT ")
-        .bind(i64::try_from(page_size + 1).unwrap_or(i64::MAX));
-}
-
-/// ` AND …` for the item, prefix and store filters on aliases `i` and `st`.
-fn push_item_store_filters(sql: &mut Sql, request: &pb::StockOnHandRequest, i: &str, st: &str) {
-    if !request.item_ids.is_empty() {
-        sql.push(&format!(" AND {i}.id IN "))
-            .bind_list(&request.item_ids);
+        aggregate.and_where(col("s", "item_id").is_in(ids(&request.item_ids)));
     }
     if !request.store_ids.is_empty() {
-        sql.push(&format!(" AND {st}.id IN "))
-            .bind_list(&request.store_ids);
+        aggregate.and_where(col("s", "store_id").is_in(ids(&request.store_ids)));
+    }
+    aggregate
+        .and_where(col("s", "item_id").in_subquery(page_items(request, after, page_size, &["id"])))
+        .group_by_columns([(name("s"), name("item_id")), (name("s"), name("store_id"))]);
+    aggregate
+}
+
+/// `SELECT <columns> FROM item ip …` of the items (filtered) from the page
+/// token's item code on, in code order, at most `page_size + 1` of them.
+fn page_items(
+    request: &pb::StockOnHandRequest,
+    after: Option<&Vec<String>>,
+    page_size: u64,
+    columns: &[&str],
+) -> SelectStatement {
+    let mut items = Query::select();
+    for column in columns {
+        items.column((name("ip"), name(column)));
+    }
+    items.from_as(name("item"), name("ip"));
+    if !request.item_ids.is_empty() {
+        items.and_where(col("ip", "id").is_in(ids(&request.item_ids)));
     }
     if !request.item_code_prefix.is_empty() {
-        let length = i32::try_from(request.item_code_prefix.chars().count()).unwrap_or(i32::MAX);
-        sql.push(&format!(" AND substr({i}.code, 1, "))
-            .bind(length)
-            .push(") = ")
-            .bind(request.item_code_prefix.clone());
+        items.and_where(starts_with(
+            col("ip", "code").into(),
+            &request.item_code_prefix,
+        ));
     }
+    if let Some(key) = after {
+        items.and_where(col("ip", "code").gte(key[0].clone()));
+    }
+    items
+        .order_by((name("ip"), name("code")), Order::Asc)
+        .limit(page_size + 1);
+    items
 }
 
 /// Totals across the selected stores of the items on this page, in page order.
@@ -202,20 +279,21 @@ async fn item_totals<C: ConnectionTrait>(
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
-    let mut sql = Sql::new(db.get_database_backend());
-    sql.push(&format!(
-        "SELECT s.item_id AS item_id, SUM({PACKS}) AS packs, SUM({UNITS}) AS units, \
-         COUNT(*) AS batches FROM stock_line s WHERE s.total_number_of_packs > 0 AND s.item_id IN "
-    ))
-    .bind_list(&ids);
+    let mut totals = Query::select();
+    totals
+        .expr_as(col("s", "item_id"), name("item_id"))
+        .expr_as(Func::sum(packs()), name("packs"))
+        .expr_as(Func::sum(units()), name("units"))
+        .expr_as(count_all(), name("batches"))
+        .from_as(name("stock_line"), name("s"))
+        .and_where(with_stock())
+        .and_where(col("s", "item_id").is_in(items.iter().map(|(id, _)| id.clone())));
     if !request.store_ids.is_empty() {
-        sql.push(" AND s.store_id IN ")
-            .bind_list(&request.store_ids);
+        totals.and_where(col("s", "store_id").is_in(ids(&request.store_ids)));
     }
-    sql.push(" GROUP BY s.item_id");
+    totals.group_by_col((name("s"), name("item_id")));
     let mut sums: HashMap<String, (f64, f64, i64)> = HashMap::new();
-    for row in db.query_all(sql.build()).await? {
+    for row in query_all(db, &totals).await? {
         sums.insert(
             row.try_get("", "item_id")?,
             (
@@ -262,32 +340,51 @@ pub async fn expiring_stock<C: ConnectionTrait>(
     let after = decode_token("exp", &request.page_token, 2)?;
     check_store_ids(db, "store_ids", &request.store_ids).await?;
 
-    let mut sql = Sql::new(db.get_database_backend());
-    sql.push(&format!(
-        "SELECT s.id AS id, s.store_id AS store_id, st.code AS store_code, s.item_id AS item_id, \
-         i.code AS item_code, i.name AS item_name, s.batch AS batch, s.expiry_date AS expiry_date, \
-         {UNITS} AS units, s.total_number_of_packs * s.cost_price_per_pack AS cost_value \
-         FROM stock_line s JOIN store st ON st.id = s.store_id JOIN item i ON i.id = s.item_id \
-         WHERE s.total_number_of_packs > 0 AND s.expiry_date <> '' AND s.expiry_date < "
-    ))
-    .bind(request.before.clone());
+    let mut expiring = Query::select();
+    expiring
+        .expr_as(col("s", "id"), name("id"))
+        .expr_as(col("s", "store_id"), name("store_id"))
+        .expr_as(col("st", "code"), name("store_code"))
+        .expr_as(col("s", "item_id"), name("item_id"))
+        .expr_as(col("i", "code"), name("item_code"))
+        .expr_as(col("i", "name"), name("item_name"))
+        .expr_as(col("s", "batch"), name("batch"))
+        .expr_as(col("s", "expiry_date"), name("expiry_date"))
+        .expr_as(units(), name("units"))
+        .expr_as(
+            col("s", "total_number_of_packs").mul(col("s", "cost_price_per_pack")),
+            name("cost_value"),
+        )
+        .from_as(name("stock_line"), name("s"))
+        .join_as(
+            JoinType::InnerJoin,
+            name("store"),
+            name("st"),
+            col("st", "id").equals((name("s"), name("store_id"))),
+        )
+        .join_as(
+            JoinType::InnerJoin,
+            name("item"),
+            name("i"),
+            col("i", "id").equals((name("s"), name("item_id"))),
+        )
+        .and_where(with_stock())
+        .and_where(col("s", "expiry_date").ne(literal("")))
+        .and_where(col("s", "expiry_date").lt(request.before.clone()));
     if !request.store_ids.is_empty() {
-        sql.push(" AND s.store_id IN ")
-            .bind_list(&request.store_ids);
+        expiring.and_where(col("s", "store_id").is_in(ids(&request.store_ids)));
     }
-    if let Some(key) = after {
-        sql.push(" AND (s.expiry_date > ")
-            .bind(key[0].clone())
-            .push(" OR (s.expiry_date = ")
-            .bind(key[0].clone())
-            .push(" AND s.id > ")
-            .bind(key[1].clone())
-            .push("))");
+    if let Some(key) = &after {
+        expiring.cond_where(after_key(
+            &[col("s", "expiry_date"), col("s", "id")],
+            &[key[0].clone().into(), key[1].clone().into()],
+        ));
     }
-    sql.push(" ORDER BY s.expiry_date, s.id LIMIT ")
-        .bind(i64::try_from(page_size + 1).unwrap_or(i64::MAX));
-    let mut rows = db
-        .query_all(sql.build())
+    expiring
+        .order_by((name("s"), name("expiry_date")), Order::Asc)
+        .order_by((name("s"), name("id")), Order::Asc)
+        .limit(page_size + 1);
+    let mut rows = query_all(db, &expiring)
         .await?
         .into_iter()
         .map(|row| -> Result<pb::ExpiringStockRow> {
