@@ -152,7 +152,8 @@ impl SyncContext {
     }
 }
 
-/// The tonic adapter.
+/// The tonic adapter: it chains the handshake steps and hands the stream to
+/// a session task (`session::run`); the work is in the modules.
 pub struct SyncHandler {
     ctx: SyncContext,
 }

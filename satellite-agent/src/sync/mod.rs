@@ -20,7 +20,7 @@
 //! - `connect`: the master's addresses, the channel and TLS, transport errors;
 //! - `handshake`: the Hello, the credentials, the Welcome, and what it
 //!   decides locally (empty the database for a snapshot, or resume upstream);
-//! - `session`: the [`Session`](session::Session) after the Welcome, one
+//! - `session`: the `Session` after the Welcome, with one
 //!   method per message kind from the master, and the upstream sender;
 //! - [`apply`]: each downstream batch and its cursor, in one transaction.
 
