@@ -1,11 +1,12 @@
 //! The start of a session, before any batch: authentication from metadata,
 //! the satellite's Hello, and the master's Welcome.
 //!
-//! Everything here answers with a status the satellite can act on: wrong
-//! credentials `UNAUTHENTICATED`, a site the master does not sync with
-//! `PERMISSION_DENIED`, a protocol or a cursor the master cannot serve
-//! `FAILED_PRECONDITION`. Nothing is written to the database here except the
-//! failure counters of the throttle (in memory).
+//! Each refusal is a status the satellite can act on: wrong credentials
+//! `UNAUTHENTICATED`; a site the master does not sync with, or a Hello for
+//! another Sync ID, `PERMISSION_DENIED`; no Hello first `INVALID_ARGUMENT`;
+//! another protocol version or a cursor the master cannot serve
+//! `FAILED_PRECONDITION`. Nothing here writes to the database: failed logins
+//! are only counted, in memory, to slow the next tries down.
 //!
 //! Not here: the session's registration and claim (`session`, `registry`).
 
