@@ -21,7 +21,7 @@ use std::time::Duration;
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-use super::Sessions;
+use super::registry::Sessions;
 use crate::changelog::ChangeNotifier;
 
 /// Channel of change-log commits.

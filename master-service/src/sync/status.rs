@@ -1,8 +1,12 @@
-//! What operators see of each site's sessions (`site_status`).
+//! What the master records of each site's sessions: the claim and the status
+//! operators see (`site_status`), and the site's downstream cursor (`site`).
 //!
 //! Status is advisory: a failed update is logged and never ends a session.
 //! It is written by the session that owns the site; `session_id` guards the
 //! disconnect so that an old session cannot mark a newer one as gone.
+//!
+//! The claim and the downstream cursor are not advisory: a session that
+//! cannot record them ends (the caller gets the error).
 
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
@@ -12,7 +16,7 @@ use sea_orm::{
 use storesync_shared::validate::now_ms;
 
 use super::upstream::sync_id_i32;
-use crate::entities::site_status;
+use crate::entities::{site, site_status};
 
 fn log_failure(what: &str, sync_id: u32, result: Result<(), sea_orm::DbErr>) {
     if let Err(error) = result {
@@ -96,7 +100,7 @@ async fn update(
 /// flush each time would stall the stream for a disk round trip per batch.
 /// Atomicity and ordering are unchanged; only durability of the last
 /// few hundred milliseconds is given up.
-pub(super) async fn without_flush<E: EntityTrait>(
+async fn without_flush<E: EntityTrait>(
     db: &DatabaseConnection,
     update: sea_orm::UpdateMany<E>,
 ) -> Result<(), sea_orm::DbErr> {
@@ -108,6 +112,39 @@ pub(super) async fn without_flush<E: EntityTrait>(
         .await?;
     update.exec(&txn).await?;
     txn.commit().await
+}
+
+/// The satellite acknowledged downstream batches up to `cursor`: the site's
+/// cursor moves there (never back) and the site counts as initialised.
+/// Retention keeps change-log entries until every initialised site's cursor
+/// is past them (`retention`).
+///
+/// `initialising`: the site was receiving its snapshot, whose batches carry
+/// no cursor until the last; this ack completes its initialisation.
+pub async fn downstream_acked(
+    db: &DatabaseConnection,
+    sync_id: u32,
+    cursor: u64,
+    initialising: bool,
+) -> Result<(), sea_orm::DbErr> {
+    let update = site::Entity::update_many()
+        .col_expr(
+            site::Column::DownstreamCursor,
+            Expr::value(i64::try_from(cursor).unwrap_or(i64::MAX)),
+        )
+        .col_expr(site::Column::Initialised, Expr::value(true))
+        .filter(site::Column::SyncId.eq(sync_id_i32(sync_id)))
+        .filter(site::Column::DownstreamCursor.lt(i64::try_from(cursor).unwrap_or(i64::MAX)));
+    if initialising {
+        // The site becomes initialised: from now on tombstones
+        // wait for it, so this must survive any crash.
+        update.exec(db).await?;
+        Ok(())
+    } else {
+        // Not flushed: after a database crash an older cursor
+        // only keeps tombstones a little longer.
+        without_flush(db, update).await
+    }
 }
 
 /// The site is alive and reports `backlog` outbox entries waiting. Returns

@@ -1,0 +1,223 @@
+//! The start of a session, before any batch: authentication from metadata,
+//! the satellite's Hello, and the master's Welcome.
+//!
+//! Each refusal is a status the satellite can act on: wrong credentials
+//! `UNAUTHENTICATED`; a site the master does not sync with, or a Hello for
+//! another Sync ID, `PERMISSION_DENIED`; no Hello first `INVALID_ARGUMENT`;
+//! another protocol version or a cursor the master cannot serve
+//! `FAILED_PRECONDITION`. Nothing here writes to the database: failed logins
+//! are only counted, in memory, to slow the next tries down.
+//!
+//! Not here: the session's registration and claim (`session`, `registry`).
+
+use std::time::Duration;
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{DatabaseConnection, EntityTrait, QuerySelect};
+use storesync_shared::entities::{setting, store};
+use storesync_shared::proto::v1::{satellite_message, Hello, SatelliteMessage, Welcome};
+use storesync_shared::{auth, Error, Result};
+use tonic::Streaming;
+
+use super::upstream::{sync_id_i32, SiteIdentity};
+use super::SyncContext;
+use crate::changelog;
+use crate::entities::{change_log, site};
+use crate::metrics;
+
+/// Checks `authorization` and `x-sync-id` before any message is read.
+///
+/// Wrong user name or password, or a missing or malformed Sync ID: UNAUTHENTICATED,
+/// with one message. Right credentials for a Sync ID that is unknown, the
+/// master's own or disabled: PERMISSION_DENIED saying which.
+///
+/// Repeated failures are answered ever more slowly, per Sync ID and per source
+/// address (see [`crate::unlock::Throttle`]), so guessing a password costs seconds a try.
+pub(super) async fn authenticate(
+    ctx: &SyncContext,
+    source: Option<std::net::IpAddr>,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<(site::Model, SiteIdentity)> {
+    let db = &ctx.db;
+    let unauthenticated = || Error::Unauthenticated(SYNC_BAD_CREDENTIALS.to_owned());
+    let sync_id_header: Option<u32> = metadata
+        .get("x-sync-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let delay = ctx
+        .failures_by_source
+        .delay(source)
+        .max(sync_id_header.map_or(Duration::ZERO, |id| ctx.failures_by_site.delay(id)));
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let failed = |sync_id: Option<u32>, user: &str| {
+        let in_a_row = ctx.failures_by_source.failed(source);
+        let for_site = sync_id.map_or(0, |id| ctx.failures_by_site.failed(id));
+        metrics::auth_failed(sync_id);
+        // The user name helps an operator find a misconfigured site; the password never appears.
+        tracing::warn!(sync_id, %user, source = ?source, failures_from_source = in_a_row, failures_for_site = for_site, "sync authentication failed");
+        unauthenticated()
+    };
+    let Some(sync_id) = sync_id_header else {
+        return Err(failed(None, ""));
+    };
+    let Ok(credentials) = auth::basic_credentials(metadata) else {
+        return Err(failed(Some(sync_id), ""));
+    };
+    let site = site::Entity::find_by_id(sync_id_i32(sync_id))
+        .one(db)
+        .await?;
+    let (expected_user, expected_hash) = match site
+        .as_ref()
+        .and_then(|s| Some((s.sync_user_name.clone()?, s.sync_password_hash.clone()?)))
+    {
+        Some(own) => (Some(own.0), Some(own.1)),
+        None => (
+            setting_value(db, "sync_user_name").await?,
+            setting_value(db, "sync_password_hash").await?,
+        ),
+    };
+    let Some(expected_hash) = expected_hash else {
+        tracing::warn!(
+            sync_id,
+            "sync refused: no sync password is set on the master (AdminService.UpdatePreferences)"
+        );
+        return Err(unauthenticated());
+    };
+    let password_ok = auth::verify_secret(credentials.password, expected_hash).await;
+    if !password_ok || expected_user.as_deref() != Some(credentials.user.as_str()) {
+        return Err(failed(Some(sync_id), &credentials.user));
+    }
+    ctx.failures_by_source.succeeded(source);
+    ctx.failures_by_site.succeeded(sync_id);
+    if sync_id == 1 {
+        return Err(Error::PermissionDenied(
+            "Sync ID 1 is the master itself; a satellite has a Sync ID from 2 to 64".into(),
+        ));
+    }
+    let site = site.ok_or_else(|| {
+        Error::PermissionDenied(format!(
+            "Sync ID {sync_id} is not in the master's sync-with list; add it with AdminService.AddSite"
+        ))
+    })?;
+    if !site.enabled {
+        return Err(Error::PermissionDenied(format!(
+            "Sync ID {sync_id} is disabled on the master"
+        )));
+    }
+    let identity = SiteIdentity {
+        sync_id,
+        store_id: site.store_id.clone(),
+    };
+    Ok((site, identity))
+}
+
+/// The one message for every failed sync login.
+const SYNC_BAD_CREDENTIALS: &str = "invalid sync credentials: send `authorization: Basic base64(user:password)` with the master's sync user name and password, and `x-sync-id` with this site's Sync ID";
+
+/// A master preference (`setting` table), if set.
+async fn setting_value(db: &DatabaseConnection, key: &str) -> Result<Option<String>> {
+    Ok(setting::Entity::find_by_id(key.to_owned())
+        .one(db)
+        .await?
+        .map(|s| s.value))
+}
+
+/// Reads the satellite's first message, which must be a Hello of this
+/// protocol version and of the authenticated Sync ID.
+pub(super) async fn read_hello(
+    ctx: &SyncContext,
+    inbound: &mut Streaming<SatelliteMessage>,
+    sync_id: u32,
+) -> Result<Hello> {
+    let first = tokio::time::timeout(ctx.settings.hello_timeout, inbound.message())
+        .await
+        .map_err(|_| Error::InvalidArgument("no Hello within the time limit".into()))?
+        .map_err(|status| {
+            Error::InvalidArgument(format!("reading the Hello: {}", status.message()))
+        })?;
+    let Some(SatelliteMessage {
+        message: Some(satellite_message::Message::Hello(hello)),
+    }) = first
+    else {
+        return Err(Error::InvalidArgument(
+            "the first message of a sync session must be a Hello".into(),
+        ));
+    };
+    if hello.protocol_version != storesync_shared::PROTOCOL_VERSION {
+        return Err(Error::FailedPrecondition(format!(
+            "the satellite speaks sync protocol version {}, this master speaks version {}; upgrade the older side",
+            hello.protocol_version,
+            storesync_shared::PROTOCOL_VERSION
+        )));
+    }
+    if hello.sync_id != sync_id {
+        return Err(Error::PermissionDenied(format!(
+            "Hello.sync_id {} does not match the authenticated Sync ID {sync_id}",
+            hello.sync_id
+        )));
+    }
+    Ok(hello)
+}
+
+/// The master's answer to `hello`, once the satellite's cursor is known to be
+/// servable: not past the change log's end, nor before what it still keeps.
+pub(super) async fn welcome(
+    ctx: &SyncContext,
+    site: &site::Model,
+    identity: &SiteIdentity,
+    hello: &Hello,
+) -> Result<Welcome> {
+    let db = &ctx.db;
+    let store = store::Entity::find_by_id(site.store_id.clone())
+        .one(db)
+        .await?
+        .ok_or_else(|| {
+            Error::Internal(format!("store of Sync ID {} is missing", identity.sync_id))
+        })?;
+    if !hello.needs_initialisation {
+        let head = changelog::head(db).await?;
+        if hello.downstream_cursor > head {
+            return Err(Error::FailedPrecondition(format!(
+                "the satellite has applied master data up to cursor {} but the master's change log ends at {head} \
+                 (was the master restored from an older backup?); delete the satellite's database to re-initialise it",
+                hello.downstream_cursor
+            )));
+        }
+        let oldest: Option<i64> = change_log::Entity::find()
+            .select_only()
+            .column_as(Expr::col(change_log::Column::Seq).min(), "m")
+            .into_tuple()
+            .one(db)
+            .await?
+            .flatten();
+        if let Some(oldest) = oldest.and_then(|o| u64::try_from(o).ok()) {
+            if hello.downstream_cursor + 1 < oldest {
+                return Err(Error::FailedPrecondition(format!(
+                    "the satellite's cursor {} is older than the master's change log keeps (from {oldest}); delete the satellite's database to re-initialise it",
+                    hello.downstream_cursor
+                )));
+            }
+        }
+    }
+    let interval = setting_value(db, "sync_interval_minutes")
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    Ok(Welcome {
+        protocol_version: storesync_shared::PROTOCOL_VERSION,
+        master_version: storesync_shared::VERSION.to_owned(),
+        upstream_acked_seq: u64::try_from(site.upstream_acked_seq).unwrap_or(0),
+        store: Some(store.into()),
+        sync_interval_minutes: interval,
+        heartbeat_interval_seconds: u32::try_from(ctx.settings.heartbeat.as_secs())
+            .unwrap_or(u32::MAX)
+            .max(1),
+        max_batch_records: ctx.settings.max_batch_records,
+        max_message_bytes: u32::try_from(storesync_shared::server::MAX_MESSAGE_BYTES)
+            .unwrap_or(u32::MAX),
+        initialising: hello.needs_initialisation,
+        session_id: uuid::Uuid::new_v4().to_string(),
+    })
+}

@@ -1,0 +1,187 @@
+//! The inbound half of a session: reads the satellite's messages and hands
+//! each kind to its handler, until the satellite says Goodbye, goes away,
+//! falls silent or errs.
+//!
+//! - [`Inbound::on_upstream_batch`]: applies the batch ([`super::upstream`])
+//!   and acknowledges it;
+//! - [`Inbound::on_downstream_ack`]: moves the site's cursor and wakes the
+//!   downstream half, which waits for acks to keep its window;
+//! - [`Inbound::on_heartbeat`]: refreshes the site's status, and ends the
+//!   session if another one has claimed the site since.
+//!
+//! A satellite silent for three heartbeats is taken as gone (`UNAVAILABLE`).
+
+use std::time::Instant;
+
+use storesync_shared::proto::v1::{
+    master_message, satellite_message, DownstreamAck, Heartbeat, SatelliteMessage, UpstreamAck,
+    UpstreamBatch,
+};
+use storesync_shared::{Error, Result};
+use tokio::sync::watch;
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+use super::downstream::{self, Acked, Outbound};
+use super::upstream::{self, SiteIdentity};
+use super::{status, SyncContext};
+use crate::metrics;
+
+/// What the inbound half of one session needs and keeps.
+pub(super) struct Inbound<'a> {
+    pub(super) ctx: &'a SyncContext,
+    pub(super) identity: &'a SiteIdentity,
+    pub(super) session_id: &'a str,
+    /// The site is receiving its snapshot; the first downstream ack with a
+    /// cursor ends that.
+    pub(super) initialising: bool,
+    /// To the satellite (upstream acks).
+    pub(super) tx: &'a Outbound,
+    /// To the downstream half: what the satellite has acknowledged.
+    pub(super) acks: &'a watch::Sender<Acked>,
+}
+
+impl Inbound<'_> {
+    /// Reads the satellite's messages until it says Goodbye, goes away or errs.
+    pub(super) async fn run(mut self, mut inbound: Streaming<SatelliteMessage>) -> Result<()> {
+        let idle_limit = self.ctx.settings.heartbeat * 3;
+        loop {
+            let next = tokio::time::timeout(idle_limit, inbound.message())
+                .await
+                .map_err(|_| {
+                    Error::Unavailable(format!(
+                        "no message from the satellite for {idle_limit:?}; closing the session"
+                    ))
+                })?;
+            let message = match next {
+                Ok(Some(message)) => message,
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(inbound_failure(&status)),
+            };
+            match message.message {
+                Some(satellite_message::Message::UpstreamBatch(batch)) => {
+                    self.on_upstream_batch(batch).await?
+                }
+                Some(satellite_message::Message::DownstreamAck(ack)) => {
+                    self.on_downstream_ack(ack).await?
+                }
+                Some(satellite_message::Message::Heartbeat(beat)) => {
+                    self.on_heartbeat(beat).await?
+                }
+                Some(satellite_message::Message::Goodbye(_)) => return Ok(()),
+                Some(satellite_message::Message::Hello(_)) => {
+                    return Err(Error::InvalidArgument(
+                        "a session takes one Hello, at its start".into(),
+                    ));
+                }
+                None => return Err(Error::InvalidArgument("an empty SatelliteMessage".into())),
+            }
+        }
+    }
+
+    /// Applies an upstream batch in order and acknowledges it.
+    async fn on_upstream_batch(&self, batch: UpstreamBatch) -> Result<()> {
+        let (ctx, identity, session_id, tx) = (self.ctx, self.identity, self.session_id, self.tx);
+        let sync_id = identity.sync_id;
+        if batch.records.len() > ctx.settings.max_batch_records as usize {
+            metrics::upstream_rejected(sync_id, &Error::InvalidArgument(String::new()));
+            return Err(Error::invalid(
+                "upstream_batch.records",
+                format!(
+                    "{} records exceed the limit of {}",
+                    batch.records.len(),
+                    ctx.settings.max_batch_records
+                ),
+            ));
+        }
+        let (first, last) = (batch.first_seq, batch.last_seq);
+        // One trace per batch: this apply is a child of the satellite's push.
+        let span = tracing::info_span!(parent: None, "sync.upstream.apply", otel.kind = "consumer", sync_id, first_seq = first, last_seq = last, records = batch.records.len());
+        storesync_shared::telemetry::propagation::set_parent(&span, &batch.trace_context);
+        let tables = metrics::tables_of(&batch.records);
+        let started = Instant::now();
+        let applied = upstream::apply_batch(&ctx.db, identity, session_id, batch)
+            .instrument(span)
+            .await
+            .inspect_err(|error| metrics::upstream_rejected(sync_id, error))?;
+        metrics::upstream_applied(sync_id, &tables, applied.applied, started);
+        tracing::debug!(
+            sync_id,
+            first,
+            last,
+            applied = applied.applied,
+            "upstream batch applied"
+        );
+        downstream::send(
+            tx,
+            master_message::Message::UpstreamAck(UpstreamAck {
+                acked_seq: applied.acked_seq,
+                applied: applied.applied,
+            }),
+        )
+        .await?;
+        status::synced(&ctx.db, sync_id, u64::from(applied.applied)).await;
+        Ok(())
+    }
+
+    /// The satellite applied downstream up to `ack.cursor`: record it, end the
+    /// initialisation if this ack completes it, and tell the downstream half.
+    async fn on_downstream_ack(&mut self, ack: DownstreamAck) -> Result<()> {
+        let sync_id = self.identity.sync_id;
+        let db = &self.ctx.db;
+        if ack.cursor > 0 {
+            status::downstream_acked(db, sync_id, ack.cursor, self.initialising).await?;
+        }
+        if self.initialising && ack.cursor > 0 {
+            self.initialising = false;
+            let done = ack.init_records_done;
+            status::initialisation(db, sync_id, false, done, done).await;
+            tracing::info!(sync_id, records = done, "site initialised");
+        }
+        // send_modify, not send_replace(… acks.borrow() …): a read guard
+        // held while sending would deadlock on the watch's lock.
+        self.acks.send_modify(|acked| {
+            acked.cursor = acked.cursor.max(ack.cursor);
+            acked.init_records_done = ack.init_records_done;
+        });
+        status::synced(db, sync_id, 0).await;
+        Ok(())
+    }
+
+    /// The satellite is alive; a session that lost its claim ends (`ABORTED`).
+    async fn on_heartbeat(&self, beat: Heartbeat) -> Result<()> {
+        let sync_id = self.identity.sync_id;
+        if !status::heartbeat(
+            &self.ctx.db,
+            sync_id,
+            self.session_id,
+            beat.upstream_backlog,
+        )
+        .await
+        {
+            return Err(Error::Aborted(format!(
+                "a newer session for Sync ID {sync_id} replaced this one"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why reading the satellite's stream failed, as the status to end it with.
+/// tonic reports a message it cannot decode as INTERNAL and one over the size
+/// limit as OUT_OF_RANGE; both are the sender's fault, not the master's.
+fn inbound_failure(status: &Status) -> Error {
+    match status.code() {
+        tonic::Code::Internal => {
+            Error::InvalidArgument(format!("a malformed message: {}", status.message()))
+        }
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            Error::InvalidArgument(format!(
+                "a message over the size limit of {} bytes: {}",
+                storesync_shared::server::MAX_MESSAGE_BYTES,
+                status.message()
+            ))
+        }
+        _ => Error::Unavailable(format!("the stream broke: {}", status.message())),
+    }
+}

@@ -1,0 +1,144 @@
+//! The start of a session: the Hello (from the local database), the
+//! credentials, the master's Welcome, and what the Welcome decides locally.
+//!
+//! # Invariant
+//! The local database is emptied for initialisation only once the master's
+//! Welcome confirms that a snapshot is coming: a master that refuses the
+//! session leaves a half-initialised database as it was, and the next
+//! attempt asks again.
+//!
+//! Not here: the channel (`connect`), the exchange after the Welcome (`session`).
+
+use std::time::Duration;
+
+use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
+use storesync_shared::proto::v1::sync_service_client::SyncServiceClient;
+use storesync_shared::proto::v1::{
+    master_message, satellite_message, ConnectionState, Hello, MasterMessage, SatelliteMessage,
+    Welcome,
+};
+use storesync_shared::{auth, Error, Result};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+use super::connect::status_error;
+use super::session::send;
+use super::{apply, ClientSettings};
+use crate::entities::{outbox as outbox_table, sync_state};
+use crate::status::SyncHandle;
+
+/// A session the master has welcomed.
+pub(super) struct Opened {
+    /// Everything sent to the master goes through here.
+    pub(super) tx: mpsc::Sender<SatelliteMessage>,
+    pub(super) inbound: Streaming<MasterMessage>,
+    pub(super) welcome: Welcome,
+    /// Upstream entries up to here are sent (or acknowledged) already.
+    pub(super) sent_seq: u64,
+}
+
+/// The Hello this satellite sends, from its `sync_state` and outbox.
+pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) -> Result<Hello> {
+    let state = load_state(db).await?;
+    let initialise = !state.initialised;
+    let backlog = outbox_table::Entity::find().count(db).await?;
+    Ok(Hello {
+        protocol_version: storesync_shared::PROTOCOL_VERSION,
+        sync_id: settings.sync_id,
+        agent_version: storesync_shared::VERSION.to_owned(),
+        downstream_cursor: if initialise {
+            0
+        } else {
+            u64::try_from(state.downstream_cursor).unwrap_or(0)
+        },
+        upstream_last_seq: u64::try_from(state.upstream_last_seq).unwrap_or(0),
+        needs_initialisation: initialise,
+        mode: settings.mode as i32,
+        upstream_backlog: backlog,
+    })
+}
+
+async fn load_state(db: &DatabaseConnection) -> Result<sync_state::Model> {
+    sync_state::Entity::find_by_id(1)
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::Internal("sync_state row is missing".into()))
+}
+
+/// Opens the stream with `hello` and the credentials, waits for the Welcome
+/// and prepares the local database for what it says (see the invariant).
+/// The master's sync interval, when it states one, replaces `interval`.
+pub(super) async fn open(
+    db: &DatabaseConnection,
+    settings: &ClientSettings,
+    mut client: SyncServiceClient<Channel>,
+    hello: Hello,
+    handle: &SyncHandle,
+    interval: &mut u32,
+) -> Result<Opened> {
+    let initialise = hello.needs_initialisation;
+    let (tx, rx) = mpsc::channel::<SatelliteMessage>(settings.window * 2 + 8);
+    send(&tx, satellite_message::Message::Hello(hello)).await?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let auth_value = auth::basic_header(&settings.sync_user, &settings.sync_password)
+        .parse()
+        .map_err(|_| Error::invalid("sync_user", "cannot be sent as a header"))?;
+    request.metadata_mut().insert("authorization", auth_value);
+    request
+        .metadata_mut()
+        .insert("x-sync-id", settings.sync_id.into());
+    let mut inbound = client
+        .sync(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+
+    let welcome = read_welcome(&mut inbound, settings.heartbeat * 3).await?;
+    tracing::info!(session = %welcome.session_id, initialise, "connected to the master");
+    handle.set_state(ConnectionState::Connected);
+    if welcome.sync_interval_minutes > 0 {
+        *interval = welcome.sync_interval_minutes;
+        handle.set_interval(welcome.sync_interval_minutes);
+    }
+
+    if welcome.initialising {
+        // Only now that a snapshot is coming: empty what a half-finished
+        // earlier initialisation may have left.
+        apply::clear_for_initialisation(db).await?;
+    }
+    let sent_seq = if welcome.initialising {
+        welcome.upstream_acked_seq
+    } else {
+        apply::reconcile_upstream(db, welcome.upstream_acked_seq).await?
+    };
+    Ok(Opened {
+        tx,
+        inbound,
+        welcome,
+        sent_seq,
+    })
+}
+
+/// The master's first message, which must be a Welcome within `idle_limit`.
+async fn read_welcome(
+    inbound: &mut Streaming<MasterMessage>,
+    idle_limit: Duration,
+) -> Result<Welcome> {
+    match tokio::time::timeout(idle_limit, inbound.message()).await {
+        Ok(Ok(Some(message))) => match message.message {
+            Some(master_message::Message::Welcome(welcome)) => Ok(welcome),
+            _ => Err(Error::InvalidArgument(
+                "the master's first message was not a Welcome".into(),
+            )),
+        },
+        Ok(Ok(None)) => Err(Error::Unavailable(
+            "the master closed the stream before its Welcome".into(),
+        )),
+        Ok(Err(status)) => Err(status_error(status)),
+        Err(_) => Err(Error::Unavailable(
+            "no Welcome from the master in time".into(),
+        )),
+    }
+}

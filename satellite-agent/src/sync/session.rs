@@ -1,0 +1,327 @@
+//! One session after the Welcome: the [`Session`] keeps its state, sends
+//! upstream batches from the outbox ([`Session::fill_window`]), and has one
+//! method per kind of message from the master. [`Session::run`] only waits
+//! and dispatches (the upstream and downstream rules are in the parent
+//! module's doc).
+//!
+//! In interval mode, once the master has caught up, nothing is initialising
+//! and every upstream batch is acknowledged, the satellite says Goodbye.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use prost::Message;
+use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
+use storesync_shared::proto::v1::{
+    master_message, satellite_message, CaughtUp, DownstreamAck, DownstreamBatch, Goodbye,
+    Heartbeat, MasterMessage, SatelliteMessage, SyncError, SyncMode, UpstreamAck, UpstreamBatch,
+    Welcome,
+};
+use storesync_shared::validate::now_ms;
+use storesync_shared::{Error, Result};
+use tokio::sync::mpsc;
+use tonic::Streaming;
+use tracing::Instrument;
+
+use super::connect::status_error;
+use super::handshake::Opened;
+use super::{apply, ClientSettings};
+use crate::entities::outbox as outbox_table;
+use crate::outbox;
+use crate::status::SyncHandle;
+
+/// The state of one session with the master.
+pub(super) struct Session<'a> {
+    db: &'a DatabaseConnection,
+    settings: &'a ClientSettings,
+    handle: &'a SyncHandle,
+    /// The upstream sender: every message to the master goes through it.
+    tx: mpsc::Sender<SatelliteMessage>,
+    welcome: Welcome,
+    /// Records per upstream batch: ours, within the master's limit.
+    batch_records: usize,
+    /// A snapshot is being applied: nothing is sent upstream until it is done.
+    initialising: bool,
+    /// The last outbox sequence sent (or acknowledged before this session).
+    sent_seq: u64,
+    /// Last sequence of each unacknowledged upstream batch, in order.
+    in_flight: VecDeque<u64>,
+    /// The master has sent everything it has (CaughtUp).
+    caught_up: bool,
+    /// The master's last `SyncError`: it explains the status that follows.
+    master_error: Option<String>,
+}
+
+impl<'a> Session<'a> {
+    pub(super) fn new(
+        db: &'a DatabaseConnection,
+        settings: &'a ClientSettings,
+        handle: &'a SyncHandle,
+        opened: Opened,
+    ) -> (Self, Streaming<MasterMessage>) {
+        let Opened {
+            tx,
+            inbound,
+            welcome,
+            sent_seq,
+        } = opened;
+        let batch_records = settings
+            .batch_records
+            .min(welcome.max_batch_records.max(1) as usize);
+        let session = Self {
+            db,
+            settings,
+            handle,
+            tx,
+            batch_records,
+            initialising: welcome.initialising,
+            sent_seq,
+            in_flight: VecDeque::new(),
+            caught_up: false,
+            master_error: None,
+            welcome,
+        };
+        (session, inbound)
+    }
+
+    /// Exchanges until done (interval) or broken.
+    pub(super) async fn run(mut self, mut inbound: Streaming<MasterMessage>) -> Result<()> {
+        let heartbeat_every =
+            Duration::from_secs(u64::from(self.welcome.heartbeat_interval_seconds.max(1)));
+        let idle_limit = heartbeat_every * 3;
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(Duration::from_millis(500));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let handle = self.handle;
+
+        loop {
+            self.fill_window().await?;
+            if self.settings.mode == SyncMode::Interval
+                && self.caught_up
+                && !self.initialising
+                && self.in_flight.is_empty()
+            {
+                if self.say_goodbye_if_done().await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            tokio::select! {
+                next = tokio::time::timeout(idle_limit, inbound.message()) => {
+                    let message = match next {
+                        Err(_) => return Err(Error::Unavailable(format!("nothing from the master for {idle_limit:?}"))),
+                        Ok(Err(status)) => return Err(self.ended_by_master(status)),
+                        Ok(Ok(None)) => return Err(Error::Unavailable("the master ended the session".into())),
+                        Ok(Ok(Some(message))) => message,
+                    };
+                    match message.message {
+                        Some(master_message::Message::DownstreamBatch(batch)) => self.on_downstream_batch(batch).await?,
+                        Some(master_message::Message::UpstreamAck(ack)) => self.on_upstream_ack(ack).await?,
+                        Some(master_message::Message::CaughtUp(caught_up)) => self.on_caught_up(caught_up),
+                        Some(master_message::Message::Heartbeat(beat)) => self.on_heartbeat(beat),
+                        Some(master_message::Message::Error(error)) => self.on_error(error),
+                        Some(master_message::Message::Welcome(_)) | None => {
+                            return Err(Error::InvalidArgument("unexpected message from the master".into()));
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => self.send_heartbeat().await?,
+                _ = handle.outbox_written() => {}
+                _ = poll.tick() => {}
+            }
+        }
+    }
+
+    /// The upstream sender: fills the window of unacknowledged batches from
+    /// the outbox.
+    async fn fill_window(&mut self) -> Result<()> {
+        let settings = self.settings;
+        while !self.initialising && self.in_flight.len() < settings.window {
+            let Some(mut batch) = next_batch(
+                self.db,
+                self.sent_seq,
+                self.batch_records,
+                settings.batch_bytes,
+            )
+            .await?
+            else {
+                break;
+            };
+            self.sent_seq = batch.last_seq;
+            self.in_flight.push_back(batch.last_seq);
+            // One trace per batch: the master's apply becomes a child of this span.
+            let span = tracing::info_span!(parent: None, "sync.upstream.push", otel.kind = "producer", sync_id = settings.sync_id, first_seq = batch.first_seq, last_seq = batch.last_seq, records = batch.records.len());
+            batch.trace_context = storesync_shared::telemetry::propagation::inject(&span);
+            send(&self.tx, satellite_message::Message::UpstreamBatch(batch))
+                .instrument(span)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Interval mode, all exchanged: says Goodbye unless a local write added
+    /// outbox entries meanwhile (then returns false, to send them first).
+    async fn say_goodbye_if_done(&self) -> Result<bool> {
+        let pending = outbox::read_after(self.db, self.sent_seq, 1).await?;
+        if !pending.is_empty() {
+            return Ok(false);
+        }
+        send(&self.tx, satellite_message::Message::Goodbye(Goodbye {})).await?;
+        self.handle.set_synced();
+        tracing::info!("interval sync complete");
+        Ok(true)
+    }
+
+    /// Tells the master this side is alive, with the outbox backlog.
+    async fn send_heartbeat(&self) -> Result<()> {
+        let backlog = outbox_table::Entity::find().count(self.db).await?;
+        send(
+            &self.tx,
+            satellite_message::Message::Heartbeat(Heartbeat {
+                sent_at_ms: now_ms(),
+                upstream_backlog: backlog,
+            }),
+        )
+        .await
+    }
+
+    /// The master ended the stream with `status`; its `SyncError`, sent just
+    /// before, explains a status that came without a message.
+    fn ended_by_master(&mut self, status: tonic::Status) -> Error {
+        status_error(match self.master_error.take() {
+            Some(text) if status.message().is_empty() => tonic::Status::new(status.code(), text),
+            _ => status,
+        })
+    }
+
+    /// Applies a downstream batch with its cursor in one transaction and
+    /// acknowledges it; the snapshot's last batch ends the initialisation.
+    async fn on_downstream_batch(&mut self, batch: DownstreamBatch) -> Result<()> {
+        let (db, settings, handle) = (self.db, self.settings, self.handle);
+        let end_cursor = batch.end_cursor;
+        let progress = batch.initialisation;
+        let span = tracing::info_span!(parent: None, "sync.downstream.apply", otel.kind = "consumer", sync_id = settings.sync_id, end_cursor, records = batch.records.len());
+        storesync_shared::telemetry::propagation::set_parent(&span, &batch.trace_context);
+        let tables = crate::metrics::tables_of(&batch.records);
+        let started = std::time::Instant::now();
+        let applied = apply::apply_batch(
+            db,
+            batch,
+            self.welcome.store.as_ref(),
+            self.welcome.upstream_acked_seq,
+        )
+        .instrument(span)
+        .await?;
+        crate::metrics::downstream_applied(settings.sync_id, &tables, applied.records, started);
+        if let Some(progress) = &progress {
+            handle.set_initialising(progress.records_done, progress.records_total);
+            if progress.records_done == progress.records_total
+                || progress.records_done % 10_000 < 1000
+            {
+                tracing::info!(
+                    done = progress.records_done,
+                    total = progress.records_total,
+                    "initialising"
+                );
+            }
+        }
+        if applied.initialised {
+            self.initialising = false;
+            self.sent_seq = self.welcome.upstream_acked_seq;
+            handle.set_initialised();
+            tracing::info!(
+                cursor = end_cursor,
+                "initialised from the master's snapshot"
+            );
+        }
+        let init_records_done = progress.map(|p| p.records_done).unwrap_or(0);
+        send(
+            &self.tx,
+            satellite_message::Message::DownstreamAck(DownstreamAck {
+                cursor: end_cursor,
+                init_records_done,
+                initialisation_complete: applied.initialised,
+            }),
+        )
+        .await?;
+        handle.set_synced();
+        Ok(())
+    }
+
+    /// The master committed upstream entries up to `ack.acked_seq`: they leave
+    /// the outbox and the window.
+    async fn on_upstream_ack(&mut self, ack: UpstreamAck) -> Result<()> {
+        apply::upstream_acked(self.db, ack.acked_seq).await?;
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|last| *last <= ack.acked_seq)
+        {
+            self.in_flight.pop_front();
+        }
+        self.handle.set_synced();
+        Ok(())
+    }
+
+    /// The master has sent everything it has (in interval mode, the session
+    /// can end once upstream is acknowledged too).
+    fn on_caught_up(&mut self, _: CaughtUp) {
+        self.caught_up = true;
+        self.handle.set_synced();
+    }
+
+    /// Its arrival is all that matters: it keeps the idle limit from expiring.
+    fn on_heartbeat(&self, _: Heartbeat) {}
+
+    /// The master reports why it is about to end the session; the status
+    /// that follows may come without the message (see `ended_by_master`).
+    fn on_error(&mut self, error: SyncError) {
+        tracing::warn!(code = error.code, message = %error.message, "the master reports an error");
+        self.master_error = Some(error.message);
+    }
+}
+
+/// The next upstream batch after `after_seq`, bounded by records and bytes.
+async fn next_batch(
+    db: &DatabaseConnection,
+    after_seq: u64,
+    max_records: usize,
+    max_bytes: usize,
+) -> Result<Option<UpstreamBatch>> {
+    let entries = outbox::read_after(db, after_seq, max_records as u64).await?;
+    let Some((first_seq, _)) = entries.first() else {
+        return Ok(None);
+    };
+    let first_seq = *first_seq;
+    let mut records = Vec::with_capacity(entries.len());
+    let mut bytes = 0usize;
+    let mut last_seq = first_seq;
+    for (seq, record) in entries {
+        let size = record.encoded_len() + 8;
+        if !records.is_empty() && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        last_seq = seq;
+        records.push(record);
+    }
+    Ok(Some(UpstreamBatch {
+        first_seq,
+        last_seq,
+        records,
+        trace_context: Default::default(),
+    }))
+}
+
+/// Sends `message` to the master; an error means the stream is gone.
+pub(super) async fn send(
+    tx: &mpsc::Sender<SatelliteMessage>,
+    message: satellite_message::Message,
+) -> Result<()> {
+    tx.send(SatelliteMessage {
+        message: Some(message),
+    })
+    .await
+    .map_err(|_| Error::Unavailable("the stream to the master closed".into()))
+}
