@@ -15,7 +15,7 @@ use std::time::Duration;
 pub use storesync_shared::config::ConfigError;
 use storesync_shared::config::{
     address, number, one_of, path, rule, FileLayer, Problems, ShowDefault, HEARTBEAT_SECONDS,
-    HEARTBEAT_SECONDS_RANGE, SATELLITE_SYNC_INTERVAL_MINUTES, SHUTDOWN_GRACE_SECONDS_RANGE,
+    HEARTBEAT_SECONDS_RANGE, SHUTDOWN_GRACE_SECONDS_RANGE, SYNC_INTERVAL_MINUTES,
     SYNC_INTERVAL_MINUTES_RANGE,
 };
 
@@ -23,8 +23,6 @@ use storesync_shared::config::{
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50052";
 /// SQLite file name inside the data directory.
 pub const DEFAULT_DATABASE_FILE: &str = "storesync-satellite.db";
-/// Minutes between sessions in interval mode until the master says otherwise.
-pub const DEFAULT_SYNC_INTERVAL_MINUTES: u32 = SATELLITE_SYNC_INTERVAL_MINUTES;
 /// Operator created on first start when none is named.
 pub const DEFAULT_OPERATOR_USER: &str = "admin";
 /// First reconnection delay, in milliseconds.
@@ -167,7 +165,7 @@ storesync_shared::settings! {
             env "STORESYNC_SYNC_MODE",
             check one_of(SYNC_MODES);
         /// Minutes between sessions in interval mode (the master's preference wins).
-        sync_interval_minutes: u32 = DEFAULT_SYNC_INTERVAL_MINUTES,
+        sync_interval_minutes: u32 = SYNC_INTERVAL_MINUTES,
             env "STORESYNC_SYNC_INTERVAL_MINUTES",
             check number(SYNC_INTERVAL_MINUTES_RANGE);
         /// sqlite://… or postgres://… [default: a SQLite file storesync-satellite.db in the data directory].
@@ -506,7 +504,7 @@ mod tests {
         let config = Config::layer(args(), FileLayer::default()).expect("valid");
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.sync_mode, SyncMode::Streaming);
-        assert_eq!(config.sync_interval_minutes, 5);
+        assert_eq!(config.sync_interval_minutes, 10);
         assert!(config
             .database_url
             .ends_with("storesync-satellite.db?mode=rwc"));

@@ -35,13 +35,10 @@ use std::str::FromStr;
 pub const HEARTBEAT_SECONDS: u64 = 15;
 /// Accepted heartbeat periods, in seconds.
 pub const HEARTBEAT_SECONDS_RANGE: (u64, u64) = (1, 3600);
-/// The sync time interval the master seeds as its preference on first start,
-/// in minutes (operators change it with `UpdatePreferences`).
+/// The sync time interval, in minutes: the preference the master seeds on
+/// first start (operators change it with `UpdatePreferences`), and what a
+/// satellite uses until the master's Welcome tells it the preference.
 pub const SYNC_INTERVAL_MINUTES: u32 = 10;
-/// The interval a satellite uses until it has heard the master's preference,
-/// in minutes. Shorter than the master's default on purpose: a new site
-/// should not wait long for its first session.
-pub const SATELLITE_SYNC_INTERVAL_MINUTES: u32 = 5;
 /// Accepted sync time intervals, in minutes (one minute to one day); the same
 /// bounds hold for the preference set through `UpdatePreferences`.
 pub const SYNC_INTERVAL_MINUTES_RANGE: (u32, u32) = (1, 1440);

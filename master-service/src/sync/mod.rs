@@ -76,7 +76,7 @@ pub struct SyncSettings {
 impl Default for SyncSettings {
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(storesync_shared::config::HEARTBEAT_SECONDS),
             max_batch_records: 5000,
             // Large batches: a satellite's SQLite writes each touched page once
             // per commit, and keys arrive in random order, so records per
