@@ -16,6 +16,7 @@
 
 pub mod cluster;
 pub mod downstream;
+pub mod error;
 pub mod retention;
 pub mod status;
 pub mod upstream;
@@ -484,6 +485,8 @@ async fn run_session(
         ack_rx,
     ));
     let mut shutdown = ctx.shutdown.subscribe();
+    // The record an upstream batch was refused for, for the SyncError.
+    let refused = std::sync::OnceLock::new();
     let inbound_half = inbound_loop(
         &ctx,
         &identity,
@@ -492,6 +495,7 @@ async fn run_session(
         inbound,
         &tx,
         &ack_tx,
+        &refused,
     );
     tokio::pin!(inbound_half);
     let outcome: Result<()> = tokio::select! {
@@ -517,9 +521,7 @@ async fn run_session(
                     status::error(&ctx.db, sync_id, status.message()).await;
                 }
             }
-            // The status message names the record; the typed reference is not
-            // carried out of the apply yet.
-            let record = None;
+            let record = refused.get().cloned();
             let _ = tx
                 .send(Ok(MasterMessage {
                     message: Some(master_message::Message::Error(SyncError {
@@ -580,6 +582,7 @@ async fn inbound_loop(
     mut inbound: Streaming<SatelliteMessage>,
     tx: &downstream::Outbound,
     acks: &watch::Sender<Acked>,
+    refused: &std::sync::OnceLock<storesync_shared::proto::v1::RecordRef>,
 ) -> Result<()> {
     let sync_id = identity.sync_id;
     let idle_limit = ctx.settings.heartbeat * 3;
@@ -600,15 +603,16 @@ async fn inbound_loop(
         match message.message {
             Some(satellite_message::Message::UpstreamBatch(batch)) => {
                 if batch.records.len() > ctx.settings.max_batch_records as usize {
-                    metrics::upstream_rejected(sync_id, &Error::InvalidArgument(String::new()));
-                    return Err(Error::invalid(
+                    let error = error::ApplyError::invalid(
                         "upstream_batch.records",
                         format!(
                             "{} records exceed the limit of {}",
                             batch.records.len(),
                             ctx.settings.max_batch_records
                         ),
-                    ));
+                    );
+                    metrics::upstream_rejected(sync_id, &error);
+                    return Err(error.into());
                 }
                 let (first, last) = (batch.first_seq, batch.last_seq);
                 // One trace per batch: this apply is a child of the satellite's push.
@@ -619,7 +623,12 @@ async fn inbound_loop(
                 let applied = upstream::apply_batch(&ctx.db, identity, session_id, batch)
                     .instrument(span)
                     .await
-                    .inspect_err(|error| metrics::upstream_rejected(sync_id, error))?;
+                    .inspect_err(|error| {
+                        metrics::upstream_rejected(sync_id, error);
+                        if let Some(record) = error.record() {
+                            let _ = refused.set(record.to_ref());
+                        }
+                    })?;
                 metrics::upstream_applied(sync_id, &tables, applied.applied, started);
                 tracing::debug!(
                     sync_id,
