@@ -574,6 +574,7 @@ fn inbound_failure(status: &Status) -> Error {
 }
 
 /// Reads the satellite's messages until it says Goodbye, goes away or errs.
+#[allow(clippy::too_many_arguments)]
 async fn inbound_loop(
     ctx: &SyncContext,
     identity: &SiteIdentity,

@@ -5,6 +5,9 @@
 //! before commit leaves the old cursor and none of the batch (the master resends
 //! it); after commit both are there. The last snapshot batch also marks the
 //! database initialised and sets the upstream positions from the master's.
+//!
+//! The tables written, their order and which deletes the master may send come
+//! from the registry of synced tables (`storesync_shared::tables`).
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{

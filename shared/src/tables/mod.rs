@@ -23,6 +23,10 @@
 //! the entity's order, the primary key `id` first. The table's encode and
 //! decode are the only place a table meets the wire.
 
+// A record that is not of a table is handed back by value, to be tried on the
+// next table: boxing it would allocate for every table tried.
+#![allow(clippy::result_large_err)]
+
 use sea_orm::sea_query::ArrayType;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ColumnType, DbErr, EntityTrait, FromQueryResult, IdenStatic,
