@@ -20,9 +20,9 @@ use storesync_shared::proto::v1::SyncRecord;
 use storesync_shared::telemetry::catalog::{self, MetricDesc};
 use storesync_shared::telemetry::grpc::DURATION_BUCKETS;
 use storesync_shared::validate::now_ms;
-use storesync_shared::Error;
 
 use crate::entities::{change_log, site, site_status};
+use crate::sync::error::ApplyError;
 
 /// The instruments; built on first use from the global meter provider, which
 /// `main` sets up before serving.
@@ -140,13 +140,8 @@ pub fn upstream_applied(sync_id: u32, tables: &[&'static str], applied: u32, sta
 }
 
 /// An upstream batch of `sync_id` was refused whole with `error`.
-pub fn upstream_rejected(sync_id: u32, error: &Error) {
-    let reason = match error {
-        Error::InvalidArgument(_) => "invalid_argument",
-        Error::PermissionDenied(_) => "permission_denied",
-        Error::FailedPrecondition(_) => "failed_precondition",
-        _ => "internal",
-    };
+pub fn upstream_rejected(sync_id: u32, error: &ApplyError) {
+    let reason = error.reason();
     METRICS.batches_rejected.add(
         1,
         &[

@@ -16,8 +16,10 @@ use sea_orm::{
     IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
 };
 use storesync_shared::auth;
-use storesync_shared::entities::{invoice, invoice_line, name, stock_line, store};
+use storesync_shared::entities::{invoice, name, store};
 use storesync_shared::proto::v1::{self as pb, Table};
+use storesync_shared::tables::write::{self, Scope};
+use storesync_shared::tables::Owner;
 use storesync_shared::validate::{self, now_ms};
 
 use crate::changelog::{self, ChangeNotifier};
@@ -434,22 +436,22 @@ pub async fn remove(
         )));
     };
     let store_id = current.store_id.clone();
-    let stock_lines = stock_line::Entity::find()
-        .filter(stock_line::Column::StoreId.eq(store_id.as_str()))
-        .count(&txn)
-        .await?;
-    let invoices = invoice::Entity::find()
-        .filter(invoice::Column::StoreId.eq(store_id.as_str()))
-        .count(&txn)
-        .await?;
-    let invoice_lines = invoice_line::Entity::find()
-        .filter(invoice_line::Column::StoreId.eq(store_id.as_str()))
-        .count(&txn)
-        .await?;
-    if stock_lines + invoices + invoice_lines > 0 {
+    // Each table of store data, as "3 stock line(s)".
+    let mut held = Vec::new();
+    let mut rows = 0;
+    for table in storesync_shared::tables::SYNCED {
+        if !matches!(table.owner(), Owner::Store { .. }) {
+            continue;
+        }
+        let count = write::count(&txn, *table, Scope::Store(&store_id)).await?;
+        rows += count;
+        held.push(format!("{count} {}(s)", table.name().replace('_', " ")));
+    }
+    if rows > 0 {
+        let last = held.pop().unwrap_or_default();
         return Err(Error::failed_precondition(format!(
-            "the store of Sync ID {sync_id} holds {stock_lines} stock line(s), {invoices} invoice(s) \
-             and {invoice_lines} invoice line(s); disable the site instead (UpdateSite with enabled false)"
+            "the store of Sync ID {sync_id} holds {} and {last}; disable the site instead (UpdateSite with enabled false)",
+            held.join(", ")
         )));
     }
     let store = store::Entity::find_by_id(store_id.clone())

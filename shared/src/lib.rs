@@ -11,6 +11,8 @@
 //! - [`config`]: defaults both binaries share, and declaring settings once.
 //! - [`db`]: opening PostgreSQL or SQLite with the right settings.
 //! - [`tls`]: TLS (and mutual TLS) for servers and the sync client.
+//! - [`tables`]: one definition per synced table and the registry sync
+//!   iterates over, with their statements on each backend.
 //! - [`upsert`]: ordered multi-row upserts of records from another site.
 //! - [`store_ops`]: a store's rules (invoices move stock, never below zero)
 //!   and its reads; [`store_service`]: the `StoreService` adapter over them,
@@ -32,6 +34,7 @@ pub mod schema;
 pub mod server;
 pub mod store_ops;
 pub mod store_service;
+pub mod tables;
 pub mod telemetry;
 pub mod tls;
 pub mod upsert;

@@ -19,11 +19,13 @@
 use std::collections::HashSet;
 use std::fmt::Write;
 
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{Alias, OnConflict, Query, SimpleExpr};
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IdenStatic, IntoActiveModel,
-    Iterable, PrimaryKeyToColumn, Statement, Value,
+    Iterable, Statement, Value,
 };
+
+use crate::tables::{Row, SyncTable};
 
 /// Bind parameters per statement: below SQLite's 32,766 and PostgreSQL's 65,535.
 const MAX_PARAMETERS: usize = 30_000;
@@ -48,18 +50,54 @@ where
     if models.is_empty() {
         return Ok(());
     }
-    let columns = E::Column::iter().count().max(1);
-    let rows_per_statement = match db.get_database_backend() {
+    let runs = cut(
+        &models,
+        rows_per_statement(db, E::Column::iter().count()),
+        id_of,
+    );
+    let columns: Vec<String> = E::Column::iter()
+        .map(|c| IdenStatic::as_str(&c).to_owned())
+        .collect();
+    let rows = models
+        .into_iter()
+        .map(|model| {
+            let mut active = model.into_active_model();
+            Row(E::Column::iter()
+                .map(|c| active.take(c).into_value().unwrap_or(Value::Int(None)))
+                .collect())
+        })
+        .collect();
+    write(
+        db,
+        sea_orm::EntityName::table_name(&E::default()),
+        &columns,
+        rows,
+        &runs,
+    )
+    .await
+}
+
+/// Upserts `rows` of `table` in order (see the module docs).
+pub async fn rows<C: ConnectionTrait>(
+    db: &C,
+    table: &dyn SyncTable,
+    rows: Vec<Row>,
+) -> Result<(), DbErr> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let columns: Vec<String> = table.columns().into_iter().map(|c| c.name).collect();
+    let runs = cut(&rows, rows_per_statement(db, columns.len()), Row::id);
+    write(db, table.name(), &columns, rows, &runs).await
+}
+
+fn rows_per_statement<C: ConnectionTrait>(db: &C, columns: usize) -> usize {
+    match db.get_database_backend() {
         DbBackend::Sqlite => SQLITE_ROWS,
         _ => 1000,
     }
-    .min(MAX_PARAMETERS / columns)
-    .max(1);
-    let runs = cut(&models, rows_per_statement, id_of);
-    match db.get_database_backend() {
-        DbBackend::Sqlite => sqlite::write::<E, C>(db, models, &runs).await,
-        _ => sea_query_write::<E, C>(db, models, &runs).await,
-    }
+    .min(MAX_PARAMETERS / columns.max(1))
+    .max(1)
 }
 
 /// The lengths of consecutive statements: at most `limit` rows each, a new
@@ -79,39 +117,45 @@ fn cut<M>(models: &[M], limit: usize, id_of: impl Fn(&M) -> &str) -> Vec<usize> 
     lengths
 }
 
-/// The key and non-key columns of `E`.
-fn key_and_update<E: EntityTrait>() -> (Vec<E::Column>, Vec<E::Column>) {
-    let key: Vec<E::Column> = E::PrimaryKey::iter()
-        .map(PrimaryKeyToColumn::into_column)
-        .collect();
-    let update = E::Column::iter()
-        .filter(|c| !key.iter().any(|k| k.as_str() == c.as_str()))
-        .collect();
-    (key, update)
+/// Writes `rows` of `table` (values in `columns` order, the key `id` first)
+/// as the statements `runs` says.
+async fn write<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    columns: &[String],
+    rows: Vec<Row>,
+    runs: &[usize],
+) -> Result<(), DbErr> {
+    match db.get_database_backend() {
+        DbBackend::Sqlite => sqlite::write(db, table, columns, rows, runs).await,
+        _ => sea_query_write(db, table, columns, rows, runs).await,
+    }
 }
 
-async fn sea_query_write<E, C>(db: &C, models: Vec<E::Model>, runs: &[usize]) -> Result<(), DbErr>
-where
-    E: EntityTrait,
-    E::Model: IntoActiveModel<E::ActiveModel>,
-    E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
-    C: ConnectionTrait,
-{
-    let (key, update) = key_and_update::<E>();
-    let mut models = models.into_iter();
-    for &rows in runs {
-        let conflict = OnConflict::columns(key.iter().copied())
-            .update_columns(update.iter().copied())
-            .to_owned();
-        E::insert_many(
-            models
-                .by_ref()
-                .take(rows)
-                .map(IntoActiveModel::into_active_model),
-        )
-        .on_conflict(conflict)
-        .exec_without_returning(db)
-        .await?;
+async fn sea_query_write<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    columns: &[String],
+    rows: Vec<Row>,
+    runs: &[usize],
+) -> Result<(), DbErr> {
+    let mut rows = rows.into_iter();
+    for &run in runs {
+        let mut insert = Query::insert();
+        insert
+            .into_table(Alias::new(table))
+            .columns(columns.iter().map(|c| Alias::new(c.as_str())))
+            .on_conflict(
+                OnConflict::column(Alias::new(columns[0].as_str()))
+                    .update_columns(columns[1..].iter().map(|c| Alias::new(c.as_str())))
+                    .to_owned(),
+            );
+        for row in rows.by_ref().take(run) {
+            insert
+                .values(row.0.into_iter().map(SimpleExpr::from))
+                .map_err(|e| DbErr::Custom(e.to_string()))?;
+        }
+        db.execute(db.get_database_backend().build(&insert)).await?;
     }
     Ok(())
 }
@@ -121,50 +165,36 @@ mod sqlite {
 
     /// Writes each run of `runs` as statements of `SQLITE_ROWS` rows and then
     /// of decreasing powers of two, in order.
-    pub(super) async fn write<E, C>(
+    pub(super) async fn write<C: ConnectionTrait>(
         db: &C,
-        models: Vec<E::Model>,
+        table: &str,
+        columns: &[String],
+        rows: Vec<Row>,
         runs: &[usize],
-    ) -> Result<(), DbErr>
-    where
-        E: EntityTrait,
-        E::Model: IntoActiveModel<E::ActiveModel>,
-        E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
-        C: ConnectionTrait,
-    {
-        let columns: Vec<E::Column> = E::Column::iter().collect();
-        let (key, update) = key_and_update::<E>();
-        let mut models = models.into_iter();
+    ) -> Result<(), DbErr> {
+        let mut rows = rows.into_iter();
         // The statement of each size, built once per call.
         let mut statements: Vec<(usize, String)> = Vec::new();
         for &run in runs {
             let mut left = run;
             while left > 0 {
-                let rows = if left >= SQLITE_ROWS {
+                let size = if left >= SQLITE_ROWS {
                     SQLITE_ROWS
                 } else {
                     1 << left.ilog2()
                 };
-                left -= rows;
-                let sql = match statements.iter().find(|(n, _)| *n == rows) {
+                left -= size;
+                let sql = match statements.iter().find(|(n, _)| *n == size) {
                     Some((_, sql)) => sql.clone(),
                     None => {
-                        let sql = statement::<E>(&columns, &key, &update, rows);
-                        statements.push((rows, sql.clone()));
+                        let sql = statement(table, columns, size);
+                        statements.push((size, sql.clone()));
                         sql
                     }
                 };
-                let mut values = Vec::with_capacity(rows * columns.len());
-                for model in models.by_ref().take(rows) {
-                    let mut active = model.into_active_model();
-                    for column in &columns {
-                        values.push(
-                            active
-                                .take(*column)
-                                .into_value()
-                                .unwrap_or(Value::Int(None)),
-                        );
-                    }
+                let mut values = Vec::with_capacity(size * columns.len());
+                for row in rows.by_ref().take(size) {
+                    values.extend(row.0);
                 }
                 db.execute(Statement::from_sql_and_values(
                     DbBackend::Sqlite,
@@ -178,24 +208,20 @@ mod sqlite {
     }
 
     /// `INSERT INTO "t" ("a", …) VALUES (?, …), … ON CONFLICT ("id") DO UPDATE SET "a" = excluded."a", …`
-    fn statement<E: EntityTrait>(
-        columns: &[E::Column],
-        key: &[E::Column],
-        update: &[E::Column],
-        rows: usize,
-    ) -> String {
-        let quoted = |c: &E::Column| format!("\"{}\"", c.as_str());
-        let list = |cs: &[E::Column]| cs.iter().map(quoted).collect::<Vec<_>>().join(", ");
+    fn statement(table: &str, columns: &[String], rows: usize) -> String {
+        let list = |cs: &[String]| {
+            cs.iter()
+                .map(|c| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let row = format!("({})", vec!["?"; columns.len()].join(", "));
-        let mut sql = format!(
-            "INSERT INTO \"{}\" ({}) VALUES {row}",
-            E::default().table_name(),
-            list(columns)
-        );
+        let mut sql = format!("INSERT INTO \"{table}\" ({}) VALUES {row}", list(columns));
         for _ in 1..rows {
             sql.push_str(", ");
             sql.push_str(&row);
         }
+        let (key, update) = columns.split_at(1);
         let _ = write!(sql, " ON CONFLICT ({}) DO ", list(key));
         if update.is_empty() {
             sql.push_str("NOTHING");
@@ -203,7 +229,7 @@ mod sqlite {
             sql.push_str("UPDATE SET ");
             let set: Vec<String> = update
                 .iter()
-                .map(|c| format!("\"{0}\" = excluded.\"{0}\"", c.as_str()))
+                .map(|c| format!("\"{c}\" = excluded.\"{c}\""))
                 .collect();
             sql.push_str(&set.join(", "));
         }

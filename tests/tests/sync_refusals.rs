@@ -12,11 +12,12 @@ use storesync_tests::cluster::{
 use storesync_tests::raw::{hello, open, stock_line, RawSession};
 use storesync_tests::{backends, eventually, TestDb};
 
-/// Sends `records` as one batch and returns the status that ends the stream.
+/// Sends `records` as one batch and returns the status that ends the stream,
+/// with the `SyncError` the master sent before it.
 async fn push_expecting_refusal(
     session: &mut RawSession,
     records: Vec<pb::SyncRecord>,
-) -> tonic::Status {
+) -> (tonic::Status, Option<pb::SyncError>) {
     let first_seq = session.welcome.upstream_acked_seq + 1;
     let batch = pb::UpstreamBatch {
         first_seq,
@@ -32,6 +33,7 @@ async fn push_expecting_refusal(
         .await
         .unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut sync_error = None;
         loop {
             match session.inbound.message().await {
                 Ok(Some(pb::MasterMessage {
@@ -39,9 +41,12 @@ async fn push_expecting_refusal(
                 })) => {
                     panic!("the master acknowledged a batch it must refuse: {ack:?}")
                 }
+                Ok(Some(pb::MasterMessage {
+                    message: Some(pb::master_message::Message::Error(error)),
+                })) => sync_error = Some(error),
                 Ok(Some(_)) => continue,
                 Ok(None) => panic!("the stream ended without a status"),
-                Err(status) => return status,
+                Err(status) => return (status, sync_error),
             }
         }
     })
@@ -138,11 +143,22 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
             Some(pb::sync_record::Record::StockLine(l)) => l.id.clone(),
             _ => unreachable!(),
         };
-        let status = push_expecting_refusal(&mut session, vec![own_record, foreign]).await;
+        let (status, sync_error) =
+            push_expecting_refusal(&mut session, vec![own_record, foreign]).await;
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
         assert!(
             status.message().contains(&foreign_id),
             "the status names the record: {status:?}"
+        );
+        let sync_error = sync_error.expect("a SyncError before the status");
+        assert_eq!(sync_error.message, status.message());
+        assert_eq!(
+            sync_error.record,
+            Some(pb::RecordRef {
+                table: pb::Table::StockLine as i32,
+                id: foreign_id.clone(),
+            }),
+            "the SyncError names the refused record's table and id"
         );
 
         // Site 2 pushes an item (master data): refused.
@@ -151,7 +167,7 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
             .unwrap();
         let mut item = items[0].clone();
         item.name = "Hijacked".into();
-        let status = push_expecting_refusal(
+        let (status, sync_error) = push_expecting_refusal(
             &mut session,
             vec![pb::SyncRecord {
                 record: Some(pb::sync_record::Record::Item(item)),
@@ -160,6 +176,13 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
         .await;
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
         assert!(status.message().contains("master data"), "{status:?}");
+        assert_eq!(
+            sync_error.and_then(|error| error.record),
+            Some(pb::RecordRef {
+                table: pb::Table::Item as i32,
+                id: items[0].id.clone(),
+            })
+        );
 
         // Nothing of any refused batch was applied.
         assert!(store_data(&db, &store_2.id).await.stock_lines.is_empty());

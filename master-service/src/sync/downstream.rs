@@ -16,14 +16,15 @@ use std::time::Duration;
 
 use prost::Message;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IsolationLevel,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IsolationLevel, TransactionTrait,
 };
-use storesync_shared::entities::{invoice, invoice_line, item, name, stock_line, store};
+use storesync_shared::entities::store;
 use storesync_shared::proto::v1::{
-    master_message, sync_record::Record, CaughtUp, DownstreamBatch, Heartbeat,
-    InitialisationProgress, MasterMessage, SyncRecord,
+    master_message, CaughtUp, DownstreamBatch, Heartbeat, InitialisationProgress, MasterMessage,
+    SyncRecord,
 };
+use storesync_shared::tables::write::{self, Scope};
+use storesync_shared::tables::{self, Owner, SyncTable};
 use storesync_shared::validate::now_ms;
 use storesync_shared::{Error, Result};
 use tokio::sync::{mpsc, watch};
@@ -152,25 +153,17 @@ async fn master_data_snapshot(db: &DatabaseConnection) -> Result<(u64, Vec<SyncR
         .then_some(IsolationLevel::RepeatableRead);
     let txn = db.begin_with_config(isolation, None).await?;
     let head = changelog::head(&txn).await?;
-    let mut records: Vec<SyncRecord> = item::Entity::find()
-        .order_by_asc(item::Column::Id)
-        .all(&txn)
-        .await?
-        .into_iter()
-        .map(|m| SyncRecord {
-            record: Some(Record::Item(m.into())),
-        })
-        .collect();
-    records.extend(
-        name::Entity::find()
-            .order_by_asc(name::Column::Id)
-            .all(&txn)
-            .await?
-            .into_iter()
-            .map(|m| SyncRecord {
-                record: Some(Record::Name(m.into())),
-            }),
-    );
+    let mut records: Vec<SyncRecord> = Vec::new();
+    for table in tables::SYNCED {
+        if table.owner() != Owner::Master {
+            continue;
+        }
+        for row in write::page(&txn, *table, Scope::All, "", None).await? {
+            records.push(SyncRecord {
+                record: Some(table.record_of(&row)?),
+            });
+        }
+    }
     txn.commit().await?;
     Ok((head, records))
 }
@@ -185,25 +178,26 @@ async fn send_snapshot(
 ) -> Result<u64> {
     let db = &ctx.db;
     let (head, master_records) = master_data_snapshot(db).await?;
-    let store_row = store::Entity::find_by_id(store_id.to_owned())
+    if store::Entity::find_by_id(store_id.to_owned())
         .one(db)
         .await?
-        .ok_or_else(|| {
-            Error::Internal(format!("store {store_id} of Sync ID {sync_id} is missing"))
-        })?;
-    let stock_count = stock_line::Entity::find()
-        .filter(stock_line::Column::StoreId.eq(store_id))
-        .count(db)
-        .await?;
-    let invoice_count = invoice::Entity::find()
-        .filter(invoice::Column::StoreId.eq(store_id))
-        .count(db)
-        .await?;
-    let line_count = invoice_line::Entity::find()
-        .filter(invoice_line::Column::StoreId.eq(store_id))
-        .count(db)
-        .await?;
-    let total = master_records.len() as u64 + 1 + stock_count + invoice_count + line_count;
+        .is_none()
+    {
+        return Err(Error::Internal(format!(
+            "store {store_id} of Sync ID {sync_id} is missing"
+        )));
+    }
+    // Everything sent to this store's site besides master data: its store row
+    // and its store's data.
+    let store_tables: Vec<&dyn SyncTable> = tables::SYNCED
+        .iter()
+        .copied()
+        .filter(|table| table.owner() != Owner::Master)
+        .collect();
+    let mut total = master_records.len() as u64;
+    for table in &store_tables {
+        total += write::count(db, *table, Scope::Store(store_id)).await?;
+    }
     tracing::info!(
         sync_id,
         total,
@@ -225,73 +219,41 @@ async fn send_snapshot(
     for record in master_records {
         sender.push(record).await?;
     }
-    sender
-        .push(SyncRecord {
-            record: Some(Record::Store(store_row.into())),
-        })
-        .await?;
-
     // Store data in pages by id, so a large store never sits in memory whole.
     let page = ctx.settings.downstream_batch_records as u64;
-    send_store_rows::<stock_line::Entity>(
-        &mut sender,
-        store_id,
-        page,
-        stock_line::Column::StoreId,
-        stock_line::Column::Id,
-        |r| (r.id.clone(), Record::StockLine(r.into())),
-    )
-    .await?;
-    send_store_rows::<invoice::Entity>(
-        &mut sender,
-        store_id,
-        page,
-        invoice::Column::StoreId,
-        invoice::Column::Id,
-        |r| (r.id.clone(), Record::Invoice(r.into())),
-    )
-    .await?;
-    send_store_rows::<invoice_line::Entity>(
-        &mut sender,
-        store_id,
-        page,
-        invoice_line::Column::StoreId,
-        invoice_line::Column::Id,
-        |r| (r.id.clone(), Record::InvoiceLine(r.into())),
-    )
-    .await?;
+    for table in store_tables {
+        send_store_rows(&mut sender, table, store_id, page).await?;
+    }
     sender.finish(head).await?;
     Ok(head)
 }
 
-/// Pushes every row of one store table into the snapshot, `page` rows per
-/// query, in id order (keyset paging: no offset scans).
-async fn send_store_rows<E: EntityTrait>(
+/// Pushes every row of one table for `store_id`'s site into the snapshot,
+/// `page` rows per query, in id order (keyset paging: no offset scans).
+async fn send_store_rows(
     sender: &mut SnapshotSender<'_>,
+    table: &dyn SyncTable,
     store_id: &str,
     page: u64,
-    store_column: E::Column,
-    id_column: E::Column,
-    to_record: fn(E::Model) -> (String, Record),
 ) -> Result<()> {
     let mut after = String::new();
     loop {
-        let rows = E::find()
-            .filter(store_column.eq(store_id))
-            .filter(id_column.gt(after.clone()))
-            .order_by_asc(id_column)
-            .limit(page)
-            .all(&sender.ctx.db)
-            .await?;
+        let rows = write::page(
+            &sender.ctx.db,
+            table,
+            Scope::Store(store_id),
+            &after,
+            Some(page),
+        )
+        .await?;
         if rows.is_empty() {
             return Ok(());
         }
         for row in rows {
-            let (id, record) = to_record(row);
-            after = id;
+            after = row.try_get_by_index(0)?;
             sender
                 .push(SyncRecord {
-                    record: Some(record),
+                    record: Some(table.record_of(&row)?),
                 })
                 .await?;
         }

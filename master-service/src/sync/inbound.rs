@@ -11,11 +11,12 @@
 //!
 //! A satellite silent for three heartbeats is taken as gone (`UNAVAILABLE`).
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use storesync_shared::proto::v1::{
-    master_message, satellite_message, DownstreamAck, Heartbeat, SatelliteMessage, UpstreamAck,
-    UpstreamBatch,
+    master_message, satellite_message, DownstreamAck, Heartbeat, RecordRef, SatelliteMessage,
+    UpstreamAck, UpstreamBatch,
 };
 use storesync_shared::{Error, Result};
 use tokio::sync::watch;
@@ -23,6 +24,7 @@ use tonic::{Status, Streaming};
 use tracing::Instrument;
 
 use super::downstream::{self, Acked, Outbound};
+use super::error::ApplyError;
 use super::upstream::{self, SiteIdentity};
 use super::{status, SyncContext};
 use crate::metrics;
@@ -39,6 +41,9 @@ pub(super) struct Inbound<'a> {
     pub(super) tx: &'a Outbound,
     /// To the downstream half: what the satellite has acknowledged.
     pub(super) acks: &'a watch::Sender<Acked>,
+    /// Set to the record an upstream batch was refused for, so the session's
+    /// `SyncError` can name it.
+    pub(super) refused: &'a OnceLock<RecordRef>,
 }
 
 impl Inbound<'_> {
@@ -84,15 +89,16 @@ impl Inbound<'_> {
         let (ctx, identity, session_id, tx) = (self.ctx, self.identity, self.session_id, self.tx);
         let sync_id = identity.sync_id;
         if batch.records.len() > ctx.settings.max_batch_records as usize {
-            metrics::upstream_rejected(sync_id, &Error::InvalidArgument(String::new()));
-            return Err(Error::invalid(
+            let error = ApplyError::invalid(
                 "upstream_batch.records",
                 format!(
                     "{} records exceed the limit of {}",
                     batch.records.len(),
                     ctx.settings.max_batch_records
                 ),
-            ));
+            );
+            metrics::upstream_rejected(sync_id, &error);
+            return Err(error.into());
         }
         let (first, last) = (batch.first_seq, batch.last_seq);
         // One trace per batch: this apply is a child of the satellite's push.
@@ -103,7 +109,12 @@ impl Inbound<'_> {
         let applied = upstream::apply_batch(&ctx.db, identity, session_id, batch)
             .instrument(span)
             .await
-            .inspect_err(|error| metrics::upstream_rejected(sync_id, error))?;
+            .inspect_err(|error| {
+                metrics::upstream_rejected(sync_id, error);
+                if let Some(record) = error.record() {
+                    let _ = self.refused.set(record.to_ref());
+                }
+            })?;
         metrics::upstream_applied(sync_id, &tables, applied.applied, started);
         tracing::debug!(
             sync_id,

@@ -30,6 +30,7 @@
 
 pub mod cluster;
 pub mod downstream;
+pub mod error;
 mod handshake;
 mod inbound;
 mod registry;

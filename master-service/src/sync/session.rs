@@ -17,8 +17,10 @@
 //!   drains or the stream broke (both only logged), or the failure's own
 //!   status, which is also written to the site's status.
 
+use std::sync::OnceLock;
+
 use storesync_shared::proto::v1::{
-    master_message, Hello, MasterMessage, SatelliteMessage, SyncError, SyncMode,
+    master_message, Hello, MasterMessage, RecordRef, SatelliteMessage, SyncError, SyncMode,
 };
 use storesync_shared::{Error, Result};
 use tokio::sync::watch;
@@ -85,6 +87,8 @@ pub(super) async fn run(
         ack_rx,
     ));
     let mut shutdown = ctx.shutdown.subscribe();
+    // The record an upstream batch was refused for, for the SyncError.
+    let refused = OnceLock::new();
     let inbound_half = Inbound {
         ctx: &ctx,
         identity: &identity,
@@ -92,6 +96,7 @@ pub(super) async fn run(
         initialising: hello.needs_initialisation,
         tx: &tx,
         acks: &ack_tx,
+        refused: &refused,
     }
     .run(inbound);
     tokio::pin!(inbound_half);
@@ -105,37 +110,36 @@ pub(super) async fn run(
         _ = shutdown.wait_for(|s| *s) => Err(Error::Unavailable("the master is shutting down; reconnect later".into())),
     };
     downstream.abort();
-    end(&ctx, &span, sync_id, &tx, outcome).await;
+    end(&ctx, &span, sync_id, &tx, outcome, refused.get().cloned()).await;
     metrics::session_closed(sync_id);
     ctx.sessions.unregister(sync_id, &session_id);
     status::disconnected(&ctx.db, sync_id, &session_id).await;
 }
 
 /// Logs how the session ended and tells the satellite: a failure is sent as
-/// a `SyncError` message and then as the stream's status.
+/// a `SyncError` message (naming `record` when an upstream batch was refused
+/// for one) and then as the stream's status.
 async fn end(
     ctx: &SyncContext,
     span: &tracing::Span,
     sync_id: u32,
     tx: &Outbound,
     outcome: Result<()>,
+    record: Option<RecordRef>,
 ) {
     match outcome {
         Ok(()) => tracing::info!(parent: span, "session ended by the satellite"),
         Err(error) => {
-            let status = Status::from(clone_error(&error));
-            match &error {
-                Error::Unavailable(_) | Error::Aborted(_) => {
-                    tracing::info!(parent: span, %error, "session ended")
-                }
-                _ => {
-                    tracing::warn!(parent: span, %error, "session failed");
-                    status::error(&ctx.db, sync_id, status.message()).await;
-                }
+            let routine = matches!(error, Error::Unavailable(_) | Error::Aborted(_));
+            if routine {
+                tracing::info!(parent: span, %error, "session ended");
+            } else {
+                tracing::warn!(parent: span, %error, "session failed");
             }
-            // The status message names the record; the typed reference is not
-            // carried out of the apply yet.
-            let record = None;
+            let status = Status::from(error);
+            if !routine {
+                status::error(&ctx.db, sync_id, status.message()).await;
+            }
             let _ = tx
                 .send(Ok(MasterMessage {
                     message: Some(master_message::Message::Error(SyncError {
@@ -147,20 +151,5 @@ async fn end(
                 .await;
             let _ = tx.send(Err(status)).await;
         }
-    }
-}
-
-/// A copy of an error for the status (the database variant becomes internal).
-fn clone_error(error: &Error) -> Error {
-    match error {
-        Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
-        Error::NotFound(m) => Error::NotFound(m.clone()),
-        Error::AlreadyExists(m) => Error::AlreadyExists(m.clone()),
-        Error::FailedPrecondition(m) => Error::FailedPrecondition(m.clone()),
-        Error::PermissionDenied(m) => Error::PermissionDenied(m.clone()),
-        Error::Unauthenticated(m) => Error::Unauthenticated(m.clone()),
-        Error::Aborted(m) => Error::Aborted(m.clone()),
-        Error::Unavailable(m) => Error::Unavailable(m.clone()),
-        other => Error::Internal(other.to_string()),
     }
 }

@@ -11,7 +11,8 @@
 //! # Ownership
 //! A site may write only store data of the store it hosts. A record of another
 //! store, one whose id already belongs to another store's row, or any master data
-//! rejects the whole batch with `PERMISSION_DENIED` naming the record.
+//! rejects the whole batch with `PERMISSION_DENIED` naming the record. Who owns
+//! what is each table's [`Owner`] (`storesync_shared::tables`).
 //!
 //! # Order within a batch
 //! Every record is validated, then each table's records are reduced to the last
@@ -20,24 +21,24 @@
 //! sent and then deleted is gone, one deleted and then sent again exists.
 //!
 //! # Backends
-//! On PostgreSQL (module `postgres`) each table is written with one array-bound
-//! upsert that also checks ownership; elsewhere (SQLite) ownership is checked
-//! with queries first and rows are written with `shared::upsert`.
+//! Each table's changes are written by `tables::write::store_rows`: on
+//! PostgreSQL one array-bound upsert per table that also checks ownership;
+//! on SQLite an ownership query first and `shared::upsert`'s statements. Both
+//! run on this module's one sea-orm transaction.
 
 use std::collections::HashSet;
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, LockType, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
 };
-use storesync_shared::entities::{invoice, invoice_line, stock_line};
 use storesync_shared::proto::v1::{sync_record::Record, SyncRecord, Table, UpstreamBatch};
-use storesync_shared::{upsert, validate, Error, Result};
+use storesync_shared::tables::write::{self, WriteError};
+use storesync_shared::tables::{self, Change, Owner, SyncTable};
+use storesync_shared::validate;
 
+pub use super::error::{ApplyError, RecordId};
 use crate::entities::{site, site_status};
-
-mod postgres;
 
 /// Sync IDs are 1..=64, stored as INTEGER.
 pub(crate) fn sync_id_i32(sync_id: u32) -> i32 {
@@ -60,18 +61,12 @@ pub struct Applied {
     pub applied: u32,
 }
 
-/// One record's effect on a row.
-enum Change<M> {
-    Upsert(M),
-    Delete(String),
-}
-
-/// A batch's records, by table, in the order they arrived.
-#[derive(Default)]
-struct Rows {
-    stock_lines: Vec<Change<stock_line::Model>>,
-    invoices: Vec<Change<invoice::Model>>,
-    invoice_lines: Vec<Change<invoice_line::Model>>,
+/// One upstream record, read by its table, before the apply's checks.
+pub struct Incoming<'t> {
+    pub table: &'t dyn SyncTable,
+    pub change: Change,
+    /// What the table's own checks found wrong with its fields, if anything.
+    pub problem: Option<storesync_shared::Error>,
 }
 
 /// The last change of each row a batch touches in one table.
@@ -80,13 +75,13 @@ struct Rows {
 /// change of each id leaves exactly the state that applying every record in
 /// arrival order would: a repeated id ends with its last version, and a row
 /// deleted and then sent again exists (and one sent and then deleted does not).
-struct Latest<M> {
-    upserts: Vec<M>,
+struct Latest {
+    upserts: Vec<tables::Row>,
     deletes: Vec<String>,
 }
 
-impl<M> Latest<M> {
-    fn of(changes: Vec<Change<M>>, id_of: impl Fn(&M) -> &str) -> Self {
+impl Latest {
+    fn of(changes: Vec<Change>) -> Self {
         // Walking backwards, the first sight of an id is its last change.
         let keep: Vec<bool> = {
             let mut seen: HashSet<&str> = HashSet::with_capacity(changes.len());
@@ -95,7 +90,7 @@ impl<M> Latest<M> {
                 .rev()
                 .map(|change| {
                     seen.insert(match change {
-                        Change::Upsert(model) => id_of(model),
+                        Change::Upsert(row) => row.id(),
                         Change::Delete(id) => id,
                     })
                 })
@@ -109,37 +104,12 @@ impl<M> Latest<M> {
         };
         for (change, keep) in changes.into_iter().zip(keep) {
             match change {
-                Change::Upsert(model) if keep => latest.upserts.push(model),
+                Change::Upsert(row) if keep => latest.upserts.push(row),
                 Change::Delete(id) if keep => latest.deletes.push(id),
                 _ => {}
             }
         }
         latest
-    }
-
-    /// Every id this table's changes touch.
-    fn ids<'a>(&'a self, id_of: impl Fn(&'a M) -> &'a str) -> impl Iterator<Item = &'a str> {
-        self.upserts
-            .iter()
-            .map(id_of)
-            .chain(self.deletes.iter().map(String::as_str))
-    }
-}
-
-/// A batch reduced to the last change of each row, by table.
-struct Changes {
-    stock_lines: Latest<stock_line::Model>,
-    invoices: Latest<invoice::Model>,
-    invoice_lines: Latest<invoice_line::Model>,
-}
-
-impl Changes {
-    fn of(rows: Rows) -> Self {
-        Self {
-            stock_lines: Latest::of(rows.stock_lines, |r| &r.id),
-            invoices: Latest::of(rows.invoices, |r| &r.id),
-            invoice_lines: Latest::of(rows.invoice_lines, |r| &r.id),
-        }
     }
 }
 
@@ -159,48 +129,31 @@ fn start(
     session_id: &str,
     acked: Option<i64>,
     owner: Option<String>,
-    batch: &UpstreamBatch,
-) -> Result<Start> {
+    first_seq: u64,
+    last_seq: u64,
+) -> Result<Start, ApplyError> {
     let Some(acked) = acked else {
-        return Err(Error::PermissionDenied(format!(
-            "Sync ID {} is no longer in the master's sync-with list",
-            site.sync_id
-        )));
+        return Err(ApplyError::SiteRemoved {
+            sync_id: site.sync_id,
+        });
     };
     let acked = u64::try_from(acked).unwrap_or(0);
     // Only the session holding the claim applies, so a session replaced on
     // another replica can never apply again.
     if owner.as_deref() != Some(session_id) {
-        return Err(Error::Aborted(format!(
-            "a newer session for Sync ID {} replaced this one; nothing of this batch was applied",
-            site.sync_id
-        )));
+        return Err(ApplyError::Replaced {
+            sync_id: site.sync_id,
+        });
     }
-    if batch.last_seq <= acked {
+    if last_seq <= acked {
         return Ok(Start::AlreadyApplied(acked));
     }
-    if batch.first_seq > acked + 1 {
-        return Err(Error::FailedPrecondition(format!(
-            "upstream batch out of sequence: it starts at {} but the master has applied up to {acked}; resend from {}",
-            batch.first_seq,
-            acked + 1
-        )));
+    if first_seq > acked + 1 {
+        return Err(ApplyError::OutOfSequence { first_seq, acked });
     }
-    usize::try_from(acked + 1 - batch.first_seq)
+    usize::try_from(acked + 1 - first_seq)
         .map(Start::Apply)
-        .map_err(|_| Error::Internal("skip overflow".into()))
-}
-
-/// Validates the batch's records after the first `skip` and reduces them to
-/// the last change of each row; also returns how many records that was.
-fn read_records(site: &SiteIdentity, batch: UpstreamBatch, skip: usize) -> Result<(Changes, u32)> {
-    let mut rows = Rows::default();
-    let applied = u32::try_from(batch.records.len().saturating_sub(skip)).unwrap_or(u32::MAX);
-    for (offset, record) in batch.records.into_iter().enumerate().skip(skip) {
-        let seq = batch.first_seq + offset as u64;
-        collect(&mut rows, site, seq, record)?;
-    }
-    Ok((Changes::of(rows), applied))
+        .map_err(|_| ApplyError::Internal("skip overflow".into()))
 }
 
 /// Applies `batch` for `site`. See the module docs for the invariant.
@@ -209,21 +162,39 @@ pub async fn apply_batch(
     site: &SiteIdentity,
     session_id: &str,
     batch: UpstreamBatch,
-) -> Result<Applied> {
+) -> Result<Applied, ApplyError> {
     check_shape(&batch)?;
-    if let DatabaseConnection::SqlxPostgresPoolConnection(_) = db {
-        return postgres::apply_batch(db.get_postgres_connection_pool(), site, session_id, batch)
-            .await;
-    }
+    let tables = tables::SYNCED;
+    apply_records(
+        db,
+        tables,
+        site,
+        session_id,
+        batch.first_seq,
+        batch.last_seq,
+        batch.records,
+        |seq, record| receive(tables, seq, record),
+    )
+    .await
+}
+
+/// Applies the records `first_seq..=last_seq` of a batch for `site`, each
+/// read by `read` (the wire's: [`receive`]) only if it was not applied
+/// before, into `tables`. The sequence numbers must match the records.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_records<'t, R>(
+    db: &DatabaseConnection,
+    tables: &[&'t dyn SyncTable],
+    site: &SiteIdentity,
+    session_id: &str,
+    first_seq: u64,
+    last_seq: u64,
+    records: Vec<R>,
+    read: impl Fn(u64, R) -> Result<Incoming<'t>, ApplyError>,
+) -> Result<Applied, ApplyError> {
     let txn = db.begin().await?;
-    let acked = lock_acked_seq(&txn, site.sync_id).await?;
-    let owner: Option<Option<String>> = site_status::Entity::find_by_id(sync_id_i32(site.sync_id))
-        .select_only()
-        .column(site_status::Column::SessionId)
-        .into_tuple()
-        .one(&txn)
-        .await?;
-    let skip = match start(site, session_id, acked, owner.flatten(), &batch)? {
+    let (acked, owner) = lock_site(&txn, site.sync_id).await?;
+    let skip = match start(site, session_id, acked, owner, first_seq, last_seq)? {
         Start::AlreadyApplied(acked) => {
             txn.commit().await?;
             return Ok(Applied {
@@ -233,43 +204,75 @@ pub async fn apply_batch(
         }
         Start::Apply(skip) => skip,
     };
-    let last_seq = to_i64(batch.last_seq)?;
-    let (changes, applied) = read_records(site, batch, skip)?;
-    check_ids_not_foreign(&txn, site, &changes).await?;
-    write_rows(&txn, site, changes).await?;
+    let last = to_i64(last_seq)?;
+    let applied = u32::try_from(records.len().saturating_sub(skip)).unwrap_or(u32::MAX);
+    // Each table's changes, in arrival order, in the order of `tables`.
+    let mut changes: Vec<Vec<Change>> = tables.iter().map(|_| Vec::new()).collect();
+    for (offset, record) in records.into_iter().enumerate().skip(skip) {
+        let seq = first_seq + offset as u64;
+        let incoming = admit(site, seq, read(seq, record)?)?;
+        let index = tables
+            .iter()
+            .position(|t| t.name() == incoming.table.name())
+            .ok_or_else(|| {
+                ApplyError::Internal(format!(
+                    "{} is not a registered table",
+                    incoming.table.name()
+                ))
+            })?;
+        changes[index].push(incoming.change);
+    }
+    for (table, changes) in tables.iter().zip(changes) {
+        if changes.is_empty() {
+            continue;
+        }
+        let latest = Latest::of(changes);
+        write::store_rows(&txn, *table, &site.store_id, latest.upserts, latest.deletes)
+            .await
+            .map_err(|error| match error {
+                WriteError::Foreign { id, store } => ApplyError::ForeignRow {
+                    record: record_id(*table, id),
+                    store,
+                    sync_id: site.sync_id,
+                },
+                WriteError::Database(error) => ApplyError::Database(error),
+                WriteError::Inconsistent(details) => ApplyError::Internal(details),
+            })?;
+    }
     site::Entity::update_many()
-        .col_expr(site::Column::UpstreamAckedSeq, Expr::value(last_seq))
+        .col_expr(site::Column::UpstreamAckedSeq, Expr::value(last))
         .filter(site::Column::SyncId.eq(sync_id_i32(site.sync_id)))
         .exec(&txn)
         .await?;
     txn.commit().await?;
     Ok(Applied {
-        acked_seq: last_seq as u64,
+        acked_seq: last_seq,
         applied,
     })
 }
 
-fn to_i64(value: u64) -> Result<i64> {
-    i64::try_from(value).map_err(|_| Error::invalid("upstream_batch.last_seq", "is out of range"))
+fn to_i64(value: u64) -> Result<i64, ApplyError> {
+    i64::try_from(value)
+        .map_err(|_| ApplyError::invalid("upstream_batch.last_seq", "is out of range"))
 }
 
 /// The batch's sequence numbers must be dense and match its records.
-fn check_shape(batch: &UpstreamBatch) -> Result<()> {
+fn check_shape(batch: &UpstreamBatch) -> Result<(), ApplyError> {
     if batch.records.is_empty() {
-        return Err(Error::invalid(
+        return Err(ApplyError::invalid(
             "upstream_batch.records",
             "must not be empty",
         ));
     }
     if batch.first_seq == 0 {
-        return Err(Error::invalid(
+        return Err(ApplyError::invalid(
             "upstream_batch.first_seq",
             "sequences start at 1",
         ));
     }
     let expected = batch.last_seq.checked_sub(batch.first_seq).map(|d| d + 1);
     if expected != Some(batch.records.len() as u64) {
-        return Err(Error::invalid(
+        return Err(ApplyError::invalid(
             "upstream_batch",
             format!(
                 "first_seq {} to last_seq {} does not match its {} records",
@@ -283,302 +286,132 @@ fn check_shape(batch: &UpstreamBatch) -> Result<()> {
     Ok(())
 }
 
-/// The site's acknowledged sequence (`None`: the site is gone), locking its
-/// row for this transaction.
-async fn lock_acked_seq<C: ConnectionTrait>(txn: &C, sync_id: u32) -> Result<Option<i64>> {
-    // FOR UPDATE on PostgreSQL; SQLite has no row locks and needs none (one writer).
-    let site = site::Entity::find_by_id(sync_id_i32(sync_id))
-        .lock_exclusive()
-        .one(txn)
-        .await?;
-    Ok(site.map(|site| site.upstream_acked_seq))
+/// The site's acknowledged sequence (`None`: the site is gone) and the
+/// session holding its claim, locking its row for this transaction (`FOR
+/// UPDATE` on PostgreSQL; SQLite has no row locks and needs none: one writer).
+async fn lock_site<C: ConnectionTrait>(
+    txn: &C,
+    sync_id: u32,
+) -> Result<(Option<i64>, Option<String>), ApplyError> {
+    let mut query = Query::select();
+    query
+        .column((site::Entity, site::Column::UpstreamAckedSeq))
+        .column((site_status::Entity, site_status::Column::SessionId))
+        .from(site::Entity)
+        .left_join(
+            site_status::Entity,
+            Expr::col((site_status::Entity, site_status::Column::SyncId))
+                .equals((site::Entity, site::Column::SyncId)),
+        )
+        .and_where(Expr::col((site::Entity, site::Column::SyncId)).eq(sync_id_i32(sync_id)))
+        .lock_with_tables(LockType::Update, [site::Entity]);
+    let Some(row) = txn
+        .query_one(txn.get_database_backend().build(&query))
+        .await?
+    else {
+        return Ok((None, None));
+    };
+    Ok((Some(row.try_get_by_index(0)?), row.try_get_by_index(1)?))
 }
 
-fn record_name(table: Table, id: &str, seq: u64) -> String {
-    format!(
-        "{} {id} (upstream sequence {seq})",
-        table.as_str_name().to_ascii_lowercase()
-    )
+fn record_id(table: &dyn SyncTable, id: String) -> RecordId {
+    RecordId {
+        table: table.name(),
+        contract: table.table(),
+        id,
+    }
 }
 
-fn denied_store(table: Table, id: &str, seq: u64, store_id: &str, site: &SiteIdentity) -> Error {
-    Error::PermissionDenied(format!(
-        "{} belongs to store {store_id:?}, but Sync ID {} hosts store {:?}: a site may only send its own store's data; nothing of this batch was applied",
-        record_name(table, id, seq),
-        site.sync_id,
-        site.store_id
-    ))
-}
-
-/// Validates one record and files it under its table.
-fn collect(rows: &mut Rows, site: &SiteIdentity, seq: u64, record: SyncRecord) -> Result<()> {
+/// Reads one record off the wire with the table it belongs to.
+pub fn receive<'t>(
+    tables: &[&'t dyn SyncTable],
+    seq: u64,
+    record: SyncRecord,
+) -> Result<Incoming<'t>, ApplyError> {
     let at = |field: &str| format!("upstream record {seq}: {field}");
-    match record.record {
-        Some(Record::StockLine(line)) => {
-            validate::uuid(&at("stock_line.id"), &line.id)?;
-            if line.store_id != site.store_id {
-                return Err(denied_store(
-                    Table::StockLine,
-                    &line.id,
-                    seq,
-                    &line.store_id,
-                    site,
-                ));
+    let invalid = |field: &str, why: &str| ApplyError::invalid(&at(field), why);
+    let Some(record) = record.record else {
+        return Err(invalid("record", "is empty"));
+    };
+    let record = match record {
+        Record::Deleted(reference) => {
+            validate::uuid(&at("deleted.id"), &reference.id)
+                .map_err(|error| ApplyError::field(error, None))?;
+            let table = match reference.table() {
+                Table::Unspecified => None,
+                table => tables::by_table(tables, table),
             }
-            validate::uuid(&at("stock_line.item_id"), &line.item_id)?;
-            validate::optional_text(&at("stock_line.batch"), &line.batch, 64)?;
-            validate::date(&at("stock_line.expiry_date"), &line.expiry_date, true)?;
-            validate::pack_size(&at("stock_line.pack_size"), line.pack_size)?;
-            validate::quantity(
-                &at("stock_line.available_number_of_packs"),
-                line.available_number_of_packs,
-                0.0,
-            )?;
-            validate::quantity(
-                &at("stock_line.total_number_of_packs"),
-                line.total_number_of_packs,
-                0.0,
-            )?;
-            validate::quantity(
-                &at("stock_line.cost_price_per_pack"),
-                line.cost_price_per_pack,
-                0.0,
-            )?;
-            validate::quantity(
-                &at("stock_line.sell_price_per_pack"),
-                line.sell_price_per_pack,
-                0.0,
-            )?;
-            rows.stock_lines.push(Change::Upsert(line.into()));
+            .ok_or_else(|| {
+                ApplyError::invalid(
+                    &at("deleted.table"),
+                    format!("{} is not a known table", reference.table),
+                )
+            })?;
+            return Ok(Incoming {
+                table,
+                change: Change::Delete(reference.id),
+                problem: None,
+            });
         }
-        Some(Record::Invoice(mut invoice)) => {
-            validate::uuid(&at("invoice.id"), &invoice.id)?;
-            if invoice.store_id != site.store_id {
-                return Err(denied_store(
-                    Table::Invoice,
-                    &invoice.id,
-                    seq,
-                    &invoice.store_id,
-                    site,
-                ));
+        other => other,
+    };
+    let mut record = Some(record);
+    for table in tables {
+        let Some(current) = record.take() else { break };
+        let field = |name: &str| at(&format!("{}.{name}", table.name()));
+        match table.receive(current, &field) {
+            Ok(received) => {
+                return Ok(Incoming {
+                    table: *table,
+                    change: Change::Upsert(received.row),
+                    problem: received.problem,
+                })
             }
-            validate::uuid(&at("invoice.name_id"), &invoice.name_id)?;
-            if invoice.kind() == storesync_shared::proto::v1::InvoiceKind::Unspecified {
-                return Err(Error::invalid(
-                    &at("invoice.kind"),
-                    "must be a known invoice kind",
-                ));
-            }
-            validate::optional_text(&at("invoice.reference"), &invoice.reference, 256)?;
-            invoice.lines.clear();
-            rows.invoices.push(Change::Upsert(invoice.into()));
+            Err(back) => record = Some(back),
         }
-        Some(Record::InvoiceLine(line)) => {
-            validate::uuid(&at("invoice_line.id"), &line.id)?;
-            if line.store_id != site.store_id {
-                return Err(denied_store(
-                    Table::InvoiceLine,
-                    &line.id,
-                    seq,
-                    &line.store_id,
-                    site,
-                ));
-            }
-            validate::uuid(&at("invoice_line.invoice_id"), &line.invoice_id)?;
-            validate::uuid(&at("invoice_line.item_id"), &line.item_id)?;
-            validate::optional_text(&at("invoice_line.batch"), &line.batch, 64)?;
-            validate::date(&at("invoice_line.expiry_date"), &line.expiry_date, true)?;
-            validate::pack_size(&at("invoice_line.pack_size"), line.pack_size)?;
-            if !line.number_of_packs.is_finite()
-                || line.number_of_packs.abs() > validate::MAX_QUANTITY
-            {
-                return Err(Error::invalid(
-                    &at("invoice_line.number_of_packs"),
-                    "is out of range",
-                ));
-            }
-            validate::quantity(
-                &at("invoice_line.cost_price_per_pack"),
-                line.cost_price_per_pack,
-                0.0,
-            )?;
-            validate::quantity(
-                &at("invoice_line.sell_price_per_pack"),
-                line.sell_price_per_pack,
-                0.0,
-            )?;
-            rows.invoice_lines.push(Change::Upsert(line.into()));
-        }
-        Some(Record::Deleted(reference)) => {
-            validate::uuid(&at("deleted.id"), &reference.id)?;
-            match reference.table() {
-                Table::StockLine => rows.stock_lines.push(Change::Delete(reference.id)),
-                Table::Invoice => rows.invoices.push(Change::Delete(reference.id)),
-                Table::InvoiceLine => rows.invoice_lines.push(Change::Delete(reference.id)),
-                Table::Unspecified => {
-                    return Err(Error::invalid(
-                        &at("deleted.table"),
-                        format!("{} is not a known table", reference.table),
-                    ))
-                }
-                other => return Err(master_data_denied(other, &reference.id, seq, site)),
-            }
-        }
-        Some(Record::Item(item)) => {
-            return Err(master_data_denied(Table::Item, &item.id, seq, site))
-        }
-        Some(Record::Name(name)) => {
-            return Err(master_data_denied(Table::Name, &name.id, seq, site))
-        }
-        Some(Record::Store(store)) => {
-            return Err(master_data_denied(Table::Store, &store.id, seq, site))
-        }
-        None => return Err(Error::invalid(&at("record"), "is empty")),
     }
-    Ok(())
+    Err(invalid("record", "is of a table the master does not know"))
 }
 
-fn master_data_denied(table: Table, id: &str, seq: u64, site: &SiteIdentity) -> Error {
-    Error::PermissionDenied(format!(
-        "{} is master data, which only the master may change (Sync ID {} sent it); nothing of this batch was applied",
-        record_name(table, id, seq),
-        site.sync_id
-    ))
-}
-
-/// The refusal of an id that already belongs to another store's row.
-fn foreign_row(table: Table, id: &str, store_id: &str, site: &SiteIdentity) -> Error {
-    Error::PermissionDenied(format!(
-        "{} {id} already exists in store {store_id:?}; Sync ID {} may not change it; nothing of this batch was applied",
-        table.as_str_name().to_ascii_lowercase(),
-        site.sync_id
-    ))
-}
-
-/// No id of the batch may already belong to another store's row: an upsert by
-/// id would otherwise move that row into this site's store.
-async fn check_ids_not_foreign<C: ConnectionTrait>(
-    txn: &C,
+/// The apply's checks of one record, in the order their refusals take
+/// precedence: master data, then the id, the owning store, the other fields.
+fn admit<'t>(
     site: &SiteIdentity,
-    changes: &Changes,
-) -> Result<()> {
-    async fn check<'a, E, C>(
-        txn: &C,
-        site: &SiteIdentity,
-        table: Table,
-        ids: impl Iterator<Item = &'a str>,
-        id_col: E::Column,
-        store_col: E::Column,
-    ) -> Result<()>
-    where
-        E: EntityTrait,
-        C: ConnectionTrait,
-    {
-        let ids: Vec<&str> = ids.collect();
-        for chunk in ids.chunks(500) {
-            let foreign: Option<(String, String)> = E::find()
-                .select_only()
-                .column(id_col)
-                .column(store_col)
-                .filter(id_col.is_in(chunk.iter().copied()))
-                .filter(store_col.ne(site.store_id.as_str()))
-                .into_tuple()
-                .one(txn)
-                .await?;
-            if let Some((id, store_id)) = foreign {
-                return Err(foreign_row(table, &id, &store_id, site));
-            }
-        }
-        Ok(())
+    seq: u64,
+    mut incoming: Incoming<'t>,
+) -> Result<Incoming<'t>, ApplyError> {
+    let table = incoming.table;
+    let id = match &incoming.change {
+        Change::Upsert(row) => row.id(),
+        Change::Delete(id) => id.as_str(),
+    };
+    if !matches!(table.owner(), Owner::Store { .. }) {
+        return Err(ApplyError::MasterData {
+            record: record_id(table, id.to_owned()),
+            seq,
+            sync_id: site.sync_id,
+        });
     }
-    check::<stock_line::Entity, _>(
-        txn,
-        site,
-        Table::StockLine,
-        changes.stock_lines.ids(|r| &r.id),
-        stock_line::Column::Id,
-        stock_line::Column::StoreId,
-    )
-    .await?;
-    check::<invoice::Entity, _>(
-        txn,
-        site,
-        Table::Invoice,
-        changes.invoices.ids(|r| &r.id),
-        invoice::Column::Id,
-        invoice::Column::StoreId,
-    )
-    .await?;
-    check::<invoice_line::Entity, _>(
-        txn,
-        site,
-        Table::InvoiceLine,
-        changes.invoice_lines.ids(|r| &r.id),
-        invoice_line::Column::Id,
-        invoice_line::Column::StoreId,
-    )
-    .await?;
-    Ok(())
-}
-
-/// Upserts the batch's rows (whole-row replace: the site is their only writer)
-/// and applies its deletes.
-async fn write_rows<C: ConnectionTrait>(
-    txn: &C,
-    site: &SiteIdentity,
-    changes: Changes,
-) -> Result<()> {
-    async fn delete<E, C>(
-        txn: &C,
-        site: &SiteIdentity,
-        ids: Vec<String>,
-        id_col: E::Column,
-        store_col: E::Column,
-    ) -> Result<()>
-    where
-        E: EntityTrait,
-        C: ConnectionTrait,
-    {
-        for chunk in ids.chunks(500) {
-            E::delete_many()
-                .filter(id_col.is_in(chunk.iter().map(String::as_str)))
-                .filter(store_col.eq(site.store_id.as_str()))
-                .exec(txn)
-                .await?;
-        }
-        Ok(())
+    let Change::Upsert(row) = &incoming.change else {
+        return Ok(incoming);
+    };
+    let field = format!("upstream record {seq}: {}.id", table.name());
+    validate::uuid(&field, id).map_err(|error| ApplyError::field(error, None))?;
+    let store = table.store_of(row).unwrap_or_default();
+    if store != site.store_id {
+        return Err(ApplyError::OtherStore {
+            record: record_id(table, id.to_owned()),
+            seq,
+            store: store.to_owned(),
+            sync_id: site.sync_id,
+            site_store: site.store_id.clone(),
+        });
     }
-    let Changes {
-        stock_lines,
-        invoices,
-        invoice_lines,
-    } = changes;
-    upsert::all::<stock_line::Entity, _>(txn, stock_lines.upserts, |r| &r.id).await?;
-    upsert::all::<invoice::Entity, _>(txn, invoices.upserts, |r| &r.id).await?;
-    upsert::all::<invoice_line::Entity, _>(txn, invoice_lines.upserts, |r| &r.id).await?;
-    delete::<stock_line::Entity, _>(
-        txn,
-        site,
-        stock_lines.deletes,
-        stock_line::Column::Id,
-        stock_line::Column::StoreId,
-    )
-    .await?;
-    delete::<invoice::Entity, _>(
-        txn,
-        site,
-        invoices.deletes,
-        invoice::Column::Id,
-        invoice::Column::StoreId,
-    )
-    .await?;
-    delete::<invoice_line::Entity, _>(
-        txn,
-        site,
-        invoice_lines.deletes,
-        invoice_line::Column::Id,
-        invoice_line::Column::StoreId,
-    )
-    .await?;
-    Ok(())
+    if let Some(problem) = incoming.problem.take() {
+        return Err(ApplyError::field(
+            problem,
+            Some(record_id(table, id.to_owned())),
+        ));
+    }
+    Ok(incoming)
 }

@@ -5,81 +5,19 @@
 //! before commit leaves the old cursor and none of the batch (the master resends
 //! it); after commit both are there. The last snapshot batch also marks the
 //! database initialised and sets the upstream positions from the master's.
+//!
+//! The tables written, their order and which deletes the master may send come
+//! from the registry of synced tables (`storesync_shared::tables`).
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
 };
-use storesync_shared::entities::{invoice, invoice_line, item, name, stock_line, store};
-use storesync_shared::proto::v1::{sync_record::Record, DownstreamBatch, Store, SyncRecord, Table};
-use storesync_shared::{upsert, Error, Result};
+use storesync_shared::proto::v1::{DownstreamBatch, Store};
+use storesync_shared::tables::{self, apply};
+use storesync_shared::{Error, Result};
 
 use crate::entities::{outbox, sync_state};
-
-/// Records of one kind that arrived next to each other.
-enum Run {
-    Items(Vec<item::Model>),
-    Names(Vec<name::Model>),
-    Stores(Vec<store::Model>),
-    StockLines(Vec<stock_line::Model>),
-    Invoices(Vec<invoice::Model>),
-    InvoiceLines(Vec<invoice_line::Model>),
-    Delete(Table, String),
-}
-
-/// Cuts `records` into runs of one kind, keeping their order.
-fn runs(records: Vec<SyncRecord>) -> Result<Vec<Run>> {
-    let mut runs: Vec<Run> = Vec::new();
-    for (index, record) in records.into_iter().enumerate() {
-        match (record.record, runs.last_mut()) {
-            (Some(Record::Item(r)), Some(Run::Items(v))) => v.push(r.into()),
-            (Some(Record::Item(r)), _) => runs.push(Run::Items(vec![r.into()])),
-            (Some(Record::Name(r)), Some(Run::Names(v))) => v.push(r.into()),
-            (Some(Record::Name(r)), _) => runs.push(Run::Names(vec![r.into()])),
-            (Some(Record::Store(r)), Some(Run::Stores(v))) => v.push(r.into()),
-            (Some(Record::Store(r)), _) => runs.push(Run::Stores(vec![r.into()])),
-            (Some(Record::StockLine(r)), Some(Run::StockLines(v))) => v.push(r.into()),
-            (Some(Record::StockLine(r)), _) => runs.push(Run::StockLines(vec![r.into()])),
-            (Some(Record::Invoice(r)), Some(Run::Invoices(v))) => v.push(r.into()),
-            (Some(Record::Invoice(r)), _) => runs.push(Run::Invoices(vec![r.into()])),
-            (Some(Record::InvoiceLine(r)), Some(Run::InvoiceLines(v))) => v.push(r.into()),
-            (Some(Record::InvoiceLine(r)), _) => runs.push(Run::InvoiceLines(vec![r.into()])),
-            (Some(Record::Deleted(r)), _) => runs.push(Run::Delete(r.table(), r.id)),
-            (None, _) => {
-                return Err(Error::InvalidArgument(format!(
-                    "downstream record {index} is empty"
-                )))
-            }
-        }
-    }
-    Ok(runs)
-}
-
-async fn write_run<C: ConnectionTrait>(txn: &C, run: Run) -> Result<()> {
-    match run {
-        Run::Items(rows) => upsert::all::<item::Entity, _>(txn, rows, |r| &r.id).await?,
-        Run::Names(rows) => upsert::all::<name::Entity, _>(txn, rows, |r| &r.id).await?,
-        Run::Stores(rows) => upsert::all::<store::Entity, _>(txn, rows, |r| &r.id).await?,
-        Run::StockLines(rows) => upsert::all::<stock_line::Entity, _>(txn, rows, |r| &r.id).await?,
-        Run::Invoices(rows) => upsert::all::<invoice::Entity, _>(txn, rows, |r| &r.id).await?,
-        Run::InvoiceLines(rows) => {
-            upsert::all::<invoice_line::Entity, _>(txn, rows, |r| &r.id).await?
-        }
-        Run::Delete(Table::Item, id) => {
-            item::Entity::delete_by_id(id).exec(txn).await?;
-        }
-        Run::Delete(Table::Name, id) => {
-            name::Entity::delete_by_id(id).exec(txn).await?;
-        }
-        Run::Delete(table, id) => {
-            return Err(Error::InvalidArgument(format!(
-                "the master sent a delete of {} {id}; only items and names are deleted downstream",
-                table.as_str_name()
-            )))
-        }
-    }
-    Ok(())
-}
 
 /// What a committed batch changed in the sync state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +41,7 @@ pub async fn apply_batch(
     let records = batch.records.len();
     let completes_init = batch.initialisation.as_ref().is_some_and(|i| i.complete);
     let in_init = batch.initialisation.is_some();
-    let runs = runs(batch.records)?;
+    let runs = apply::runs(tables::SYNCED, batch.records)?;
     let txn = db.begin().await?;
     if !in_init {
         let state = sync_state::Entity::find_by_id(1)
@@ -120,7 +58,7 @@ pub async fn apply_batch(
         }
     }
     for run in runs {
-        write_run(&txn, run).await?;
+        apply::write(&txn, run).await?;
     }
     let cursor = i64::try_from(batch.end_cursor)
         .map_err(|_| Error::invalid("downstream_batch.end_cursor", "is out of range"))?;
@@ -192,12 +130,10 @@ pub async fn clear_for_initialisation(db: &DatabaseConnection) -> Result<()> {
             "the database is initialised; it is not emptied for a snapshot".into(),
         ));
     }
-    invoice_line::Entity::delete_many().exec(&txn).await?;
-    invoice::Entity::delete_many().exec(&txn).await?;
-    stock_line::Entity::delete_many().exec(&txn).await?;
-    store::Entity::delete_many().exec(&txn).await?;
-    name::Entity::delete_many().exec(&txn).await?;
-    item::Entity::delete_many().exec(&txn).await?;
+    // Rows before the rows they name.
+    for table in tables::SYNCED.iter().rev() {
+        tables::write::clear(&txn, *table).await?;
+    }
     outbox::Entity::delete_many().exec(&txn).await?;
     // Until the last snapshot batch builds them again (see `apply_batch`).
     for (index, _) in storesync_shared::schema::store_data_indexes() {

@@ -1,0 +1,306 @@
+//! Reading and writing synced tables, generated from their definitions, on
+//! each backend.
+//!
+//! # Backends
+//! [`Backend`] is taken once from the connection (`get_database_backend`);
+//! the statements differ only where speed asks for it:
+//! - PostgreSQL writes one table's rows of a site's batch with ONE
+//!   `INSERT … SELECT … FROM UNNEST($arrays) ON CONFLICT (id) DO UPDATE … WHERE
+//!   t.<owner> = EXCLUDED.<owner>`, each column bound as an array of its type.
+//!   The text depends only on the table, so each connection prepares it once
+//!   (sea-orm runs statements persistent, in sqlx's per-connection cache). The
+//!   `WHERE` leaves a row of another store alone and uncounted: fewer affected
+//!   rows than sent means an id of another store, named by a query that runs
+//!   only then.
+//! - SQLite (the portable path) checks ownership with a query first and
+//!   writes with [`crate::upsert`]'s fixed-size multi-row statements.
+//!
+//! Everything runs on the caller's sea-orm connection or transaction.
+
+use sea_orm::sea_query::Order;
+use sea_orm::sea_query::{Alias, Expr, Func, Query, SelectStatement};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, Value};
+
+use super::{Row, SyncTable};
+
+/// How a database is written, chosen once from its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Array-bound set statements.
+    Postgres,
+    /// Statements every backend runs (SQLite).
+    Portable,
+}
+
+impl Backend {
+    /// The way to write `db`.
+    pub fn of<C: ConnectionTrait>(db: &C) -> Self {
+        match db.get_database_backend() {
+            DbBackend::Postgres => Self::Postgres,
+            _ => Self::Portable,
+        }
+    }
+}
+
+/// Why a site's rows were not written.
+#[derive(Debug)]
+pub enum WriteError {
+    /// `id` already belongs to a row of `store`, another store.
+    Foreign { id: String, store: String },
+    /// The database failed.
+    Database(DbErr),
+    /// The statements disagree with themselves; details for the log.
+    Inconsistent(String),
+}
+
+impl From<DbErr> for WriteError {
+    fn from(error: DbErr) -> Self {
+        Self::Database(error)
+    }
+}
+
+/// Ids per `IN (…)` list on the portable path.
+const IDS_PER_QUERY: usize = 500;
+
+/// Writes a site's changes to one of its store's tables: `upserts` (whole
+/// rows, at most one per id) and then `deletes`, only ever touching rows of
+/// `store_id`. An id of another store's row refuses the lot; the caller's
+/// transaction must then roll back.
+pub async fn store_rows<C: ConnectionTrait>(
+    db: &C,
+    table: &dyn SyncTable,
+    store_id: &str,
+    upserts: Vec<Row>,
+    deletes: Vec<String>,
+) -> Result<(), WriteError> {
+    let Some(store_column) = table.owner().store_column() else {
+        return Err(WriteError::Inconsistent(format!(
+            "{} is not a store's data",
+            table.name()
+        )));
+    };
+    match Backend::of(db) {
+        Backend::Postgres => {
+            if !upserts.is_empty() {
+                let ids: Vec<String> = upserts.iter().map(|row| row.id().to_owned()).collect();
+                let written = db
+                    .execute(unnest_upsert(table, store_column, upserts))
+                    .await?
+                    .rows_affected();
+                if written != ids.len() as u64 {
+                    return Err(match find_foreign(db, table, store_column, store_id, &ids).await? {
+                        Some(foreign) => foreign,
+                        None => WriteError::Inconsistent(format!(
+                            "upsert into {} wrote fewer rows than sent, yet no id belongs to another store",
+                            table.name()
+                        )),
+                    });
+                }
+            }
+            if !deletes.is_empty() {
+                if let Some(foreign) =
+                    find_foreign(db, table, store_column, store_id, &deletes).await?
+                {
+                    return Err(foreign);
+                }
+                db.execute(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    format!(
+                        "DELETE FROM \"{}\" WHERE id = ANY($1::text[]) AND \"{store_column}\" = $2::text",
+                        table.name()
+                    ),
+                    [text_array(deletes), store_id.into()],
+                ))
+                .await?;
+            }
+        }
+        Backend::Portable => {
+            let ids: Vec<&str> = upserts
+                .iter()
+                .map(Row::id)
+                .chain(deletes.iter().map(String::as_str))
+                .collect();
+            for chunk in ids.chunks(IDS_PER_QUERY) {
+                let mut query = Query::select();
+                query
+                    .column(Alias::new("id"))
+                    .column(Alias::new(store_column))
+                    .from(Alias::new(table.name()))
+                    .and_where(Expr::col(Alias::new("id")).is_in(chunk.iter().copied()))
+                    .and_where(Expr::col(Alias::new(store_column)).ne(store_id))
+                    .limit(1);
+                if let Some(found) = db
+                    .query_one(db.get_database_backend().build(&query))
+                    .await?
+                {
+                    return Err(foreign(&found)?);
+                }
+            }
+            crate::upsert::rows(db, table, upserts).await?;
+            for chunk in deletes.chunks(IDS_PER_QUERY) {
+                let mut delete = Query::delete();
+                delete
+                    .from_table(Alias::new(table.name()))
+                    .and_where(Expr::col(Alias::new("id")).is_in(chunk.iter().map(String::as_str)))
+                    .and_where(Expr::col(Alias::new(store_column)).eq(store_id));
+                db.execute(db.get_database_backend().build(&delete)).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The upsert of `rows` as column arrays; see the module docs.
+fn unnest_upsert(table: &dyn SyncTable, store_column: &str, rows: Vec<Row>) -> Statement {
+    let columns = table.columns();
+    let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+    let arrays: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("${}::{}", i + 1, c.kind.postgres_array()))
+        .collect();
+    let set: Vec<String> = names
+        .iter()
+        .skip(1)
+        .filter(|name| name.trim_matches('"') != store_column)
+        .map(|name| format!("{name} = EXCLUDED.{name}"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO \"{table}\" AS t ({names}) SELECT * FROM UNNEST({arrays}) \
+         ON CONFLICT (id) DO UPDATE SET {set} WHERE t.\"{store_column}\" = EXCLUDED.\"{store_column}\"",
+        table = table.name(),
+        names = names.join(", "),
+        arrays = arrays.join(", "),
+        set = set.join(", "),
+    );
+    let mut values: Vec<Vec<Value>> = columns
+        .iter()
+        .map(|_| Vec::with_capacity(rows.len()))
+        .collect();
+    for row in rows {
+        for (column, value) in values.iter_mut().zip(row.0) {
+            column.push(value);
+        }
+    }
+    let values: Vec<Value> = columns
+        .iter()
+        .zip(values)
+        .map(|(c, column)| Value::Array(c.kind.array_type(), Some(Box::new(column))))
+        .collect();
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+fn text_array(texts: Vec<String>) -> Value {
+    Value::Array(
+        sea_orm::sea_query::ArrayType::String,
+        Some(Box::new(texts.into_iter().map(Value::from).collect())),
+    )
+}
+
+/// A row of `ids` that belongs to another store than `store_id`, if any (PostgreSQL).
+async fn find_foreign<C: ConnectionTrait>(
+    db: &C,
+    table: &dyn SyncTable,
+    store_column: &str,
+    store_id: &str,
+    ids: &[String],
+) -> Result<Option<WriteError>, DbErr> {
+    let found = db
+        .query_one(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!(
+                "SELECT id, \"{store_column}\" FROM \"{}\" WHERE id = ANY($1::text[]) AND \"{store_column}\" <> $2::text LIMIT 1",
+                table.name()
+            ),
+            [text_array(ids.to_vec()), store_id.into()],
+        ))
+        .await?;
+    found.map(|found| foreign(&found)).transpose()
+}
+
+fn foreign(found: &QueryResult) -> Result<WriteError, DbErr> {
+    Ok(WriteError::Foreign {
+        id: found.try_get_by_index(0)?,
+        store: found.try_get_by_index(1)?,
+    })
+}
+
+/// Which rows of a table a read takes.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// Every row.
+    All,
+    /// The rows sent to the site hosting this store (by the table's owner
+    /// column); every row of a table whose rows go to every site.
+    Store(&'a str),
+}
+
+fn select(table: &dyn SyncTable, scope: Scope<'_>) -> SelectStatement {
+    let mut query = Query::select();
+    query.from(Alias::new(table.name()));
+    if let (Scope::Store(store_id), Some(column)) = (scope, table.owner().store_column()) {
+        query.and_where(Expr::col(Alias::new(column)).eq(store_id));
+    }
+    query
+}
+
+/// Up to `limit` rows of `table` in `scope` with ids after `after`, in id
+/// order (keyset paging: no offset scans), each selected with the table's
+/// columns in order (see [`Row::read`] and [`SyncTable::record_of`]).
+pub async fn page<C: ConnectionTrait>(
+    db: &C,
+    table: &dyn SyncTable,
+    scope: Scope<'_>,
+    after: &str,
+    limit: Option<u64>,
+) -> Result<Vec<QueryResult>, DbErr> {
+    let mut query = select(table, scope);
+    query
+        .columns(table.columns().into_iter().map(|c| Alias::new(c.name)))
+        .and_where(Expr::col(Alias::new("id")).gt(after))
+        .order_by(Alias::new("id"), Order::Asc);
+    if let Some(limit) = limit {
+        query.limit(limit);
+    }
+    db.query_all(db.get_database_backend().build(&query)).await
+}
+
+/// How many rows of `table` are in `scope`.
+pub async fn count<C: ConnectionTrait>(
+    db: &C,
+    table: &dyn SyncTable,
+    scope: Scope<'_>,
+) -> Result<u64, DbErr> {
+    let mut query = select(table, scope);
+    query.expr(Func::count(Expr::col(Alias::new("id"))));
+    let found = db
+        .query_one(db.get_database_backend().build(&query))
+        .await?;
+    let count: i64 = match found {
+        Some(found) => found.try_get_by_index(0)?,
+        None => 0,
+    };
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+/// Deletes every row of `table`.
+pub async fn clear<C: ConnectionTrait>(db: &C, table: &dyn SyncTable) -> Result<(), DbErr> {
+    let mut delete = Query::delete();
+    delete.from_table(Alias::new(table.name()));
+    db.execute(db.get_database_backend().build(&delete)).await?;
+    Ok(())
+}
+
+/// Deletes the row of `table` with this id, if there is one.
+pub async fn delete<C: ConnectionTrait>(
+    db: &C,
+    table: &dyn SyncTable,
+    id: &str,
+) -> Result<(), DbErr> {
+    let mut delete = Query::delete();
+    delete
+        .from_table(Alias::new(table.name()))
+        .and_where(Expr::col(Alias::new("id")).eq(id));
+    db.execute(db.get_database_backend().build(&delete)).await?;
+    Ok(())
+}
