@@ -6,9 +6,9 @@ use prost::Message;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Set, Statement, TransactionTrait,
 };
-use storesync_shared::entities::{invoice, invoice_line, item, name, stock_line};
+use storesync_shared::domain::entities::{invoice, invoice_line, item, name, stock_line};
+use storesync_shared::domain::upsert;
 use storesync_shared::proto::v1::{self as pb, sync_record::Record, SyncRecord, Table};
-use storesync_shared::upsert;
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -40,7 +40,7 @@ impl Backlog {
             invoice_lines: Vec::new(),
             records: Vec::with_capacity(records + 2 * LINES_PER_INVOICE + 1),
         };
-        let now = storesync_shared::validate::now_ms();
+        let now = storesync_shared::domain::validate::now_ms();
         let mut number = 0i64;
         while backlog.records.len() < records {
             number += 1;
@@ -262,7 +262,7 @@ pub async fn master_data_changes(
         .ok_or_else(|| anyhow::anyhow!("the change_log counter row is missing"))?;
     let head: i64 = row.try_get("", "value")?;
     let first = head - i64::try_from(count)? + 1;
-    let now = storesync_shared::validate::now_ms();
+    let now = storesync_shared::domain::validate::now_ms();
     let records = master_data_records(prefix, count, now);
     let mut items = Vec::new();
     let mut names = Vec::new();

@@ -116,7 +116,7 @@ async fn acked_seqs(db: &DatabaseConnection) -> anyhow::Result<Vec<(i32, i64)>> 
 pub async fn upstream(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     let n = sizes.upstream_satellites;
     let (db, master) = master_with_sites(n, &[]).await;
-    let conn = storesync_shared::db::connect(&db.url(), n + 2).await?;
+    let conn = storesync_shared::domain::db::connect(&db.url(), n + 2).await?;
     let items: Vec<String> = create_items(&master, "UP", 50)
         .await
         .into_iter()

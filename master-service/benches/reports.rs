@@ -84,7 +84,9 @@ async fn main() {
         Some((base, _)) => format!("{base}/{name}"),
         None => panic!("TEST_DATABASE_URL needs a database name"),
     };
-    let db: DatabaseConnection = storesync_shared::db::connect(&url, 4).await.unwrap();
+    let db: DatabaseConnection = storesync_shared::domain::db::connect(&url, 4)
+        .await
+        .unwrap();
     master_service::schema::Migrator::up(&db, None)
         .await
         .unwrap();

@@ -5,7 +5,7 @@
 //! `cargo bench -p master-service --bench roundtrip` prints the median and
 //! 99th percentile of: one-row `INSERT` transactions on PostgreSQL (when
 //! `TEST_DATABASE_URL` is set) and unary gRPC calls to a server served through
-//! `storesync_shared::server::incoming`. Healthy figures are well under 1 ms;
+//! `storesync_shared::kit::server::incoming`. Healthy figures are well under 1 ms;
 //! a stall shows as tens of milliseconds.
 #![allow(clippy::unwrap_used)]
 
@@ -30,7 +30,9 @@ async fn main() {
     const ROUNDS: usize = 500;
     match std::env::var("TEST_DATABASE_URL") {
         Ok(url) => {
-            let db = storesync_shared::db::connect(&url, 2).await.unwrap();
+            let db = storesync_shared::domain::db::connect(&url, 2)
+                .await
+                .unwrap();
             let backend = db.get_database_backend();
             db.execute(Statement::from_string(
                 backend,
@@ -71,7 +73,7 @@ async fn main() {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health)
-            .serve_with_incoming(storesync_shared::server::incoming(listener)),
+            .serve_with_incoming(storesync_shared::kit::server::incoming(listener)),
     );
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()

@@ -23,7 +23,7 @@ use master_service::sync::upstream::{apply_batch, SiteIdentity};
 use rand::{Rng, SeedableRng};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, DatabaseConnection, Set, Statement};
 use sea_orm_migration::MigratorTrait;
-use storesync_shared::entities::store;
+use storesync_shared::domain::entities::store;
 use storesync_shared::proto::v1 as pb;
 
 const STORE: &str = "2f1c7a4e-0000-4000-8000-0000000000a2";
@@ -317,7 +317,9 @@ async fn main() {
         Some((base, _)) => format!("{base}/{name}"),
         None => panic!("TEST_DATABASE_URL needs a database name"),
     };
-    let db: DatabaseConnection = storesync_shared::db::connect(&url, 4).await.unwrap();
+    let db: DatabaseConnection = storesync_shared::domain::db::connect(&url, 4)
+        .await
+        .unwrap();
     master_service::schema::Migrator::up(&db, None)
         .await
         .unwrap();

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
+use storesync_shared::kit::server::Operator;
 use storesync_shared::proto::v1 as pb;
-use storesync_shared::server::Operator;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
@@ -180,7 +180,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
-        let limit = storesync_shared::validate::page_size(
+        let limit = storesync_shared::domain::validate::page_size(
             "limit",
             request.into_inner().limit,
             100,

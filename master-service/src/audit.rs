@@ -3,8 +3,8 @@
 //! Details never hold secrets (passwords, codes, tokens): only whether one changed.
 
 use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder, QuerySelect, Set};
-use storesync_shared::entities::audit_log;
-use storesync_shared::validate::now_ms;
+use storesync_shared::domain::entities::audit_log;
+use storesync_shared::domain::validate::now_ms;
 
 use crate::error::Result;
 

@@ -12,9 +12,9 @@ use std::io::Write;
 
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{DatabaseConnection, EntityTrait, Set, TransactionTrait};
-use storesync_shared::auth;
-use storesync_shared::entities::operator;
-use storesync_shared::validate::now_ms;
+use storesync_shared::domain::entities::operator;
+use storesync_shared::domain::validate::now_ms;
+use storesync_shared::kit::auth;
 
 use crate::audit;
 use crate::config::Config;
@@ -196,8 +196,8 @@ mod tests {
 
     async fn fresh() -> (tempfile::TempDir, DatabaseConnection) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = storesync_shared::db::sqlite_url(&dir.path().join("m.db"));
-        let db = storesync_shared::db::connect(&url, 1)
+        let url = storesync_shared::domain::db::sqlite_url(&dir.path().join("m.db"));
+        let db = storesync_shared::domain::db::connect(&url, 1)
             .await
             .expect("connect");
         crate::schema::Migrator::up(&db, None)

@@ -20,8 +20,8 @@ use prost::Message;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
 };
+use storesync_shared::domain::validate::now_ms;
 use storesync_shared::proto::v1::{sync_record, SyncRecord, Table};
-use storesync_shared::validate::now_ms;
 use storesync_shared::{Error, Result};
 use tokio::sync::watch;
 

@@ -4,7 +4,7 @@
 //! progress on stderr for long answers.
 
 use serde_json::Value;
-use storesync_shared::cli::{self, number, time_ms, Format, OperatorChannel, Table};
+use storesync_shared::kit::cli::{self, number, time_ms, Format, OperatorChannel, Table};
 use storesync_shared::proto::v1 as pb;
 use storesync_shared::proto::v1::report_service_client::ReportServiceClient;
 

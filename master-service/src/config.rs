@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use storesync_shared::config::{
+use storesync_shared::kit::config::{
     address, number, one_of, path, rule, ConfigError, FileLayer, Problems, ShowDefault,
     HEARTBEAT_SECONDS, HEARTBEAT_SECONDS_RANGE, SHUTDOWN_GRACE_SECONDS_RANGE,
     SYNC_INTERVAL_MINUTES_RANGE,
@@ -110,11 +110,11 @@ storesync_shared::settings! {
         /// Code of the master's own store, first start only.
         master_store_code: String = "MASTER".to_owned(),
             env "STORESYNC_MASTER_STORE_CODE",
-            check |text| rule(storesync_shared::validate::code("master_store_code", text)).map(|()| text.to_owned());
+            check |text| rule(storesync_shared::domain::validate::code("master_store_code", text)).map(|()| text.to_owned());
         /// Name of the master's own store, first start only.
         master_store_name: String = "Master store".to_owned(),
             env "STORESYNC_MASTER_STORE_NAME",
-            check |text| rule(storesync_shared::validate::text("master_store_name", text, 256)).map(|()| text.to_owned());
+            check |text| rule(storesync_shared::domain::validate::text("master_store_name", text, 256)).map(|()| text.to_owned());
         /// Shared sync user name, first start only.
         sync_user: Option<String> = None,
             env "STORESYNC_SYNC_USER",
@@ -125,7 +125,7 @@ storesync_shared::settings! {
             secret true,
             check |text| rule(check_sync_password("sync_password", text)).map(|()| Some(text.to_owned()));
         /// Sync time interval in minutes, first start only.
-        sync_interval_minutes: u32 = storesync_shared::config::SYNC_INTERVAL_MINUTES,
+        sync_interval_minutes: u32 = storesync_shared::kit::config::SYNC_INTERVAL_MINUTES,
             env "STORESYNC_SYNC_INTERVAL_MINUTES",
             check number(SYNC_INTERVAL_MINUTES_RANGE);
         /// Seconds to drain calls after SIGTERM.
@@ -162,7 +162,7 @@ fn database_url(text: &str) -> Result<Option<String>, String> {
     if url.is_empty() {
         return Ok(None);
     }
-    if storesync_shared::db::is_postgres(url) || url.starts_with("sqlite:") {
+    if storesync_shared::domain::db::is_postgres(url) || url.starts_with("sqlite:") {
         return Ok(Some(url.to_owned()));
     }
     Err(
@@ -220,7 +220,7 @@ pub struct Config {
 /// The rules for a shared or per-site sync user name (it travels in Basic
 /// credentials, so it cannot hold `:`).
 pub fn check_sync_user(field: &str, value: &str) -> storesync_shared::Result<()> {
-    storesync_shared::validate::text(field, value, 64)?;
+    storesync_shared::domain::validate::text(field, value, 64)?;
     if value.contains(':') {
         return Err(storesync_shared::Error::invalid(
             field,
@@ -278,7 +278,7 @@ impl Config {
                         ),
                     );
                 }
-                storesync_shared::db::sqlite_url(&dir.join(DEFAULT_SQLITE_FILE))
+                storesync_shared::domain::db::sqlite_url(&dir.join(DEFAULT_SQLITE_FILE))
             }
         };
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use storesync_shared::cli::{self, Format, OperatorChannel};
+use storesync_shared::kit::cli::{self, Format, OperatorChannel};
 use storesync_shared::proto::v1 as pb;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -322,7 +322,7 @@ async fn run_with(
 
     // Run until Ctrl-C / SIGTERM, or until a child dies on its own.
     tokio::select! {
-        () = storesync_shared::server::shutdown_signal() => {
+        () = storesync_shared::kit::server::shutdown_signal() => {
             println!("\nstopping …");
             Ok(())
         }

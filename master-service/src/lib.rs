@@ -25,10 +25,10 @@ use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
+use storesync_shared::kit::server::{self, OperatorAuthLayer, MAX_MESSAGE_BYTES};
 use storesync_shared::proto::v1::admin_service_server::AdminServiceServer;
 use storesync_shared::proto::v1::master_data_service_server::MasterDataServiceServer;
 use storesync_shared::proto::v1::report_service_server::ReportServiceServer;
-use storesync_shared::server::{self, OperatorAuthLayer, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
@@ -83,7 +83,8 @@ pub async fn serve(
         what: "reading the listen address".into(),
         source,
     })?;
-    let db = storesync_shared::db::connect(&config.database_url, config.db_max_connections).await?;
+    let db = storesync_shared::domain::db::connect(&config.database_url, config.db_max_connections)
+        .await?;
     schema::Migrator::up(&db, None).await?;
     bootstrap::run(&db, &config, &mut std::io::stdout()).await?;
 
@@ -116,14 +117,14 @@ pub async fn serve(
         tokio::spawn(sync::retention::run(db.clone(), Duration::from_secs(600))),
         tokio::spawn(watch_database(db.clone(), health.clone())),
     ];
-    if storesync_shared::db::is_postgres(&state.config.database_url) {
+    if storesync_shared::domain::db::is_postgres(&state.config.database_url) {
         // Other replicas on the same database wake this one's streams.
         background.push(sync.start_cluster_listener(state.config.database_url.clone()));
     }
-    if storesync_shared::telemetry::metrics_exporting() {
+    if storesync_shared::kit::telemetry::metrics_exporting() {
         background.push(tokio::spawn(metrics::run_site_sampler(
             db.clone(),
-            storesync_shared::telemetry::metric_export_interval(),
+            storesync_shared::kit::telemetry::metric_export_interval(),
         )));
     }
     set_health(&health, ServingStatus::Serving).await;
@@ -137,16 +138,19 @@ pub async fn serve(
         .initial_stream_window_size(1024 * 1024)
         .initial_connection_window_size(2 * 1024 * 1024);
     if let Some(tls) = &state.config.tls {
-        let config =
-            storesync_shared::tls::server_config(&tls.cert, &tls.key, tls.client_ca.as_deref())
-                .map_err(Error::internal)?;
+        let config = storesync_shared::kit::tls::server_config(
+            &tls.cert,
+            &tls.key,
+            tls.client_ca.as_deref(),
+        )
+        .map_err(Error::internal)?;
         builder = builder
             .tls_config(config)
             .map_err(|e| Error::internal(format!("TLS: {e}")))?;
         tracing::info!(mutual = tls.client_ca.is_some(), "serving TLS");
     }
     let router = builder
-        .layer(storesync_shared::telemetry::grpc::GrpcServerLayer::new())
+        .layer(storesync_shared::kit::telemetry::grpc::GrpcServerLayer::new())
         .layer(OperatorAuthLayer::new(db.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -155,7 +159,7 @@ pub async fn serve(
         .add_service(master_data)
         .add_service(sync.service())
         .add_service(
-            storesync_shared::store_service::StoreServiceImpl::new(
+            storesync_shared::domain::store_service::StoreServiceImpl::new(
                 db.clone(),
                 store::MasterStore::new(db.clone()),
             )

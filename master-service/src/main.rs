@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         }
     };
     // No cap on blocking threads: the blocking work here is password checks,
-    // which `storesync_shared::auth` already runs at most two at a time, each
+    // which `storesync_shared::kit::auth` already runs at most two at a time, each
     // with a pooled buffer (its working memory), so more threads cannot mean
     // more of that memory.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -108,7 +108,7 @@ fn report_command(
         .operator_user
         .clone()
         .unwrap_or_else(|| master_service::config::DEFAULT_OPERATOR_USER.into());
-    let url = storesync_shared::cli::service_url(
+    let url = storesync_shared::kit::cli::service_url(
         client.address.as_deref(),
         args.listen.as_deref(),
         master_service::config::DEFAULT_LISTEN,
@@ -156,7 +156,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     master_service::serve(
         listener,
         config,
-        storesync_shared::server::shutdown_signal(),
+        storesync_shared::kit::server::shutdown_signal(),
     )
     .await?;
     Ok(())
@@ -164,7 +164,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Logs to stderr (stdout carries only the lines operators and tests read),
 /// filtered by `RUST_LOG` (default `info`); OpenTelemetry export when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see `storesync_shared::telemetry`).
-fn init_tracing(format: LogFormat) -> storesync_shared::telemetry::Telemetry {
-    storesync_shared::telemetry::init("master-service", format == LogFormat::Json)
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see `storesync_shared::kit::telemetry`).
+fn init_tracing(format: LogFormat) -> storesync_shared::kit::telemetry::Telemetry {
+    storesync_shared::kit::telemetry::init("master-service", format == LogFormat::Json)
 }

@@ -14,10 +14,10 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel,
     PaginatorTrait, QueryFilter, TransactionTrait,
 };
-use storesync_shared::entities::{invoice, invoice_line, item, name, stock_line, store};
-use storesync_shared::master_data_read as read;
+use storesync_shared::domain::entities::{invoice, invoice_line, item, name, stock_line, store};
+use storesync_shared::domain::master_data_read as read;
+use storesync_shared::domain::validate::{self, now_ms};
 use storesync_shared::proto::v1::{self as pb, sync_record, RecordRef, SyncRecord, Table};
-use storesync_shared::validate::{self, now_ms};
 use tonic::{Request, Response, Status};
 
 use crate::changelog::{self, ChangeNotifier};

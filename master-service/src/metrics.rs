@@ -1,5 +1,5 @@
 //! The master's instruments, all in one place (names and units in
-//! `storesync_shared::telemetry::catalog`).
+//! `storesync_shared::kit::telemetry::catalog`).
 //!
 //! Events are recorded where they happen (a session opens or closes, a batch
 //! is applied or refused, a login fails). Per-site state — backlog, downstream
@@ -16,10 +16,10 @@ use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
 use opentelemetry::KeyValue;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use storesync_shared::domain::validate::now_ms;
+use storesync_shared::kit::telemetry::catalog::{self, MetricDesc};
+use storesync_shared::kit::telemetry::grpc::DURATION_BUCKETS;
 use storesync_shared::proto::v1::SyncRecord;
-use storesync_shared::telemetry::catalog::{self, MetricDesc};
-use storesync_shared::telemetry::grpc::DURATION_BUCKETS;
-use storesync_shared::validate::now_ms;
 
 use crate::entities::{change_log, site, site_status};
 use crate::sync::error::ApplyError;
@@ -40,7 +40,7 @@ pub struct MasterMetrics {
 }
 
 static METRICS: LazyLock<MasterMetrics> = LazyLock::new(|| {
-    let meter = opentelemetry::global::meter(storesync_shared::telemetry::SCOPE);
+    let meter = opentelemetry::global::meter(storesync_shared::kit::telemetry::SCOPE);
     MasterMetrics {
         sessions: up_down(&meter, catalog::SITES_CONNECTED),
         records_applied: counter(&meter, catalog::RECORDS_APPLIED),

@@ -4,7 +4,7 @@
 //! argon2 hash, and never answered.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
-use storesync_shared::auth;
+use storesync_shared::kit::auth;
 use storesync_shared::proto::v1 as pb;
 
 use crate::audit;

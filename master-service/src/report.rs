@@ -14,10 +14,10 @@ pub mod stock;
 use std::collections::HashMap;
 
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
-use storesync_shared::entities::store;
+use storesync_shared::domain::entities::store;
+use storesync_shared::domain::validate::now_ms;
 use storesync_shared::proto::v1 as pb;
 use storesync_shared::proto::v1::report_service_server::ReportService;
-use storesync_shared::validate::now_ms;
 use storesync_shared::Result;
 use tonic::{Request, Response, Status};
 

@@ -1,4 +1,4 @@
-//! The master's own tables, on top of the common ones (`storesync_shared::schema`):
+//! The master's own tables, on top of the common ones (`storesync_shared::domain::schema`):
 //!
 //! - `site`: the "sync with" list, and per site the sync positions that must
 //!   move in the same transaction as the data they cover
@@ -12,7 +12,7 @@
 
 use sea_orm::DbErr;
 use sea_orm_migration::prelude::*;
-use storesync_shared::schema::{common_migrations, run_script};
+use storesync_shared::domain::schema::{common_migrations, run_script};
 
 /// Runs every pending migration of the master.
 pub struct Migrator;

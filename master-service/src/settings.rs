@@ -7,7 +7,7 @@
 
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ConnectionTrait, EntityTrait, Set};
-use storesync_shared::entities::setting;
+use storesync_shared::domain::entities::setting;
 
 use crate::error::Result;
 

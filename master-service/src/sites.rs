@@ -15,12 +15,12 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
     IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
 };
-use storesync_shared::auth;
-use storesync_shared::entities::{invoice, name, store};
+use storesync_shared::domain::entities::{invoice, name, store};
+use storesync_shared::domain::tables::write::{self, Scope};
+use storesync_shared::domain::tables::Owner;
+use storesync_shared::domain::validate::{self, now_ms};
+use storesync_shared::kit::auth;
 use storesync_shared::proto::v1::{self as pb, Table};
-use storesync_shared::tables::write::{self, Scope};
-use storesync_shared::tables::Owner;
-use storesync_shared::validate::{self, now_ms};
 
 use crate::changelog::{self, ChangeNotifier};
 use crate::config::{check_sync_password, check_sync_user};
@@ -439,7 +439,7 @@ pub async fn remove(
     // Each table of store data, as "3 stock line(s)".
     let mut held = Vec::new();
     let mut rows = 0;
-    for table in storesync_shared::tables::SYNCED {
+    for table in storesync_shared::domain::tables::SYNCED {
         if !matches!(table.owner(), Owner::Store { .. }) {
             continue;
         }

@@ -3,9 +3,9 @@
 //! master is where store data ends up.
 
 use sea_orm::{ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter};
-use storesync_shared::entities::store;
+use storesync_shared::domain::entities::store;
+use storesync_shared::domain::store_service::StoreContext;
 use storesync_shared::proto::v1::SyncRecord;
-use storesync_shared::store_service::StoreContext;
 use storesync_shared::{Error, Result};
 
 /// [`StoreContext`] of the master's own store.

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use sha2::{Digest, Sha256};
-use storesync_shared::auth;
-use storesync_shared::entities::unlock_token;
-use storesync_shared::validate::now_ms;
+use storesync_shared::domain::entities::unlock_token;
+use storesync_shared::domain::validate::now_ms;
+use storesync_shared::kit::auth;
 
 use crate::error::{Error, Result};
 use crate::settings;

@@ -15,14 +15,16 @@ use sea_orm::{
     ActiveModelTrait, DatabaseConnection, EntityTrait, PaginatorTrait, Set, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
-use storesync_shared::entities::{stock_line, store};
+use storesync_shared::domain::entities::{stock_line, store};
 use storesync_shared::proto::v1::{
     sync_record::Record, Item, RecordRef, StockLine, SyncRecord, Table, UpstreamBatch,
 };
 use storesync_tests::{backends, TestDb};
 
 async fn migrated(db: &TestDb) -> DatabaseConnection {
-    let conn = storesync_shared::db::connect(&db.url(), 12).await.unwrap();
+    let conn = storesync_shared::domain::db::connect(&db.url(), 12)
+        .await
+        .unwrap();
     Migrator::up(&conn, None).await.unwrap();
     conn
 }

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, QueryOrder, Set};
 use sea_orm_migration::MigratorTrait;
-use storesync_shared::entities::{invoice, invoice_line, stock_line, store};
+use storesync_shared::domain::entities::{invoice, invoice_line, stock_line, store};
 use storesync_shared::proto::v1 as pb;
 use storesync_tests::{backends, Backend, TestDb};
 
@@ -20,16 +20,16 @@ use master_service::sync::upstream::{
     apply_batch, apply_records, ApplyError, Incoming, SiteIdentity,
 };
 use sea_orm::{ConnectionTrait, TransactionTrait};
+use storesync_shared::domain::tables::write::{self, Scope};
+use storesync_shared::domain::tables::{self, apply, Change, Owner, Row, SyncTable, TableDef};
 use storesync_shared::proto::v1::sync_record::Record;
-use storesync_shared::tables::write::{self, Scope};
-use storesync_shared::tables::{self, apply, Change, Owner, Row, SyncTable, TableDef};
 
 const STORE_A: &str = "2f1c7a4e-0000-4000-8000-00000000000a";
 const STORE_B: &str = "2f1c7a4e-0000-4000-8000-00000000000b";
 
 async fn master(backend: Backend) -> (TestDb, DatabaseConnection) {
     let test_db = TestDb::new(backend);
-    let db = storesync_shared::db::connect(&test_db.url(), 2)
+    let db = storesync_shared::domain::db::connect(&test_db.url(), 2)
         .await
         .unwrap();
     master_service::schema::Migrator::up(&db, None)
@@ -287,7 +287,7 @@ impl TableDef for Memo {
         memo: &memo::Model,
         field: &dyn Fn(&str) -> String,
     ) -> storesync_shared::Result<()> {
-        storesync_shared::validate::optional_text(&field("body"), &memo.body, 16)
+        storesync_shared::domain::validate::optional_text(&field("body"), &memo.body, 16)
     }
 }
 
@@ -336,7 +336,7 @@ async fn push(
                 return Ok(incoming);
             };
             let body = row.text(2).unwrap_or_default().to_owned();
-            let problem = storesync_shared::validate::optional_text(
+            let problem = storesync_shared::domain::validate::optional_text(
                 &format!("upstream record {seq}: memo.body"),
                 &body,
                 16,
@@ -495,7 +495,7 @@ async fn a_table_registered_in_a_test_syncs_both_ways_through_the_generic_path()
 
         // Downstream: the snapshot's rows of store A, applied on a satellite.
         let satellite_db = TestDb::new(Backend::Sqlite);
-        let satellite = storesync_shared::db::connect(&satellite_db.url(), 1)
+        let satellite = storesync_shared::domain::db::connect(&satellite_db.url(), 1)
             .await
             .unwrap();
         satellite.execute_unprepared(memo::CREATE).await.unwrap();

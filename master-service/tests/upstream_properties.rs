@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use prost::Message;
 use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, PaginatorTrait, Set};
 use sea_orm_migration::MigratorTrait;
-use storesync_shared::entities::{invoice, invoice_line, stock_line, store};
+use storesync_shared::domain::entities::{invoice, invoice_line, stock_line, store};
 use storesync_shared::proto::v1 as pb;
 
 const STORE: &str = "2f1c7a4e-0000-4000-8000-0000000000a2";
@@ -21,8 +21,8 @@ const OTHER_STORE: &str = "2f1c7a4e-0000-4000-8000-0000000000a3";
 
 async fn master() -> (tempfile::TempDir, DatabaseConnection) {
     let dir = tempfile::tempdir().unwrap();
-    let db = storesync_shared::db::connect(
-        &storesync_shared::db::sqlite_url(&dir.path().join("m.db")),
+    let db = storesync_shared::domain::db::connect(
+        &storesync_shared::domain::db::sqlite_url(&dir.path().join("m.db")),
         1,
     )
     .await

@@ -155,8 +155,10 @@ fn store() -> pb::Store {
 }
 
 async fn open(dir: &tempfile::TempDir) -> DatabaseConnection {
-    let url = storesync_shared::db::sqlite_url(&dir.path().join("satellite.db"));
-    let db = storesync_shared::db::connect(&url, 1).await.unwrap();
+    let url = storesync_shared::domain::db::sqlite_url(&dir.path().join("satellite.db"));
+    let db = storesync_shared::domain::db::connect(&url, 1)
+        .await
+        .unwrap();
     satellite_agent::schema::Migrator::up(&db, None)
         .await
         .unwrap();

@@ -2,9 +2,9 @@
 //! and the lock on the sync settings.
 
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
-use storesync_shared::auth;
-use storesync_shared::entities::{operator, setting};
-use storesync_shared::validate::now_ms;
+use storesync_shared::domain::entities::{operator, setting};
+use storesync_shared::domain::validate::now_ms;
+use storesync_shared::kit::auth;
 
 use crate::config::Config;
 use crate::error::{Error, Result};

@@ -2,7 +2,7 @@
 //! asked, its store's stock on hand), read over gRPC as an operator would,
 //! printed as a table, CSV or JSON.
 
-use storesync_shared::cli::{self, number, time_ms, Format, Table};
+use storesync_shared::kit::cli::{self, number, time_ms, Format, Table};
 use storesync_shared::proto::v1 as pb;
 
 /// `satellite-agent status` options.

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use storesync_shared::config::ConfigError;
-use storesync_shared::config::{
+pub use storesync_shared::kit::config::ConfigError;
+use storesync_shared::kit::config::{
     address, number, one_of, path, rule, FileLayer, Problems, ShowDefault, HEARTBEAT_SECONDS,
     HEARTBEAT_SECONDS_RANGE, SHUTDOWN_GRACE_SECONDS_RANGE, SYNC_INTERVAL_MINUTES,
     SYNC_INTERVAL_MINUTES_RANGE,
@@ -173,7 +173,7 @@ storesync_shared::settings! {
             env "STORESYNC_DATABASE_URL",
             secret true,
             check |text| {
-                if text.starts_with("sqlite:") || storesync_shared::db::is_postgres(text) {
+                if text.starts_with("sqlite:") || storesync_shared::domain::db::is_postgres(text) {
                     Ok(Some(text.to_owned()))
                 } else {
                     Err("the URL must start with sqlite:// or postgres://".into())
@@ -195,7 +195,7 @@ storesync_shared::settings! {
         /// Operator created on first start.
         operator_user: String = DEFAULT_OPERATOR_USER.to_owned(),
             env "STORESYNC_OPERATOR_USER",
-            check |text| rule(storesync_shared::validate::code("operator_user", text)).map(|()| text.to_owned());
+            check |text| rule(storesync_shared::domain::validate::code("operator_user", text)).map(|()| text.to_owned());
         /// Its password [default: generated and printed once].
         operator_password: Option<String> = None,
             env "STORESYNC_OPERATOR_PASSWORD",
@@ -406,7 +406,7 @@ impl Config {
         );
         let database_url = s.database_url.unwrap_or_else(|| {
             let dir = s.data_dir.unwrap_or_else(|| PathBuf::from("."));
-            storesync_shared::db::sqlite_url(&dir.join(DEFAULT_DATABASE_FILE))
+            storesync_shared::domain::db::sqlite_url(&dir.join(DEFAULT_DATABASE_FILE))
         });
         let master_client_identity = match (s.master_client_cert, s.master_client_key) {
             (Some(cert), Some(key)) => Some((cert, key)),

@@ -40,11 +40,11 @@ use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
+use storesync_shared::domain::store_service::StoreServiceImpl;
+use storesync_shared::kit::server::{self, OperatorAuthLayer, MAX_MESSAGE_BYTES};
 use storesync_shared::proto::v1::agent_service_server::AgentServiceServer;
 use storesync_shared::proto::v1::master_data_service_server::MasterDataServiceServer;
 use storesync_shared::proto::v1::store_service_server::StoreServiceServer;
-use storesync_shared::server::{self, OperatorAuthLayer, MAX_MESSAGE_BYTES};
-use storesync_shared::store_service::StoreServiceImpl;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
@@ -108,7 +108,7 @@ impl Satellite {
             }
         }
         let database = redact(&config.database_url);
-        let db = storesync_shared::db::connect(&config.database_url, 4)
+        let db = storesync_shared::domain::db::connect(&config.database_url, 4)
             .await
             .map_err(|source| Error::Database {
                 url: database.clone(),
@@ -191,12 +191,12 @@ impl Satellite {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let mut builder = tonic::transport::Server::builder();
         if let Some((cert, key, client_ca)) = &self.config.tls {
-            let config = storesync_shared::tls::server_config(cert, key, client_ca.as_deref())
+            let config = storesync_shared::kit::tls::server_config(cert, key, client_ca.as_deref())
                 .map_err(|e| Error::Domain(storesync_shared::Error::Internal(e)))?;
             builder = builder.tls_config(config)?;
         }
         let router = builder
-            .layer(storesync_shared::telemetry::grpc::GrpcServerLayer::new())
+            .layer(storesync_shared::kit::telemetry::grpc::GrpcServerLayer::new())
             .layer(OperatorAuthLayer::new(self.db.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         .worker_threads(WORKER_THREADS)
         // No cap on blocking threads: password checks, the blocking work
         // here, run at most two at a time with pooled working memory
-        // (`storesync_shared::auth`), however many threads there are.
+        // (`storesync_shared::kit::auth`), however many threads there are.
         .enable_all()
         .build()
     {
@@ -74,7 +74,7 @@ async fn run() -> ExitCode {
     let code = match satellite_agent::serve(
         listener,
         config,
-        storesync_shared::server::shutdown_signal(),
+        storesync_shared::kit::server::shutdown_signal(),
         Some(satellite_agent::sync::start),
     )
     .await
@@ -99,7 +99,7 @@ async fn status_command(args: &Args, status: &satellite_agent::cli::StatusArgs) 
         .operator_user
         .clone()
         .unwrap_or_else(|| satellite_agent::config::DEFAULT_OPERATOR_USER.into());
-    let url = storesync_shared::cli::service_url(
+    let url = storesync_shared::kit::cli::service_url(
         status.address.as_deref(),
         args.listen.as_deref(),
         satellite_agent::config::DEFAULT_LISTEN,
@@ -118,7 +118,7 @@ async fn status_command(args: &Args, status: &satellite_agent::cli::StatusArgs) 
 
 /// Logs to stderr (stdout carries only the `listening on` line), filtered by
 /// `RUST_LOG` (default `info`); OpenTelemetry export when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see `storesync_shared::telemetry`).
-fn init_tracing(format: LogFormat) -> storesync_shared::telemetry::Telemetry {
-    storesync_shared::telemetry::init("satellite-agent", format == LogFormat::Json)
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see `storesync_shared::kit::telemetry`).
+fn init_tracing(format: LogFormat) -> storesync_shared::kit::telemetry::Telemetry {
+    storesync_shared::kit::telemetry::init("satellite-agent", format == LogFormat::Json)
 }

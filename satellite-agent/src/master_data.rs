@@ -3,7 +3,7 @@
 //! the master and reaches satellites downstream.
 
 use sea_orm::DatabaseConnection;
-use storesync_shared::master_data_read;
+use storesync_shared::domain::master_data_read;
 use storesync_shared::proto::v1 as pb;
 use storesync_shared::proto::v1::master_data_service_server::MasterDataService;
 use tonic::{Request, Response, Status};

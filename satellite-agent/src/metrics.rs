@@ -1,5 +1,5 @@
 //! The satellite's instruments, all in one place (names and units in
-//! `storesync_shared::telemetry::catalog`): what it applies from the master.
+//! `storesync_shared::kit::telemetry::catalog`): what it applies from the master.
 //! Its upstream backlog, lag and last sync are reported by the master, which
 //! sees every site.
 
@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use opentelemetry::metrics::{Counter, Histogram};
 use opentelemetry::KeyValue;
+use storesync_shared::kit::telemetry::catalog;
+use storesync_shared::kit::telemetry::grpc::DURATION_BUCKETS;
 use storesync_shared::proto::v1::SyncRecord;
-use storesync_shared::telemetry::catalog;
-use storesync_shared::telemetry::grpc::DURATION_BUCKETS;
 
 struct SatelliteMetrics {
     records_applied: Counter<u64>,
@@ -19,7 +19,7 @@ struct SatelliteMetrics {
 }
 
 static METRICS: LazyLock<SatelliteMetrics> = LazyLock::new(|| {
-    let meter = opentelemetry::global::meter(storesync_shared::telemetry::SCOPE);
+    let meter = opentelemetry::global::meter(storesync_shared::kit::telemetry::SCOPE);
     SatelliteMetrics {
         records_applied: meter
             .u64_counter(catalog::RECORDS_APPLIED.name)

@@ -12,8 +12,8 @@ use prost::Message;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
+use storesync_shared::domain::validate::now_ms;
 use storesync_shared::proto::v1::SyncRecord;
-use storesync_shared::validate::now_ms;
 use storesync_shared::{Error, Result};
 
 use crate::entities::{outbox, sync_state};

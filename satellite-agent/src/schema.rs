@@ -1,4 +1,4 @@
-//! The satellite's own tables, on top of the common ones (`storesync_shared::schema`):
+//! The satellite's own tables, on top of the common ones (`storesync_shared::domain::schema`):
 //!
 //! - `outbox`: every local change of store data, in a dense sequence, written in
 //!   the same transaction as the change (see `outbox`), until the master
@@ -10,7 +10,7 @@
 
 use sea_orm::DbErr;
 use sea_orm_migration::prelude::*;
-use storesync_shared::schema::{common_migrations, run_script};
+use storesync_shared::domain::schema::{common_migrations, run_script};
 
 /// Runs every pending migration of the satellite.
 pub struct Migrator;

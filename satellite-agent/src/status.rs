@@ -10,8 +10,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use storesync_shared::domain::validate::now_ms;
 use storesync_shared::proto::v1::ConnectionState;
-use storesync_shared::validate::now_ms;
 use tokio::sync::{watch, Notify};
 
 use crate::config::SyncMode;

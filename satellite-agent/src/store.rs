@@ -7,8 +7,8 @@
 //! will not travel upstream, and nothing travels that was not written.
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait};
+use storesync_shared::domain::store_service::StoreContext;
 use storesync_shared::proto::v1::SyncRecord;
-use storesync_shared::store_service::StoreContext;
 use storesync_shared::{Error, Result};
 
 use crate::entities::sync_state;

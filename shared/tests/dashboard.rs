@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use storesync_shared::telemetry::catalog;
+use storesync_shared::kit::telemetry::catalog;
 
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Statement, TransactionTrait};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
-use storesync_shared::entities::{invoice, invoice_line, item, name, stock_line};
+use storesync_shared::domain::entities::{invoice, invoice_line, item, name, stock_line};
 use storesync_shared::proto::v1::{self as pb, sync_record::Record, SyncRecord};
-use storesync_shared::{store_ops, Error};
+use storesync_shared::{domain::store_ops, Error};
 use tonic::Code;
 
 struct CommonOnly;
 impl MigratorTrait for CommonOnly {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        storesync_shared::schema::common_migrations()
+        storesync_shared::domain::schema::common_migrations()
     }
 }
 
@@ -49,7 +49,9 @@ impl Fixture {
         let (url, postgres) = if backend == "postgres" {
             let server = std::env::var("TEST_DATABASE_URL").unwrap();
             let name = format!("storesync_ops_{}", uuid::Uuid::new_v4().simple());
-            let admin = storesync_shared::db::connect(&server, 1).await.unwrap();
+            let admin = storesync_shared::domain::db::connect(&server, 1)
+                .await
+                .unwrap();
             admin
                 .execute_unprepared(&format!("CREATE DATABASE {name}"))
                 .await
@@ -60,7 +62,9 @@ impl Fixture {
         } else {
             ("sqlite::memory:".to_owned(), None)
         };
-        let db = storesync_shared::db::connect(&url, 4).await.unwrap();
+        let db = storesync_shared::domain::db::connect(&url, 4)
+            .await
+            .unwrap();
         CommonOnly::up(&db, None).await.unwrap();
         let item_row = |id: &str, code: &str, active: bool| {
             item::ActiveModel::from(item::Model {
@@ -113,7 +117,9 @@ impl Fixture {
     async fn finish(self) {
         self.db.close().await.unwrap();
         if let Some((server, name)) = self.postgres {
-            let admin = storesync_shared::db::connect(&server, 1).await.unwrap();
+            let admin = storesync_shared::domain::db::connect(&server, 1)
+                .await
+                .unwrap();
             admin
                 .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .await

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
-use storesync_shared::entities::{invoice, invoice_line, item, name, stock_line, store};
+use storesync_shared::domain::entities::{invoice, invoice_line, item, name, stock_line, store};
 use storesync_shared::proto::v1 as pb;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -29,7 +29,7 @@ pub struct BasicAuth(MetadataValue<Ascii>);
 impl BasicAuth {
     pub fn new(user: &str, password: &str) -> Self {
         Self(
-            storesync_shared::auth::basic_header(user, password)
+            storesync_shared::kit::auth::basic_header(user, password)
                 .parse()
                 .expect("header"),
         )

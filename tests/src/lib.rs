@@ -141,7 +141,7 @@ impl TestDb {
 
     /// Connects to this database directly (to inspect what the binaries stored).
     pub async fn connect(&self) -> sea_orm::DatabaseConnection {
-        storesync_shared::db::connect(&self.url(), 2)
+        storesync_shared::domain::db::connect(&self.url(), 2)
             .await
             .expect("connect to test database")
     }
@@ -348,7 +348,7 @@ pub fn with_basic<T>(
     user: &str,
     password: &str,
 ) -> tonic::Request<T> {
-    let value = storesync_shared::auth::basic_header(user, password)
+    let value = storesync_shared::kit::auth::basic_header(user, password)
         .parse()
         .expect("header value");
     request.metadata_mut().insert("authorization", value);

@@ -42,7 +42,7 @@ impl Auth {
 
     /// `authorization: Basic base64(user:password)`.
     pub fn basic(user: &str, password: &str) -> Self {
-        Self::raw_authorization(&storesync_shared::auth::basic_header(user, password))
+        Self::raw_authorization(&storesync_shared::kit::auth::basic_header(user, password))
     }
 
     /// Any `authorization` value, even a malformed one.

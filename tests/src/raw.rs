@@ -48,7 +48,7 @@ pub async fn open(
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     request.metadata_mut().insert(
         "authorization",
-        storesync_shared::auth::basic_header(user, password)
+        storesync_shared::kit::auth::basic_header(user, password)
             .parse()
             .expect("header"),
     );
@@ -181,7 +181,7 @@ pub async fn send_raw(
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     request.metadata_mut().insert(
         "authorization",
-        storesync_shared::auth::basic_header(user, password)
+        storesync_shared::kit::auth::basic_header(user, password)
             .parse()
             .expect("header"),
     );

@@ -20,7 +20,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-use storesync_shared::entities::{invoice, invoice_line, item, stock_line};
+use storesync_shared::domain::entities::{invoice, invoice_line, item, stock_line};
 use storesync_shared::proto::v1 as pb;
 use storesync_tests::cluster::{
     assert_store_copies_equal, create_items, create_trading_partners, goods_in, goods_out,

@@ -100,7 +100,7 @@ async fn changes_need_an_unlock_token_from_the_authorisation_code() {
             .await
             .unwrap()
             .into_inner();
-        let now_ms = storesync_shared::validate::now_ms();
+        let now_ms = storesync_shared::domain::validate::now_ms();
         assert!(
             answer.expires_at_ms > now_ms + 9 * 60_000
                 && answer.expires_at_ms <= now_ms + 11 * 60_000

@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
-use storesync_shared::entities::{invoice, invoice_line, stock_line};
+use storesync_shared::domain::entities::{invoice, invoice_line, stock_line};
 use storesync_shared::proto::v1 as pb;
 use storesync_tests::cluster::{
     assert_store_copies_equal, create_items, create_trading_partners, goods_in, goods_out,

@@ -158,7 +158,7 @@ async fn master_data_fans_out_and_store_data_comes_back() {
                 "the master's own store data stays on the master"
             );
         }
-        let all_lines = storesync_shared::entities::stock_line::Entity::find()
+        let all_lines = storesync_shared::domain::entities::stock_line::Entity::find()
             .count(&db)
             .await
             .unwrap();

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use storesync_shared::kit::telemetry::catalog;
 use storesync_shared::proto::v1 as pb;
-use storesync_shared::telemetry::catalog;
 use storesync_tests::cluster::{
     assert_store_copies_equal, create_items, create_trading_partners, goods_in, store_of,
     wait_master_data_equal, Master, Satellite, SYNC_PASSWORD, SYNC_USER,

@@ -5,9 +5,9 @@
 use chrono::{Duration, NaiveDate, Utc};
 use sea_orm::sea_query::{Asterisk, Condition, Expr, Func, JoinType, Order, Query, SimpleExpr};
 use sea_orm::ConnectionTrait;
+use storesync_shared::domain::store_ops::{next_token, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use storesync_shared::domain::validate;
 use storesync_shared::proto::v1 as pb;
-use storesync_shared::store_ops::{next_token, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-use storesync_shared::validate;
 
 use super::query::{
     after_key, check_store_ids, col, count_all, decode_token, encode_token, literal, name,

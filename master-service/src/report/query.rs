@@ -11,8 +11,8 @@ use sea_orm::sea_query::{Alias, Condition, Expr, Func, FunctionCall, SelectState
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryResult, Statement, Value,
 };
-use storesync_shared::entities::{item, store};
-use storesync_shared::validate;
+use storesync_shared::domain::entities::{item, store};
+use storesync_shared::domain::validate;
 
 use crate::error::{Error, Result};
 

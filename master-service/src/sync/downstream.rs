@@ -18,14 +18,14 @@ use prost::Message;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IsolationLevel, TransactionTrait,
 };
-use storesync_shared::entities::store;
+use storesync_shared::domain::entities::store;
+use storesync_shared::domain::tables::write::{self, Scope};
+use storesync_shared::domain::tables::{self, Owner, SyncTable};
+use storesync_shared::domain::validate::now_ms;
 use storesync_shared::proto::v1::{
     master_message, CaughtUp, DownstreamBatch, Heartbeat, InitialisationProgress, MasterMessage,
     SyncRecord,
 };
-use storesync_shared::tables::write::{self, Scope};
-use storesync_shared::tables::{self, Owner, SyncTable};
-use storesync_shared::validate::now_ms;
 use storesync_shared::{Error, Result};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -96,7 +96,7 @@ pub async fn run(
                 // One trace per batch, started when it is sent (changes of many
                 // writes share a batch); each satellite's apply is its child.
                 let span = tracing::info_span!(parent: None, "sync.downstream.send", otel.kind = "producer", sync_id, end_cursor = end, records = records.len());
-                let trace_context = storesync_shared::telemetry::propagation::inject(&span);
+                let trace_context = storesync_shared::kit::telemetry::propagation::inject(&span);
                 send(
                     &tx,
                     master_message::Message::DownstreamBatch(DownstreamBatch {
@@ -315,7 +315,7 @@ impl SnapshotSender<'_> {
         self.pending_bytes = 0;
         self.sent += records.len() as u64;
         let span = tracing::info_span!(parent: None, "sync.downstream.send", otel.kind = "producer", sync_id = self.sync_id, end_cursor, records = records.len(), initialisation = true);
-        let trace_context = storesync_shared::telemetry::propagation::inject(&span);
+        let trace_context = storesync_shared::kit::telemetry::propagation::inject(&span);
         send(
             self.tx,
             master_message::Message::DownstreamBatch(DownstreamBatch {

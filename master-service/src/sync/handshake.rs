@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{DatabaseConnection, EntityTrait, QuerySelect};
-use storesync_shared::entities::{setting, store};
+use storesync_shared::domain::entities::{setting, store};
 use storesync_shared::proto::v1::{satellite_message, Hello, SatelliteMessage, Welcome};
-use storesync_shared::{auth, Error, Result};
+use storesync_shared::{kit::auth, Error, Result};
 use tonic::Streaming;
 
 use super::upstream::{sync_id_i32, SiteIdentity};
@@ -215,7 +215,7 @@ pub(super) async fn welcome(
             .unwrap_or(u32::MAX)
             .max(1),
         max_batch_records: ctx.settings.max_batch_records,
-        max_message_bytes: u32::try_from(storesync_shared::server::MAX_MESSAGE_BYTES)
+        max_message_bytes: u32::try_from(storesync_shared::kit::server::MAX_MESSAGE_BYTES)
             .unwrap_or(u32::MAX),
         initialising: hello.needs_initialisation,
         session_id: uuid::Uuid::new_v4().to_string(),

@@ -103,7 +103,7 @@ impl Inbound<'_> {
         let (first, last) = (batch.first_seq, batch.last_seq);
         // One trace per batch: this apply is a child of the satellite's push.
         let span = tracing::info_span!(parent: None, "sync.upstream.apply", otel.kind = "consumer", sync_id, first_seq = first, last_seq = last, records = batch.records.len());
-        storesync_shared::telemetry::propagation::set_parent(&span, &batch.trace_context);
+        storesync_shared::kit::telemetry::propagation::set_parent(&span, &batch.trace_context);
         let tables = metrics::tables_of(&batch.records);
         let started = Instant::now();
         let applied = upstream::apply_batch(&ctx.db, identity, session_id, batch)
@@ -189,7 +189,7 @@ fn inbound_failure(status: &Status) -> Error {
         tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
             Error::InvalidArgument(format!(
                 "a message over the size limit of {} bytes: {}",
-                storesync_shared::server::MAX_MESSAGE_BYTES,
+                storesync_shared::kit::server::MAX_MESSAGE_BYTES,
                 status.message()
             ))
         }

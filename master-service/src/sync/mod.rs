@@ -77,7 +77,7 @@ pub struct SyncSettings {
 impl Default for SyncSettings {
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_secs(storesync_shared::config::HEARTBEAT_SECONDS),
+            heartbeat: Duration::from_secs(storesync_shared::kit::config::HEARTBEAT_SECONDS),
             max_batch_records: 5000,
             // Large batches: a satellite's SQLite writes each touched page once
             // per commit, and keys arrive in random order, so records per
@@ -126,8 +126,8 @@ impl SyncContext {
     /// The size limits apply to the decompressed message.
     pub fn service(&self) -> SyncServiceServer<SyncHandler> {
         SyncServiceServer::new(SyncHandler { ctx: self.clone() })
-            .max_decoding_message_size(storesync_shared::server::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(storesync_shared::server::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(storesync_shared::kit::server::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(storesync_shared::kit::server::MAX_MESSAGE_BYTES)
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
             .send_compressed(tonic::codec::CompressionEncoding::Gzip)
     }

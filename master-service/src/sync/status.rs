@@ -13,7 +13,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, Set,
     TransactionTrait,
 };
-use storesync_shared::validate::now_ms;
+use storesync_shared::domain::validate::now_ms;
 
 use super::upstream::sync_id_i32;
 use crate::entities::{site, site_status};

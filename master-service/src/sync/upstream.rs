@@ -12,7 +12,7 @@
 //! A site may write only store data of the store it hosts. A record of another
 //! store, one whose id already belongs to another store's row, or any master data
 //! rejects the whole batch with `PERMISSION_DENIED` naming the record. Who owns
-//! what is each table's [`Owner`] (`storesync_shared::tables`).
+//! what is each table's [`Owner`] (`storesync_shared::domain::tables`).
 //!
 //! # Order within a batch
 //! Every record is validated, then each table's records are reduced to the last
@@ -32,10 +32,10 @@ use sea_orm::sea_query::{Expr, LockType, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
 };
+use storesync_shared::domain::tables::write::{self, WriteError};
+use storesync_shared::domain::tables::{self, Change, Owner, SyncTable};
+use storesync_shared::domain::validate;
 use storesync_shared::proto::v1::{sync_record::Record, SyncRecord, Table, UpstreamBatch};
-use storesync_shared::tables::write::{self, WriteError};
-use storesync_shared::tables::{self, Change, Owner, SyncTable};
-use storesync_shared::validate;
 
 pub use super::error::{ApplyError, RecordId};
 use crate::entities::{site, site_status};

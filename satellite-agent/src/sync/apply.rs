@@ -7,14 +7,14 @@
 //! database initialised and sets the upstream positions from the master's.
 //!
 //! The tables written, their order and which deletes the master may send come
-//! from the registry of synced tables (`storesync_shared::tables`).
+//! from the registry of synced tables (`storesync_shared::domain::tables`).
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
 };
+use storesync_shared::domain::tables::{self, apply};
 use storesync_shared::proto::v1::{DownstreamBatch, Store};
-use storesync_shared::tables::{self, apply};
 use storesync_shared::{Error, Result};
 
 use crate::entities::{outbox, sync_state};
@@ -108,7 +108,7 @@ pub async fn apply_batch(
 /// those that exist). Also run at start on an initialised database: a check
 /// that costs nothing when they are there.
 pub async fn build_store_data_indexes<C: ConnectionTrait>(db: &C) -> Result<()> {
-    for (_, create) in storesync_shared::schema::store_data_indexes() {
+    for (_, create) in storesync_shared::domain::schema::store_data_indexes() {
         db.execute_unprepared(&create).await?;
     }
     Ok(())
@@ -136,7 +136,7 @@ pub async fn clear_for_initialisation(db: &DatabaseConnection) -> Result<()> {
     }
     outbox::Entity::delete_many().exec(&txn).await?;
     // Until the last snapshot batch builds them again (see `apply_batch`).
-    for (index, _) in storesync_shared::schema::store_data_indexes() {
+    for (index, _) in storesync_shared::domain::schema::store_data_indexes() {
         txn.execute_unprepared(&format!("DROP INDEX IF EXISTS {index}"))
             .await?;
     }

@@ -61,8 +61,8 @@ pub(super) async fn client(
         ))
     })?;
     let mut client = SyncServiceClient::new(channel)
-        .max_decoding_message_size(storesync_shared::server::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(storesync_shared::server::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(storesync_shared::kit::server::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(storesync_shared::kit::server::MAX_MESSAGE_BYTES);
     if settings.compression {
         client = client
             .send_compressed(tonic::codec::CompressionEncoding::Gzip)

@@ -17,7 +17,7 @@ use storesync_shared::proto::v1::{
     master_message, satellite_message, ConnectionState, Hello, MasterMessage, SatelliteMessage,
     Welcome,
 };
-use storesync_shared::{auth, Error, Result};
+use storesync_shared::{kit::auth, Error, Result};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;

@@ -82,9 +82,9 @@ impl ClientSettings {
             sync_user,
             sync_password,
             mode,
-            interval_minutes: storesync_shared::config::SYNC_INTERVAL_MINUTES,
+            interval_minutes: storesync_shared::kit::config::SYNC_INTERVAL_MINUTES,
             interval_override: None,
-            heartbeat: Duration::from_secs(storesync_shared::config::HEARTBEAT_SECONDS),
+            heartbeat: Duration::from_secs(storesync_shared::kit::config::HEARTBEAT_SECONDS),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             batch_records: 2000,
@@ -126,7 +126,7 @@ pub fn start(satellite: &crate::Satellite) -> crate::SyncTask {
             .master_client_identity
             .as_ref()
             .map(|(c, k)| (c.as_path(), k.as_path()));
-        match storesync_shared::tls::client_config(config.master_ca.as_deref(), identity) {
+        match storesync_shared::kit::tls::client_config(config.master_ca.as_deref(), identity) {
             Ok(tls) => settings.tls = Some(tls),
             // Reported on every attempt by the session (no TLS config for an https URL).
             Err(error) => tracing::error!(%error, "cannot set up TLS towards the master"),

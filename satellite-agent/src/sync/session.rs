@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use prost::Message;
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
+use storesync_shared::domain::validate::now_ms;
 use storesync_shared::proto::v1::{
     master_message, satellite_message, CaughtUp, DownstreamAck, DownstreamBatch, Goodbye,
     Heartbeat, MasterMessage, SatelliteMessage, SyncError, SyncMode, UpstreamAck, UpstreamBatch,
     Welcome,
 };
-use storesync_shared::validate::now_ms;
 use storesync_shared::{Error, Result};
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -152,7 +152,7 @@ impl<'a> Session<'a> {
             self.in_flight.push_back(batch.last_seq);
             // One trace per batch: the master's apply becomes a child of this span.
             let span = tracing::info_span!(parent: None, "sync.upstream.push", otel.kind = "producer", sync_id = settings.sync_id, first_seq = batch.first_seq, last_seq = batch.last_seq, records = batch.records.len());
-            batch.trace_context = storesync_shared::telemetry::propagation::inject(&span);
+            batch.trace_context = storesync_shared::kit::telemetry::propagation::inject(&span);
             send(&self.tx, satellite_message::Message::UpstreamBatch(batch))
                 .instrument(span)
                 .await?;
@@ -202,7 +202,7 @@ impl<'a> Session<'a> {
         let end_cursor = batch.end_cursor;
         let progress = batch.initialisation;
         let span = tracing::info_span!(parent: None, "sync.downstream.apply", otel.kind = "consumer", sync_id = settings.sync_id, end_cursor, records = batch.records.len());
-        storesync_shared::telemetry::propagation::set_parent(&span, &batch.trace_context);
+        storesync_shared::kit::telemetry::propagation::set_parent(&span, &batch.trace_context);
         let tables = crate::metrics::tables_of(&batch.records);
         let started = std::time::Instant::now();
         let applied = apply::apply_batch(

@@ -1,6 +1,6 @@
 //! `StoreService` over gRPC, for whichever site hosts a store.
 //!
-//! A thin adapter: it checks nothing itself beyond what [`crate::store_ops`]
+//! A thin adapter: it checks nothing itself beyond what [`crate::domain::store_ops`]
 //! checks, opens the write transaction, and lets the site add its own step
 //! through [`StoreContext`] before commit. A satellite appends the changed
 //! records to its outbox there; the master, serving its own store (Sync ID 1),
@@ -9,12 +9,12 @@
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tonic::{Request, Response, Status};
 
-use crate::error::Result;
+use crate::domain::error::Result;
+use crate::kit::server::Operator;
 use crate::proto::v1 as pb;
 use crate::proto::v1::store_service_server::StoreService;
 use crate::proto::v1::SyncRecord;
-use crate::server::Operator;
-use crate::{master_data_read, store_ops};
+use crate::{domain::master_data_read, domain::store_ops};
 
 /// What a site adds to the store operations.
 #[tonic::async_trait]
@@ -45,8 +45,8 @@ impl<X: StoreContext> StoreServiceImpl<X> {
     /// The tonic server of this service, with the shared message size limits.
     pub fn into_server(self) -> pb::store_service_server::StoreServiceServer<Self> {
         pb::store_service_server::StoreServiceServer::new(self)
-            .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::server::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(crate::kit::server::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::kit::server::MAX_MESSAGE_BYTES)
     }
 }
 
@@ -77,7 +77,7 @@ impl<X: StoreContext> StoreService for StoreServiceImpl<X> {
                 %operator,
                 store_id,
                 invoice_id = %invoice.id,
-                kind = %crate::convert::kind_to_str(invoice.kind()),
+                kind = %crate::domain::convert::kind_to_str(invoice.kind()),
                 number = invoice.invoice_number,
                 lines = invoice.lines.len(),
                 "invoice created"

@@ -1,7 +1,7 @@
 //! `name`: master data (customers, suppliers, stores), sent to every site.
 
 use super::{Model, Owner, TableDef};
-use crate::entities::name;
+use crate::domain::entities::name;
 use crate::proto::v1::{sync_record::Record, Table};
 
 pub struct Name;

@@ -1,7 +1,7 @@
 //! `store`: written on the master; a site receives the row of the store it hosts.
 
 use super::{Model, Owner, TableDef};
-use crate::entities::store;
+use crate::domain::entities::store;
 use crate::proto::v1::{sync_record::Record, Table};
 
 pub struct Store;

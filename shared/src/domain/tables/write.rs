@@ -13,7 +13,7 @@
 //!   rows than sent means an id of another store, named by a query that runs
 //!   only then.
 //! - SQLite (the portable path) checks ownership with a query first and
-//!   writes with [`crate::upsert`]'s fixed-size multi-row statements.
+//!   writes with [`crate::domain::upsert`]'s fixed-size multi-row statements.
 //!
 //! Everything runs on the caller's sea-orm connection or transaction.
 
@@ -136,7 +136,7 @@ pub async fn store_rows<C: ConnectionTrait>(
                     return Err(foreign(&found)?);
                 }
             }
-            crate::upsert::rows(db, table, upserts).await?;
+            crate::domain::upsert::rows(db, table, upserts).await?;
             for chunk in deletes.chunks(IDS_PER_QUERY) {
                 let mut delete = Query::delete();
                 delete

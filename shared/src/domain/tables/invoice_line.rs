@@ -1,9 +1,9 @@
 //! `invoice_line`: a store's data, written by the site hosting the store.
 
 use super::{Model, Owner, TableDef};
-use crate::entities::invoice_line;
+use crate::domain::entities::invoice_line;
 use crate::proto::v1::{sync_record::Record, Table};
-use crate::{validate, Error};
+use crate::{domain::validate, Error};
 
 pub struct InvoiceLine;
 

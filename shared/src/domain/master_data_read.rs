@@ -6,11 +6,11 @@
 
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use crate::entities::{item, name};
-use crate::error::{Error, Result};
+use crate::domain::entities::{item, name};
+use crate::domain::error::{Error, Result};
+use crate::domain::store_ops::{next_token, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::domain::validate;
 use crate::proto::v1 as pb;
-use crate::store_ops::{next_token, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-use crate::validate;
 
 /// One item. NOT_FOUND names it.
 pub async fn get_item<C: ConnectionTrait>(db: &C, id: &str) -> Result<pb::Item> {

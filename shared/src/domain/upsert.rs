@@ -25,7 +25,7 @@ use sea_orm::{
     Iterable, Statement, Value,
 };
 
-use crate::tables::{Row, SyncTable};
+use crate::domain::tables::{Row, SyncTable};
 
 /// Bind parameters per statement: below SQLite's 32,766 and PostgreSQL's 65,535.
 const MAX_PARAMETERS: usize = 30_000;
@@ -243,7 +243,7 @@ mod tests {
 
     use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder};
 
-    use crate::entities::item;
+    use crate::domain::entities::item;
 
     fn item(id: &str, code: &str, version: i64) -> item::Model {
         item::Model {
@@ -261,7 +261,9 @@ mod tests {
     /// boundaries end as the last version of each record, on SQLite.
     #[tokio::test]
     async fn repeated_ids_and_traded_codes_end_as_sent_last() {
-        let db = crate::db::connect("sqlite::memory:", 1).await.unwrap();
+        let db = crate::domain::db::connect("sqlite::memory:", 1)
+            .await
+            .unwrap();
         db.execute_unprepared(
             "CREATE TABLE item (id TEXT PRIMARY KEY, code TEXT NOT NULL UNIQUE, name TEXT NOT NULL, \
              unit TEXT NOT NULL, default_pack_size INTEGER NOT NULL, active BOOLEAN NOT NULL, \

@@ -1,6 +1,6 @@
 //! A store's own operations: the rules of stock and invoices.
 //!
-//! Used by the `StoreService` of every site (see [`crate::store_service`]): a
+//! Used by the `StoreService` of every site (see [`crate::domain::store_service`]): a
 //! satellite for the store it hosts, the master for its own store. Everything
 //! here is generic over [`ConnectionTrait`], runs on SQLite and PostgreSQL, and
 //! knows nothing of gRPC transport or of the sync stream.
@@ -30,12 +30,12 @@ use sea_orm::{
     Statement,
 };
 
-use crate::convert::kind_to_str;
-use crate::entities::{invoice, invoice_line, item, name, stock_line};
-use crate::error::{Error, Result};
+use crate::domain::convert::kind_to_str;
+use crate::domain::entities::{invoice, invoice_line, item, name, stock_line};
+use crate::domain::error::{Error, Result};
+use crate::domain::validate;
 use crate::proto::v1 as pb;
 use crate::proto::v1::{sync_record, SyncRecord};
-use crate::validate;
 
 /// Most lines one invoice may have; more is a client bug, not a delivery.
 pub const MAX_INVOICE_LINES: usize = 1000;
@@ -763,7 +763,7 @@ pub async fn stock_on_hand<C: ConnectionTrait>(
         .group_by_col((i.clone(), Alias::new("name")))
         .order_by((i.clone(), Alias::new("code")), Order::Asc);
     if !item_code_prefix.is_empty() {
-        select.and_where(crate::master_data_read::starts_with(
+        select.and_where(crate::domain::master_data_read::starts_with(
             col(&i, "code").into(),
             item_code_prefix,
         ));

@@ -1,6 +1,6 @@
 //! Conversions between stored rows and their protobuf records.
 
-use crate::entities::{invoice, invoice_line, item, name, stock_line, store};
+use crate::domain::entities::{invoice, invoice_line, item, name, stock_line, store};
 use crate::proto::v1 as pb;
 
 impl From<item::Model> for pb::Item {

@@ -1,7 +1,7 @@
 //! Input checks shared by every service. Each returns an `INVALID_ARGUMENT`
 //! whose message names the field (a dotted path such as `item.code`).
 
-use crate::error::{Error, Result};
+use crate::domain::error::{Error, Result};
 
 /// A canonical UUID (any version), as text.
 pub fn uuid(field: &str, value: &str) -> Result<()> {

@@ -1,9 +1,9 @@
 //! `stock_line`: a store's data, written by the site hosting the store.
 
 use super::{Model, Owner, TableDef};
-use crate::entities::stock_line;
+use crate::domain::entities::stock_line;
+use crate::domain::validate;
 use crate::proto::v1::{sync_record::Record, Table};
-use crate::validate;
 
 pub struct StockLine;
 

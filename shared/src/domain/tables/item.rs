@@ -1,7 +1,7 @@
 //! `item`: master data, sent to every site.
 
 use super::{Model, Owner, TableDef};
-use crate::entities::item;
+use crate::domain::entities::item;
 use crate::proto::v1::{sync_record::Record, Table};
 
 pub struct Item;

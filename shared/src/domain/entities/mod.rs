@@ -1,4 +1,4 @@
-//! sea-orm entities of the common tables (see [`crate::schema`]).
+//! sea-orm entities of the common tables (see [`crate::domain::schema`]).
 
 pub mod audit_log;
 pub mod invoice;

@@ -1,9 +1,9 @@
 //! `invoice`: a store's data, written by the site hosting the store.
 
 use super::{Model, Owner, TableDef};
-use crate::entities::invoice;
+use crate::domain::entities::invoice;
 use crate::proto::v1::{sync_record::Record, InvoiceKind, Table};
-use crate::{convert, validate, Error};
+use crate::{domain::convert, domain::validate, Error};
 
 pub struct Invoice;
 

@@ -237,7 +237,7 @@ pub type OperatorChannel = InterceptedService<Channel, BasicAuth>;
 
 /// Connects to `url` (5 s limit; 60 s per call) as `user`/`password`.
 pub async fn connect(url: &str, user: &str, password: &str) -> Result<OperatorChannel, String> {
-    let header = crate::auth::basic_header(user, password)
+    let header = crate::kit::auth::basic_header(user, password)
         .parse()
         .map_err(|_| "the operator user or password holds characters a header cannot".to_owned())?;
     let channel = Endpoint::from_shared(url.to_owned())

@@ -30,7 +30,7 @@ use argon2::password_hash::{
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine;
 
-use crate::error::{Error, Result};
+use crate::domain::error::{Error, Result};
 
 /// The one message for every failed login, so a caller learns nothing about
 /// which part was wrong.

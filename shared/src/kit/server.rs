@@ -10,9 +10,9 @@ use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::auth;
-use crate::entities::operator;
-use crate::error::Error;
+use crate::domain::entities::operator;
+use crate::domain::error::Error;
+use crate::kit::auth;
 
 /// Largest gRPC message either side accepts or sends, in bytes. Batches are
 /// sized well below it (see the sync module); this bound stops a hostile peer

@@ -1,7 +1,7 @@
 //! A satellite's apply of what the master sends, table by table.
 //!
 //! Records are written in arrival order, cut into runs of one table; each run
-//! is one [`crate::upsert::rows`] call. Downstream deletes are of master data
+//! is one [`crate::domain::upsert::rows`] call. Downstream deletes are of master data
 //! only ([`Owner::Master`]): a store's data is never deleted by the master.
 
 use crate::proto::v1::{sync_record::Record, SyncRecord};
@@ -61,7 +61,7 @@ pub fn push<'t>(runs: &mut Vec<Run<'t>>, table: &'t dyn SyncTable, row: Row) {
 /// Writes one run.
 pub async fn write<C: sea_orm::ConnectionTrait>(db: &C, run: Run<'_>) -> Result<()> {
     match run {
-        Run::Rows(table, rows) => crate::upsert::rows(db, table, rows).await?,
+        Run::Rows(table, rows) => crate::domain::upsert::rows(db, table, rows).await?,
         Run::Delete(table, id) => super::write::delete(db, table, &id).await?,
     }
     Ok(())

@@ -365,7 +365,7 @@ pub fn address(example: &'static str) -> impl Fn(&str) -> Result<SocketAddr, Str
     }
 }
 
-/// The reason of a failed [`crate::validate`] rule, without the field name it
+/// The reason of a failed [`crate::domain::validate`] rule, without the field name it
 /// was checked under (the message names the setting instead).
 pub fn rule(result: crate::Result<()>) -> Result<(), String> {
     result.map_err(|error| match error {
@@ -382,7 +382,7 @@ pub fn path(text: &str) -> Result<Option<PathBuf>, String> {
     Ok(Some(PathBuf::from(text)))
 }
 
-/// Declares a binary's settings once; see the [module docs](crate::config).
+/// Declares a binary's settings once; see the [module docs](crate::kit::config).
 ///
 /// ```text
 /// storesync_shared::settings! {
@@ -403,7 +403,7 @@ pub fn path(text: &str) -> Result<Option<PathBuf>, String> {
 /// `env`, its aliases; `secret true` hides the variable's value in `--help`;
 /// further `#[arg(...)]` attributes pass through), a typed field of
 /// `Settings`, and an associated constant `Settings::<name>` holding its
-/// [`Key`](crate::config::Key) for messages about several settings.
+/// [`Key`](crate::kit::config::Key) for messages about several settings.
 /// `Settings::layered` lays the flags over the file over the defaults.
 #[macro_export]
 macro_rules! settings {
@@ -435,9 +435,9 @@ macro_rules! settings {
                     env = $env,
                     global = $global,
                     hide_env_values = false $(|| $secret)?,
-                    help = $crate::config::help(
+                    help = $crate::kit::config::help(
                         &[$($doc),*],
-                        $crate::config::ShowDefault::show_default(&{ let default: $ty = $default; default }),
+                        $crate::kit::config::ShowDefault::show_default(&{ let default: $ty = $default; default }),
                     )
                     $($(, alias = $alias)*)?
                 )]
@@ -459,7 +459,7 @@ macro_rules! settings {
         impl $Settings {
             $(
                 #[doc = concat!("How `", stringify!($name), "` is spelled in each layer.")]
-                pub const $name: $crate::config::Key = $crate::config::Key {
+                pub const $name: $crate::kit::config::Key = $crate::kit::config::Key {
                     name: stringify!($name),
                     env: $env,
                     aliases: &[$($($alias),*)?],
@@ -468,14 +468,14 @@ macro_rules! settings {
             )*
 
             /// Every setting, in declaration order.
-            pub const KEYS: &'static [$crate::config::Key] = &[$(Self::$name),*];
+            pub const KEYS: &'static [$crate::kit::config::Key] = &[$(Self::$name),*];
 
             /// `args` (flags over environment) over `file` over the defaults,
             /// each checked; problems go to `problems`.
             pub fn layered(
                 args: &$Args,
-                file: &$crate::config::FileLayer,
-                problems: &mut $crate::config::Problems,
+                file: &$crate::kit::config::FileLayer,
+                problems: &mut $crate::kit::config::Problems,
             ) -> Self {
                 problems.unknown_file_keys(file, Self::KEYS);
                 Self {
