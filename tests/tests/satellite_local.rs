@@ -65,7 +65,10 @@ async fn an_uninitialised_satellite_serves_waits_and_refuses() {
             }]
         );
         assert_eq!((status.upstream_last_seq, status.upstream_backlog), (0, 0));
-        assert_eq!(status.sync_interval_minutes, 5);
+        assert_eq!(
+            status.sync_interval_minutes,
+            storesync_shared::kit::config::SYNC_INTERVAL_MINUTES
+        );
         assert!(!status.agent_version.is_empty());
         agent
             .sync_now(as_operator(pb::SyncNowRequest {}))
@@ -305,7 +308,10 @@ async fn store_writes_on_an_initialised_satellite_fill_the_outbox() {
         assert_eq!(status.store.unwrap().code, "S7");
         assert_eq!((status.upstream_last_seq, status.upstream_backlog), (5, 5));
         // The stored preference is read at start; written later, it waits for a restart.
-        assert_eq!(status.sync_interval_minutes, 5);
+        assert_eq!(
+            status.sync_interval_minutes,
+            storesync_shared::kit::config::SYNC_INTERVAL_MINUTES
+        );
 
         // Too much out: refused, and nothing reaches the outbox.
         let stock_line_id = goods_in.stock_lines[1].id.clone();
