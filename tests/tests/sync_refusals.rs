@@ -214,3 +214,183 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
         assert!(!status.initialised);
     }
 }
+
+/// An invoice of `store_id` as an upstream record.
+fn invoice(store_id: &str, name_id: &str, number: i64) -> (String, pb::SyncRecord) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let record = pb::SyncRecord {
+        record: Some(pb::sync_record::Record::Invoice(pb::Invoice {
+            id: id.clone(),
+            store_id: store_id.to_owned(),
+            name_id: name_id.to_owned(),
+            kind: pb::InvoiceKind::SupplierInvoice as i32,
+            status: pb::InvoiceStatus::Finalised as i32,
+            invoice_number: number,
+            reference: String::new(),
+            created_at_ms: storesync_shared::domain::validate::now_ms(),
+            lines: Vec::new(),
+        })),
+    };
+    (id, record)
+}
+
+/// A line of `store_id` on `invoice_id`, moving `stock_line_id`.
+fn line(store_id: &str, invoice_id: &str, item_id: &str, stock_line_id: &str) -> pb::SyncRecord {
+    pb::SyncRecord {
+        record: Some(pb::sync_record::Record::InvoiceLine(pb::InvoiceLine {
+            id: uuid::Uuid::new_v4().to_string(),
+            invoice_id: invoice_id.to_owned(),
+            store_id: store_id.to_owned(),
+            item_id: item_id.to_owned(),
+            stock_line_id: stock_line_id.to_owned(),
+            batch: "X1".into(),
+            expiry_date: "2030-01-31".into(),
+            pack_size: 10,
+            number_of_packs: 5.0,
+            cost_price_per_pack: 1.0,
+            sell_price_per_pack: 1.5,
+        })),
+    }
+}
+
+fn id_of(record: &pb::SyncRecord) -> String {
+    match &record.record {
+        Some(pb::sync_record::Record::StockLine(r)) => r.id.clone(),
+        Some(pb::sync_record::Record::InvoiceLine(r)) => r.id.clone(),
+        other => panic!("no id here: {other:?}"),
+    }
+}
+
+/// A site's line that names another store's invoice or stock line is refused
+/// whole, naming the line; the other store's data and reports stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_may_not_name_another_stores_rows() {
+    for backend in backends("a_site_may_not_name_another_stores_rows") {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        let db = master_db.connect().await;
+        master.add_site(2).await;
+        master.add_site(3).await;
+        let items = create_items(&master, "XST", 1).await;
+        let item = &items[0].id;
+        let store_2 = store_of(&db, 2).await;
+        let store_3 = store_of(&db, 3).await;
+
+        // Store 3's own goods in: a stock line, an invoice and its line.
+        let session_3 = open(&master.url(), "3", SYNC_USER, SYNC_PASSWORD, hello(3))
+            .await
+            .unwrap();
+        let stock_3 = stock_line(&store_3.id, item);
+        let stock_3_id = id_of(&stock_3);
+        let (invoice_3_id, invoice_3) = invoice(&store_3.id, &store_3.id, 1);
+        let line_3 = line(&store_3.id, &invoice_3_id, item, &stock_3_id);
+        session_3
+            .push(
+                session_3.welcome.upstream_acked_seq + 1,
+                vec![stock_3, invoice_3, line_3],
+            )
+            .await;
+        let before = eventually(
+            Duration::from_secs(20),
+            "store 3's goods in on the master",
+            || async {
+                let data = store_data(&db, &store_3.id).await;
+                (data.invoice_lines.len() == 1).then_some(data)
+            },
+        )
+        .await;
+        let activity = || async {
+            master
+                .reports()
+                .await
+                .store_activity(pb::StoreActivityRequest {
+                    from_date: "2020-01-01".into(),
+                    to_date: "2029-12-31".into(),
+                    store_ids: vec![store_3.id.clone()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .rows
+        };
+        let activity_before = activity().await;
+        assert!(!activity_before.is_empty(), "store 3 has activity to keep");
+
+        // Site 2 attaches a line of its own to store 3's invoice.
+        let stock_2 = stock_line(&store_2.id, item);
+        let stock_2_id = id_of(&stock_2);
+        let on_their_invoice = line(&store_2.id, &invoice_3_id, item, &stock_2_id);
+        let on_their_invoice_id = id_of(&on_their_invoice);
+        let mut session = open(&master.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+            .await
+            .unwrap();
+        let (status, sync_error) =
+            push_expecting_refusal(&mut session, vec![stock_2.clone(), on_their_invoice]).await;
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains(&on_their_invoice_id)
+                && status.message().contains(&invoice_3_id),
+            "the status names the line and the invoice it named: {status:?}"
+        );
+        assert_eq!(
+            sync_error.and_then(|e| e.record),
+            Some(pb::RecordRef {
+                table: pb::Table::InvoiceLine as i32,
+                id: on_their_invoice_id,
+            })
+        );
+
+        // Site 2's own invoice, with a line that takes from store 3's stock line.
+        let (invoice_2_id, invoice_2) = invoice(&store_2.id, &store_2.id, 1);
+        let their_stock = line(&store_2.id, &invoice_2_id, item, &stock_3_id);
+        let their_stock_id = id_of(&their_stock);
+        let mut session = open(&master.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+            .await
+            .unwrap();
+        let (status, _) =
+            push_expecting_refusal(&mut session, vec![stock_2, invoice_2, their_stock]).await;
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains(&their_stock_id) && status.message().contains(&stock_3_id),
+            "{status:?}"
+        );
+
+        // Nothing of either batch: store 2 has nothing, store 3 is as it was.
+        let data_2 = store_data(&db, &store_2.id).await;
+        assert!(
+            data_2.stock_lines.is_empty()
+                && data_2.invoices.is_empty()
+                && data_2.invoice_lines.is_empty(),
+            "a refused batch applies nothing"
+        );
+        let after = store_data(&db, &store_3.id).await;
+        assert_eq!(after.invoice_lines, before.invoice_lines);
+        assert_eq!(after.stock_lines, before.stock_lines);
+        assert_eq!(after.invoices, before.invoices);
+        assert_eq!(activity().await, activity_before);
+
+        // The same shapes within one store are accepted.
+        let session = open(&master.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+            .await
+            .unwrap();
+        let stock_2 = stock_line(&store_2.id, item);
+        let stock_2_id = id_of(&stock_2);
+        let (invoice_2_id, invoice_2) = invoice(&store_2.id, &store_2.id, 1);
+        let own = line(&store_2.id, &invoice_2_id, item, &stock_2_id);
+        session
+            .push(
+                session.welcome.upstream_acked_seq + 1,
+                vec![stock_2, invoice_2, own],
+            )
+            .await;
+        eventually(
+            Duration::from_secs(20),
+            "site 2's own goods in on the master",
+            || async {
+                (store_data(&db, &store_2.id).await.invoice_lines.len() == 1).then_some(())
+            },
+        )
+        .await;
+    }
+}

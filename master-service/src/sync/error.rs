@@ -45,6 +45,15 @@ pub enum ApplyError {
         store: String,
         sync_id: u32,
     },
+    /// A site's record names, in `column`, a row of another store.
+    #[error("{record} names in {column} {target}, which belongs to store {store:?}; Sync ID {sync_id} may refer only to its own store's rows; nothing of this batch was applied")]
+    ForeignReference {
+        record: RecordId,
+        column: &'static str,
+        target: RecordId,
+        store: String,
+        sync_id: u32,
+    },
     /// A site sent master data, which only the master writes.
     #[error("{record} (upstream sequence {seq}) is master data, which only the master may change (Sync ID {sync_id} sent it); nothing of this batch was applied")]
     MasterData {
@@ -106,6 +115,7 @@ impl ApplyError {
     pub fn record(&self) -> Option<&RecordId> {
         match self {
             Self::ForeignRow { record, .. }
+            | Self::ForeignReference { record, .. }
             | Self::MasterData { record, .. }
             | Self::OtherStore { record, .. } => Some(record),
             Self::InvalidField { record, .. } => record.as_ref(),
@@ -117,6 +127,7 @@ impl ApplyError {
     pub fn code(&self) -> tonic::Code {
         match self {
             Self::ForeignRow { .. }
+            | Self::ForeignReference { .. }
             | Self::MasterData { .. }
             | Self::OtherStore { .. }
             | Self::SiteRemoved { .. } => tonic::Code::PermissionDenied,

@@ -10,9 +10,11 @@
 //!
 //! # Ownership
 //! A site may write only store data of the store it hosts. A record of another
-//! store, one whose id already belongs to another store's row, or any master data
-//! rejects the whole batch with `PERMISSION_DENIED` naming the record. Who owns
-//! what is each table's [`Owner`] (`storesync_shared::domain::tables`).
+//! store, one whose id already belongs to another store's row, one that names
+//! another store's row (an invoice line on another store's invoice or stock
+//! line: the table's `Reference`s), or any master data rejects the whole batch
+//! with `PERMISSION_DENIED` naming the record. Who owns what is each table's
+//! [`Owner`] (`storesync_shared::domain::tables`).
 //!
 //! # Order within a batch
 //! Every record is validated, then each table's records are reduced to the last
@@ -227,6 +229,22 @@ pub async fn apply_records<'t, R>(
             continue;
         }
         let latest = Latest::of(changes);
+        if let Some(found) =
+            write::foreign_reference(&txn, tables, *table, &site.store_id, &latest.upserts).await?
+        {
+            let target = tables
+                .iter()
+                .find(|t| t.name() == found.target_table)
+                .copied()
+                .unwrap_or(*table);
+            return Err(ApplyError::ForeignReference {
+                record: record_id(*table, found.id),
+                column: found.column,
+                target: record_id(target, found.target_id),
+                store: found.store,
+                sync_id: site.sync_id,
+            });
+        }
         write::store_rows(&txn, *table, &site.store_id, latest.upserts, latest.deletes)
             .await
             .map_err(|error| match error {

@@ -1,6 +1,6 @@
 //! `invoice_line`: a store's data, written by the site hosting the store.
 
-use super::{Model, Owner, TableDef};
+use super::{Model, Owner, Reference, TableDef};
 use crate::domain::entities::invoice_line;
 use crate::proto::v1::{sync_record::Record, Table};
 use crate::{domain::validate, Error};
@@ -12,6 +12,16 @@ impl TableDef for InvoiceLine {
     const NAME: &'static str = "invoice_line";
     const TABLE: Table = Table::InvoiceLine;
     const OWNER: Owner = Owner::Store { column: "store_id" };
+    const REFERENCES: &'static [Reference] = &[
+        Reference {
+            column: "invoice_id",
+            table: "invoice",
+        },
+        Reference {
+            column: "stock_line_id",
+            table: "stock_line",
+        },
+    ];
 
     fn decode(record: Record) -> Result<Model<Self>, Record> {
         match record {

@@ -81,6 +81,17 @@ impl Owner {
     }
 }
 
+/// A column of a store's table naming a row of another store's table (by
+/// its `id`): such a row must be of the same store. References to master
+/// data (items, names) are not listed: every store may name those.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reference {
+    /// The referencing column.
+    pub column: &'static str,
+    /// The table it names.
+    pub table: &'static str,
+}
+
 /// A column's type as sync carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -203,6 +214,8 @@ pub trait TableDef: Send + Sync + 'static {
     const TABLE: Table;
     /// Who writes its rows.
     const OWNER: Owner;
+    /// Its columns naming rows of other store tables (see [`Reference`]).
+    const REFERENCES: &'static [Reference] = &[];
     /// The model of a record of this table, or the record back.
     fn decode(record: Record) -> Result<Model<Self>, Record>;
     /// The record of a row.
@@ -225,6 +238,10 @@ pub trait SyncTable: Send + Sync {
     fn owner(&self) -> Owner;
     /// Its columns, in order, `id` first.
     fn columns(&self) -> Vec<Column>;
+    /// Its columns naming rows of other store tables.
+    fn references(&self) -> &'static [Reference];
+    /// The position of column `name` in [`SyncTable::columns`].
+    fn column_index(&self, name: &str) -> Option<usize>;
     /// The store a row belongs to (its owner column), if rows go to one store.
     fn store_of<'r>(&self, row: &'r Row) -> Option<&'r str>;
     /// The row of a record of this table, or the record back.
@@ -277,11 +294,16 @@ where
             .collect()
     }
 
+    fn references(&self) -> &'static [Reference] {
+        T::REFERENCES
+    }
+
+    fn column_index(&self, name: &str) -> Option<usize> {
+        <T::Entity as EntityTrait>::Column::iter().position(|c| IdenStatic::as_str(&c) == name)
+    }
+
     fn store_of<'r>(&self, row: &'r Row) -> Option<&'r str> {
-        let column = T::OWNER.store_column()?;
-        let index = <T::Entity as EntityTrait>::Column::iter()
-            .position(|c| IdenStatic::as_str(&c) == column)?;
-        row.text(index)
+        row.text(self.column_index(T::OWNER.store_column()?)?)
     }
 
     fn decode(&self, record: Record) -> Result<Row, Record> {
@@ -350,6 +372,24 @@ mod tests {
                         .any(|c| c.name == store && c.kind == Kind::Text),
                     "{}.{store}",
                     table.name()
+                );
+            }
+            for reference in table.references() {
+                let target = SYNCED.iter().find(|t| t.name() == reference.table);
+                assert!(
+                    target.is_some_and(|t| matches!(t.owner(), Owner::Store { .. })),
+                    "{}.{} names {}, which is not a store's synced table",
+                    table.name(),
+                    reference.column,
+                    reference.table
+                );
+                assert!(
+                    columns
+                        .iter()
+                        .any(|c| c.name == reference.column && c.kind == Kind::Text),
+                    "{}.{}",
+                    table.name(),
+                    reference.column
                 );
             }
             assert_eq!(table.entity_name(), table.name());

@@ -17,6 +17,8 @@
 //!
 //! Everything runs on the caller's sea-orm connection or transaction.
 
+use std::collections::HashMap;
+
 use sea_orm::sea_query::Order;
 use sea_orm::sea_query::{Alias, Expr, Func, Query, SelectStatement};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, Value};
@@ -88,6 +90,7 @@ pub async fn store_rows<C: ConnectionTrait>(
                     .await?
                     .rows_affected();
                 if written != ids.len() as u64 {
+                    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                     return Err(match find_foreign(db, table, store_column, store_id, &ids).await? {
                         Some(foreign) => foreign,
                         None => WriteError::Inconsistent(format!(
@@ -98,8 +101,8 @@ pub async fn store_rows<C: ConnectionTrait>(
                 }
             }
             if !deletes.is_empty() {
-                if let Some(foreign) =
-                    find_foreign(db, table, store_column, store_id, &deletes).await?
+                let ids: Vec<&str> = deletes.iter().map(String::as_str).collect();
+                if let Some(foreign) = find_foreign(db, table, store_column, store_id, &ids).await?
                 {
                     return Err(foreign);
                 }
@@ -120,21 +123,8 @@ pub async fn store_rows<C: ConnectionTrait>(
                 .map(Row::id)
                 .chain(deletes.iter().map(String::as_str))
                 .collect();
-            for chunk in ids.chunks(IDS_PER_QUERY) {
-                let mut query = Query::select();
-                query
-                    .column(Alias::new("id"))
-                    .column(Alias::new(store_column))
-                    .from(Alias::new(table.name()))
-                    .and_where(Expr::col(Alias::new("id")).is_in(chunk.iter().copied()))
-                    .and_where(Expr::col(Alias::new(store_column)).ne(store_id))
-                    .limit(1);
-                if let Some(found) = db
-                    .query_one(db.get_database_backend().build(&query))
-                    .await?
-                {
-                    return Err(foreign(&found)?);
-                }
+            if let Some(foreign) = find_foreign(db, table, store_column, store_id, &ids).await? {
+                return Err(foreign);
             }
             crate::domain::upsert::rows(db, table, upserts).await?;
             for chunk in deletes.chunks(IDS_PER_QUERY) {
@@ -197,32 +187,125 @@ fn text_array(texts: Vec<String>) -> Value {
     )
 }
 
-/// A row of `ids` that belongs to another store than `store_id`, if any (PostgreSQL).
+/// A row of `ids` that belongs to another store than `store_id`, if any.
 async fn find_foreign<C: ConnectionTrait>(
     db: &C,
     table: &dyn SyncTable,
     store_column: &str,
     store_id: &str,
-    ids: &[String],
+    ids: &[&str],
 ) -> Result<Option<WriteError>, DbErr> {
-    let found = db
-        .query_one(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            format!(
-                "SELECT id, \"{store_column}\" FROM \"{}\" WHERE id = ANY($1::text[]) AND \"{store_column}\" <> $2::text LIMIT 1",
-                table.name()
-            ),
-            [text_array(ids.to_vec()), store_id.into()],
-        ))
-        .await?;
-    found.map(|found| foreign(&found)).transpose()
+    Ok(
+        other_store_row(db, table.name(), store_column, store_id, ids)
+            .await?
+            .map(|(id, store)| WriteError::Foreign { id, store }),
+    )
 }
 
-fn foreign(found: &QueryResult) -> Result<WriteError, DbErr> {
-    Ok(WriteError::Foreign {
-        id: found.try_get_by_index(0)?,
-        store: found.try_get_by_index(1)?,
-    })
+/// A row a site sent that names, in `column`, a row of another store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignReference {
+    /// The referencing row's id.
+    pub id: String,
+    pub column: &'static str,
+    /// The row it names, and the store that row belongs to.
+    pub target_table: &'static str,
+    pub target_id: String,
+    pub store: String,
+}
+
+/// The first of `rows` (of `table`, sent by the site hosting `store_id`)
+/// whose [`super::Reference`]s name a row of another store, if any. `tables`
+/// resolves the referenced tables. A reference to a row that does not exist
+/// (yet) is not this check's business: the row, when it comes, is checked
+/// for its own store.
+pub async fn foreign_reference<C: ConnectionTrait>(
+    db: &C,
+    tables: &[&dyn SyncTable],
+    table: &dyn SyncTable,
+    store_id: &str,
+    rows: &[Row],
+) -> Result<Option<ForeignReference>, DbErr> {
+    for reference in table.references() {
+        let (Some(target), Some(index)) = (
+            tables.iter().find(|t| t.name() == reference.table),
+            table.column_index(reference.column),
+        ) else {
+            continue;
+        };
+        let Some(target_store) = target.owner().store_column() else {
+            continue;
+        };
+        // Each named id once, with the first row naming it.
+        let mut named: HashMap<&str, &str> = HashMap::new();
+        for row in rows {
+            if let Some(id) = row.text(index).filter(|id| !id.is_empty()) {
+                named.entry(id).or_insert(row.id());
+            }
+        }
+        if named.is_empty() {
+            continue;
+        }
+        let ids: Vec<&str> = named.keys().copied().collect();
+        if let Some((target_id, store)) =
+            other_store_row(db, target.name(), target_store, store_id, &ids).await?
+        {
+            return Ok(Some(ForeignReference {
+                id: named[target_id.as_str()].to_owned(),
+                column: reference.column,
+                target_table: target.name(),
+                target_id,
+                store,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// One of `ids` in `table` whose `store_column` is not `store_id`, with that store.
+async fn other_store_row<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    store_column: &str,
+    store_id: &str,
+    ids: &[&str],
+) -> Result<Option<(String, String)>, DbErr> {
+    let found = match Backend::of(db) {
+        Backend::Postgres => {
+            db.query_one(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                format!(
+                    "SELECT id, \"{store_column}\" FROM \"{table}\" WHERE id = ANY($1::text[]) AND \"{store_column}\" <> $2::text LIMIT 1"
+                ),
+                [
+                    text_array(ids.iter().map(|id| (*id).to_owned()).collect()),
+                    store_id.into(),
+                ],
+            ))
+            .await?
+        }
+        Backend::Portable => {
+            let mut found = None;
+            for chunk in ids.chunks(IDS_PER_QUERY) {
+                let mut query = Query::select();
+                query
+                    .column(Alias::new("id"))
+                    .column(Alias::new(store_column))
+                    .from(Alias::new(table))
+                    .and_where(Expr::col(Alias::new("id")).is_in(chunk.iter().copied()))
+                    .and_where(Expr::col(Alias::new(store_column)).ne(store_id))
+                    .limit(1);
+                found = db.query_one(db.get_database_backend().build(&query)).await?;
+                if found.is_some() {
+                    break;
+                }
+            }
+            found
+        }
+    };
+    found
+        .map(|row| Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?)))
+        .transpose()
 }
 
 /// Which rows of a table a read takes.
