@@ -566,6 +566,9 @@ pub async fn wait_master_data_equal(
         let expected = master_data(master_db).await;
         let actual = master_data(&satellite_db).await;
         if expected == actual {
+            // Closed now: a power cut unmounts the satellite's filesystem,
+            // which an open file would hold busy.
+            let _ = satellite_db.close().await;
             return;
         }
         if tokio::time::Instant::now() > deadline {
@@ -597,6 +600,7 @@ pub async fn assert_store_copies_equal(
     let store_id = status.store.expect("satellite reports its store").id;
     let satellite_db = satellite.db.connect().await;
     let local = store_data(&satellite_db, &store_id).await;
+    let _ = satellite_db.close().await;
     let copy = store_data(master_db, &store_id).await;
     assert_eq!(
         copy.stock_lines.len(),

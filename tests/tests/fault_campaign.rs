@@ -2,15 +2,18 @@
 //! and three satellites (two streaming, one on a short interval) behind TCP
 //! proxies; a random workload of store operations and master-data changes and
 //! deletes, interleaved with random faults: `kill -9` of the master or of a
-//! satellite, links cut mid-stream, satellites paused (SIGSTOP/SIGCONT), PostgreSQL restarted, and
-//! once per campaign a satellite's database deleted. After every round, once
+//! satellite, links cut mid-stream, satellites paused (SIGSTOP/SIGCONT), PostgreSQL restarted,
+//! power cuts (every satellite, and a SQLite master, keeps its database on the
+//! lazy filesystem of `storesync_tests::lazyfs`, which drops what was not
+//! fsynced), and once per campaign a satellite's database deleted. After every round, once
 //! quiet, the checker proves: each satellite's store data equals the master's
 //! copy, record by record; master data is the same everywhere; every invoice a
 //! satellite acknowledged is on the master exactly once; no deleted item came
 //! back; every stock line's packs equal the sum of its invoice lines.
 //!
 //! `STORESYNC_CAMPAIGN_SEED` replays a campaign; `STORESYNC_CAMPAIGN_ROUNDS`
-//! lengthens it (CI runs 2 rounds). A failure prints the seed.
+//! lengthens it (CI runs 2 rounds); `STORESYNC_CAMPAIGN_BACKEND=sqlite` runs the
+//! master on SQLite even when TEST_DATABASE_URL is set. A failure prints the seed.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -26,6 +29,7 @@ use storesync_tests::cluster::{
     assert_store_copies_equal, create_items, create_trading_partners, goods_in, goods_out,
     wait_master_data_equal, Master, Satellite,
 };
+use storesync_tests::lazyfs::{CutReport, LazyFs};
 use storesync_tests::proxy::Proxy;
 use storesync_tests::{backends, Backend, TestDb};
 
@@ -43,6 +47,25 @@ struct Tally {
     pauses: usize,
     wipes: usize,
     postgres_restarts: usize,
+    satellite_power_cuts: usize,
+    master_power_cuts: usize,
+    /// Bytes the power cuts threw away (written, never fsynced).
+    bytes_lost_in_cuts: u64,
+}
+
+/// Cuts the power of `lazy` (its processes already killed). Retries while a
+/// file is still held open by a connection of this test that is closing.
+async fn power_cut(lazy: &mut LazyFs, seed: u64) -> CutReport {
+    for _ in 0..50 {
+        match lazy.cut() {
+            Ok(report) => return report,
+            Err(error) => {
+                eprintln!("power cut: {error}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    panic!("seed {seed}: the lazy filesystem stayed busy for 10 s")
 }
 
 /// The local PostgreSQL cluster's version, when TEST_DATABASE_URL points at one.
@@ -83,12 +106,23 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     eprintln!("*** fault campaign: seed {seed}, {rounds} rounds (replay: STORESYNC_CAMPAIGN_SEED={seed}) ***");
-    let backend = *backends("seeded_fault_campaign_loses_nothing_and_lets_nothing_in")
-        .last()
-        .unwrap();
+    let backend = match std::env::var("STORESYNC_CAMPAIGN_BACKEND").as_deref() {
+        Ok("sqlite") => Backend::Sqlite,
+        _ => *backends("seeded_fault_campaign_loses_nothing_and_lets_nothing_in")
+            .last()
+            .unwrap(),
+    };
+    eprintln!("*** fault campaign: master on {backend:?} ***");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let master_db = TestDb::new(backend);
+    let mount = || LazyFs::mount().expect("mount the lazy filesystem (needs /dev/fuse and root)");
+    // Declared before the databases on it: dropped (unmounted) after them.
+    let mut master_lazy = (backend == Backend::Sqlite).then(mount);
+    let mut satellite_lazies: Vec<LazyFs> = (0..3).map(|_| mount()).collect();
+    let master_db = match &master_lazy {
+        Some(lazy) => TestDb::sqlite_in(lazy.path()),
+        None => TestDb::new(backend),
+    };
     let mut master = Master::start(&master_db, &[]);
     let mut db = master_db.connect().await;
     // PostgreSQL restarts join the faults when the master's database is a local
@@ -101,14 +135,15 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
     let (supplier, customer) = create_trading_partners(&master, "Q").await;
     let mut satellites = Vec::new();
     let mut proxies = Vec::new();
-    for sync_id in [2u32, 3, 4] {
+    for (sync_id, lazy) in [2u32, 3, 4].into_iter().zip(&satellite_lazies) {
         let proxy = Proxy::start(master.process.addr).await;
         let mode = if sync_id == 4 {
             "interval"
         } else {
             "streaming"
         };
-        satellites.push(Satellite::start(
+        satellites.push(Satellite::start_on(
+            TestDb::sqlite_in(lazy.path()),
             &proxy.url(),
             sync_id,
             mode,
@@ -128,7 +163,7 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
 
     for round in 0..rounds {
         for step in 0..20 {
-            let choice = rng.gen_range(0..12);
+            let choice = rng.gen_range(0..13);
             match choice {
                 0..=4 => {
                     // A store operation at a random satellite.
@@ -280,6 +315,26 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                     signal(pid, "CONT");
                     tally.pauses += 1;
                 }
+                12 => {
+                    // Power cut: the process dies and what it wrote but did
+                    // not fsync is gone. A SQLite master's, or a satellite's.
+                    if let (Some(lazy), true) = (master_lazy.as_mut(), rng.gen_bool(0.3)) {
+                        master.process.kill();
+                        let _ = db.close().await;
+                        let report = power_cut(lazy, seed).await;
+                        master.start_again();
+                        db = master_db.connect().await;
+                        tally.master_power_cuts += 1;
+                        tally.bytes_lost_in_cuts += report.bytes_lost;
+                    } else {
+                        let n = rng.gen_range(0..satellites.len());
+                        satellites[n].process.kill();
+                        let report = power_cut(&mut satellite_lazies[n], seed).await;
+                        satellites[n].start_again();
+                        tally.satellite_power_cuts += 1;
+                        tally.bytes_lost_in_cuts += report.bytes_lost;
+                    }
+                }
                 10 if pg_cluster.is_some() && rng.gen_bool(0.25) => {
                     // PostgreSQL itself goes away and comes back under the master.
                     let version = pg_cluster.as_deref().unwrap_or_default();
@@ -334,6 +389,8 @@ async fn check(
                 satellite.sync_id
             );
         }
+        // Closed now: a power cut unmounts the satellite's filesystem.
+        let _ = local.close().await;
     }
     for id in deleted_items {
         assert!(
