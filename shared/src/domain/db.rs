@@ -28,8 +28,21 @@ use std::time::Duration;
 ///   file grows to about 40 MiB and is reused.
 ///
 /// PostgreSQL keeps sqlx's defaults, which set TCP_NODELAY.
+///
+/// [`BENCH_SYNCHRONOUS_NORMAL`] set to `1` in the environment puts SQLite back
+/// on `synchronous=NORMAL`: it exists only so that `storesync-bench` can show
+/// what durability costs, and loses acknowledged data in a power cut.
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let max_connections = if is_postgres(url) { max_connections } else { 1 };
+    let synchronous = if std::env::var(BENCH_SYNCHRONOUS_NORMAL).as_deref() == Ok("1") {
+        tracing::warn!(
+            "{BENCH_SYNCHRONOUS_NORMAL}=1: SQLite commits are NOT durable before they are sent or \
+             acknowledged (for measuring the cost of durability only; a power cut loses data)"
+        );
+        sea_orm::sqlx::sqlite::SqliteSynchronous::Normal
+    } else {
+        sea_orm::sqlx::sqlite::SqliteSynchronous::Full
+    };
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(max_connections)
@@ -37,9 +50,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(30))
         .sqlx_logging(false)
-        .map_sqlx_sqlite_opts(|opts| {
+        .map_sqlx_sqlite_opts(move |opts| {
             opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+                .synchronous(synchronous)
                 .busy_timeout(Duration::from_secs(30))
                 .pragma("cache_size", "-8192")
                 .pragma("wal_autocheckpoint", "10000")
@@ -47,6 +60,10 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         });
     Database::connect(options).await
 }
+
+/// The environment variable that trades durability for speed, for the
+/// benchmark program only (see [`connect`]).
+pub const BENCH_SYNCHRONOUS_NORMAL: &str = "STORESYNC_BENCH_SQLITE_SYNCHRONOUS_NORMAL";
 
 /// Whether `url` names a PostgreSQL database.
 pub fn is_postgres(url: &str) -> bool {
