@@ -12,6 +12,7 @@ use storesync_shared::proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
+use crate::sync::refusals;
 use crate::unlock::{self, Throttle};
 use crate::{audit, preferences, sites, AppState};
 
@@ -200,4 +201,49 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .collect();
         Ok(Response::new(pb::ListAuditResponse { entries }))
     }
+
+    async fn list_refusals(
+        &self,
+        request: Request<pb::ListRefusalsRequest>,
+    ) -> Result<Response<pb::ListRefusalsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = storesync_shared::domain::validate::page_size(
+            "page_size",
+            request.page_size,
+            100,
+            1000,
+        )
+        .map_err(Error::from)?;
+        let offset = refusal_offset(&request.page_token)?;
+        let filter = refusals::Filter {
+            sync_id: (request.sync_id != 0).then_some(request.sync_id),
+            since_ms: request.since_ms,
+        };
+        // One more than asked: whether another page follows.
+        let mut page = refusals::list(&self.state.db, filter, offset, limit + 1)
+            .await
+            .map_err(Error::from)?;
+        let next_page_token = if page.len() as u64 > limit {
+            page.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            format!("{:x}", offset + limit)
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListRefusalsResponse {
+            refusals: page,
+            next_page_token,
+        }))
+    }
+}
+
+/// The offset a `ListRefusals` page token stands for (empty: the start).
+fn refusal_offset(token: &str) -> Result<u64> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    u64::from_str_radix(token, 16).map_err(|_| {
+        Error::from(storesync_shared::Error::InvalidArgument(format!(
+            "page_token: {token:?} is not a token this master gave out"
+        )))
+    })
 }

@@ -6,6 +6,7 @@
 use serde_json::Value;
 use storesync_shared::kit::cli::{self, number, time_ms, Format, OperatorChannel, Table};
 use storesync_shared::proto::v1 as pb;
+use storesync_shared::proto::v1::admin_service_client::AdminServiceClient;
 use storesync_shared::proto::v1::report_service_client::ReportServiceClient;
 
 /// Most pages one command fetches (1000 rows each): a bound, not a target.
@@ -57,6 +58,16 @@ pub enum Report {
     },
     /// The sync state of every site in the "sync with" list.
     SyncStatus,
+    /// Upstream batches the master refused, most recently refused first:
+    /// when, why, which record, how many times the site sent them.
+    Rejections {
+        /// Only this site.
+        #[arg(long)]
+        sync_id: Option<u32>,
+        /// Only those refused in the last this many hours.
+        #[arg(long)]
+        since_hours: Option<u32>,
+    },
 }
 
 /// Where and how to call, and how to print.
@@ -79,6 +90,19 @@ pub async fn run_report(
     format: Format,
 ) -> Result<String, String> {
     let channel = cli::connect(url, user, password).await?;
+    if let Report::Rejections {
+        sync_id,
+        since_hours,
+    } = report
+    {
+        return rejections(
+            AdminServiceClient::new(channel),
+            sync_id,
+            since_hours,
+            format,
+        )
+        .await;
+    }
     let mut client = ReportServiceClient::new(channel);
     let explain = |status: tonic::Status| cli::explain(&status);
     match report {
@@ -243,7 +267,66 @@ pub async fn run_report(
             Ok(rows.render(format, false))
         }
         Report::SyncStatus => sync_status(&mut client, format).await,
+        Report::Rejections { .. } => unreachable!("answered above"),
     }
+}
+
+async fn rejections(
+    mut client: AdminServiceClient<OperatorChannel>,
+    sync_id: Option<u32>,
+    since_hours: Option<u32>,
+    format: Format,
+) -> Result<String, String> {
+    let since_ms = since_hours.map_or(0, |hours| {
+        storesync_shared::domain::validate::now_ms() - i64::from(hours) * 3_600_000
+    });
+    let mut table = Table::new(&[
+        "sync_id",
+        "last_refused",
+        "attempts",
+        "seq",
+        "code",
+        "record",
+        "reason",
+        "first_refused",
+    ]);
+    let mut request = pb::ListRefusalsRequest {
+        sync_id: sync_id.unwrap_or(0),
+        since_ms,
+        page_size: PAGE_SIZE,
+        page_token: String::new(),
+    };
+    for _ in 1..=MAX_PAGES {
+        let answer = client
+            .list_refusals(request.clone())
+            .await
+            .map_err(|status| cli::explain(&status))?
+            .into_inner();
+        for refusal in answer.refusals {
+            let record = refusal.record.map_or(String::new(), |r| {
+                let table = pb::Table::try_from(r.table).map_or_else(
+                    |_| r.table.to_string(),
+                    |t| t.as_str_name().to_ascii_lowercase(),
+                );
+                format!("{table} {}", r.id)
+            });
+            table.push(vec![
+                refusal.sync_id.into(),
+                time_ms(refusal.last_at_ms),
+                refusal.attempts.into(),
+                format!("{}..{}", refusal.first_seq, refusal.last_seq).into(),
+                refusal.code.into(),
+                record.into(),
+                refusal.reason.into(),
+                time_ms(refusal.first_at_ms),
+            ]);
+        }
+        if answer.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = answer.next_page_token;
+    }
+    Ok(table.render(format, false))
 }
 
 async fn sync_status(
@@ -265,6 +348,7 @@ async fn sync_status(
         "last_sync",
         "received",
         "backlog",
+        "refused",
         "down_pending",
         "oldest_pending_s",
         "init",
@@ -305,6 +389,7 @@ async fn sync_status(
             time_ms(site.last_sync_at_ms),
             site.upstream_records_received.into(),
             site.upstream_backlog_reported.into(),
+            site.refusals.into(),
             site.downstream_pending.into(),
             (site.downstream_oldest_pending_age_ms / 1000).into(),
             init.into(),

@@ -64,6 +64,7 @@ pub async fn sync_status(
         .map(|s| (s.id.clone(), s))
         .collect();
     let head = changelog::head(db).await?;
+    let refusals = crate::sync::refusals::counts(db).await?;
     let now = now_ms();
     let mut rows = Vec::with_capacity(sites.len());
     for site in sites {
@@ -117,6 +118,8 @@ pub async fn sync_status(
                 .map_or(0, |s| u64::try_from(s.init_records_done).unwrap_or(0)),
             init_records_total: status
                 .map_or(0, |s| u64::try_from(s.init_records_total).unwrap_or(0)),
+            refusals: refusals.get(&site.sync_id).map_or(0, |r| r.0),
+            last_refusal_at_ms: refusals.get(&site.sync_id).map_or(0, |r| r.1),
         });
     }
     Ok(rows)

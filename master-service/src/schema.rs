@@ -21,6 +21,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let mut migrations = common_migrations();
         migrations.push(Box::new(MasterTables));
+        migrations.push(Box::new(Refusals));
         migrations
     }
 }
@@ -40,6 +41,42 @@ impl MigrationTrait for MasterTables {
         run_script(manager.get_connection(), MASTER_TABLES).await
     }
 }
+
+/// `refusal`: the upstream batches the master refused, per site (see
+/// `sync::refusals`), one row per batch and reason, with how often it came.
+struct Refusals;
+
+impl MigrationName for Refusals {
+    fn name(&self) -> &str {
+        "m0104_refusals"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for Refusals {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(manager.get_connection(), REFUSALS).await
+    }
+}
+
+const REFUSALS: &str = r#"
+CREATE TABLE refusal (
+    id {serial_pk},
+    sync_id INTEGER NOT NULL,
+    first_seq BIGINT NOT NULL,
+    last_seq BIGINT NOT NULL,
+    code TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    record_table INTEGER NOT NULL,
+    record_id TEXT NOT NULL,
+    first_at_ms BIGINT NOT NULL,
+    last_at_ms BIGINT NOT NULL,
+    attempts BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX refusal_batch ON refusal (sync_id, first_seq, last_seq, code, record_table, record_id);
+CREATE INDEX refusal_latest ON refusal (last_at_ms, id)
+"#;
 
 const MASTER_TABLES: &str = r#"
 CREATE TABLE site (

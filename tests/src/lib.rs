@@ -50,6 +50,30 @@ pub fn bin_path(name: &str, override_var: &str) -> PathBuf {
     path
 }
 
+/// Runs an operator command of a real binary (`name`, or the binary
+/// `override_var` names) with only the test's operator credentials in its
+/// environment; returns what it printed, failing the test if it failed.
+pub fn run_cli(name: &str, override_var: &str, args: &[&str]) -> String {
+    let mut command = Command::new(bin_path(name, override_var));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("STORESYNC_") {
+            command.env_remove(key);
+        }
+    }
+    let output = command
+        .args(args)
+        .env("STORESYNC_OPERATOR_USER", cluster::OPERATOR_USER)
+        .env("STORESYNC_OPERATOR_PASSWORD", cluster::OPERATOR_PASSWORD)
+        .output()
+        .expect("run the command");
+    assert!(
+        output.status.success(),
+        "{name} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
 /// The database a process under test uses.
 pub enum TestDb {
     /// A SQLite file in a temporary directory removed on drop.

@@ -6,15 +6,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use storesync_shared::proto::v1 as pb;
 use storesync_tests::cluster::{
     assert_store_copies_equal, create_items, create_trading_partners, goods_in, goods_out, Master,
-    Satellite, OPERATOR_PASSWORD, OPERATOR_USER,
+    Satellite,
 };
-use storesync_tests::{backends, bin_path, eventually, TestDb};
+use storesync_tests::{backends, eventually, run_cli, TestDb};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// What `goods_in` and `goods_out` use.
@@ -40,28 +39,6 @@ fn invalid(result: Result<impl std::fmt::Debug, tonic::Status>, field: &str) {
         "the message names {field}: {:?}",
         status.message()
     );
-}
-
-/// Runs an operator command of a real binary with only the test's credentials.
-fn run_cli(bin: &str, override_var: &str, args: &[&str]) -> String {
-    let mut command = Command::new(bin_path(bin, override_var));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("STORESYNC_") {
-            command.env_remove(key);
-        }
-    }
-    let output = command
-        .args(args)
-        .env("STORESYNC_OPERATOR_USER", OPERATOR_USER)
-        .env("STORESYNC_OPERATOR_PASSWORD", OPERATOR_PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{bin} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -394,3 +394,169 @@ async fn a_site_may_not_name_another_stores_rows() {
         .await;
     }
 }
+
+/// A refused batch is on record for the operator: listed with its reason and
+/// record, its retries counted on one row, counted in SyncStatus, printed by
+/// `master-service report rejections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_batches_are_on_record() {
+    for backend in backends("refused_batches_are_on_record") {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        master.add_site(2).await;
+        master.add_site(3).await;
+        let items = create_items(&master, "REC", 1).await;
+        let mut item = items[0].clone();
+        item.name = "Renamed by a site".into();
+        let batch = vec![pb::SyncRecord {
+            record: Some(pb::sync_record::Record::Item(item)),
+        }];
+
+        // The same batch three times, as a satellite retrying after each refusal.
+        for _ in 0..3 {
+            let mut session = open(&master.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+                .await
+                .unwrap();
+            let (status, _) = push_expecting_refusal(&mut session, batch.clone()).await;
+            assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        }
+
+        let mut admin = master.admin().await;
+        let listed = admin
+            .list_refusals(pb::ListRefusalsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.refusals.len(), 1, "one row per batch: {listed:?}");
+        let refusal = &listed.refusals[0];
+        assert_eq!(refusal.sync_id, 2);
+        assert_eq!(refusal.attempts, 3);
+        assert_eq!((refusal.first_seq, refusal.last_seq), (1, 1));
+        assert_eq!(refusal.code, "PERMISSION_DENIED");
+        assert!(refusal.reason.contains("master data"), "{refusal:?}");
+        assert_eq!(
+            refusal.record,
+            Some(pb::RecordRef {
+                table: pb::Table::Item as i32,
+                id: items[0].id.clone(),
+            })
+        );
+        assert!(refusal.first_at_ms <= refusal.last_at_ms && refusal.first_at_ms > 0);
+
+        // Filters: another site has none; a time after the last has none.
+        let other = admin
+            .list_refusals(pb::ListRefusalsRequest {
+                sync_id: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(other.refusals.is_empty());
+        let later = admin
+            .list_refusals(pb::ListRefusalsRequest {
+                since_ms: refusal.last_at_ms + 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(later.refusals.is_empty());
+        // Bad paging: INVALID_ARGUMENT naming the field.
+        for (request, field) in [
+            (
+                pb::ListRefusalsRequest {
+                    page_token: "not-a-token".into(),
+                    ..Default::default()
+                },
+                "page_token",
+            ),
+            (
+                pb::ListRefusalsRequest {
+                    page_size: 5000,
+                    ..Default::default()
+                },
+                "page_size",
+            ),
+        ] {
+            let status = admin.list_refusals(request).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains(field), "{status:?}");
+        }
+
+        // A second, different refusal of site 2; paged one per page.
+        let mut session = open(&master.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+            .await
+            .unwrap();
+        let db = master_db.connect().await;
+        let store_3 = store_of(&db, 3).await;
+        let foreign = stock_line(&store_3.id, &items[0].id);
+        push_expecting_refusal(&mut session, vec![foreign]).await;
+        let first_page = admin
+            .list_refusals(pb::ListRefusalsRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first_page.refusals.len(), 1);
+        assert_eq!(
+            first_page.refusals[0].record.as_ref().map(|r| r.table),
+            Some(pb::Table::StockLine as i32),
+            "the most recent first"
+        );
+        let second_page = admin
+            .list_refusals(pb::ListRefusalsRequest {
+                page_size: 1,
+                page_token: first_page.next_page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(second_page.refusals, listed.refusals);
+        assert!(second_page.next_page_token.is_empty());
+
+        // SyncStatus counts them per site.
+        let sites = master
+            .reports()
+            .await
+            .sync_status(pb::SyncStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sites;
+        let site = |id: u32| sites.iter().find(|s| s.sync_id == id).unwrap();
+        assert_eq!(site(2).refusals, 2);
+        assert!(site(2).last_refusal_at_ms >= refusal.last_at_ms);
+        assert_eq!((site(3).refusals, site(3).last_refusal_at_ms), (0, 0));
+
+        // The operator's command prints them.
+        let address = master.process.addr.to_string();
+        let json = storesync_tests::run_cli(
+            "master-service",
+            "STORESYNC_MASTER_BIN",
+            &[
+                "report",
+                "rejections",
+                "--sync-id",
+                "2",
+                "--address",
+                &address,
+                "--format",
+                "json",
+            ],
+        );
+        let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{json}");
+        assert_eq!(rows[1]["attempts"], 3, "{json}");
+        assert!(
+            rows[1]["record"]
+                .as_str()
+                .is_some_and(|r| r == format!("item {}", items[0].id)),
+            "{json}"
+        );
+    }
+}

@@ -50,7 +50,8 @@ pub enum ApplyError {
     ForeignReference {
         record: RecordId,
         column: &'static str,
-        target: RecordId,
+        /// Boxed: the error is returned by value on every record's path.
+        target: Box<RecordId>,
         store: String,
         sync_id: u32,
     },

@@ -26,7 +26,7 @@ use tracing::Instrument;
 use super::downstream::{self, Acked, Outbound};
 use super::error::ApplyError;
 use super::upstream::{self, SiteIdentity};
-use super::{status, SyncContext};
+use super::{refusals, status, SyncContext};
 use crate::metrics;
 
 /// What the inbound half of one session needs and keeps.
@@ -98,6 +98,8 @@ impl Inbound<'_> {
                 ),
             );
             metrics::upstream_rejected(sync_id, &error);
+            self.record_refusal(batch.first_seq, batch.last_seq, &error)
+                .await;
             return Err(error.into());
         }
         let (first, last) = (batch.first_seq, batch.last_seq);
@@ -106,15 +108,20 @@ impl Inbound<'_> {
         storesync_shared::kit::telemetry::propagation::set_parent(&span, &batch.trace_context);
         let tables = metrics::tables_of(&batch.records);
         let started = Instant::now();
-        let applied = upstream::apply_batch(&ctx.db, identity, session_id, batch)
+        let applied = match upstream::apply_batch(&ctx.db, identity, session_id, batch)
             .instrument(span)
             .await
-            .inspect_err(|error| {
-                metrics::upstream_rejected(sync_id, error);
+        {
+            Ok(applied) => applied,
+            Err(error) => {
+                metrics::upstream_rejected(sync_id, &error);
                 if let Some(record) = error.record() {
                     let _ = self.refused.set(record.to_ref());
                 }
-            })?;
+                self.record_refusal(first, last, &error).await;
+                return Err(error.into());
+            }
+        };
         metrics::upstream_applied(sync_id, &tables, applied.applied, started);
         tracing::debug!(
             sync_id,
@@ -133,6 +140,20 @@ impl Inbound<'_> {
         .await?;
         status::synced(&ctx.db, sync_id, u64::from(applied.applied)).await;
         Ok(())
+    }
+
+    /// Puts a refused batch on record (see [`refusals`]); a failure to
+    /// record it is logged, never the session's end.
+    async fn record_refusal(&self, first_seq: u64, last_seq: u64, error: &ApplyError) {
+        if !refusals::is_refusal(error) {
+            return;
+        }
+        let sync_id = self.identity.sync_id;
+        if let Err(db_error) =
+            refusals::record(&self.ctx.db, sync_id, first_seq, last_seq, error).await
+        {
+            tracing::warn!(sync_id, %db_error, refusal = %error, "could not record the refused batch");
+        }
     }
 
     /// The satellite applied downstream up to `ack.cursor`: record it, end the

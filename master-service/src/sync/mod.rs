@@ -26,13 +26,15 @@
 //! - [`status`]: what is recorded per site: the claim, the downstream cursor,
 //!   the status operators see;
 //! - [`cluster`]: wake-ups and claims between replicas (PostgreSQL);
-//! - [`retention`]: how long the change log keeps entries.
+//! - [`retention`]: how long the change log keeps entries;
+//! - [`refusals`]: the refused upstream batches on record, per site.
 
 pub mod cluster;
 pub mod downstream;
 pub mod error;
 mod handshake;
 mod inbound;
+pub mod refusals;
 mod registry;
 pub mod retention;
 mod session;

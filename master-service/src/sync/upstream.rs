@@ -240,7 +240,7 @@ pub async fn apply_records<'t, R>(
             return Err(ApplyError::ForeignReference {
                 record: record_id(*table, found.id),
                 column: found.column,
-                target: record_id(target, found.target_id),
+                target: Box::new(record_id(target, found.target_id)),
                 store: found.store,
                 sync_id: site.sync_id,
             });
