@@ -4,7 +4,9 @@
 //! progress on stderr for long answers.
 
 use serde_json::Value;
-use storesync_shared::kit::cli::{self, number, time_ms, Format, OperatorChannel, Table};
+use storesync_shared::kit::cli::{
+    self, number, time_ms, ClientTls, Format, OperatorChannel, Table,
+};
 use storesync_shared::proto::v1 as pb;
 use storesync_shared::proto::v1::admin_service_client::AdminServiceClient;
 use storesync_shared::proto::v1::report_service_client::ReportServiceClient;
@@ -79,6 +81,8 @@ pub struct ClientArgs {
     /// table, csv or json.
     #[arg(long, default_value = "table", global = true)]
     pub format: Format,
+    #[command(flatten)]
+    pub tls: ClientTls,
 }
 
 /// Runs `report` against the master at `url` and returns the text to print.
@@ -88,8 +92,9 @@ pub async fn run_report(
     password: &str,
     report: Report,
     format: Format,
+    tls: &ClientTls,
 ) -> Result<String, String> {
-    let channel = cli::connect(url, user, password).await?;
+    let channel = cli::connect_with(url, user, password, tls).await?;
     if let Report::Rejections {
         sync_id,
         since_hours,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use storesync_shared::kit::cli::{self, Format, OperatorChannel};
+use storesync_shared::kit::cli::{self, ClientTls, Format, OperatorChannel};
 use storesync_shared::proto::v1 as pb;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -305,6 +305,7 @@ async fn run_with(
             per_day: false,
         },
         Format::Table,
+        &ClientTls::default(),
     )
     .await?;
     println!("\nToday's activity of every store, as the master reports it:\n\n{activity}");
@@ -314,6 +315,7 @@ async fn run_with(
         OPERATOR_PASSWORD,
         Report::SyncStatus,
         Format::Table,
+        &ClientTls::default(),
     )
     .await?;
     println!("Sync status:\n\n{status}");

@@ -119,6 +119,7 @@ fn report_command(
         &password,
         report,
         client.format,
+        &client.tls,
     ));
     match outcome {
         Ok(Ok(text)) => {

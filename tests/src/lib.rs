@@ -51,21 +51,33 @@ pub fn bin_path(name: &str, override_var: &str) -> PathBuf {
 }
 
 /// Runs an operator command of a real binary (`name`, or the binary
-/// `override_var` names) with only the test's operator credentials in its
-/// environment; returns what it printed, failing the test if it failed.
-pub fn run_cli(name: &str, override_var: &str, args: &[&str]) -> String {
+/// `override_var` names) with only the test's operator credentials and `env`
+/// in its environment, and returns how it ended.
+pub fn cli_output(
+    name: &str,
+    override_var: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let mut command = Command::new(bin_path(name, override_var));
     for (key, _) in std::env::vars() {
         if key.starts_with("STORESYNC_") {
             command.env_remove(key);
         }
     }
-    let output = command
+    command
         .args(args)
         .env("STORESYNC_OPERATOR_USER", cluster::OPERATOR_USER)
         .env("STORESYNC_OPERATOR_PASSWORD", cluster::OPERATOR_PASSWORD)
+        .envs(env.iter().copied())
         .output()
-        .expect("run the command");
+        .expect("run the command")
+}
+
+/// As [`cli_output`] without extra settings; returns what it printed,
+/// failing the test if it failed.
+pub fn run_cli(name: &str, override_var: &str, args: &[&str]) -> String {
+    let output = cli_output(name, override_var, args, &[]);
     assert!(
         output.status.success(),
         "{name} {args:?}: {}",

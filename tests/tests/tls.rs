@@ -10,7 +10,7 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
 use storesync_shared::proto::v1 as pb;
 use storesync_tests::cluster::{create_items, wait_master_data_equal, Master, Satellite};
-use storesync_tests::{eventually, Backend, TestDb};
+use storesync_tests::{cli_output, eventually, Backend, TestDb};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// A CA and a function to issue leaf certificates from it, written as PEM files.
@@ -178,4 +178,71 @@ async fn satellites_sync_over_mutual_tls_and_strangers_do_not_connect() {
         "a satellite with a foreign certificate must not be initialised"
     );
     eprintln!("the stranger reports: {}", status.last_error);
+
+    // The operator's command speaks TLS with the CLI settings: a CA, and for
+    // this mutual-TLS master a client certificate.
+    let address = master.url();
+    let ca_arg = ca_pem.to_str().unwrap();
+    let (operator_cert, operator_key) = &operator;
+    let report = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec![
+            "report",
+            "sync-status",
+            "--address",
+            &address,
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        cli_output("master-service", "STORESYNC_MASTER_BIN", &args, env)
+    };
+    let answered = report(
+        &[
+            "--tls-ca",
+            ca_arg,
+            "--client-cert",
+            operator_cert.to_str().unwrap(),
+            "--client-key",
+            operator_key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        answered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
+    let sites: serde_json::Value = serde_json::from_slice(&answered.stdout).unwrap();
+    assert!(
+        sites.as_array().unwrap().iter().any(|s| s["sync_id"] == 2),
+        "{sites}"
+    );
+    // The same from the environment, as in the master's own pod.
+    let from_env = report(
+        &[],
+        &[
+            ("STORESYNC_CLI_TLS_CA", ca_arg),
+            ("STORESYNC_CLI_CLIENT_CERT", operator_cert.to_str().unwrap()),
+            ("STORESYNC_CLI_CLIENT_KEY", operator_key.to_str().unwrap()),
+        ],
+    );
+    assert!(
+        from_env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_env.stderr)
+    );
+    // Without a client certificate: refused, and the message says where to look.
+    let refused = report(&["--tls-ca", ca_arg], &[]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("--client-cert"), "{said}");
+    // Plain text to a TLS master: refused.
+    let plain_address = format!("http://{}", master.process.addr);
+    let plain = cli_output(
+        "master-service",
+        "STORESYNC_MASTER_BIN",
+        &["report", "sync-status", "--address", &plain_address],
+        &[],
+    );
+    assert!(!plain.status.success());
 }

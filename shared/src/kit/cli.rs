@@ -235,18 +235,96 @@ impl tonic::service::Interceptor for BasicAuth {
 /// A channel whose calls carry operator credentials.
 pub type OperatorChannel = InterceptedService<Channel, BasicAuth>;
 
-/// Connects to `url` (5 s limit; 60 s per call) as `user`/`password`.
+/// TLS for an operator command's calls: the same settings on both binaries.
+///
+/// TLS is on when any of these is given, when the address is `https://`, or
+/// when `STORESYNC_TLS_CERT` is set (the service this environment configures
+/// serves TLS only). The service's certificate is checked against `--tls-ca`,
+/// else the system's roots.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClientTls {
+    /// CA certificate (PEM) that signed the service's certificate.
+    #[arg(long = "tls-ca", env = "STORESYNC_CLI_TLS_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for a service that requires one (mutual TLS).
+    #[arg(
+        long = "client-cert",
+        env = "STORESYNC_CLI_CLIENT_CERT",
+        global = true,
+        requires = "key"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(
+        long = "client-key",
+        env = "STORESYNC_CLI_CLIENT_KEY",
+        global = true,
+        requires = "cert"
+    )]
+    pub key: Option<std::path::PathBuf>,
+    /// The name the service's certificate is issued for, when the address is
+    /// not it (e.g. calling 127.0.0.1 on a certificate for master.example).
+    #[arg(long = "tls-domain", env = "STORESYNC_CLI_TLS_DOMAIN", global = true)]
+    pub domain: Option<String>,
+    /// `STORESYNC_TLS_CERT` is set where the command runs: the service serves TLS.
+    #[arg(skip = std::env::var_os("STORESYNC_TLS_CERT").is_some())]
+    pub service_serves_tls: bool,
+}
+
+impl ClientTls {
+    /// Whether calls to `url` use TLS.
+    pub fn enabled_for(&self, url: &str) -> bool {
+        url.starts_with("https://")
+            || self.ca.is_some()
+            || self.cert.is_some()
+            || self.domain.is_some()
+            || self.service_serves_tls
+    }
+
+    /// `url` with the scheme these settings call it with.
+    pub fn url(&self, url: &str) -> String {
+        match url.strip_prefix("http://") {
+            Some(rest) if self.enabled_for(url) => format!("https://{rest}"),
+            _ => url.to_owned(),
+        }
+    }
+}
+
+/// Connects to `url` (5 s limit; 60 s per call) as `user`/`password`, in
+/// plain text or, for an `https://` URL, TLS checked against the system's roots.
 pub async fn connect(url: &str, user: &str, password: &str) -> Result<OperatorChannel, String> {
+    connect_with(url, user, password, &ClientTls::default()).await
+}
+
+/// As [`connect`], with `tls` (see [`ClientTls`]).
+pub async fn connect_with(
+    url: &str,
+    user: &str,
+    password: &str,
+    tls: &ClientTls,
+) -> Result<OperatorChannel, String> {
     let header = crate::kit::auth::basic_header(user, password)
         .parse()
         .map_err(|_| "the operator user or password holds characters a header cannot".to_owned())?;
-    let channel = Endpoint::from_shared(url.to_owned())
+    let url = tls.url(url);
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| format!("{url} is not a URL: {e}"))?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach {url}: {e}; is the service running? (--address)"))?;
+        .timeout(Duration::from_secs(60));
+    if tls.enabled_for(&url) {
+        let identity = tls.cert.as_deref().zip(tls.key.as_deref());
+        let mut config = crate::kit::tls::client_config(tls.ca.as_deref(), identity)?;
+        if let Some(domain) = &tls.domain {
+            config = config.domain_name(domain.clone());
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| format!("TLS settings for {url}: {e}"))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        let cause = std::error::Error::source(&e).map_or_else(String::new, |c| format!(" ({c})"));
+        format!("cannot reach {url}: {e}{cause}; is the service running, and speaking TLS if and only if these calls do? (--address, --tls-ca, --client-cert)")
+    })?;
     Ok(InterceptedService::new(channel, BasicAuth(header)))
 }
 
@@ -258,6 +336,23 @@ pub fn explain(status: &tonic::Status) -> String {
             status.message()
         ),
         tonic::Code::Unavailable => format!("the service is unavailable: {}", status.message()),
+        tonic::Code::Cancelled | tonic::Code::Unknown
+            if status.code() == tonic::Code::Cancelled
+                || status.message().contains("transport error") =>
+        {
+            // The connection broke under the call: say why, and the usual cause.
+            let mut causes = String::new();
+            let mut source = std::error::Error::source(status);
+            while let Some(cause) = source {
+                let _ = write!(causes, ": {cause}");
+                source = cause.source();
+            }
+            format!(
+                "the connection failed{causes} ({}); a service that requires client certificates \
+                 (mutual TLS) closes it when none is given: --client-cert and --client-key",
+                status.message()
+            )
+        }
         code => format!("{code:?}: {}", status.message()),
     }
 }
