@@ -37,6 +37,7 @@ pub struct MasterMetrics {
     downstream_delay: Gauge<f64>,
     last_success: Gauge<f64>,
     init_progress: Gauge<f64>,
+    protocol_version: Gauge<u64>,
 }
 
 static METRICS: LazyLock<MasterMetrics> = LazyLock::new(|| {
@@ -65,6 +66,11 @@ static METRICS: LazyLock<MasterMetrics> = LazyLock::new(|| {
         downstream_delay: f64_gauge(&meter, catalog::DOWNSTREAM_DELAY),
         last_success: f64_gauge(&meter, catalog::LAST_SUCCESS),
         init_progress: f64_gauge(&meter, catalog::INIT_PROGRESS),
+        protocol_version: meter
+            .u64_gauge(catalog::SITE_PROTOCOL_VERSION.name)
+            .with_unit(catalog::SITE_PROTOCOL_VERSION.unit)
+            .with_description(catalog::SITE_PROTOCOL_VERSION.description)
+            .build(),
     }
 });
 
@@ -240,6 +246,9 @@ async fn sample_sites(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
         METRICS
             .init_progress
             .record(progress.clamp(0.0, 1.0), &attrs);
+        if let Ok(version @ 1..) = u64::try_from(status.protocol_version) {
+            METRICS.protocol_version.record(version, &attrs);
+        }
     }
     Ok(())
 }

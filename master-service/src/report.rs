@@ -120,6 +120,7 @@ pub async fn sync_status(
                 .map_or(0, |s| u64::try_from(s.init_records_total).unwrap_or(0)),
             refusals: refusals.get(&site.sync_id).map_or(0, |r| r.0),
             last_refusal_at_ms: refusals.get(&site.sync_id).map_or(0, |r| r.1),
+            protocol_version: status.map_or(0, |s| u32::try_from(s.protocol_version).unwrap_or(0)),
         });
     }
     Ok(rows)

@@ -22,6 +22,7 @@ impl MigratorTrait for Migrator {
         let mut migrations = common_migrations();
         migrations.push(Box::new(MasterTables));
         migrations.push(Box::new(Refusals));
+        migrations.push(Box::new(ProtocolVersion));
         migrations
     }
 }
@@ -57,6 +58,28 @@ impl MigrationName for Refusals {
 impl MigrationTrait for Refusals {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         run_script(manager.get_connection(), REFUSALS).await
+    }
+}
+
+/// `site_status.protocol_version`: the protocol each site speaks, for the
+/// operator planning upgrades (`SyncStatus`).
+struct ProtocolVersion;
+
+impl MigrationName for ProtocolVersion {
+    fn name(&self) -> &str {
+        "m0105_protocol_version"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for ProtocolVersion {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(
+            manager.get_connection(),
+            "ALTER TABLE site_status ADD COLUMN protocol_version INTEGER NOT NULL DEFAULT 0",
+        )
+        .await
     }
 }
 

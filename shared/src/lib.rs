@@ -24,3 +24,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The sync protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The oldest sync protocol version this build's master accepts from a
+/// satellite: the window `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION` lets sites
+/// upgrade weeks after the master. The contract only changes additively within
+/// it (`tests/tests/contract_compat.rs` drives this master with a frozen copy).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;

@@ -20,6 +20,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 pub mod cluster;
+pub mod frozen;
 pub mod lazyfs;
 pub mod master;
 pub mod otlp;

@@ -128,8 +128,27 @@ async fn the_master_refuses_strangers_forgers_and_foreign_records() {
             .err()
             .unwrap();
         assert_eq!(version.code(), tonic::Code::FailedPrecondition);
+        let window = format!(
+            "accepts versions {} to {}",
+            storesync_shared::MIN_PROTOCOL_VERSION,
+            storesync_shared::PROTOCOL_VERSION
+        );
         assert!(
-            version.message().contains("99") && version.message().contains('1'),
+            version.message().contains("version 99")
+                && version.message().contains(&window)
+                && version.message().contains("upgrade the master-service"),
+            "names both versions and what to upgrade: {version:?}"
+        );
+        // Older than the window: the satellite is the one to upgrade.
+        let mut past = hello(2);
+        past.protocol_version = 0;
+        let version = open(&master.url(), "2", SYNC_USER, SYNC_PASSWORD, past)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(version.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            version.message().contains("upgrade the satellite-agent"),
             "{version:?}"
         );
 
@@ -294,8 +313,12 @@ async fn a_site_may_not_name_another_stores_rows() {
             Duration::from_secs(20),
             "store 3's goods in on the master",
             || async {
+                // Three reads, not one snapshot: wait until each sees the batch.
                 let data = store_data(&db, &store_3.id).await;
-                (data.invoice_lines.len() == 1).then_some(data)
+                (data.stock_lines.len() == 1
+                    && data.invoices.len() == 1
+                    && data.invoice_lines.len() == 1)
+                    .then_some(data)
             },
         )
         .await;

@@ -20,6 +20,8 @@ pub struct Model {
     pub initialising: bool,
     pub init_records_done: i64,
     pub init_records_total: i64,
+    /// The sync protocol version of the site's latest session.
+    pub protocol_version: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

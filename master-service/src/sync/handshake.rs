@@ -145,13 +145,7 @@ pub(super) async fn read_hello(
             "the first message of a sync session must be a Hello".into(),
         ));
     };
-    if hello.protocol_version != storesync_shared::PROTOCOL_VERSION {
-        return Err(Error::FailedPrecondition(format!(
-            "the satellite speaks sync protocol version {}, this master speaks version {}; upgrade the older side",
-            hello.protocol_version,
-            storesync_shared::PROTOCOL_VERSION
-        )));
-    }
+    check_version(hello.protocol_version)?;
     if hello.sync_id != sync_id {
         return Err(Error::PermissionDenied(format!(
             "Hello.sync_id {} does not match the authenticated Sync ID {sync_id}",
@@ -159,6 +153,26 @@ pub(super) async fn read_hello(
         )));
     }
     Ok(hello)
+}
+
+/// Refuses a protocol version outside the window this master accepts,
+/// naming both and which side to upgrade.
+fn check_version(version: u32) -> Result<()> {
+    let (oldest, newest) = (
+        storesync_shared::MIN_PROTOCOL_VERSION,
+        storesync_shared::PROTOCOL_VERSION,
+    );
+    let upgrade = if version < oldest {
+        "upgrade the satellite-agent"
+    } else if version > newest {
+        "upgrade the master-service (a master accepts satellites older than itself, not newer)"
+    } else {
+        return Ok(());
+    };
+    Err(Error::FailedPrecondition(format!(
+        "the satellite speaks sync protocol version {version}; this master (version {}) accepts versions {oldest} to {newest}: {upgrade}",
+        storesync_shared::VERSION
+    )))
 }
 
 /// The master's answer to `hello`, once the satellite's cursor is known to be
@@ -219,5 +233,7 @@ pub(super) async fn welcome(
             .unwrap_or(u32::MAX),
         initialising: hello.needs_initialisation,
         session_id: uuid::Uuid::new_v4().to_string(),
+        min_protocol_version: storesync_shared::MIN_PROTOCOL_VERSION,
+        max_protocol_version: storesync_shared::PROTOCOL_VERSION,
     })
 }

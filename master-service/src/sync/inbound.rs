@@ -79,7 +79,13 @@ impl Inbound<'_> {
                         "a session takes one Hello, at its start".into(),
                     ));
                 }
-                None => return Err(Error::InvalidArgument("an empty SatelliteMessage".into())),
+                // A kind this master does not know (a newer satellite's), or
+                // an empty message: ignored, never fatal (the contract grows
+                // additively; see `storesync_shared::MIN_PROTOCOL_VERSION`).
+                None => tracing::debug!(
+                    sync_id = self.identity.sync_id,
+                    "ignored a satellite message of a kind this master does not know"
+                ),
             }
         }
     }

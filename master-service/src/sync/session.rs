@@ -58,6 +58,7 @@ pub(super) async fn run(
         &session_id,
         mode,
         &hello.agent_version,
+        hello.protocol_version,
         hello.upstream_backlog,
     )
     .await;

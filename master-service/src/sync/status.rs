@@ -33,6 +33,7 @@ pub async fn claim(
     session_id: &str,
     mode: &str,
     agent_version: &str,
+    protocol_version: u32,
     backlog: u64,
 ) -> Result<(), sea_orm::DbErr> {
     let now = now_ms();
@@ -52,6 +53,7 @@ pub async fn claim(
         initialising: Set(false),
         init_records_done: Set(0),
         init_records_total: Set(0),
+        protocol_version: Set(i32::try_from(protocol_version).unwrap_or(i32::MAX)),
     };
     site_status::Entity::insert(row)
         .on_conflict(
@@ -63,6 +65,7 @@ pub async fn claim(
                     site_status::Column::HeartbeatAtMs,
                     site_status::Column::Mode,
                     site_status::Column::AgentVersion,
+                    site_status::Column::ProtocolVersion,
                     site_status::Column::UpstreamBacklogReported,
                 ])
                 .to_owned(),

@@ -121,9 +121,11 @@ impl<'a> Session<'a> {
                         Some(master_message::Message::CaughtUp(caught_up)) => self.on_caught_up(caught_up),
                         Some(master_message::Message::Heartbeat(beat)) => self.on_heartbeat(beat),
                         Some(master_message::Message::Error(error)) => self.on_error(error),
-                        Some(master_message::Message::Welcome(_)) | None => {
-                            return Err(Error::InvalidArgument("unexpected message from the master".into()));
+                        Some(master_message::Message::Welcome(_)) => {
+                            return Err(Error::InvalidArgument("a second Welcome from the master".into()));
                         }
+                        // A kind this agent does not know (a newer master's): ignored.
+                        None => tracing::debug!("ignored a master message of a kind this agent does not know"),
                     }
                 }
                 _ = heartbeat.tick() => self.send_heartbeat().await?,

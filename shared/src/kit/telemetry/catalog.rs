@@ -150,6 +150,15 @@ pub const INIT_PROGRESS: MetricDesc = MetricDesc {
     description: "Initialisation progress of the site, 0 to 1",
 };
 
+/// The sync protocol version each site spoke at its latest session, for
+/// upgrades planned across a version window. Master.
+pub const SITE_PROTOCOL_VERSION: MetricDesc = MetricDesc {
+    name: "storesync.sync.site.protocol_version",
+    unit: "{version}",
+    kind: MetricKind::Gauge,
+    description: "Sync protocol version of the site's latest session",
+};
+
 /// gRPC server calls, by method and status (time to the response headers; for
 /// a stream that is when it opens). Both binaries.
 pub const RPC_SERVER_DURATION: MetricDesc = MetricDesc {
@@ -171,6 +180,7 @@ pub const ALL: &[MetricDesc] = &[
     AUTH_FAILURES,
     BATCHES_REJECTED,
     INIT_PROGRESS,
+    SITE_PROTOCOL_VERSION,
     RPC_SERVER_DURATION,
 ];
 
