@@ -348,7 +348,7 @@ async fn main() {
     .insert(&db)
     .await
     .unwrap();
-    claim(&db, SYNC_ID, SESSION, "streaming", "bench", 0)
+    claim(&db, SYNC_ID, SESSION, "streaming", "bench", 1, 0)
         .await
         .unwrap();
     for table in STORE_TABLES {

@@ -169,10 +169,10 @@ async fn upstream_batches_apply_exactly_once_and_only_for_the_own_store() {
         let store_b = "2f1c7a4e-0000-4000-8000-00000000000b";
         add_site(&db, 2, store_a).await;
         add_site(&db, 3, store_b).await;
-        claim(&db, 2, "session-a", "streaming", "test", 0)
+        claim(&db, 2, "session-a", "streaming", "test", 1, 0)
             .await
             .unwrap();
-        claim(&db, 3, "session-b", "streaming", "test", 0)
+        claim(&db, 3, "session-b", "streaming", "test", 1, 0)
             .await
             .unwrap();
         let site_a = SiteIdentity {
@@ -312,7 +312,7 @@ async fn upstream_batches_apply_exactly_once_and_only_for_the_own_store() {
 
         // Site 2's session is replaced (on this or another replica): the old
         // session can no longer apply anything.
-        claim(&db, 2, "session-a2", "streaming", "test", 0)
+        claim(&db, 2, "session-a2", "streaming", "test", 1, 0)
             .await
             .unwrap();
         let stale = apply_batch(

@@ -61,7 +61,7 @@ async fn master(backend: Backend) -> (TestDb, DatabaseConnection) {
         .insert(&db)
         .await
         .unwrap();
-        master_service::sync::status::claim(&db, sync_id as u32, "s", "streaming", "test", 0)
+        master_service::sync::status::claim(&db, sync_id as u32, "s", "streaming", "test", 1, 0)
             .await
             .unwrap();
     }

@@ -53,7 +53,7 @@ async fn master() -> (tempfile::TempDir, DatabaseConnection) {
     .insert(&db)
     .await
     .unwrap();
-    claim(&db, 2, "s", "streaming", "test", 0).await.unwrap();
+    claim(&db, 2, "s", "streaming", "test", 1, 0).await.unwrap();
     (dir, db)
 }
 

@@ -106,7 +106,7 @@ async fn a_protocol_version_1_satellite_syncs_with_this_master() {
                 .iter()
                 .filter(|r| matches!(r.record, Some(old::sync_record::Record::Item(_))))
                 .count();
-            let progress = batch.initialisation.clone().unwrap_or_default();
+            let progress = batch.initialisation.unwrap_or_default();
             send(
                 &tx,
                 old::satellite_message::Message::DownstreamAck(old::DownstreamAck {
