@@ -143,6 +143,7 @@ fn batches(records: &[pb::SyncRecord]) -> Vec<pb::UpstreamBatch> {
                 last_seq: first_seq + chunk.len() as u64 - 1,
                 records: chunk.to_vec(),
                 trace_context: Default::default(),
+                last_tag: 0,
             }
         })
         .collect()

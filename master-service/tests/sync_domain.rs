@@ -157,6 +157,7 @@ fn batch(first_seq: u64, records: Vec<SyncRecord>) -> UpstreamBatch {
         last_seq: first_seq + records.len() as u64 - 1,
         records,
         trace_context: Default::default(),
+        last_tag: 0,
     }
 }
 

@@ -249,7 +249,7 @@ proptest! {
         let acked = runtime.block_on(rows(&db)).3 as u64;
         let first_seq = acked + 1 + if gap == 2 { 5 } else { 0 };
         let last_seq = first_seq + records.len() as u64 - 1;
-        check(&runtime, &db, pb::UpstreamBatch { first_seq, last_seq, records, trace_context: Default::default() })?;
+        check(&runtime, &db, pb::UpstreamBatch { first_seq, last_seq, records, trace_context: Default::default(), last_tag: 0 })?;
     }
 
     #[test]

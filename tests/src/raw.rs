@@ -75,6 +75,7 @@ impl RawSession {
             last_seq: first_seq + records.len() as u64 - 1,
             records,
             trace_context: Default::default(),
+            last_tag: 0,
         };
         // A closed stream shows up when the caller reads the answer.
         let _ = self
