@@ -298,7 +298,12 @@ async fn import_one(
                     batch: line.batch.clone(),
                     expiry_date: line.expiry_date.clone(),
                     pack_size: line.pack_size,
-                    number_of_packs: line.number_of_packs,
+                    // Stored as the stock moved (goods out negative); asked as packs.
+                    number_of_packs: if kind == pb::InvoiceKind::CustomerInvoice {
+                        -line.number_of_packs
+                    } else {
+                        line.number_of_packs
+                    },
                     cost_price_per_pack: line.cost_price_per_pack,
                     sell_price_per_pack: line.sell_price_per_pack,
                     ..Default::default()
