@@ -5,8 +5,10 @@
 //! `UNAUTHENTICATED`; a site the master does not sync with, or a Hello for
 //! another Sync ID, `PERMISSION_DENIED`; no Hello first `INVALID_ARGUMENT`;
 //! another protocol version or a cursor the master cannot serve
-//! `FAILED_PRECONDITION`. Nothing here writes to the database: failed logins
-//! are only counted, in memory, to slow the next tries down.
+//! `FAILED_PRECONDITION`, as is a database that does not own the Sync ID.
+//! The only writes here are the owner of a site without one and the refusal
+//! in the site's status (see the invariant below); failed logins are only
+//! counted, in memory, to slow the next tries down.
 //!
 //! Not here: the session's registration and claim (`session`, `registry`).
 //!
