@@ -345,6 +345,8 @@ async fn main() {
         downstream_cursor: Set(0),
         initialised: Set(true),
         created_at_ms: Set(0),
+        database_id: Set(String::new()),
+        upstream_acked_tag: Set(0),
     }
     .insert(&db)
     .await

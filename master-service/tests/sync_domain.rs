@@ -127,6 +127,8 @@ async fn add_site(db: &DatabaseConnection, sync_id: i32, store_id: &str) {
         downstream_cursor: Set(0),
         initialised: Set(false),
         created_at_ms: Set(0),
+        database_id: Set(String::new()),
+        upstream_acked_tag: Set(0),
     }
     .insert(db)
     .await
