@@ -143,6 +143,7 @@ fn batches(records: &[pb::SyncRecord]) -> Vec<pb::UpstreamBatch> {
                 last_seq: first_seq + chunk.len() as u64 - 1,
                 records: chunk.to_vec(),
                 trace_context: Default::default(),
+                last_tag: 0,
             }
         })
         .collect()
@@ -344,6 +345,8 @@ async fn main() {
         downstream_cursor: Set(0),
         initialised: Set(true),
         created_at_ms: Set(0),
+        database_id: Set(String::new()),
+        upstream_acked_tag: Set(0),
     }
     .insert(&db)
     .await

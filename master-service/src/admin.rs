@@ -156,6 +156,21 @@ impl pb::admin_service_server::AdminService for AdminApi {
         Ok(Response::new(pb::RemoveSiteResponse {}))
     }
 
+    async fn adopt_database(
+        &self,
+        request: Request<pb::AdoptDatabaseRequest>,
+    ) -> Result<Response<pb::AdoptDatabaseResponse>, Status> {
+        let operator = self.unlocked(&request).await?;
+        let pb::AdoptDatabaseRequest {
+            sync_id,
+            database_id,
+        } = request.into_inner();
+        let previous = sites::adopt(&self.state.db, &operator, sync_id, &database_id).await?;
+        Ok(Response::new(pb::AdoptDatabaseResponse {
+            previous_database_id: previous,
+        }))
+    }
+
     async fn get_preferences(
         &self,
         _request: Request<pb::GetPreferencesRequest>,

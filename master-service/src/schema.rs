@@ -9,6 +9,10 @@
 //!   from `site` so that status updates never contend with applying batches.
 //! - `change_log`: every master-data change, in commit order (see `changelog`).
 //! - `counter`: the change-log sequence, taken under a row lock (see `changelog`).
+//! - `m0103_database_identity`: per site, the satellite database that owns the
+//!   Sync ID (`site.database_id`, empty until the first one connects; changed
+//!   by `AdminService.AdoptDatabase`) and the tag of its acknowledged upstream
+//!   entry (`site.upstream_acked_tag`, moved with `upstream_acked_seq`).
 
 use sea_orm::DbErr;
 use sea_orm_migration::prelude::*;
@@ -21,6 +25,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let mut migrations = common_migrations();
         migrations.push(Box::new(MasterTables));
+        migrations.push(Box::new(DatabaseIdentity));
         migrations.push(Box::new(Refusals));
         migrations.push(Box::new(ProtocolVersion));
         migrations
@@ -42,6 +47,28 @@ impl MigrationTrait for MasterTables {
         run_script(manager.get_connection(), MASTER_TABLES).await
     }
 }
+
+struct DatabaseIdentity;
+
+impl MigrationName for DatabaseIdentity {
+    fn name(&self) -> &str {
+        "m0103_database_identity"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for DatabaseIdentity {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(manager.get_connection(), DATABASE_IDENTITY).await
+    }
+}
+
+/// Sites from before have no owner yet: their next database to connect becomes it.
+const DATABASE_IDENTITY: &str = r#"
+ALTER TABLE site ADD COLUMN database_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE site ADD COLUMN upstream_acked_tag BIGINT NOT NULL DEFAULT 0
+"#;
 
 /// `refusal`: the upstream batches the master refused, per site (see
 /// `sync::refusals`), one row per batch and reason, with how often it came.

@@ -241,6 +241,8 @@ pub async fn add(
         downstream_cursor: 0,
         initialised: false,
         created_at_ms: now_ms(),
+        database_id: String::new(),
+        upstream_acked_tag: 0,
     };
     site::Entity::insert(row.clone().into_active_model().reset_all())
         .exec_without_returning(&txn)
@@ -504,6 +506,92 @@ pub async fn remove(
         notifier.committed(seq);
     }
     Ok(())
+}
+
+/// Makes `database_id` the satellite database that owns `sync_id` (a
+/// replacement machine); returns the previous owner (empty: none).
+///
+/// The previous owner's claim on the site is dropped in the same
+/// transaction, so a session it still has open applies nothing more (the
+/// upstream apply checks the claim under the site's row lock) and ends at
+/// its next heartbeat; its next connection is refused by the handshake.
+/// The site's positions stay: a new database initialises from the master
+/// and continues after its acknowledged sequence. A database that is an
+/// older copy or a clone of the owner is still stopped by the lineage check
+/// (tags), whoever owns the Sync ID: its entries are handed over instead.
+pub async fn adopt(
+    db: &DatabaseConnection,
+    actor: &str,
+    sync_id: u32,
+    database_id: &str,
+) -> Result<String> {
+    if sync_id == MASTER_SYNC_ID {
+        return Err(Error::invalid(
+            "sync_id",
+            "1 is the master itself; adopt a satellite's database (Sync IDs 2 to 64)",
+        ));
+    }
+    let database_id = uuid::Uuid::parse_str(database_id.trim())
+        .map_err(|_| {
+            Error::invalid(
+                "database_id",
+                format!(
+                    "{database_id:?} is not a UUID; give the id the refused satellite reported"
+                ),
+            )
+        })?
+        .to_string();
+    let id = i32::try_from(sync_id).unwrap_or(i32::MAX);
+    let txn = db.begin().await?;
+    let Some(current) = site::Entity::find_by_id(id).one(&txn).await? else {
+        return Err(Error::not_found(format!(
+            "sync_id: no site has Sync ID {sync_id}"
+        )));
+    };
+    site::Entity::update_many()
+        .col_expr(
+            site::Column::DatabaseId,
+            sea_orm::sea_query::Expr::value(database_id.clone()),
+        )
+        .filter(site::Column::SyncId.eq(id))
+        .exec(&txn)
+        .await?;
+    if current.database_id != database_id {
+        crate::entities::site_status::Entity::update_many()
+            .col_expr(
+                crate::entities::site_status::Column::SessionId,
+                sea_orm::sea_query::Expr::value(Option::<String>::None),
+            )
+            .filter(crate::entities::site_status::Column::SyncId.eq(id))
+            .exec(&txn)
+            .await?;
+    }
+    audit::record(
+        &txn,
+        actor,
+        "adopt_database",
+        format!(
+            "sync_id={sync_id} database_id={database_id} previous={}",
+            if current.database_id.is_empty() {
+                "none"
+            } else {
+                current.database_id.as_str()
+            }
+        ),
+    )
+    .await?;
+    txn.commit().await?;
+    // Other replicas end the previous owner's live session at once.
+    if let Err(error) = crate::sync::cluster::notify(
+        db,
+        crate::sync::cluster::SESSIONS_CHANNEL,
+        &format!("{sync_id}:adopted-{database_id}"),
+    )
+    .await
+    {
+        tracing::warn!(sync_id, %error, "could not tell the replicas about the adoption; the old session ends at its next heartbeat");
+    }
+    Ok(current.database_id)
 }
 
 /// Creates site 1 (the master) and its store unless it exists. Serialised with

@@ -127,6 +127,8 @@ async fn add_site(db: &DatabaseConnection, sync_id: i32, store_id: &str) {
         downstream_cursor: Set(0),
         initialised: Set(false),
         created_at_ms: Set(0),
+        database_id: Set(String::new()),
+        upstream_acked_tag: Set(0),
     }
     .insert(db)
     .await
@@ -157,6 +159,7 @@ fn batch(first_seq: u64, records: Vec<SyncRecord>) -> UpstreamBatch {
         last_seq: first_seq + records.len() as u64 - 1,
         records,
         trace_context: Default::default(),
+        last_tag: 0,
     }
 }
 

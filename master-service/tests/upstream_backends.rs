@@ -57,6 +57,8 @@ async fn master(backend: Backend) -> (TestDb, DatabaseConnection) {
             downstream_cursor: Set(0),
             initialised: Set(true),
             created_at_ms: Set(0),
+            database_id: Set(String::new()),
+            upstream_acked_tag: Set(0),
         }
         .insert(&db)
         .await
@@ -185,6 +187,7 @@ async fn postgres_apply_matches_the_portable_path() {
         last_seq: records.len() as u64,
         records,
         trace_context: Default::default(),
+        last_tag: 0,
     };
     for db in [&sqlite, &postgres] {
         apply_batch(db, &site_b, "s", batch_b.clone())
@@ -214,6 +217,7 @@ async fn postgres_apply_matches_the_portable_path() {
             last_seq: first_seq + records.len() as u64 - 1,
             records,
             trace_context: Default::default(),
+            last_tag: 0,
         };
         let expected = apply_batch(&sqlite, &site_a, "s", batch.clone()).await;
         let got = apply_batch(&postgres, &site_a, "s", batch).await;
@@ -329,6 +333,7 @@ async fn push(
         "s",
         first_seq,
         last_seq,
+        0,
         changes,
         |seq, incoming| {
             // What `receive` does for a wire record: the table's field checks.

@@ -49,6 +49,8 @@ async fn master() -> (tempfile::TempDir, DatabaseConnection) {
         downstream_cursor: Set(0),
         initialised: Set(true),
         created_at_ms: Set(0),
+        database_id: Set(String::new()),
+        upstream_acked_tag: Set(0),
     }
     .insert(&db)
     .await
@@ -249,7 +251,7 @@ proptest! {
         let acked = runtime.block_on(rows(&db)).3 as u64;
         let first_seq = acked + 1 + if gap == 2 { 5 } else { 0 };
         let last_seq = first_seq + records.len() as u64 - 1;
-        check(&runtime, &db, pb::UpstreamBatch { first_seq, last_seq, records, trace_context: Default::default() })?;
+        check(&runtime, &db, pb::UpstreamBatch { first_seq, last_seq, records, trace_context: Default::default(), last_tag: 0 })?;
     }
 
     #[test]

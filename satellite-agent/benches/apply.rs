@@ -261,7 +261,7 @@ async fn initialise(db: &DatabaseConnection, store_records: u64) -> (u64, Durati
                 trace_context: Default::default(),
             };
             let started = Instant::now();
-            satellite_agent::sync::apply::apply_batch(db, batch, Some(&store()), 0)
+            satellite_agent::sync::apply::apply_batch(db, batch, Some(&store()), 0, 0)
                 .await
                 .unwrap();
             applying += started.elapsed();
@@ -347,7 +347,7 @@ async fn changes(db: &DatabaseConnection) -> (u64, Duration) {
             trace_context: Default::default(),
         };
         let started = Instant::now();
-        satellite_agent::sync::apply::apply_batch(db, batch, Some(&store()), 0)
+        satellite_agent::sync::apply::apply_batch(db, batch, Some(&store()), 0, 0)
             .await
             .unwrap();
         applying += started.elapsed();

@@ -14,6 +14,8 @@
 //!   state that the sync client drives and `AgentService` shows.
 //! - [`bootstrap`]: first operator, locked sync settings.
 //! - [`cli`]: `satellite-agent status`, the operator command that asks a running satellite.
+//! - [`handover`]: `satellite-agent handover export|import`, moving a retired
+//!   database's unsent invoices to the database that syncs the site.
 //! - [`error`]: the crate's error and its gRPC status.
 //! - [`metrics`]: the satellite's OpenTelemetry instruments.
 //!
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod entities;
 pub mod error;
+pub mod handover;
 pub mod master_data;
 pub mod metrics;
 pub mod outbox;

@@ -25,6 +25,23 @@ enum Command {
     /// Ask the running satellite for its sync state (operator credentials from
     /// STORESYNC_OPERATOR_USER / STORESYNC_OPERATOR_PASSWORD).
     Status(satellite_agent::cli::StatusArgs),
+    /// Move a retired database's unsent invoices to the database that syncs
+    /// the site (both found from STORESYNC_DATABASE_URL / STORESYNC_DATA_DIR).
+    #[command(subcommand)]
+    Handover(Handover),
+}
+
+#[derive(Subcommand)]
+enum Handover {
+    /// Write every invoice the master has not acknowledged to FILE (JSON) and
+    /// stop this database from syncing for good. Run it with the agent stopped.
+    Export {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Create the invoices of FILE again in this database (initialised, and
+    /// syncing the same store); ones already here are skipped.
+    Import { file: std::path::PathBuf },
 }
 
 /// Runtime threads. A satellite serves one store: its database takes one
@@ -53,8 +70,9 @@ fn main() -> ExitCode {
 
 async fn run() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Status(status)) = cli.command {
-        return status_command(&cli.args, &status).await;
+    let command = cli.command;
+    if let Some(Command::Status(status)) = &command {
+        return status_command(&cli.args, status).await;
     }
     let config = match Config::load(cli.args) {
         Ok(config) => config,
@@ -63,6 +81,9 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Handover(handover)) = command {
+        return handover_command(&config, handover).await;
+    }
     let telemetry = init_tracing(config.log_format);
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
@@ -112,6 +133,74 @@ async fn status_command(args: &Args, status: &satellite_agent::cli::StatusArgs) 
         Err(error) => {
             eprintln!("satellite-agent status: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn handover_command(config: &Config, command: Handover) -> ExitCode {
+    use satellite_agent::handover;
+    let db = match handover::open(&config.database_url).await {
+        Ok(db) => db,
+        Err(error) => {
+            eprintln!("satellite-agent handover: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        Handover::Export { out } => {
+            let exported = match handover::export(&db, config.sync_id.get()).await {
+                Ok(exported) => exported,
+                Err(error) => {
+                    eprintln!("satellite-agent handover export: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Err(error) = handover::write_file(&out, &exported) {
+                eprintln!("satellite-agent handover export: {error}");
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "exported {} unsent invoice(s) of store {} from database {} to {}; this database no longer syncs",
+                exported.invoices.len(),
+                exported.store_code,
+                exported.database_id,
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Handover::Import { file } => {
+            let done = match handover::read_file(&file) {
+                Ok(handover) => handover::import(&db, &handover).await,
+                Err(error) => Err(error),
+            };
+            match done {
+                Ok(done) => {
+                    for id in &done.created {
+                        println!("imported invoice {id}");
+                    }
+                    for id in &done.skipped {
+                        println!("skipped invoice {id}: already in this database");
+                    }
+                    for (id, why) in &done.refused {
+                        println!("refused invoice {id}: {why}");
+                    }
+                    println!(
+                        "{} imported, {} already here, {} refused",
+                        done.created.len(),
+                        done.skipped.len(),
+                        done.refused.len()
+                    );
+                    if done.refused.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => {
+                    eprintln!("satellite-agent handover import: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -7,6 +7,13 @@
 //! numbers are taken and committed in order. The master acknowledges a sequence
 //! only after committing the batch together with it; entries at or below the
 //! acknowledged sequence are then deleted here.
+//!
+//! # Invariant: one history per tag
+//! Every entry gets a random, non-zero `tag` when it is written. A copy of
+//! this database (a clone, a restored backup) numbers its new entries like
+//! the original, but tags them differently; the master keeps the tag of the
+//! last entry it acknowledged, so a copy whose entry of that sequence has
+//! another tag knows its history has diverged (`sync::apply::reconcile_upstream`).
 
 use prost::Message;
 use sea_orm::{
@@ -38,6 +45,7 @@ pub async fn append<C: ConnectionTrait>(txn: &C, records: &[SyncRecord]) -> Resu
                 seq: Set(last),
                 payload: Set(record.encode_to_vec()),
                 created_at_ms: Set(created_at_ms),
+                tag: Set(new_tag()),
             }
         });
         outbox::Entity::insert_many(rows.collect::<Vec<_>>())
@@ -56,12 +64,36 @@ pub async fn append<C: ConnectionTrait>(txn: &C, records: &[SyncRecord]) -> Resu
     Ok(u64::try_from(last).unwrap_or(0))
 }
 
-/// Up to `limit` entries after `after_seq`, in order, with their sequence numbers.
+/// A random tag: positive and non-zero (0 means "unknown"), so it travels
+/// as a uint64 and is stored as a BIGINT unchanged.
+pub fn new_tag() -> i64 {
+    (rand::random::<i64>() & i64::MAX).max(1)
+}
+
+/// The tag of entry `seq`, if the outbox still holds it.
+pub async fn tag_of<C: ConnectionTrait>(db: &C, seq: u64) -> Result<Option<u64>> {
+    let Ok(seq) = i64::try_from(seq) else {
+        return Ok(None);
+    };
+    Ok(outbox::Entity::find_by_id(seq)
+        .one(db)
+        .await?
+        .map(|row| u64::try_from(row.tag).unwrap_or(0)))
+}
+
+/// One outbox entry as read back.
+pub struct Entry {
+    pub seq: u64,
+    pub tag: u64,
+    pub record: SyncRecord,
+}
+
+/// Up to `limit` entries after `after_seq`, in order, with their sequence numbers and tags.
 pub async fn read_after<C: ConnectionTrait>(
     db: &C,
     after_seq: u64,
     limit: u64,
-) -> Result<Vec<(u64, SyncRecord)>> {
+) -> Result<Vec<Entry>> {
     let after = i64::try_from(after_seq)
         .map_err(|_| Error::Internal("outbox sequence out of range".into()))?;
     let rows = outbox::Entity::find()
@@ -75,7 +107,11 @@ pub async fn read_after<C: ConnectionTrait>(
             let record = SyncRecord::decode(row.payload.as_slice()).map_err(|e| {
                 Error::Internal(format!("outbox entry {} is corrupt: {e}", row.seq))
             })?;
-            Ok((u64::try_from(row.seq).unwrap_or(0), record))
+            Ok(Entry {
+                seq: u64::try_from(row.seq).unwrap_or(0),
+                tag: u64::try_from(row.tag).unwrap_or(0),
+                record,
+            })
         })
         .collect()
 }

@@ -7,10 +7,19 @@
 //!   transaction as the master-data batch it covers), upstream positions,
 //!   whether the database is initialised, the hosted store, the master's sync
 //!   interval, and the last sync and error.
+//! - `m0203_database_identity`: the database's identity (`sync_state.database_id`,
+//!   a UUID made once, here: for a new database when it is created, for one
+//!   from before at its first start), a random `tag` on every outbox entry,
+//!   the tag of the last acknowledged entry (`upstream_acked_tag`), and
+//!   `halted`: why this database stopped syncing for good (a copy whose
+//!   history diverged from the master's; see `sync::apply::reconcile_upstream`).
 
-use sea_orm::DbErr;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter};
 use sea_orm_migration::prelude::*;
 use storesync_shared::domain::schema::{common_migrations, run_script};
+
+use crate::entities::sync_state;
 
 /// Runs every pending migration of the satellite.
 pub struct Migrator;
@@ -19,6 +28,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let mut migrations = common_migrations();
         migrations.push(Box::new(SatelliteTables));
+        migrations.push(Box::new(DatabaseIdentity));
         migrations
     }
 }
@@ -38,6 +48,41 @@ impl MigrationTrait for SatelliteTables {
         run_script(manager.get_connection(), SATELLITE_TABLES).await
     }
 }
+
+struct DatabaseIdentity;
+
+impl MigrationName for DatabaseIdentity {
+    fn name(&self) -> &str {
+        "m0203_database_identity"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for DatabaseIdentity {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        run_script(db, DATABASE_IDENTITY).await?;
+        // Made once, in the migration's transaction: a copy of this file
+        // (clone, backup) carries the same identity; the outbox tags tell
+        // the copies' histories apart.
+        let id = uuid::Uuid::new_v4().to_string();
+        sync_state::Entity::update_many()
+            .col_expr(sync_state::Column::DatabaseId, Expr::value(id))
+            .filter(sync_state::Column::DatabaseId.eq(""))
+            .exec(db)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Entries written before tags existed keep tag 0: "unknown", never compared.
+const DATABASE_IDENTITY: &str = r#"
+ALTER TABLE outbox ADD COLUMN tag BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sync_state ADD COLUMN database_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE sync_state ADD COLUMN upstream_acked_tag BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sync_state ADD COLUMN halted TEXT NOT NULL DEFAULT ''
+"#;
 
 const SATELLITE_TABLES: &str = r#"
 CREATE TABLE outbox (

@@ -233,6 +233,41 @@ impl Master {
     }
 }
 
+impl Master {
+    /// Adopts satellite database `database_id` for `sync_id`, as an operator would.
+    pub async fn adopt(&self, sync_id: u32, database_id: &str) -> pb::AdoptDatabaseResponse {
+        let token = self.unlock().await;
+        let mut request = tonic::Request::new(pb::AdoptDatabaseRequest {
+            sync_id,
+            database_id: database_id.to_owned(),
+        });
+        request
+            .metadata_mut()
+            .insert("x-unlock-token", token.parse().expect("token header"));
+        self.admin()
+            .await
+            .adopt_database(request)
+            .await
+            .expect("adopt database")
+            .into_inner()
+    }
+}
+
+/// The identity of a satellite's database (`sync_state.database_id`), read from its file.
+pub async fn database_id(db: &TestDb) -> String {
+    use sea_orm::{ConnectionTrait, Statement};
+    let conn = db.connect().await;
+    let row = conn
+        .query_one(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT database_id FROM sync_state WHERE id = 1",
+        ))
+        .await
+        .expect("read sync_state")
+        .expect("the sync_state row");
+    row.try_get_by_index(0).expect("database_id")
+}
+
 /// A running satellite with its own SQLite database.
 pub struct Satellite {
     pub process: Process,
@@ -311,7 +346,9 @@ impl Satellite {
         );
     }
 
-    /// Kills the satellite, deletes its database (a lost disk) and starts it again.
+    /// Kills the satellite, deletes its database (a lost disk) and starts it
+    /// again on a new, empty one. The master refuses the new database until
+    /// it is adopted (see [`Satellite::replace_disk`]).
     pub fn restart_with_empty_disk(&mut self) {
         self.process.kill();
         if let TestDb::Sqlite { path, .. } = &self.db {
@@ -320,6 +357,36 @@ impl Satellite {
             }
         }
         self.start_again();
+    }
+
+    /// Runs `satellite-agent <args>` with this satellite's configuration (its
+    /// database), as an operator would on its machine; returns (success, stdout + stderr).
+    pub fn command(&self, args: &[&str]) -> (bool, String) {
+        let mut command =
+            std::process::Command::new(bin_path("satellite-agent", "STORESYNC_SATELLITE_BIN"));
+        command.args(args);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("STORESYNC_") {
+                command.env_remove(key);
+            }
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let output = command.output().expect("run satellite-agent");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!("[satellite-{} {}] {text}", self.sync_id, args.join(" "));
+        (output.status.success(), text)
+    }
+
+    /// A lost disk replaced, as an operator does it: the satellite restarts on
+    /// a new, empty database, which the master is told to adopt for this Sync ID.
+    pub async fn replace_disk(&mut self, master: &Master) {
+        self.restart_with_empty_disk();
+        let id = database_id(&self.db).await;
+        master.adopt(self.sync_id, &id).await;
     }
 
     pub async fn channel(&self) -> Authed {

@@ -13,15 +13,23 @@ pub struct RawSession {
     pub welcome: pb::Welcome,
 }
 
-/// A streaming-mode Hello of `sync_id` with nothing applied yet.
+/// A streaming-mode Hello of `sync_id` with nothing applied yet (from the
+/// database [`database_id`] of that Sync ID).
 pub fn hello(sync_id: u32) -> pb::Hello {
     pb::Hello {
         protocol_version: 1,
         sync_id,
         agent_version: "test".into(),
         mode: pb::SyncMode::Streaming as i32,
+        database_id: database_id(sync_id),
         ..Default::default()
     }
+}
+
+/// The database id the raw sessions of `sync_id` present: one per Sync ID,
+/// so that they are all the same database to the master.
+pub fn database_id(sync_id: u32) -> String {
+    format!("00000000-0000-4000-8000-{sync_id:012}")
 }
 
 /// Opens a session with `x-sync-id: sync_id_header` and Basic `user:password`,
@@ -75,6 +83,7 @@ impl RawSession {
             last_seq: first_seq + records.len() as u64 - 1,
             records,
             trace_context: Default::default(),
+            last_tag: 0,
         };
         // A closed stream shows up when the caller reads the answer.
         let _ = self

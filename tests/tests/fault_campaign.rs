@@ -357,7 +357,7 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
         check(&db, &satellites, &acknowledged, &deleted_items, seed).await;
         if round == wipe_round {
             let n = rng.gen_range(0..satellites.len());
-            satellites[n].restart_with_empty_disk();
+            satellites[n].replace_disk(&master).await;
             tally.wipes += 1;
             satellites[n].wait_initialised(QUIET).await;
             check(&db, &satellites, &acknowledged, &deleted_items, seed).await;

@@ -223,7 +223,12 @@ async fn one_sync_id_has_one_live_session_across_replicas() {
         .await;
     until_ack(&mut older, 2).await.unwrap();
 
-    let mut newer = open(&m2.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+    // The same database, which has written two entries by now.
+    let same_database = pb::Hello {
+        upstream_last_seq: 2,
+        ..hello(2)
+    };
+    let mut newer = open(&m2.url(), "2", SYNC_USER, SYNC_PASSWORD, same_database)
         .await
         .unwrap();
     assert_eq!(newer.welcome.upstream_acked_seq, 2);

@@ -35,6 +35,7 @@ fn batch_bytes(first_seq: u64, records: Vec<pb::SyncRecord>) -> Vec<u8> {
             last_seq,
             records,
             trace_context: Default::default(),
+            last_tag: 0,
         },
     ))
 }
@@ -197,6 +198,7 @@ async fn hostile_input_gets_precise_statuses_and_changes_nothing() {
             last_seq: 5,
             records: vec![stock_line(&store, &item)],
             trace_context: Default::default(),
+            last_tag: 0,
         };
         let status = send_raw(
             &url,

@@ -24,6 +24,7 @@ async fn push_expecting_refusal(
         last_seq: first_seq + records.len() as u64 - 1,
         records,
         trace_context: Default::default(),
+        last_tag: 0,
     };
     session
         .tx

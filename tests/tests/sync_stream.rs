@@ -390,8 +390,9 @@ async fn link_cut_mid_batch_resumes_exactly_once() {
     }
 }
 
-/// Scenario 5: a satellite that lost its disk re-initialises with its store's
-/// data from the master; its new writes reach the master.
+/// Scenario 5: a satellite that lost its disk, once the operator adopts its
+/// new database, re-initialises with its store's data from the master; its
+/// new writes reach the master.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn satellite_with_a_lost_disk_reinitialises_and_its_new_writes_arrive() {
     for backend in backends("satellite_with_a_lost_disk_reinitialises_and_its_new_writes_arrive") {
@@ -407,7 +408,7 @@ async fn satellite_with_a_lost_disk_reinitialises_and_its_new_writes_arrive() {
         let before = assert_store_copies_equal(&db, &satellite, LIMIT).await;
         let acked_before = master_site_acked(&db, 5).await;
 
-        satellite.restart_with_empty_disk();
+        satellite.replace_disk(&master).await;
         let status = satellite.wait_initialised(LIMIT).await;
         assert_eq!(
             status.upstream_last_seq as i64, acked_before,

@@ -16,6 +16,10 @@ pub struct Model {
     pub downstream_cursor: i64,
     pub initialised: bool,
     pub created_at_ms: i64,
+    /// The satellite database that owns this Sync ID (empty: none yet).
+    pub database_id: String,
+    /// The satellite's tag of entry `upstream_acked_seq` (0: unknown).
+    pub upstream_acked_tag: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

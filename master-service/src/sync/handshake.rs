@@ -5,15 +5,28 @@
 //! `UNAUTHENTICATED`; a site the master does not sync with, or a Hello for
 //! another Sync ID, `PERMISSION_DENIED`; no Hello first `INVALID_ARGUMENT`;
 //! another protocol version or a cursor the master cannot serve
-//! `FAILED_PRECONDITION`. Nothing here writes to the database: failed logins
-//! are only counted, in memory, to slow the next tries down.
+//! `FAILED_PRECONDITION`, as is a database that does not own the Sync ID.
+//! The only writes here are the owner of a site without one and the refusal
+//! in the site's status (see the invariant below); failed logins are only
+//! counted, in memory, to slow the next tries down.
 //!
 //! Not here: the session's registration and claim (`session`, `registry`).
+//!
+//! # Invariant: one database per Sync ID
+//! Only the satellite database that owns a Sync ID (`site.database_id`) gets
+//! a Welcome. The first database to connect to a site without an owner
+//! becomes it, by one conditional UPDATE (which holds the site's row lock, so
+//! two new databases racing cannot both win); an operator moves ownership with
+//! `AdminService.AdoptDatabase`. Any other database, or an older copy of the
+//! owner (the master has applied more of its entries than it ever wrote), is
+//! refused before the session claims the site or applies anything, so it
+//! never disturbs the owner's live session. The refusal is recorded in the
+//! site's status for operators.
 
 use std::time::Duration;
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{DatabaseConnection, EntityTrait, QuerySelect};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use storesync_shared::domain::entities::{setting, store};
 use storesync_shared::proto::v1::{satellite_message, Hello, SatelliteMessage, Welcome};
 use storesync_shared::{kit::auth, Error, Result};
@@ -22,7 +35,7 @@ use tonic::Streaming;
 use super::upstream::{sync_id_i32, SiteIdentity};
 use super::SyncContext;
 use crate::changelog;
-use crate::entities::{change_log, site};
+use crate::entities::{change_log, site, site_status};
 use crate::metrics;
 
 /// Checks `authorization` and `x-sync-id` before any message is read.
@@ -175,6 +188,119 @@ fn check_version(version: u32) -> Result<()> {
     )))
 }
 
+/// Checks that `hello` comes from the database that owns the site (making
+/// it the owner when the site has none yet) and is not an older copy of it;
+/// returns the site as it is now. See the module's invariant.
+pub(super) async fn check_database(
+    ctx: &SyncContext,
+    identity: &SiteIdentity,
+    hello: &Hello,
+) -> Result<site::Model> {
+    let db = &ctx.db;
+    let sync_id = identity.sync_id;
+    if hello.database_id.is_empty() {
+        return legacy_database(db, sync_id).await;
+    }
+    if uuid::Uuid::parse_str(&hello.database_id).is_err() {
+        return Err(Error::invalid(
+            "hello.database_id",
+            format!(
+                "{:?} is not a UUID; a satellite-agent from before database identities must be upgraded",
+                hello.database_id
+            ),
+        ));
+    }
+    site::Entity::update_many()
+        .col_expr(
+            site::Column::DatabaseId,
+            Expr::value(hello.database_id.clone()),
+        )
+        .filter(site::Column::SyncId.eq(sync_id_i32(sync_id)))
+        .filter(site::Column::DatabaseId.eq(""))
+        .exec(db)
+        .await?;
+    let site = site::Entity::find_by_id(sync_id_i32(sync_id))
+        .one(db)
+        .await?
+        .ok_or_else(|| {
+            Error::PermissionDenied(format!(
+                "Sync ID {sync_id} is not in the master's sync-with list; add it with AdminService.AddSite"
+            ))
+        })?;
+    let refusal = if site.database_id != hello.database_id {
+        let last = site_status::Entity::find_by_id(sync_id_i32(sync_id))
+            .one(db)
+            .await?;
+        let (synced_at, backlog) = last
+            .map(|s| (s.last_sync_at_ms, s.upstream_backlog_reported))
+            .unwrap_or((0, 0));
+        let synced_at = chrono::DateTime::from_timestamp_millis(synced_at)
+            .filter(|_| synced_at > 0)
+            .map_or("never".to_owned(), |at| {
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            });
+        Some(format!(
+            "Sync ID {sync_id} belongs to satellite database {owner} (last synced {synced_at}, \
+             it then reported {backlog} unsent entries); this is another database, {this}, and it is refused. \
+             If this machine replaces that one, adopt this database: AdminService.AdoptDatabase \
+             {{\"sync_id\": {sync_id}, \"database_id\": \"{this}\"}}. Move the old machine's unsent entries with \
+             `satellite-agent handover export --out FILE` there and `satellite-agent handover import FILE` on \
+             the database that syncs (see README, \"Replaced machine\")",
+            owner = site.database_id,
+            this = hello.database_id,
+        ))
+    } else if !hello.needs_initialisation
+        && u64::try_from(site.upstream_acked_seq).unwrap_or(0) > hello.upstream_last_seq
+    {
+        Some(format!(
+            "satellite database {this} of Sync ID {sync_id} is an older copy: the master has applied its upstream \
+             entries up to {acked}, but this copy only ever wrote up to {last} (a restored backup, or a cloned \
+             machine that fell behind). It is refused and deletes nothing: move its unsent entries with \
+             `satellite-agent handover export --out FILE` and `satellite-agent handover import FILE` into a new \
+             database adopted with AdminService.AdoptDatabase (see README, \"Restored or cloned site\")",
+            this = hello.database_id,
+            acked = site.upstream_acked_seq,
+            last = hello.upstream_last_seq,
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = refusal {
+        tracing::warn!(sync_id, database_id = %hello.database_id, owner = %site.database_id, "sync refused: {message}");
+        super::status::refused(db, sync_id, &message).await;
+        return Err(Error::FailedPrecondition(message));
+    }
+    Ok(site)
+}
+
+/// A satellite of protocol version 1 sends no database identity. It may sync
+/// as before (without the identity checks) only while no database owns the
+/// Sync ID; once one does, it must be upgraded.
+async fn legacy_database(db: &DatabaseConnection, sync_id: u32) -> Result<site::Model> {
+    let site = site::Entity::find_by_id(sync_id_i32(sync_id))
+        .one(db)
+        .await?
+        .ok_or_else(|| {
+            Error::PermissionDenied(format!(
+                "Sync ID {sync_id} is not in the master's sync-with list; add it with AdminService.AddSite"
+            ))
+        })?;
+    if site.database_id.is_empty() {
+        tracing::info!(
+            sync_id,
+            "a satellite without a database identity (protocol version 1): no clone or copy detection until it is upgraded"
+        );
+        return Ok(site);
+    }
+    let message = format!(
+        "Sync ID {sync_id} belongs to satellite database {}; this satellite-agent sends no database identity \
+         (protocol version 1): upgrade it",
+        site.database_id
+    );
+    super::status::refused(db, sync_id, &message).await;
+    Err(Error::FailedPrecondition(message))
+}
+
 /// The master's answer to `hello`, once the satellite's cursor is known to be
 /// servable: not past the change log's end, nor before what it still keeps.
 pub(super) async fn welcome(
@@ -223,6 +349,7 @@ pub(super) async fn welcome(
         protocol_version: storesync_shared::PROTOCOL_VERSION,
         master_version: storesync_shared::VERSION.to_owned(),
         upstream_acked_seq: u64::try_from(site.upstream_acked_seq).unwrap_or(0),
+        upstream_acked_tag: u64::try_from(site.upstream_acked_tag).unwrap_or(0),
         store: Some(store.into()),
         sync_interval_minutes: interval,
         heartbeat_interval_seconds: u32::try_from(ctx.settings.heartbeat.as_secs())

@@ -17,7 +17,7 @@
 //! # Layout
 //! - this file: the public surface ([`SyncContext`], [`SyncSettings`], the
 //!   tonic adapter [`SyncHandler`], which only chains the steps below);
-//! - `handshake`: credentials, the Hello, the Welcome;
+//! - `handshake`: credentials, the Hello, the database that owns the Sync ID, the Welcome;
 //! - `registry`: the sessions live on this process, one per Sync ID;
 //! - `session`: one session's life: claim, run both halves, end and report;
 //! - `inbound`: the satellite's messages, one handler per kind;
@@ -173,9 +173,10 @@ impl SyncService for SyncHandler {
     ) -> std::result::Result<Response<MasterStream>, Status> {
         let ctx = self.ctx.clone();
         let source = request.remote_addr().map(|a| a.ip());
-        let (site, identity) = handshake::authenticate(&ctx, source, request.metadata()).await?;
+        let (_, identity) = handshake::authenticate(&ctx, source, request.metadata()).await?;
         let mut inbound = request.into_inner();
         let hello = handshake::read_hello(&ctx, &mut inbound, identity.sync_id).await?;
+        let site = handshake::check_database(&ctx, &identity, &hello).await?;
         let welcome = handshake::welcome(&ctx, &site, &identity, &hello).await?;
         let (tx, rx) = mpsc::channel(16);
         downstream::send(&tx, master_message::Message::Welcome(welcome.clone())).await?;

@@ -241,6 +241,43 @@ pub async fn error(db: &DatabaseConnection, sync_id: u32, message: &str) {
     .await;
 }
 
+/// A database was refused at the handshake (see `handshake::check_database`):
+/// the site's last error says so, without touching the owner's session.
+pub async fn refused(db: &DatabaseConnection, sync_id: u32, message: &str) {
+    let now = now_ms();
+    let row = site_status::ActiveModel {
+        sync_id: Set(sync_id_i32(sync_id)),
+        session_id: Set(None),
+        connected: Set(false),
+        ever_connected: Set(false),
+        heartbeat_at_ms: Set(0),
+        mode: Set(String::new()),
+        agent_version: Set(String::new()),
+        last_sync_at_ms: Set(0),
+        last_error_at_ms: Set(now),
+        last_error: Set(message.to_owned()),
+        upstream_records_received: Set(0),
+        upstream_backlog_reported: Set(0),
+        initialising: Set(false),
+        init_records_done: Set(0),
+        init_records_total: Set(0),
+        protocol_version: Set(0),
+    };
+    let result = site_status::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(site_status::Column::SyncId)
+                .update_columns([
+                    site_status::Column::LastErrorAtMs,
+                    site_status::Column::LastError,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await
+        .map(|_| ());
+    log_failure("a refused database", sync_id, result);
+}
+
 /// Session `session_id` ended (a newer session of the site is left alone).
 pub async fn disconnected(db: &DatabaseConnection, sync_id: u32, session_id: &str) {
     let result = site_status::Entity::update_many()

@@ -2,7 +2,8 @@
 //!
 //! # Invariant
 //! A batch is applied in ONE transaction that also moves `site.upstream_acked_seq`
-//! to the batch's last sequence. Entries at or below the acknowledged sequence
+//! to the batch's last sequence (and `site.upstream_acked_tag` to the
+//! satellite's tag of that entry, which tells copies of a database apart). Entries at or below the acknowledged sequence
 //! are skipped (a resend after a lost ack), a gap after it is refused, and the
 //! site row is locked (`FOR UPDATE` on PostgreSQL; SQLite has one writer) so that
 //! two sessions of one site can never apply concurrently. Either the records and
@@ -174,6 +175,7 @@ pub async fn apply_batch(
         session_id,
         batch.first_seq,
         batch.last_seq,
+        batch.last_tag,
         batch.records,
         |seq, record| receive(tables, seq, record),
     )
@@ -182,7 +184,8 @@ pub async fn apply_batch(
 
 /// Applies the records `first_seq..=last_seq` of a batch for `site`, each
 /// read by `read` (the wire's: [`receive`]) only if it was not applied
-/// before, into `tables`. The sequence numbers must match the records.
+/// before, into `tables`. The sequence numbers must match the records;
+/// `last_tag` is the satellite's tag of entry `last_seq` (0: unknown).
 #[allow(clippy::too_many_arguments)]
 pub async fn apply_records<'t, R>(
     db: &DatabaseConnection,
@@ -191,6 +194,7 @@ pub async fn apply_records<'t, R>(
     session_id: &str,
     first_seq: u64,
     last_seq: u64,
+    last_tag: u64,
     records: Vec<R>,
     read: impl Fn(u64, R) -> Result<Incoming<'t>, ApplyError>,
 ) -> Result<Applied, ApplyError> {
@@ -259,6 +263,10 @@ pub async fn apply_records<'t, R>(
     }
     site::Entity::update_many()
         .col_expr(site::Column::UpstreamAckedSeq, Expr::value(last))
+        .col_expr(
+            site::Column::UpstreamAckedTag,
+            Expr::value(i64::try_from(last_tag).unwrap_or(0)),
+        )
         .filter(site::Column::SyncId.eq(sync_id_i32(site.sync_id)))
         .exec(&txn)
         .await?;

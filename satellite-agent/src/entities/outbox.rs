@@ -8,6 +8,9 @@ pub struct Model {
     pub seq: i64,
     pub payload: Vec<u8>,
     pub created_at_ms: i64,
+    /// Random, made when the entry is written: which history this entry
+    /// belongs to (two copies of a database number alike but tag apart).
+    pub tag: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

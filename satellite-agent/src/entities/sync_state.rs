@@ -17,6 +17,12 @@ pub struct Model {
     pub last_sync_at_ms: i64,
     pub last_error_at_ms: i64,
     pub last_error: String,
+    /// This database's identity (UUID), sent in every Hello.
+    pub database_id: String,
+    /// The outbox tag of entry `upstream_acked_seq` (0: unknown).
+    pub upstream_acked_tag: i64,
+    /// Non-empty: this database stopped syncing for good, and why.
+    pub halted: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

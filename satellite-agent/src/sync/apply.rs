@@ -8,6 +8,14 @@
 //!
 //! The tables written, their order and which deletes the master may send come
 //! from the registry of synced tables (`storesync_shared::domain::tables`).
+//!
+//! # Invariant: one history per Sync ID
+//! The (sequence, tag) of the last entry the master acknowledged is kept in
+//! `sync_state` with the acknowledgement. At the start of a session
+//! ([`reconcile_upstream`]) the master's acknowledged entry must be this
+//! database's own (same tag) and not past anything it ever wrote; otherwise
+//! this database is a copy with another history and it stops syncing for
+//! good ([`halt`]), deleting nothing, so that its entries can be handed over.
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -31,12 +39,14 @@ pub struct BatchApplied {
 ///
 /// `upstream_acked_seq` is the master's (from Welcome); the initialising batch
 /// that completes the snapshot continues the outbox numbering after it, so that
-/// writes made after a re-initialisation are never taken for duplicates.
+/// writes made after a re-initialisation are never taken for duplicates, and
+/// takes `upstream_acked_tag` (the master's tag of that entry) as its own.
 pub async fn apply_batch(
     db: &DatabaseConnection,
     batch: DownstreamBatch,
     store: Option<&Store>,
     upstream_acked_seq: u64,
+    upstream_acked_tag: u64,
 ) -> Result<BatchApplied> {
     let records = batch.records.len();
     let completes_init = batch.initialisation.as_ref().is_some_and(|i| i.complete);
@@ -78,6 +88,10 @@ pub async fn apply_batch(
             .col_expr(sync_state::Column::Initialised, Expr::value(true))
             .col_expr(sync_state::Column::UpstreamLastSeq, Expr::value(acked))
             .col_expr(sync_state::Column::UpstreamAckedSeq, Expr::value(acked))
+            .col_expr(
+                sync_state::Column::UpstreamAckedTag,
+                Expr::value(i64::try_from(upstream_acked_tag).unwrap_or(0)),
+            )
             .col_expr(sync_state::Column::StoreId, Expr::value(store.id.clone()))
             .col_expr(
                 sync_state::Column::StoreCode,
@@ -144,6 +158,7 @@ pub async fn clear_for_initialisation(db: &DatabaseConnection) -> Result<()> {
         .col_expr(sync_state::Column::DownstreamCursor, Expr::value(0i64))
         .col_expr(sync_state::Column::UpstreamLastSeq, Expr::value(0i64))
         .col_expr(sync_state::Column::UpstreamAckedSeq, Expr::value(0i64))
+        .col_expr(sync_state::Column::UpstreamAckedTag, Expr::value(0i64))
         .filter(sync_state::Column::Id.eq(1))
         .exec(&txn)
         .await?;
@@ -157,12 +172,21 @@ pub async fn upstream_acked(db: &DatabaseConnection, acked: u64) -> Result<()> {
     let acked = i64::try_from(acked)
         .map_err(|_| Error::invalid("upstream_ack.acked_seq", "is out of range"))?;
     let txn = db.begin().await?;
+    // The acknowledged entry's tag, read before the entry leaves the outbox.
+    let tag = crate::outbox::tag_of(&txn, u64::try_from(acked).unwrap_or(0)).await?;
     outbox::Entity::delete_many()
         .filter(outbox::Column::Seq.lte(acked))
         .exec(&txn)
         .await?;
-    sync_state::Entity::update_many()
-        .col_expr(sync_state::Column::UpstreamAckedSeq, Expr::value(acked))
+    let mut update = sync_state::Entity::update_many()
+        .col_expr(sync_state::Column::UpstreamAckedSeq, Expr::value(acked));
+    if let Some(tag) = tag {
+        update = update.col_expr(
+            sync_state::Column::UpstreamAckedTag,
+            Expr::value(i64::try_from(tag).unwrap_or(0)),
+        );
+    }
+    update
         .filter(sync_state::Column::Id.eq(1))
         .filter(sync_state::Column::UpstreamAckedSeq.lt(acked))
         .exec(&txn)
@@ -172,15 +196,29 @@ pub async fn upstream_acked(db: &DatabaseConnection, acked: u64) -> Result<()> {
 }
 
 /// Reconciles the local upstream positions with the master's acknowledged
-/// sequence at the start of a session; returns the sequence to send after.
+/// entry (`master_acked`, tagged `master_tag`) at the start of a session;
+/// returns the sequence to send after.
 ///
-/// - Master ahead of everything local (this database was restored from an old
-///   copy, or rebuilt without a snapshot): renumber the pending entries to
-///   follow the master's sequence, or they would be dropped as duplicates.
+/// - The master's entry is one this database holds (its last acknowledged
+///   one, or one still in its outbox whose ack was lost): the tags must match.
+///   Another tag means another database wrote that entry under this Sync ID:
+///   this one is a copy whose history diverged (a clone, a restored backup).
+/// - The master is past everything this database ever wrote: it is an older
+///   copy of the database that owns the Sync ID (a restored backup, a clone
+///   that fell behind); renumbering its entries would lose or repeat records.
+///
+/// Both stop this database for good ([`halt`]) and delete nothing: its unsent
+/// entries wait for `satellite-agent handover export`. (A new database asks
+/// for a snapshot instead and continues numbering after the master's entry,
+/// see [`apply_batch`].)
 /// - Master behind what was acknowledged locally: the master lost data it had
 ///   acknowledged (restored from a backup); entries it needs are gone from the
 ///   outbox. That needs an operator: refuse with a clear error.
-pub async fn reconcile_upstream(db: &DatabaseConnection, master_acked: u64) -> Result<u64> {
+pub async fn reconcile_upstream(
+    db: &DatabaseConnection,
+    master_acked: u64,
+    master_tag: u64,
+) -> Result<u64> {
     let txn = db.begin().await?;
     let state = sync_state::Entity::find_by_id(1)
         .one(&txn)
@@ -189,49 +227,76 @@ pub async fn reconcile_upstream(db: &DatabaseConnection, master_acked: u64) -> R
     let local_acked = u64::try_from(state.upstream_acked_seq).unwrap_or(0);
     let local_last = u64::try_from(state.upstream_last_seq).unwrap_or(0);
     if master_acked > local_last {
-        let shift = i64::try_from(master_acked - local_acked)
-            .map_err(|_| Error::Internal("sequence shift overflow".into()))?;
-        tracing::warn!(master_acked, local_acked, local_last, "the master has acknowledged more than this outbox ever held: renumbering pending entries after it");
-        outbox::Entity::update_many()
-            .col_expr(
-                outbox::Column::Seq,
-                Expr::col(outbox::Column::Seq).add(shift),
-            )
-            .exec(&txn)
-            .await?;
-        sync_state::Entity::update_many()
-            .col_expr(
-                sync_state::Column::UpstreamLastSeq,
-                Expr::value(i64::try_from(local_last).unwrap_or(0) + shift),
-            )
-            .col_expr(
-                sync_state::Column::UpstreamAckedSeq,
-                Expr::value(i64::try_from(master_acked).unwrap_or(0)),
-            )
-            .filter(sync_state::Column::Id.eq(1))
-            .exec(&txn)
-            .await?;
+        let why = format!(
+            "this database ({}) is an older copy of the one that syncs as this Sync ID: the master has applied \
+             upstream entries up to {master_acked}, but this database only ever wrote up to {local_last} \
+             (a restored backup, or a cloned machine that fell behind)",
+            state.database_id
+        );
+        return halt(txn, &why).await;
     } else if master_acked < local_acked {
         return Err(Error::FailedPrecondition(format!(
             "the master has applied this site's changes only up to {master_acked}, but it had acknowledged up to {local_acked} \
              (was the master restored from an older backup?); the changes in between are no longer in this outbox"
         )));
-    } else {
-        // Entries the master applied but whose ack was lost: drop them now.
-        upstream_acked_in(&txn, master_acked).await?;
     }
+    let local_tag = if master_acked == local_acked {
+        u64::try_from(state.upstream_acked_tag).unwrap_or(0)
+    } else {
+        crate::outbox::tag_of(&txn, master_acked)
+            .await?
+            .unwrap_or(0)
+    };
+    if master_tag != 0 && local_tag != 0 && master_tag != local_tag {
+        let why = format!(
+            "this database ({}) holds another history than the master for this Sync ID: the master's upstream entry \
+             {master_acked} is tagged {master_tag}, this database's is tagged {local_tag}, so another copy of this \
+             database (a cloned machine, or the original of a restored backup) wrote it",
+            state.database_id
+        );
+        return halt(txn, &why).await;
+    }
+    // Entries the master applied but whose ack was lost: drop them now.
+    upstream_acked_in(&txn, master_acked, master_tag).await?;
     txn.commit().await?;
     Ok(master_acked)
 }
 
-async fn upstream_acked_in<C: ConnectionTrait>(txn: &C, acked: u64) -> Result<()> {
+/// Stops this database from syncing for good (`sync_state.halted`), keeping
+/// everything; the error says why and what the operator can do.
+async fn halt(txn: sea_orm::DatabaseTransaction, why: &str) -> Result<u64> {
+    let message = format!("{why}. {HALT_ADVICE}");
+    sync_state::Entity::update_many()
+        .col_expr(sync_state::Column::Halted, Expr::value(message.clone()))
+        .filter(sync_state::Column::Id.eq(1))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    tracing::error!(%message, "this database stops syncing");
+    Err(Error::FailedPrecondition(message))
+}
+
+/// What an operator does with a halted database.
+pub const HALT_ADVICE: &str = "It has stopped syncing and deleted nothing. Move its unsent entries to the \
+     site's database: stop this agent, run `satellite-agent handover export --out FILE` here and \
+     `satellite-agent handover import FILE` on the machine that syncs (a new database there is adopted \
+     with AdminService.AdoptDatabase); see README, \"Restored or cloned site\"";
+
+async fn upstream_acked_in<C: ConnectionTrait>(txn: &C, acked: u64, tag: u64) -> Result<()> {
     let acked = i64::try_from(acked).unwrap_or(i64::MAX);
     outbox::Entity::delete_many()
         .filter(outbox::Column::Seq.lte(acked))
         .exec(txn)
         .await?;
-    sync_state::Entity::update_many()
-        .col_expr(sync_state::Column::UpstreamAckedSeq, Expr::value(acked))
+    let mut update = sync_state::Entity::update_many()
+        .col_expr(sync_state::Column::UpstreamAckedSeq, Expr::value(acked));
+    if tag != 0 {
+        update = update.col_expr(
+            sync_state::Column::UpstreamAckedTag,
+            Expr::value(i64::try_from(tag).unwrap_or(0)),
+        );
+    }
+    update
         .filter(sync_state::Column::Id.eq(1))
         .exec(txn)
         .await?;

@@ -39,9 +39,14 @@ pub(super) struct Opened {
     pub(super) sent_seq: u64,
 }
 
-/// The Hello this satellite sends, from its `sync_state` and outbox.
+/// The Hello this satellite sends, from its `sync_state` and outbox; a
+/// database halted for good (a diverged copy, see `apply::reconcile_upstream`)
+/// does not connect at all.
 pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) -> Result<Hello> {
     let state = load_state(db).await?;
+    if !state.halted.is_empty() {
+        return Err(Error::FailedPrecondition(state.halted));
+    }
     let initialise = !state.initialised;
     let backlog = outbox_table::Entity::find().count(db).await?;
     Ok(Hello {
@@ -57,6 +62,7 @@ pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) ->
         needs_initialisation: initialise,
         mode: settings.mode as i32,
         upstream_backlog: backlog,
+        database_id: state.database_id,
     })
 }
 
@@ -111,7 +117,8 @@ pub(super) async fn open(
     let sent_seq = if welcome.initialising {
         welcome.upstream_acked_seq
     } else {
-        apply::reconcile_upstream(db, welcome.upstream_acked_seq).await?
+        apply::reconcile_upstream(db, welcome.upstream_acked_seq, welcome.upstream_acked_tag)
+            .await?
     };
     Ok(Opened {
         tx,

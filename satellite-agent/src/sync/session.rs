@@ -212,6 +212,7 @@ impl<'a> Session<'a> {
             batch,
             self.welcome.store.as_ref(),
             self.welcome.upstream_acked_seq,
+            self.welcome.upstream_acked_tag,
         )
         .instrument(span)
         .await?;
@@ -292,27 +293,30 @@ async fn next_batch(
     max_bytes: usize,
 ) -> Result<Option<UpstreamBatch>> {
     let entries = outbox::read_after(db, after_seq, max_records as u64).await?;
-    let Some((first_seq, _)) = entries.first() else {
+    let Some(first) = entries.first() else {
         return Ok(None);
     };
-    let first_seq = *first_seq;
+    let first_seq = first.seq;
     let mut records = Vec::with_capacity(entries.len());
     let mut bytes = 0usize;
     let mut last_seq = first_seq;
-    for (seq, record) in entries {
-        let size = record.encoded_len() + 8;
+    let mut last_tag = 0;
+    for entry in entries {
+        let size = entry.record.encoded_len() + 8;
         if !records.is_empty() && bytes + size > max_bytes {
             break;
         }
         bytes += size;
-        last_seq = seq;
-        records.push(record);
+        last_seq = entry.seq;
+        last_tag = entry.tag;
+        records.push(entry.record);
     }
     Ok(Some(UpstreamBatch {
         first_seq,
         last_seq,
         records,
         trace_context: Default::default(),
+        last_tag,
     }))
 }
 

@@ -79,6 +79,29 @@ pub async fn create_invoice<C: ConnectionTrait>(
     store_id: &str,
     request: pb::CreateInvoiceRequest,
 ) -> Result<(pb::CreateInvoiceResponse, Vec<SyncRecord>)> {
+    create_invoice_with(txn, store_id, request, None).await
+}
+
+/// The ids an invoice keeps when it is created again on another database of
+/// the same store (a satellite's handover of unsent invoices): the invoice's,
+/// each line's, and each goods-in line's new stock line's. The invoice number
+/// and time are assigned as for any new invoice, and stock moves by the same
+/// rules, so the result is as if it had been created here.
+pub struct GivenIds {
+    pub invoice_id: String,
+    /// One per line, in line order.
+    pub line_ids: Vec<String>,
+    /// One per line, in line order; used by goods-in lines only.
+    pub stock_line_ids: Vec<String>,
+}
+
+/// [`create_invoice`], keeping `given` ids when there are some.
+pub async fn create_invoice_with<C: ConnectionTrait>(
+    txn: &C,
+    store_id: &str,
+    request: pb::CreateInvoiceRequest,
+    given: Option<&GivenIds>,
+) -> Result<(pb::CreateInvoiceResponse, Vec<SyncRecord>)> {
     let input = request
         .invoice
         .ok_or_else(|| Error::invalid("invoice", "is required"))?;
@@ -125,6 +148,15 @@ pub async fn create_invoice<C: ConnectionTrait>(
         .enumerate()
         .map(|(index, line)| validate_line(kind, index, line))
         .collect::<Result<Vec<_>>>()?;
+    if let Some(given) = given {
+        validate::uuid("invoice.id", &given.invoice_id)?;
+        if given.line_ids.len() != actions.len() || given.stock_line_ids.len() != actions.len() {
+            return Err(Error::invalid(
+                "invoice.lines",
+                "every line needs its id and stock line id when an invoice is created again",
+            ));
+        }
+    }
 
     lock_store(txn, store_id).await?;
 
@@ -256,7 +288,7 @@ pub async fn create_invoice<C: ConnectionTrait>(
     let kind_text = kind_to_str(kind);
     let invoice_number = next_invoice_number(txn, store_id, kind_text).await?;
     let invoice_row = invoice::Model {
-        id: validate::new_id(),
+        id: given.map_or_else(validate::new_id, |g| g.invoice_id.clone()),
         store_id: store_id.to_owned(),
         name_id: input.name_id.clone(),
         kind: kind_text.to_owned(),
@@ -267,13 +299,19 @@ pub async fn create_invoice<C: ConnectionTrait>(
     };
     // Line ids sorted ascending in line order, so that reading the lines back
     // ordered by id gives them in the order they were sent.
-    let mut line_ids: Vec<String> = (0..actions.len()).map(|_| validate::new_id()).collect();
-    line_ids.sort_unstable();
+    let line_ids: Vec<String> = match given {
+        Some(given) => given.line_ids.clone(),
+        None => {
+            let mut ids: Vec<String> = (0..actions.len()).map(|_| validate::new_id()).collect();
+            ids.sort_unstable();
+            ids
+        }
+    };
 
     let mut changed_stock: BTreeMap<String, stock_line::Model> = BTreeMap::new();
     let mut new_stock: Vec<stock_line::Model> = Vec::new();
     let mut lines: Vec<invoice_line::Model> = Vec::with_capacity(actions.len());
-    for (action, line_id) in actions.into_iter().zip(line_ids) {
+    for (index, (action, line_id)) in actions.into_iter().zip(line_ids).enumerate() {
         match action {
             LineAction::GoodsIn {
                 item_id,
@@ -285,7 +323,7 @@ pub async fn create_invoice<C: ConnectionTrait>(
                 sell,
             } => {
                 let created = stock_line::Model {
-                    id: validate::new_id(),
+                    id: given.map_or_else(validate::new_id, |g| g.stock_line_ids[index].clone()),
                     store_id: store_id.to_owned(),
                     item_id: item_id.clone(),
                     batch: batch.clone(),
