@@ -185,7 +185,11 @@ pub(super) async fn welcome(
         match continuity(db, &epoch, hello).await? {
             Continuity::Continues => {}
             Continuity::FellBehind(why) => {
-                tracing::warn!(sync_id = identity.sync_id, cursor = hello.downstream_cursor, "{why}: re-synchronising the site's master data");
+                tracing::warn!(
+                    sync_id = identity.sync_id,
+                    cursor = hello.downstream_cursor,
+                    "{why}: re-synchronising the site's master data"
+                );
                 resync_master_data = true;
             }
             Continuity::Rewound(why) => {

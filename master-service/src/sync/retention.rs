@@ -18,7 +18,9 @@
 
 use std::time::Duration;
 
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Statement};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Statement,
+};
 use storesync_shared::Result;
 
 use crate::entities::change_log;

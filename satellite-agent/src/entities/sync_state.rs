@@ -17,6 +17,10 @@ pub struct Model {
     pub last_sync_at_ms: i64,
     pub last_error_at_ms: i64,
     pub last_error: String,
+    /// `DownstreamBatch.end_tag` stored with `downstream_cursor` (m0202).
+    pub downstream_tag: i64,
+    /// `Welcome.changelog_epoch` of the master data held (m0202; '' unknown).
+    pub changelog_epoch: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

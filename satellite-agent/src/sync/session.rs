@@ -205,11 +205,15 @@ impl<'a> Session<'a> {
         storesync_shared::kit::telemetry::propagation::set_parent(&span, &batch.trace_context);
         let tables = crate::metrics::tables_of(&batch.records);
         let started = std::time::Instant::now();
-        let applied = apply::apply_batch(
+        let applied = apply::apply_with(
             db,
             batch,
-            self.welcome.store.as_ref(),
-            self.welcome.upstream_acked_seq,
+            apply::Applying {
+                store: self.welcome.store.as_ref(),
+                upstream_acked_seq: self.welcome.upstream_acked_seq,
+                epoch: &self.welcome.changelog_epoch,
+                resync: self.welcome.resync_master_data,
+            },
         )
         .instrument(span)
         .await?;
