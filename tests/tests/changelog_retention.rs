@@ -133,3 +133,54 @@ async fn a_site_mid_snapshot_holds_the_change_log_it_will_read() {
         slow_site.process.kill();
     }
 }
+
+/// A satellite whose cursor the change log no longer holds (pruned while it
+/// was away, by an older master or by hand) is re-synchronised for master
+/// data, keeping its store data, instead of being refused or left skipping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_site_behind_the_retained_log_is_resynchronised_not_refused() {
+    for backend in backends("a_site_behind_the_retained_log_is_resynchronised_not_refused") {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        let db = master_db.connect().await;
+        master.add_site(2).await;
+        let items = create_items(&master, "AWAY", 3).await;
+        let (supplier, _) = storesync_tests::cluster::create_trading_partners(&master, "P").await;
+        let mut away = Satellite::start(&master.url(), 2, "streaming", &[]);
+        away.wait_initialised(LIMIT).await;
+        let mut store = away.store().await;
+        storesync_tests::cluster::goods_in(&mut store, &supplier, &items[..1], 3.0, "kept").await;
+        let before = storesync_tests::cluster::assert_store_copies_equal(&db, &away, LIMIT).await;
+        away.process.terminate(Duration::from_secs(10));
+
+        // While it is away: changes, and the log loses all but its last entry.
+        let mut client = master.master_data().await;
+        client
+            .delete_item(pb::DeleteItemRequest {
+                id: items[2].id.clone(),
+            })
+            .await
+            .unwrap();
+        create_items(&master, "WHILE", 2).await;
+        let head = one_i64(&db, "SELECT MAX(seq) FROM change_log")
+            .await
+            .unwrap();
+        storesync_tests::master::execute(
+            &db,
+            &format!("DELETE FROM change_log WHERE seq < {head}"),
+        )
+        .await;
+
+        away.start_again();
+        wait_master_data_equal(&db, &away, LIMIT).await;
+        let after = storesync_tests::cluster::assert_store_copies_equal(&db, &away, LIMIT).await;
+        assert_eq!(after, before, "its store data is kept");
+        let status = away.status().await;
+        assert!(
+            status.last_error.is_empty(),
+            "no refusal: {}",
+            status.last_error
+        );
+        away.process.kill();
+    }
+}

@@ -255,6 +255,12 @@ async fn continuity(db: &DatabaseConnection, epoch: &str, hello: &Hello) -> Resu
         // 0: the satellite does not know the tag (an entry written before
         // tags, or an agent older than them): nothing to compare.
         Some(tag) if tag == hello.cursor_tag || hello.cursor_tag == 0 => {
+            // The reader refuses a gap after the cursor (`downstream`): so does this.
+            if cursor < head && changelog::tag_at(db, cursor + 1).await?.is_none() {
+                return Ok(Continuity::FellBehind(format!(
+                    "the change log no longer holds the entry after the satellite's cursor {cursor}"
+                )));
+            }
             Ok(Continuity::Continues)
         }
         Some(tag) => Ok(Continuity::Rewound(format!(

@@ -265,7 +265,7 @@ async fn apply_resync(
             removed,
             cursor,
             epoch,
-            "master data re-synchronised from the master's snapshot"
+            "resync complete: orphans removed, cursor, tag and epoch stored"
         );
     }
     txn.commit().await?;

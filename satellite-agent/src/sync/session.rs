@@ -239,6 +239,14 @@ impl<'a> Session<'a> {
                 "initialised from the master's snapshot"
             );
         }
+        if applied.resynced {
+            // The progress shown while the resync ran ends with it.
+            handle.set_initialised();
+            tracing::info!(
+                cursor = end_cursor,
+                "master data re-synchronised from the master's snapshot"
+            );
+        }
         let init_records_done = progress.map(|p| p.records_done).unwrap_or(0);
         send(
             &self.tx,
