@@ -286,6 +286,8 @@ pub async fn master_data_changes(
             deleted: Set(false),
             payload: Set(record.encode_to_vec()),
             changed_at_ms: Set(now),
+            // 0: "no tag", which a satellite's Hello is never checked against.
+            tag: Set(0),
         });
     }
     upsert::all::<item::Entity, _>(&txn, items, |r| &r.id).await?;

@@ -15,10 +15,21 @@
 //!
 //! Each entry holds the whole record after the change (or a tombstone), encoded as
 //! a `SyncRecord`, so that applying entries in order is idempotent.
+//!
+//! # Invariant: a cursor names one entry, in one epoch
+//! Every entry gets a random `tag` when written; a satellite keeps the tag of
+//! the entry at its cursor. The log has an epoch (`changelog_epoch`), new when
+//! the database is a restored copy (its physical identity changed, see
+//! [`ensure_epoch`]) or when a satellite shows that the log was rewound (its
+//! cursor is past the head, or the entry at its cursor has another tag, see
+//! `sync::handshake`). A satellite whose epoch or tag does not match has
+//! master data the log cannot bring up to date: it is re-synchronised from a
+//! master-data snapshot, never left to skip the reused sequence numbers.
 
 use prost::Message;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
 };
 use storesync_shared::domain::validate::now_ms;
 use storesync_shared::proto::v1::{sync_record, SyncRecord, Table};
@@ -47,6 +58,7 @@ pub async fn append<C: ConnectionTrait>(txn: &C, record: &SyncRecord) -> Result<
         deleted: Set(deleted),
         payload: Set(record.encode_to_vec()),
         changed_at_ms: Set(now_ms()),
+        tag: Set(new_tag()),
     })
     .exec_without_returning(txn)
     .await?;
@@ -54,6 +66,13 @@ pub async fn append<C: ConnectionTrait>(txn: &C, record: &SyncRecord) -> Result<
     crate::sync::cluster::notify(txn, crate::sync::cluster::CHANGES_CHANNEL, &seq.to_string())
         .await?;
     u64::try_from(seq).map_err(|_| Error::Internal(format!("negative change-log sequence {seq}")))
+}
+
+/// A random, non-zero, positive tag (0 means "none" on the wire).
+fn new_tag() -> i64 {
+    let (high, low) = uuid::Uuid::new_v4().as_u64_pair();
+    let tag = ((high ^ low) >> 1) as i64;
+    tag.max(1)
 }
 
 /// Table, id and tombstone flag of a master-data record.
@@ -97,6 +116,128 @@ pub async fn read_after<C: ConnectionTrait>(
         .limit(limit)
         .all(db)
         .await?)
+}
+
+/// The tag of the entry at `seq`, if the log still holds it.
+pub async fn tag_at<C: ConnectionTrait>(db: &C, seq: u64) -> Result<Option<u64>> {
+    let Ok(seq) = i64::try_from(seq) else {
+        return Ok(None);
+    };
+    let tag: Option<i64> = change_log::Entity::find_by_id(seq)
+        .select_only()
+        .column(change_log::Column::Tag)
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(tag.map(|t| u64::try_from(t).unwrap_or(0)))
+}
+
+/// The lowest sequence the log still holds (None when it is empty).
+pub async fn oldest<C: ConnectionTrait>(db: &C) -> Result<Option<u64>> {
+    let oldest: Option<i64> = change_log::Entity::find()
+        .select_only()
+        .column_as(
+            sea_orm::sea_query::Expr::col(change_log::Column::Seq).min(),
+            "m",
+        )
+        .into_tuple()
+        .one(db)
+        .await?
+        .flatten();
+    Ok(oldest.and_then(|o| u64::try_from(o).ok()))
+}
+
+/// The change log's epoch and the identity it was recorded with.
+async fn epoch_row<C: ConnectionTrait>(db: &C) -> Result<Option<(String, String)>> {
+    let row = db
+        .query_one(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT epoch, db_identity FROM changelog_epoch WHERE id = 1",
+        ))
+        .await?;
+    row.map(|row| Ok((row.try_get("", "epoch")?, row.try_get("", "db_identity")?)))
+        .transpose()
+}
+
+/// The change log's current epoch.
+pub async fn epoch<C: ConnectionTrait>(db: &C) -> Result<String> {
+    Ok(epoch_row(db)
+        .await?
+        .map(|(epoch, _)| epoch)
+        .unwrap_or_default())
+}
+
+/// The physical identity of the database: on PostgreSQL the current
+/// database's OID and, where this role may read it, the cluster's system
+/// identifier; a dump restored into another database or cluster has another.
+/// Empty on SQLite (a copied file is the same file; rewinds are found by the
+/// entry tags instead).
+async fn db_identity<C: ConnectionTrait>(db: &C) -> String {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return String::new();
+    }
+    let one = |sql: &'static str| async move {
+        db.query_one(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.try_get_by_index::<String>(0).ok())
+            .unwrap_or_default()
+    };
+    let oid = one("SELECT oid::text FROM pg_database WHERE datname = current_database()").await;
+    let system = one("SELECT system_identifier::text FROM pg_control_system()").await;
+    format!("pg:{oid}:{system}")
+}
+
+/// At start: creates the epoch on a new database, and starts a new one when
+/// the database's physical identity is not the one recorded (a dump restored
+/// into a new database or cluster). Returns the current epoch.
+pub async fn ensure_epoch(db: &DatabaseConnection) -> Result<String> {
+    let identity = db_identity(db).await;
+    match epoch_row(db).await? {
+        Some((epoch, recorded)) if recorded == identity => Ok(epoch),
+        Some((old, recorded)) => {
+            let epoch = uuid::Uuid::new_v4().to_string();
+            tracing::warn!(%old, %epoch, %recorded, %identity, "this database is not the one the change log's epoch was recorded in (restored from a backup?): starting a new change-log epoch; every satellite re-synchronises its master data");
+            write_epoch(db, &epoch, &identity).await?;
+            Ok(epoch)
+        }
+        None => {
+            let epoch = uuid::Uuid::new_v4().to_string();
+            write_epoch(db, &epoch, &identity).await?;
+            Ok(epoch)
+        }
+    }
+}
+
+/// Starts a new epoch now (the log was found rewound); returns it. Every
+/// satellite of the old epoch then re-synchronises its master data.
+pub async fn start_new_epoch(db: &DatabaseConnection) -> Result<String> {
+    let identity = db_identity(db).await;
+    let epoch = uuid::Uuid::new_v4().to_string();
+    write_epoch(db, &epoch, &identity).await?;
+    Ok(epoch)
+}
+
+async fn write_epoch(db: &DatabaseConnection, epoch: &str, identity: &str) -> Result<()> {
+    let backend = db.get_database_backend();
+    let txn = db.begin().await?;
+    txn.execute(Statement::from_string(
+        backend,
+        "DELETE FROM changelog_epoch WHERE id = 1",
+    ))
+    .await?;
+    txn.execute(Statement::from_sql_and_values(
+        backend,
+        match backend {
+            DbBackend::Postgres => "INSERT INTO changelog_epoch (id, epoch, db_identity, started_at_ms) VALUES (1, $1, $2, $3)",
+            _ => "INSERT INTO changelog_epoch (id, epoch, db_identity, started_at_ms) VALUES (1, ?, ?, ?)",
+        },
+        [epoch.into(), identity.into(), now_ms().into()],
+    ))
+    .await?;
+    txn.commit().await?;
+    Ok(())
 }
 
 /// Wakes the streams that tail the change log when a change commits.

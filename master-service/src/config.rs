@@ -136,6 +136,14 @@ storesync_shared::settings! {
         heartbeat_seconds: u64 = HEARTBEAT_SECONDS,
             env "STORESYNC_HEARTBEAT_SECONDS",
             check number(HEARTBEAT_SECONDS_RANGE);
+        /// Seconds between prunes of the change log (entries every site has acknowledged).
+        changelog_prune_seconds: u64 = 600,
+            env "STORESYNC_CHANGELOG_PRUNE_SECONDS",
+            check number((1, 86_400));
+        /// Records per downstream batch (change log and snapshots).
+        downstream_batch_records: usize = 10_000,
+            env "STORESYNC_DOWNSTREAM_BATCH_RECORDS",
+            check number((1, 100_000));
         /// PEM certificate chain: serve TLS only (with --tls-key).
         tls_cert: Option<PathBuf> = None,
             env "STORESYNC_TLS_CERT",
@@ -211,6 +219,10 @@ pub struct Config {
     /// Heartbeat on idle sync streams, in seconds; a satellite silent for three
     /// of these is taken as gone.
     pub heartbeat_seconds: u64,
+    /// How often the change log is pruned, in seconds.
+    pub changelog_prune_seconds: u64,
+    /// Records per downstream batch.
+    pub downstream_batch_records: usize,
     /// TLS certificate and key (PEM) of the gRPC server; both or neither.
     pub tls: Option<TlsFiles>,
     /// Log line format.
@@ -324,6 +336,8 @@ impl Config {
                 sync_interval_minutes: s.sync_interval_minutes,
                 shutdown_grace_seconds: s.shutdown_grace_seconds,
                 heartbeat_seconds: s.heartbeat_seconds,
+                changelog_prune_seconds: s.changelog_prune_seconds,
+                downstream_batch_records: s.downstream_batch_records,
                 tls,
                 log_format: s.log_format,
             })

@@ -87,6 +87,7 @@ pub async fn serve(
         .await?;
     schema::Migrator::up(&db, None).await?;
     bootstrap::run(&db, &config, &mut std::io::stdout()).await?;
+    changelog::ensure_epoch(&db).await?;
 
     let (shutdown_tx, shutting_down) = watch::channel(false);
     let state = AppState {
@@ -110,11 +111,15 @@ pub async fn serve(
         state.notifier.clone(),
         sync::SyncSettings {
             heartbeat: Duration::from_secs(state.config.heartbeat_seconds),
+            downstream_batch_records: state.config.downstream_batch_records,
             ..sync::SyncSettings::default()
         },
     );
     let mut background = vec![
-        tokio::spawn(sync::retention::run(db.clone(), Duration::from_secs(600))),
+        tokio::spawn(sync::retention::run(
+            db.clone(),
+            Duration::from_secs(state.config.changelog_prune_seconds),
+        )),
         tokio::spawn(watch_database(db.clone(), health.clone())),
     ];
     if storesync_shared::domain::db::is_postgres(&state.config.database_url) {

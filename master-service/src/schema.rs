@@ -9,6 +9,11 @@
 //!   from `site` so that status updates never contend with applying batches.
 //! - `change_log`: every master-data change, in commit order (see `changelog`).
 //! - `counter`: the change-log sequence, taken under a row lock (see `changelog`).
+//! - `changelog_epoch` (m0102): one row, the change log's epoch and the
+//!   physical identity of the database it was recorded in (see
+//!   `changelog::ensure_epoch`); with it `change_log.tag` (a random number per
+//!   entry) and `site.snapshot_cursor` (the cursor of a snapshot in progress,
+//!   which holds retention; see `sync::retention`).
 //! - `m0103_database_identity`: per site, the satellite database that owns the
 //!   Sync ID (`site.database_id`, empty until the first one connects; changed
 //!   by `AdminService.AdoptDatabase`) and the tag of its acknowledged upstream
@@ -25,6 +30,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let mut migrations = common_migrations();
         migrations.push(Box::new(MasterTables));
+        migrations.push(Box::new(ChangelogEpoch));
         migrations.push(Box::new(DatabaseIdentity));
         migrations.push(Box::new(Refusals));
         migrations.push(Box::new(ProtocolVersion));
@@ -173,4 +179,34 @@ CREATE TABLE counter (
     value BIGINT NOT NULL
 );
 INSERT INTO counter (name, value) VALUES ('change_log', 0)
+"#;
+
+struct ChangelogEpoch;
+
+impl MigrationName for ChangelogEpoch {
+    fn name(&self) -> &str {
+        "m0102_changelog_epoch"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for ChangelogEpoch {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(manager.get_connection(), CHANGELOG_EPOCH).await
+    }
+}
+
+// Entries written before this migration keep tag 0, as do the cursors of
+// satellites that applied them: they match. The epoch row is created at start
+// (`changelog::ensure_epoch`), where a UUID can be made on either backend.
+const CHANGELOG_EPOCH: &str = r#"
+ALTER TABLE change_log ADD COLUMN tag BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE site ADD COLUMN snapshot_cursor BIGINT;
+CREATE TABLE changelog_epoch (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch TEXT NOT NULL,
+    db_identity TEXT NOT NULL,
+    started_at_ms BIGINT NOT NULL
+)
 "#;

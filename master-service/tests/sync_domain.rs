@@ -393,8 +393,22 @@ async fn change_log_keeps_entries_until_every_initialised_site_acknowledged_them
             site.initialised = Set(true);
             site.update(&db).await.unwrap();
         }
-        // Site 4 never initialised: it will get a snapshot and does not hold entries back.
-        assert_eq!(prune(&db).await.unwrap(), 5);
+        // Site 4 is receiving a snapshot taken at cursor 3: it holds the log
+        // from there until its snapshot is acknowledged (issue 13, point 2).
+        master_service::sync::status::snapshot_started(&db, 4, 3)
+            .await
+            .unwrap();
+        assert_eq!(prune(&db).await.unwrap(), 2, "entries 1 and 2 go");
+        // Its snapshot completes (its last batch acknowledged at cursor 3).
+        master_service::sync::status::downstream_acked(&db, 4, 3, true)
+            .await
+            .unwrap();
+        master_service::sync::status::downstream_acked(&db, 4, 9, false)
+            .await
+            .unwrap();
+        // Entries strictly below the lowest cursor go; the entry AT site 3's
+        // cursor stays, for the tag check of its next Hello.
+        assert_eq!(prune(&db).await.unwrap(), 2);
         let left: Vec<i64> = change_log::Entity::find()
             .all(&db)
             .await
@@ -402,7 +416,7 @@ async fn change_log_keeps_entries_until_every_initialised_site_acknowledged_them
             .into_iter()
             .map(|e| e.seq)
             .collect();
-        assert_eq!(left, vec![6, 7, 8, 9, 10]);
+        assert_eq!(left, vec![5, 6, 7, 8, 9, 10]);
         let tombstone = change_log::Entity::find()
             .filter(change_log::Column::Deleted.eq(true))
             .one(&db)

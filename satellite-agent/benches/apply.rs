@@ -259,6 +259,7 @@ async fn initialise(db: &DatabaseConnection, store_records: u64) -> (u64, Durati
                     complete: last,
                 }),
                 trace_context: Default::default(),
+                end_tag: 0,
             };
             let started = Instant::now();
             satellite_agent::sync::apply::apply_batch(db, batch, Some(&store()), 0, 0)
@@ -345,6 +346,7 @@ async fn changes(db: &DatabaseConnection) -> (u64, Duration) {
             end_cursor: cursor,
             initialisation: None,
             trace_context: Default::default(),
+            end_tag: 0,
         };
         let started = Instant::now();
         satellite_agent::sync::apply::apply_batch(db, batch, Some(&store()), 0, 0)

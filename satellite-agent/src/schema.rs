@@ -6,7 +6,10 @@
 //! - `sync_state`: one row: the downstream cursor (stored in the same
 //!   transaction as the master-data batch it covers), upstream positions,
 //!   whether the database is initialised, the hosted store, the master's sync
-//!   interval, and the last sync and error.
+//!   interval, and the last sync and error; since m0202 also the tag of the
+//!   change-log entry at the cursor and the change log's epoch.
+//! - `resync_seen` (m0202): the ids a master-data resync has received so far
+//!   (see `sync::apply`), emptied when a resync starts and when it completes.
 //! - `m0203_database_identity`: the database's identity (`sync_state.database_id`,
 //!   a UUID made once, here: for a new database when it is created, for one
 //!   from before at its first start), a random `tag` on every outbox entry,
@@ -28,6 +31,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let mut migrations = common_migrations();
         migrations.push(Box::new(SatelliteTables));
+        migrations.push(Box::new(Resync));
         migrations.push(Box::new(DatabaseIdentity));
         migrations
     }
@@ -105,4 +109,30 @@ CREATE TABLE sync_state (
     last_error TEXT NOT NULL
 );
 INSERT INTO sync_state VALUES (1, 0, 0, 0, FALSE, '', '', '', 0, 0, 0, '')
+"#;
+
+struct Resync;
+
+impl MigrationName for Resync {
+    fn name(&self) -> &str {
+        "m0202_resync"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for Resync {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(manager.get_connection(), RESYNC).await
+    }
+}
+
+const RESYNC: &str = r#"
+ALTER TABLE sync_state ADD COLUMN downstream_tag BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sync_state ADD COLUMN changelog_epoch TEXT NOT NULL DEFAULT '';
+CREATE TABLE resync_seen (
+    table_name TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (table_name, id)
+)
 "#;

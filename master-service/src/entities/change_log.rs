@@ -11,6 +11,9 @@ pub struct Model {
     pub deleted: bool,
     pub payload: Vec<u8>,
     pub changed_at_ms: i64,
+    /// Random, set when the entry is written: tells this entry from another
+    /// one with the same sequence in a restored (rewound) log.
+    pub tag: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -3,7 +3,13 @@
 //!
 //! # Invariants
 //! - The change log is read strictly after the cursor, in sequence order, and
-//!   has no gaps (see `changelog`), so nothing is skipped or reordered.
+//!   has no gaps (see `changelog`), so nothing is skipped or reordered. The
+//!   reader refuses to skip: the first entry read after cursor `c` must be
+//!   `c + 1`; if it is not, entries were pruned under the site, and the session
+//!   ends (`UNAVAILABLE`) so that the next Hello re-synchronises the site's
+//!   master data (`handshake`).
+//! - A snapshot holds the change log from its cursor (`retention`) from
+//!   before its first batch is sent until its last is acknowledged.
 //! - The snapshot's master data and its cursor come from ONE database snapshot
 //!   (a repeatable-read transaction on PostgreSQL; a transaction on SQLite's one
 //!   connection): the records are exactly the state after that cursor, so the
@@ -51,18 +57,30 @@ pub(super) async fn send(tx: &Outbound, message: master_message::Message) -> Res
     .map_err(|_| Error::Unavailable("the satellite went away".into()))
 }
 
+/// What the downstream half starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The change log after the satellite's cursor.
+    Continue,
+    /// A snapshot of master data and the store's data (an empty database).
+    Initialise,
+    /// A snapshot of master data only (`Welcome.resync_master_data`).
+    ResyncMasterData,
+}
+
 /// Runs the downstream half of a session until the peer goes away or an error.
 pub async fn run(
     ctx: SyncContext,
     sync_id: u32,
     store_id: String,
-    initialise: bool,
+    start: Start,
     mut cursor: u64,
     tx: Outbound,
     mut acks: watch::Receiver<Acked>,
 ) -> Result<()> {
-    if initialise {
-        cursor = send_snapshot(&ctx, sync_id, &store_id, &tx, &mut acks).await?;
+    if start != Start::Continue {
+        let master_only = start == Start::ResyncMasterData;
+        cursor = send_snapshot(&ctx, sync_id, &store_id, &tx, &mut acks, master_only).await?;
     }
     let settings = &ctx.settings;
     let mut changes = ctx.notifier.subscribe();
@@ -80,8 +98,18 @@ pub async fn run(
                 changelog::read_after(&ctx.db, cursor, settings.downstream_batch_records as u64)
                     .await?;
             keep_within_bytes(&mut entries, settings.downstream_batch_bytes);
+            if let Some(first) = entries.first() {
+                if u64::try_from(first.seq).ok() != cursor.checked_add(1) {
+                    return Err(Error::Unavailable(format!(
+                        "the change log no longer holds the entries after cursor {cursor} (it resumes at {}); \
+                         reconnect: this site's master data is re-synchronised from a snapshot",
+                        first.seq
+                    )));
+                }
+            }
             if let Some(last) = entries.last() {
                 let end = u64::try_from(last.seq).unwrap_or(cursor);
+                let end_tag = u64::try_from(last.tag).unwrap_or(0);
                 let records = entries
                     .iter()
                     .map(|entry| {
@@ -104,6 +132,7 @@ pub async fn run(
                         end_cursor: end,
                         initialisation: None,
                         trace_context,
+                        end_tag,
                     }),
                 )
                 .instrument(span)
@@ -147,12 +176,14 @@ fn keep_within_bytes(entries: &mut Vec<crate::entities::change_log::Model>, max_
     entries.truncate(fits.max(1));
 }
 
-/// Master data as of one change-log cursor, read in one database snapshot.
-async fn master_data_snapshot(db: &DatabaseConnection) -> Result<(u64, Vec<SyncRecord>)> {
+/// Master data as of one change-log cursor, read in one database snapshot:
+/// the cursor, the tag of the entry there (0: none) and the records.
+async fn master_data_snapshot(db: &DatabaseConnection) -> Result<(u64, u64, Vec<SyncRecord>)> {
     let isolation = (db.get_database_backend() == DbBackend::Postgres)
         .then_some(IsolationLevel::RepeatableRead);
     let txn = db.begin_with_config(isolation, None).await?;
     let head = changelog::head(&txn).await?;
+    let head_tag = changelog::tag_at(&txn, head).await?.unwrap_or(0);
     let mut records: Vec<SyncRecord> = Vec::new();
     for table in tables::SYNCED {
         if table.owner() != Owner::Master {
@@ -165,19 +196,26 @@ async fn master_data_snapshot(db: &DatabaseConnection) -> Result<(u64, Vec<SyncR
         }
     }
     txn.commit().await?;
-    Ok((head, records))
+    Ok((head, head_tag, records))
 }
 
-/// Sends the snapshot for a site's initialisation; returns its cursor.
+/// Sends the snapshot for a site's initialisation (or, `master_only`, its
+/// master-data resync: master data and the store row, none of the store's
+/// data); returns its cursor.
 async fn send_snapshot(
     ctx: &SyncContext,
     sync_id: u32,
     store_id: &str,
     tx: &Outbound,
     acks: &mut watch::Receiver<Acked>,
+    master_only: bool,
 ) -> Result<u64> {
     let db = &ctx.db;
-    let (head, master_records) = master_data_snapshot(db).await?;
+    // Hold the log from the head as it is now (the snapshot's cursor will be
+    // at or after it), durably, before anything is read or sent.
+    let hold = changelog::head(db).await?;
+    status::snapshot_started(db, sync_id, hold).await?;
+    let (head, head_tag, master_records) = master_data_snapshot(db).await?;
     if store::Entity::find_by_id(store_id.to_owned())
         .one(db)
         .await?
@@ -192,7 +230,11 @@ async fn send_snapshot(
     let store_tables: Vec<&dyn SyncTable> = tables::SYNCED
         .iter()
         .copied()
-        .filter(|table| table.owner() != Owner::Master)
+        .filter(|table| match table.owner() {
+            Owner::Master => false,
+            Owner::MasterForStore { .. } => true,
+            Owner::Store { .. } => !master_only,
+        })
         .collect();
     let mut total = master_records.len() as u64;
     for table in &store_tables {
@@ -202,7 +244,8 @@ async fn send_snapshot(
         sync_id,
         total,
         cursor = head,
-        "initialising site: sending snapshot"
+        master_only,
+        "sending snapshot"
     );
     status::initialisation(db, sync_id, true, 0, total).await;
 
@@ -224,7 +267,7 @@ async fn send_snapshot(
     for table in store_tables {
         send_store_rows(&mut sender, table, store_id, page).await?;
     }
-    sender.finish(head).await?;
+    sender.finish(head, head_tag).await?;
     Ok(head)
 }
 
@@ -280,12 +323,12 @@ impl SnapshotSender<'_> {
         if self.pending.len() >= self.ctx.settings.downstream_batch_records
             || self.pending_bytes >= self.ctx.settings.downstream_batch_bytes
         {
-            self.flush(false, 0).await?;
+            self.flush(false, 0, 0).await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self, complete: bool, end_cursor: u64) -> Result<()> {
+    async fn flush(&mut self, complete: bool, end_cursor: u64, end_tag: u64) -> Result<()> {
         let batch_size = self.ctx.settings.downstream_batch_records as u64;
         let window = self.ctx.settings.downstream_window as u64 * batch_size;
         // Wait for acknowledgements rather than queueing the whole store in memory.
@@ -327,14 +370,15 @@ impl SnapshotSender<'_> {
                     complete,
                 }),
                 trace_context,
+                end_tag,
             }),
         )
         .instrument(span)
         .await
     }
 
-    async fn finish(mut self, head: u64) -> Result<()> {
-        self.flush(true, head).await?;
+    async fn finish(mut self, head: u64, head_tag: u64) -> Result<()> {
+        self.flush(true, head, head_tag).await?;
         tracing::info!(
             sync_id = self.sync_id,
             records = self.sent,
@@ -357,6 +401,7 @@ mod tests {
             deleted: false,
             payload: vec![0; size],
             changed_at_ms: 0,
+            tag: 0,
         }
     }
 

@@ -4,11 +4,13 @@
 //! Each refusal is a status the satellite can act on: wrong credentials
 //! `UNAUTHENTICATED`; a site the master does not sync with, or a Hello for
 //! another Sync ID, `PERMISSION_DENIED`; no Hello first `INVALID_ARGUMENT`;
-//! another protocol version or a cursor the master cannot serve
-//! `FAILED_PRECONDITION`, as is a database that does not own the Sync ID.
-//! The only writes here are the owner of a site without one and the refusal
-//! in the site's status (see the invariant below); failed logins are only
-//! counted, in memory, to slow the next tries down.
+//! another protocol version `FAILED_PRECONDITION`, as is a database that does
+//! not own the Sync ID. A cursor the change log cannot continue from (pruned
+//! under the site, another epoch, a rewound log) is not refused: the Welcome
+//! asks for a master-data resync. The only writes here are the owner of a site
+//! without one and the refusal in the site's status (see the invariant below),
+//! and a new change-log epoch when a Hello shows the log was rewound; failed
+//! logins are only counted, in memory, to slow the next tries down.
 //!
 //! Not here: the session's registration and claim (`session`, `registry`).
 //!
@@ -26,7 +28,7 @@
 use std::time::Duration;
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use storesync_shared::domain::entities::{setting, store};
 use storesync_shared::proto::v1::{satellite_message, Hello, SatelliteMessage, Welcome};
 use storesync_shared::{kit::auth, Error, Result};
@@ -35,7 +37,7 @@ use tonic::Streaming;
 use super::upstream::{sync_id_i32, SiteIdentity};
 use super::SyncContext;
 use crate::changelog;
-use crate::entities::{change_log, site, site_status};
+use crate::entities::{site, site_status};
 use crate::metrics;
 
 /// Checks `authorization` and `x-sync-id` before any message is read.
@@ -301,8 +303,10 @@ async fn legacy_database(db: &DatabaseConnection, sync_id: u32) -> Result<site::
     Err(Error::FailedPrecondition(message))
 }
 
-/// The master's answer to `hello`, once the satellite's cursor is known to be
-/// servable: not past the change log's end, nor before what it still keeps.
+/// The master's answer to `hello`. For an initialised satellite it decides
+/// whether its master data can continue from the change log or must be
+/// re-synchronised from a master-data snapshot (`resync_master_data`); a
+/// satellite is never told to throw its database away.
 pub(super) async fn welcome(
     ctx: &SyncContext,
     site: &site::Model,
@@ -316,28 +320,23 @@ pub(super) async fn welcome(
         .ok_or_else(|| {
             Error::Internal(format!("store of Sync ID {} is missing", identity.sync_id))
         })?;
+    let mut epoch = changelog::epoch(db).await?;
+    let mut resync_master_data = false;
     if !hello.needs_initialisation {
-        let head = changelog::head(db).await?;
-        if hello.downstream_cursor > head {
-            return Err(Error::FailedPrecondition(format!(
-                "the satellite has applied master data up to cursor {} but the master's change log ends at {head} \
-                 (was the master restored from an older backup?); delete the satellite's database to re-initialise it",
-                hello.downstream_cursor
-            )));
-        }
-        let oldest: Option<i64> = change_log::Entity::find()
-            .select_only()
-            .column_as(Expr::col(change_log::Column::Seq).min(), "m")
-            .into_tuple()
-            .one(db)
-            .await?
-            .flatten();
-        if let Some(oldest) = oldest.and_then(|o| u64::try_from(o).ok()) {
-            if hello.downstream_cursor + 1 < oldest {
-                return Err(Error::FailedPrecondition(format!(
-                    "the satellite's cursor {} is older than the master's change log keeps (from {oldest}); delete the satellite's database to re-initialise it",
-                    hello.downstream_cursor
-                )));
+        match continuity(db, &epoch, hello).await? {
+            Continuity::Continues => {}
+            Continuity::FellBehind(why) => {
+                tracing::warn!(
+                    sync_id = identity.sync_id,
+                    cursor = hello.downstream_cursor,
+                    "{why}: re-synchronising the site's master data"
+                );
+                resync_master_data = true;
+            }
+            Continuity::Rewound(why) => {
+                epoch = changelog::start_new_epoch(db).await?;
+                tracing::warn!(sync_id = identity.sync_id, cursor = hello.downstream_cursor, %epoch, "{why}: the master's change log was rewound (restored from a backup?); started a new change-log epoch, every site re-synchronises its master data");
+                resync_master_data = true;
             }
         }
     }
@@ -360,7 +359,64 @@ pub(super) async fn welcome(
             .unwrap_or(u32::MAX),
         initialising: hello.needs_initialisation,
         session_id: uuid::Uuid::new_v4().to_string(),
+        changelog_epoch: epoch,
+        resync_master_data,
         min_protocol_version: storesync_shared::MIN_PROTOCOL_VERSION,
         max_protocol_version: storesync_shared::PROTOCOL_VERSION,
     })
+}
+
+/// Whether an initialised satellite's master data continues from the log.
+#[derive(Debug, PartialEq, Eq)]
+enum Continuity {
+    /// Its cursor names an entry of this log (or the empty start).
+    Continues,
+    /// The log no longer holds what follows its cursor (pruned under it).
+    FellBehind(String),
+    /// Its cursor names an entry this log never had: the log was rewound.
+    Rewound(String),
+}
+
+async fn continuity(db: &DatabaseConnection, epoch: &str, hello: &Hello) -> Result<Continuity> {
+    if !hello.changelog_epoch.is_empty() && hello.changelog_epoch != epoch {
+        return Ok(Continuity::FellBehind(format!(
+            "the satellite's master data is of change-log epoch {}, the master's is {epoch}",
+            hello.changelog_epoch
+        )));
+    }
+    let cursor = hello.downstream_cursor;
+    let head = changelog::head(db).await?;
+    if cursor > head {
+        return Ok(Continuity::Rewound(format!(
+            "the satellite has applied master data up to cursor {cursor} but the change log ends at {head}"
+        )));
+    }
+    if cursor == 0 {
+        return Ok(Continuity::Continues);
+    }
+    let oldest = changelog::oldest(db).await?;
+    match changelog::tag_at(db, cursor).await? {
+        // 0: the satellite does not know the tag (an entry written before
+        // tags, or an agent older than them): nothing to compare.
+        Some(tag) if tag == hello.cursor_tag || hello.cursor_tag == 0 => {
+            // The reader refuses a gap after the cursor (`downstream`): so does this.
+            if cursor < head && changelog::tag_at(db, cursor + 1).await?.is_none() {
+                return Ok(Continuity::FellBehind(format!(
+                    "the change log no longer holds the entry after the satellite's cursor {cursor}"
+                )));
+            }
+            Ok(Continuity::Continues)
+        }
+        Some(tag) => Ok(Continuity::Rewound(format!(
+            "the change-log entry at the satellite's cursor {cursor} has tag {tag}, the satellite applied tag {}",
+            hello.cursor_tag
+        ))),
+        None if oldest.is_none_or(|oldest| cursor < oldest) => Ok(Continuity::FellBehind(format!(
+            "the change log no longer holds the satellite's cursor {cursor} (it keeps from {})",
+            oldest.map_or_else(|| "nothing".to_owned(), |o| o.to_string())
+        ))),
+        None => Ok(Continuity::Rewound(format!(
+            "the change log holds no entry at the satellite's cursor {cursor}"
+        ))),
+    }
 }

@@ -180,11 +180,19 @@ impl SyncService for SyncHandler {
         let welcome = handshake::welcome(&ctx, &site, &identity, &hello).await?;
         let (tx, rx) = mpsc::channel(16);
         downstream::send(&tx, master_message::Message::Welcome(welcome.clone())).await?;
+        let start = if welcome.initialising {
+            downstream::Start::Initialise
+        } else if welcome.resync_master_data {
+            downstream::Start::ResyncMasterData
+        } else {
+            downstream::Start::Continue
+        };
         tokio::spawn(session::run(
             ctx,
             identity,
             hello,
             welcome.session_id,
+            start,
             inbound,
             tx,
         ));

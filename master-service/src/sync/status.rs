@@ -140,14 +140,50 @@ pub async fn downstream_acked(
         .filter(site::Column::DownstreamCursor.lt(i64::try_from(cursor).unwrap_or(i64::MAX)));
     if initialising {
         // The site becomes initialised: from now on tombstones
-        // wait for it, so this must survive any crash.
-        update.exec(db).await?;
+        // wait for it, so this must survive any crash. Its snapshot's hold on
+        // the change log (`retention`) ends in the same transaction.
+        let txn = db.begin().await?;
+        update.exec(&txn).await?;
+        snapshot_done(&txn, sync_id).await?;
+        txn.commit().await?;
         Ok(())
     } else {
         // Not flushed: after a database crash an older cursor
         // only keeps tombstones a little longer.
         without_flush(db, update).await
     }
+}
+
+/// A snapshot for the site starts at change-log `cursor`: from now on the
+/// site holds the log from there (`retention`). Durable before the first
+/// snapshot batch is sent.
+pub async fn snapshot_started(
+    db: &DatabaseConnection,
+    sync_id: u32,
+    cursor: u64,
+) -> Result<(), sea_orm::DbErr> {
+    site::Entity::update_many()
+        .col_expr(
+            sea_orm::sea_query::Alias::new("snapshot_cursor"),
+            Expr::value(i64::try_from(cursor).unwrap_or(i64::MAX)),
+        )
+        .filter(site::Column::SyncId.eq(sync_id_i32(sync_id)))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// The site's snapshot is applied and acknowledged: its hold ends.
+async fn snapshot_done<C: ConnectionTrait>(db: &C, sync_id: u32) -> Result<(), sea_orm::DbErr> {
+    site::Entity::update_many()
+        .col_expr(
+            sea_orm::sea_query::Alias::new("snapshot_cursor"),
+            Expr::value(sea_orm::Value::BigInt(None)),
+        )
+        .filter(site::Column::SyncId.eq(sync_id_i32(sync_id)))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// The site is alive and reports `backlog` outbox entries waiting. Returns

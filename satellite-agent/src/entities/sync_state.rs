@@ -23,6 +23,10 @@ pub struct Model {
     pub upstream_acked_tag: i64,
     /// Non-empty: this database stopped syncing for good, and why.
     pub halted: String,
+    /// `DownstreamBatch.end_tag` stored with `downstream_cursor` (m0202).
+    pub downstream_tag: i64,
+    /// `Welcome.changelog_epoch` of the master data held (m0202; '' unknown).
+    pub changelog_epoch: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

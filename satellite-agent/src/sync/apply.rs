@@ -6,6 +6,23 @@
 //! it); after commit both are there. The last snapshot batch also marks the
 //! database initialised and sets the upstream positions from the master's.
 //!
+//! The cursor moves with the tag of the entry it names and the master's
+//! change-log epoch (`Hello.cursor_tag`, `Hello.changelog_epoch`).
+//!
+//! # Master-data resync
+//! When the master's Welcome says `resync_master_data`, a snapshot of master
+//! data (and the store row) follows. Each batch upserts its records, first
+//! moving aside a unique code that another local row holds, and records the
+//! ids it carried in `resync_seen`; the batch that completes it deletes every
+//! master-owned row the snapshot did not name, empties `resync_seen` and
+//! stores the snapshot's cursor, tag and epoch, in one transaction. The
+//! store's own data is never touched. A crash before that leaves the old
+//! epoch and cursor, so the next session resyncs again (`resync_seen` is
+//! emptied when one starts). A master-owned row that local store data still
+//! names is deleted all the same (the master, the truth for master data, no
+//! longer has it; the store's rows keep their own copies of batch, prices and
+//! pack sizes) and a warning counts them.
+//!
 //! The tables written, their order and which deletes the master may send come
 //! from the registry of synced tables (`storesync_shared::domain::tables`).
 //!
@@ -17,11 +34,11 @@
 //! this database is a copy with another history and it stops syncing for
 //! good ([`halt`]), deleting nothing, so that its entries can be handed over.
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
 };
-use storesync_shared::domain::tables::{self, apply};
+use storesync_shared::domain::tables::{self, apply, Owner};
 use storesync_shared::proto::v1::{DownstreamBatch, Store};
 use storesync_shared::{Error, Result};
 
@@ -33,6 +50,23 @@ pub struct BatchApplied {
     pub records: usize,
     /// The database became initialised with this batch.
     pub initialised: bool,
+    /// A master-data resync completed with this batch.
+    pub resynced: bool,
+}
+
+/// What the session's Welcome says about the batches that follow.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Applying<'a> {
+    /// The store this site hosts.
+    pub store: Option<&'a Store>,
+    /// The master's acknowledged upstream sequence.
+    pub upstream_acked_seq: u64,
+    /// The master's tag of that entry (0: unknown).
+    pub upstream_acked_tag: u64,
+    /// The master's change-log epoch, stored with the cursor.
+    pub epoch: &'a str,
+    /// Snapshot batches are a master-data resync, not an initialisation.
+    pub resync: bool,
 }
 
 /// Applies one downstream batch in one transaction with its cursor.
@@ -48,9 +82,42 @@ pub async fn apply_batch(
     upstream_acked_seq: u64,
     upstream_acked_tag: u64,
 ) -> Result<BatchApplied> {
+    apply_with(
+        db,
+        batch,
+        Applying {
+            store,
+            upstream_acked_seq,
+            upstream_acked_tag,
+            ..Applying::default()
+        },
+    )
+    .await
+}
+
+/// [`apply_batch`] with everything the Welcome said (see the module docs).
+pub async fn apply_with(
+    db: &DatabaseConnection,
+    batch: DownstreamBatch,
+    applying: Applying<'_>,
+) -> Result<BatchApplied> {
+    let Applying {
+        store,
+        upstream_acked_seq,
+        upstream_acked_tag,
+        epoch,
+        resync,
+    } = applying;
     let records = batch.records.len();
-    let completes_init = batch.initialisation.as_ref().is_some_and(|i| i.complete);
-    let in_init = batch.initialisation.is_some();
+    let complete = batch.initialisation.as_ref().is_some_and(|i| i.complete);
+    let in_snapshot = batch.initialisation.is_some();
+    let end_tag = i64::try_from(batch.end_tag)
+        .map_err(|_| Error::invalid("downstream_batch.end_tag", "is out of range"))?;
+    if resync && in_snapshot {
+        return apply_resync(db, batch, epoch, end_tag).await;
+    }
+    let completes_init = complete;
+    let in_init = in_snapshot;
     let runs = apply::runs(tables::SYNCED, batch.records)?;
     let txn = db.begin().await?;
     if !in_init {
@@ -64,6 +131,7 @@ pub async fn apply_batch(
             return Ok(BatchApplied {
                 records: 0,
                 initialised: false,
+                resynced: false,
             });
         }
     }
@@ -85,6 +153,11 @@ pub async fn apply_batch(
         build_store_data_indexes(&txn).await?;
         sync_state::Entity::update_many()
             .col_expr(sync_state::Column::DownstreamCursor, Expr::value(cursor))
+            .col_expr(sync_state::Column::DownstreamTag, Expr::value(end_tag))
+            .col_expr(
+                sync_state::Column::ChangelogEpoch,
+                Expr::value(epoch.to_owned()),
+            )
             .col_expr(sync_state::Column::Initialised, Expr::value(true))
             .col_expr(sync_state::Column::UpstreamLastSeq, Expr::value(acked))
             .col_expr(sync_state::Column::UpstreamAckedSeq, Expr::value(acked))
@@ -105,8 +178,16 @@ pub async fn apply_batch(
             .exec(&txn)
             .await?;
     } else if !in_init {
-        sync_state::Entity::update_many()
+        let mut update = sync_state::Entity::update_many()
             .col_expr(sync_state::Column::DownstreamCursor, Expr::value(cursor))
+            .col_expr(sync_state::Column::DownstreamTag, Expr::value(end_tag));
+        if !epoch.is_empty() {
+            update = update.col_expr(
+                sync_state::Column::ChangelogEpoch,
+                Expr::value(epoch.to_owned()),
+            );
+        }
+        update
             .filter(sync_state::Column::Id.eq(1))
             .exec(&txn)
             .await?;
@@ -115,7 +196,158 @@ pub async fn apply_batch(
     Ok(BatchApplied {
         records,
         initialised: completes_init,
+        resynced: false,
     })
+}
+
+/// Master-owned tables: what a resync rewrites and prunes.
+fn master_owned() -> impl Iterator<Item = &'static dyn tables::SyncTable> {
+    tables::SYNCED
+        .iter()
+        .copied()
+        .filter(|table| !matches!(table.owner(), Owner::Store { .. }))
+}
+
+/// Ids per `IN (…)` list or multi-row insert.
+const CHUNK: usize = 400;
+
+/// One batch of a master-data resync (see the module docs).
+async fn apply_resync(
+    db: &DatabaseConnection,
+    batch: DownstreamBatch,
+    epoch: &str,
+    end_tag: i64,
+) -> Result<BatchApplied> {
+    let records = batch.records.len();
+    let complete = batch.initialisation.as_ref().is_some_and(|i| i.complete);
+    let cursor = i64::try_from(batch.end_cursor)
+        .map_err(|_| Error::invalid("downstream_batch.end_cursor", "is out of range"))?;
+    let runs = apply::runs(tables::SYNCED, batch.records)?;
+    let txn = db.begin().await?;
+    for run in runs {
+        if let apply::Run::Rows(table, rows) = &run {
+            if matches!(table.owner(), Owner::Store { .. }) {
+                return Err(Error::InvalidArgument(format!(
+                    "the master sent {} rows in a master-data resync",
+                    table.name()
+                )));
+            }
+            free_codes(&txn, *table, rows).await?;
+            let ids: Vec<&str> = rows.iter().map(tables::Row::id).collect();
+            for chunk in ids.chunks(CHUNK) {
+                let mut insert = Query::insert();
+                insert
+                    .into_table(Alias::new("resync_seen"))
+                    .columns([Alias::new("table_name"), Alias::new("id")])
+                    .on_conflict(
+                        OnConflict::columns([Alias::new("table_name"), Alias::new("id")])
+                            .do_nothing()
+                            .to_owned(),
+                    );
+                for id in chunk {
+                    insert.values_panic([table.name().into(), (*id).into()]);
+                }
+                txn.execute(txn.get_database_backend().build(&insert))
+                    .await?;
+            }
+        }
+        apply::write(&txn, run).await?;
+    }
+    if complete {
+        let mut removed = 0u64;
+        for table in master_owned() {
+            let orphans = format!(
+                "FROM \"{0}\" WHERE id NOT IN (SELECT id FROM resync_seen WHERE table_name = '{0}')",
+                table.name()
+            );
+            if table.table() == storesync_shared::proto::v1::Table::Item {
+                warn_if_in_use(&txn, &orphans).await;
+            }
+            removed += txn
+                .execute_unprepared(&format!("DELETE {orphans}"))
+                .await?
+                .rows_affected();
+        }
+        txn.execute_unprepared("DELETE FROM resync_seen").await?;
+        sync_state::Entity::update_many()
+            .col_expr(sync_state::Column::DownstreamCursor, Expr::value(cursor))
+            .col_expr(sync_state::Column::DownstreamTag, Expr::value(end_tag))
+            .col_expr(
+                sync_state::Column::ChangelogEpoch,
+                Expr::value(epoch.to_owned()),
+            )
+            .filter(sync_state::Column::Id.eq(1))
+            .exec(&txn)
+            .await?;
+        tracing::info!(
+            removed,
+            cursor,
+            epoch,
+            "resync complete: orphans removed, cursor, tag and epoch stored"
+        );
+    }
+    txn.commit().await?;
+    Ok(BatchApplied {
+        records,
+        initialised: false,
+        resynced: complete,
+    })
+}
+
+/// Moves a unique code that `rows` are about to take out of the way of
+/// another local row (its code becomes `~resync~<id>` until the snapshot
+/// names it again or it is deleted as an orphan).
+async fn free_codes<C: ConnectionTrait>(
+    txn: &C,
+    table: &dyn tables::SyncTable,
+    rows: &[tables::Row],
+) -> Result<()> {
+    let Some(code) = table.columns().iter().position(|c| c.name == "code") else {
+        return Ok(());
+    };
+    if table.owner() != Owner::Master {
+        return Ok(());
+    }
+    let codes: Vec<&str> = rows.iter().filter_map(|row| row.text(code)).collect();
+    for chunk in codes.chunks(CHUNK) {
+        let mut update = Query::update();
+        update
+            .table(Alias::new(table.name()))
+            .value(Alias::new("code"), Expr::cust("'~resync~' || id"))
+            .and_where(Expr::col(Alias::new("code")).is_in(chunk.iter().copied()));
+        txn.execute(txn.get_database_backend().build(&update))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Logs how many items about to be removed by a resync local store data
+/// still names (they are removed all the same, see the module docs).
+async fn warn_if_in_use<C: ConnectionTrait>(txn: &C, orphans: &str) {
+    let sql = format!(
+        "SELECT COUNT(*) {orphans} AND (id IN (SELECT item_id FROM stock_line) OR id IN (SELECT item_id FROM invoice_line))"
+    );
+    let found = txn
+        .query_one(sea_orm::Statement::from_string(
+            txn.get_database_backend(),
+            sql,
+        ))
+        .await;
+    if let Ok(Some(row)) = found {
+        let in_use: i64 = row.try_get_by_index(0).unwrap_or(0);
+        if in_use > 0 {
+            tracing::warn!(
+                items = in_use,
+                "the master no longer has items this store's data names: they are removed; the store's rows keep their own batch, price and pack size"
+            );
+        }
+    }
+}
+
+/// Empties what an interrupted earlier resync left, before a new one.
+pub async fn start_resync(db: &DatabaseConnection) -> Result<()> {
+    db.execute_unprepared("DELETE FROM resync_seen").await?;
+    Ok(())
 }
 
 /// Builds the store-data indexes a snapshot load goes without (a no-op for
@@ -213,7 +445,7 @@ pub async fn upstream_acked(db: &DatabaseConnection, acked: u64) -> Result<()> {
 /// see [`apply_batch`].)
 /// - Master behind what was acknowledged locally: the master lost data it had
 ///   acknowledged (restored from a backup); entries it needs are gone from the
-///   outbox. That needs an operator: refuse with a clear error.
+///   outbox. The site re-pushes its whole store (`repush`), keeping its data.
 pub async fn reconcile_upstream(
     db: &DatabaseConnection,
     master_acked: u64,
@@ -235,10 +467,7 @@ pub async fn reconcile_upstream(
         );
         return halt(txn, &why).await;
     } else if master_acked < local_acked {
-        return Err(Error::FailedPrecondition(format!(
-            "the master has applied this site's changes only up to {master_acked}, but it had acknowledged up to {local_acked} \
-             (was the master restored from an older backup?); the changes in between are no longer in this outbox"
-        )));
+        super::repush::repush_store(&txn, master_acked, local_acked, &state.store_id).await?;
     }
     let local_tag = if master_acked == local_acked {
         u64::try_from(state.upstream_acked_tag).unwrap_or(0)

@@ -62,6 +62,16 @@ pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) ->
         needs_initialisation: initialise,
         mode: settings.mode as i32,
         upstream_backlog: backlog,
+        changelog_epoch: if initialise {
+            String::new()
+        } else {
+            state.changelog_epoch.clone()
+        },
+        cursor_tag: if initialise {
+            0
+        } else {
+            u64::try_from(state.downstream_tag).unwrap_or(0)
+        },
         database_id: state.database_id,
     })
 }
@@ -113,6 +123,11 @@ pub(super) async fn open(
         // Only now that a snapshot is coming: empty what a half-finished
         // earlier initialisation may have left.
         apply::clear_for_initialisation(db).await?;
+    } else if welcome.resync_master_data {
+        // A master-data snapshot is coming: forget what an interrupted
+        // earlier resync recorded.
+        tracing::warn!(epoch = %welcome.changelog_epoch, "the master re-synchronises this site's master data (its change log was restored or pruned past this site)");
+        apply::start_resync(db).await?;
     }
     let sent_seq = if welcome.initialising {
         welcome.upstream_acked_seq

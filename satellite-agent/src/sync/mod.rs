@@ -27,6 +27,7 @@
 pub mod apply;
 mod connect;
 mod handshake;
+pub mod repush;
 mod session;
 
 use std::time::Duration;

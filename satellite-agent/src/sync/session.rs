@@ -207,12 +207,16 @@ impl<'a> Session<'a> {
         storesync_shared::kit::telemetry::propagation::set_parent(&span, &batch.trace_context);
         let tables = crate::metrics::tables_of(&batch.records);
         let started = std::time::Instant::now();
-        let applied = apply::apply_batch(
+        let applied = apply::apply_with(
             db,
             batch,
-            self.welcome.store.as_ref(),
-            self.welcome.upstream_acked_seq,
-            self.welcome.upstream_acked_tag,
+            apply::Applying {
+                store: self.welcome.store.as_ref(),
+                upstream_acked_seq: self.welcome.upstream_acked_seq,
+                upstream_acked_tag: self.welcome.upstream_acked_tag,
+                epoch: &self.welcome.changelog_epoch,
+                resync: self.welcome.resync_master_data,
+            },
         )
         .instrument(span)
         .await?;
@@ -236,6 +240,14 @@ impl<'a> Session<'a> {
             tracing::info!(
                 cursor = end_cursor,
                 "initialised from the master's snapshot"
+            );
+        }
+        if applied.resynced {
+            // The progress shown while the resync ran ends with it.
+            handle.set_initialised();
+            tracing::info!(
+                cursor = end_cursor,
+                "master data re-synchronised from the master's snapshot"
             );
         }
         let init_records_done = progress.map(|p| p.records_done).unwrap_or(0);
