@@ -288,6 +288,7 @@ pub async fn master_data_changes(
             changed_at_ms: Set(now),
             // 0: "no tag", which a satellite's Hello is never checked against.
             tag: Set(0),
+            traceparent: Set(String::new()),
         });
     }
     upsert::all::<item::Entity, _>(&txn, items, |r| &r.id).await?;

@@ -59,6 +59,9 @@ pub async fn append<C: ConnectionTrait>(txn: &C, record: &SyncRecord) -> Result<
         payload: Set(record.encode_to_vec()),
         changed_at_ms: Set(now_ms()),
         tag: Set(new_tag()),
+        traceparent: Set(storesync_shared::kit::telemetry::propagation::traceparent(
+            &tracing::Span::current(),
+        )),
     })
     .exec_without_returning(txn)
     .await?;

@@ -248,6 +248,7 @@ async fn watch_database(db: DatabaseConnection, health: tonic_health::server::He
 
 /// Sets the overall status and that of each storesync service.
 async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    metrics::ready(status == ServingStatus::Serving);
     for service in [
         "",
         "storesync.v1.AdminService",

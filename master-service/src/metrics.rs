@@ -38,6 +38,7 @@ pub struct MasterMetrics {
     last_success: Gauge<f64>,
     init_progress: Gauge<f64>,
     protocol_version: Gauge<u64>,
+    ready: Gauge<u64>,
 }
 
 static METRICS: LazyLock<MasterMetrics> = LazyLock::new(|| {
@@ -70,6 +71,11 @@ static METRICS: LazyLock<MasterMetrics> = LazyLock::new(|| {
             .u64_gauge(catalog::SITE_PROTOCOL_VERSION.name)
             .with_unit(catalog::SITE_PROTOCOL_VERSION.unit)
             .with_description(catalog::SITE_PROTOCOL_VERSION.description)
+            .build(),
+        ready: meter
+            .u64_gauge(catalog::SERVER_READY.name)
+            .with_unit(catalog::SERVER_READY.unit)
+            .with_description(catalog::SERVER_READY.description)
             .build(),
     }
 });
@@ -167,6 +173,15 @@ pub fn auth_failed(claimed_sync_id: Option<u32>) {
         .into_iter()
         .collect();
     METRICS.auth_failures.add(1, &attributes);
+}
+
+/// Records whether this replica serves, labelled with its host name (in
+/// Kubernetes, the pod's name), for the replica-not-ready alert.
+pub fn ready(serving: bool) {
+    let replica = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
+    METRICS
+        .ready
+        .record(u64::from(serving), &[KeyValue::new("replica", replica)]);
 }
 
 /// Records the per-site gauges from the database every `every`, until the

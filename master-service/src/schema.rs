@@ -34,6 +34,7 @@ impl MigratorTrait for Migrator {
         migrations.push(Box::new(DatabaseIdentity));
         migrations.push(Box::new(Refusals));
         migrations.push(Box::new(ProtocolVersion));
+        migrations.push(Box::new(ChangeTraces));
         migrations
     }
 }
@@ -111,6 +112,28 @@ impl MigrationTrait for ProtocolVersion {
         run_script(
             manager.get_connection(),
             "ALTER TABLE site_status ADD COLUMN protocol_version INTEGER NOT NULL DEFAULT 0",
+        )
+        .await
+    }
+}
+
+/// `change_log.traceparent`: the trace of the write behind each entry, so a
+/// downstream batch's span links to the writes it carries.
+struct ChangeTraces;
+
+impl MigrationName for ChangeTraces {
+    fn name(&self) -> &str {
+        "m0106_change_log_traceparent"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for ChangeTraces {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(
+            manager.get_connection(),
+            "ALTER TABLE change_log ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''",
         )
         .await
     }

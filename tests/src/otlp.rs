@@ -37,6 +37,8 @@ pub struct Span {
     /// The OTLP span kind (2 is SERVER).
     pub kind: i32,
     pub attributes: BTreeMap<String, String>,
+    /// The spans this one links to: (trace id, span id).
+    pub links: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// One received data point, flattened.
@@ -151,6 +153,11 @@ impl OtlpReceiver {
                             parent_span_id: span.parent_span_id.clone(),
                             kind: span.kind,
                             attributes: attributes(&span.attributes),
+                            links: span
+                                .links
+                                .iter()
+                                .map(|l| (l.trace_id.clone(), l.span_id.clone()))
+                                .collect(),
                         });
                     }
                 }

@@ -196,6 +196,10 @@ async fn a_batch_is_one_trace_across_sites_and_the_metrics_name_the_site() {
                 &[("sync_id", "3"), ("reason", "permission_denied")],
                 |v| v >= 1.0,
             ),
+            (catalog::SERVER_READY.name, &[], |v| v == 1.0),
+            (catalog::SITE_PROTOCOL_VERSION.name, &[("sync_id", "2")], |v| {
+                v >= 1.0
+            }),
             (
                 catalog::RPC_SERVER_DURATION.name,
                 &[
@@ -464,4 +468,82 @@ async fn push_foreign_batch(url: &str, store_id: &str, item_id: &str) -> tonic::
     })
     .await
     .expect("the master answers a foreign batch promptly")
+}
+
+/// A master-data write and the downstream batch that carries it to a site
+/// are linked: the batch's `sync.downstream.send` span links to the span of
+/// the call that wrote the change (here continuing the caller's trace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downstream_batch_links_to_the_writes_it_carries() {
+    const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const CALLER_SPAN: &str = "b7ad6b7169203331";
+    for backend in backends("a_downstream_batch_links_to_the_writes_it_carries") {
+        let receiver = OtlpReceiver::start().await;
+        let endpoint = receiver.endpoint();
+        let master_db = TestDb::new(backend);
+        let master = Master::start(
+            &master_db,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ],
+        );
+        master.add_site(2).await;
+        let satellite = Satellite::start(&master.url(), 2, "streaming", &[]);
+        satellite.wait_initialised(LIMIT).await;
+
+        let mut traced = tonic::Request::new(pb::UpsertItemRequest {
+            item: Some(pb::Item {
+                code: "LINKED".into(),
+                name: "Linked change".into(),
+                unit: "tab".into(),
+                default_pack_size: 10,
+                active: true,
+                ..Default::default()
+            }),
+        });
+        traced.metadata_mut().insert(
+            "traceparent",
+            format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+                .parse()
+                .unwrap(),
+        );
+        master.master_data().await.upsert_item(traced).await.unwrap();
+
+        let (write, send) = eventually(LIMIT, "the write's span and a batch linked to it", || async {
+            let spans = receiver.spans();
+            let write = spans
+                .iter()
+                .find(|s| {
+                    s.name == "storesync.v1.MasterDataService/UpsertItem"
+                        && hex(&s.trace_id) == CALLER_TRACE
+                })
+                .cloned()?;
+            let send = spans
+                .iter()
+                .find(|s| {
+                    s.name == "sync.downstream.send"
+                        && s.links.iter().any(|(trace, _)| hex(trace) == CALLER_TRACE)
+                })
+                .cloned()?;
+            Some((write, send))
+        })
+        .await;
+        assert_eq!(send.service, "master-service");
+        assert_ne!(
+            hex(&send.trace_id),
+            CALLER_TRACE,
+            "the batch has its own trace, linked, not a child"
+        );
+        let (_, linked_span) = send
+            .links
+            .iter()
+            .find(|(trace, _)| hex(trace) == CALLER_TRACE)
+            .unwrap();
+        assert_eq!(
+            hex(linked_span),
+            hex(&write.span_id),
+            "the link names the call that wrote the change: {send:?}"
+        );
+    }
 }

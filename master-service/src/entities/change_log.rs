@@ -14,6 +14,9 @@ pub struct Model {
     /// Random, set when the entry is written: tells this entry from another
     /// one with the same sequence in a restored (rewound) log.
     pub tag: i64,
+    /// W3C `traceparent` of the write that made the entry ('' if not traced):
+    /// the downstream batches carrying it link to that span.
+    pub traceparent: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -39,6 +39,10 @@ use tracing::Instrument;
 use super::{status, SyncContext};
 use crate::changelog;
 
+/// Most writes a downstream batch's span links to (a batch may carry
+/// thousands; the first ones are enough to follow a change).
+const MAX_LINKS: usize = 32;
+
 /// What the satellite has acknowledged so far.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Acked {
@@ -122,8 +126,14 @@ pub async fn run(
                     })
                     .collect::<Result<Vec<_>>>()?;
                 // One trace per batch, started when it is sent (changes of many
-                // writes share a batch); each satellite's apply is its child.
+                // writes share a batch); each satellite's apply is its child,
+                // and it links to the writes it carries.
                 let span = tracing::info_span!(parent: None, "sync.downstream.send", otel.kind = "producer", sync_id, end_cursor = end, records = records.len());
+                storesync_shared::kit::telemetry::propagation::add_links(
+                    &span,
+                    entries.iter().map(|entry| entry.traceparent.as_str()),
+                    MAX_LINKS,
+                );
                 let trace_context = storesync_shared::kit::telemetry::propagation::inject(&span);
                 send(
                     &tx,

@@ -159,6 +159,16 @@ pub const SITE_PROTOCOL_VERSION: MetricDesc = MetricDesc {
     description: "Sync protocol version of the site's latest session",
 };
 
+/// Whether this master replica serves (1) or reports NOT_SERVING to its
+/// probes (0: its database is unreachable, or it is stopping), by `replica`
+/// (the host name: the pod). Master.
+pub const SERVER_READY: MetricDesc = MetricDesc {
+    name: "storesync.server.ready",
+    unit: "{state}",
+    kind: MetricKind::Gauge,
+    description: "1 while the master replica serves, 0 while it reports NOT_SERVING",
+};
+
 /// gRPC server calls, by method and status (time to the response headers; for
 /// a stream that is when it opens). Both binaries.
 pub const RPC_SERVER_DURATION: MetricDesc = MetricDesc {
@@ -181,6 +191,7 @@ pub const ALL: &[MetricDesc] = &[
     BATCHES_REJECTED,
     INIT_PROGRESS,
     SITE_PROTOCOL_VERSION,
+    SERVER_READY,
     RPC_SERVER_DURATION,
 ];
 

@@ -20,6 +20,38 @@ pub fn inject(span: &tracing::Span) -> HashMap<String, String> {
     carrier
 }
 
+/// The W3C `traceparent` of `span`, for storing beside what it wrote (empty
+/// when traces are not exported).
+pub fn traceparent(span: &tracing::Span) -> String {
+    inject(span).remove("traceparent").unwrap_or_default()
+}
+
+/// Links `span` to each span named by a stored `traceparent` (the writes a
+/// batch carries), at most `limit` of them; malformed or empty ones are skipped.
+pub fn add_links<'a>(
+    span: &tracing::Span,
+    traceparents: impl IntoIterator<Item = &'a str>,
+    limit: usize,
+) {
+    use opentelemetry::trace::TraceContextExt;
+    let propagator = TraceContextPropagator::new();
+    let mut seen = std::collections::HashSet::new();
+    for traceparent in traceparents {
+        if seen.len() >= limit {
+            break;
+        }
+        if traceparent.is_empty() || !seen.insert(traceparent) {
+            continue;
+        }
+        let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+        let context = propagator.extract(&carrier);
+        let linked = context.span().span_context().clone();
+        if linked.is_valid() {
+            span.add_link(linked);
+        }
+    }
+}
+
 /// Makes `span` a child of the context in `carrier` (a received batch's
 /// `trace_context`). A missing or malformed context leaves `span` a root.
 pub fn set_parent(span: &tracing::Span, carrier: &HashMap<String, String>) {
