@@ -346,6 +346,45 @@ impl Satellite {
         );
     }
 
+    /// Starts another satellite with this one's configuration (Sync ID, mode,
+    /// master URL) on `db`: a replacement machine, or the site given a new database.
+    pub fn start_replacement(&self, db: TestDb) -> Self {
+        let mut vars = self.env.clone();
+        vars.retain(|(k, _)| k != "STORESYNC_DATABASE_URL" && k != "STORESYNC_LISTEN");
+        vars.push(("STORESYNC_LISTEN".into(), "127.0.0.1:0".into()));
+        vars.push(("STORESYNC_DATABASE_URL".into(), db.url()));
+        let label = format!("satellite-{}", self.sync_id);
+        let process = Process::spawn(
+            &bin_path("satellite-agent", "STORESYNC_SATELLITE_BIN"),
+            &label,
+            &[],
+            &vars,
+        );
+        Self {
+            process,
+            db,
+            sync_id: self.sync_id,
+            env: vars,
+        }
+    }
+
+    /// `sync_state.halted` of its database: empty unless it stopped syncing for good.
+    pub async fn halted(&self) -> String {
+        use sea_orm::{ConnectionTrait, Statement};
+        let conn = self.db.connect().await;
+        let row = conn
+            .query_one(Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT halted FROM sync_state WHERE id = 1",
+            ))
+            .await
+            .expect("read sync_state")
+            .expect("the sync_state row");
+        let halted = row.try_get_by_index(0).expect("halted");
+        let _ = conn.close().await;
+        halted
+    }
+
     /// Kills the satellite, deletes its database (a lost disk) and starts it
     /// again on a new, empty one. The master refuses the new database until
     /// it is adopted (see [`Satellite::replace_disk`]).

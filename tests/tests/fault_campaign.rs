@@ -5,11 +5,48 @@
 //! satellite, links cut mid-stream, satellites paused (SIGSTOP/SIGCONT), PostgreSQL restarted,
 //! power cuts (every satellite, and a SQLite master, keeps its database on the
 //! lazy filesystem of `storesync_tests::lazyfs`, which drops what was not
-//! fsynced), and once per campaign a satellite's database deleted. After every round, once
-//! quiet, the checker proves: each satellite's store data equals the master's
-//! copy, record by record; master data is the same everywhere; every invoice a
-//! satellite acknowledged is on the master exactly once; no deleted item came
-//! back; every stock line's packs equal the sum of its invoice lines.
+//! fsynced), and once per campaign a satellite's database deleted.
+//!
+//! Backups are taken during the rounds (a satellite's SQLite files copied
+//! after a `kill -9`; the master's database with `pg_dump`, or a SQLite
+//! master's file with its `-wal` and `-shm` copied while it is stopped). At the
+//! end of a round, once quiet, one of these may follow, done as the README's
+//! Reliability section tells an operator to:
+//!
+//! - **a site restored from its old copy** (files put back while it is
+//!   stopped). If the site wrote entries after the copy, or its database was
+//!   replaced since, the copy must stop by itself (refused, or halted); then it
+//!   is exported (`satellite-agent handover export`), the site given a new
+//!   database, adopted (`AdoptDatabase`) and the export imported there. A
+//!   copy of a site that wrote nothing since must simply keep syncing;
+//! - **a replacement machine** for a satellite that went offline holding
+//!   unsent invoices: the new, empty database is refused until adopted, the
+//!   old one started again is refused, and its entries are handed over;
+//! - **the master restored from its backup**: `pg_restore` in place
+//!   (`--clean`) or into a fresh database the master is pointed at, or the
+//!   SQLite files copied back; the master restarted. Databases adopted after
+//!   the backup are adopted again (the restore forgot the adoption).
+//!
+//! # What the checker expects
+//! After every round, once quiet: each satellite's store data equals the
+//! master's copy, record by record; master data is the same everywhere; every
+//! invoice a satellite acknowledged to its client is on the master exactly once
+//! (a restored master gets the sites' store data back by their re-push, and a
+//! handover brings a retired database's unsent invoices); no deleted item
+//! is on the master or a site; every scratch item the test knows to exist is
+//! on the master; every stock line's packs equal the sum of its invoice lines;
+//! and no site is stuck: each is initialised, its outbox drained, its database
+//! not halted, and it is connected (streaming) or has synced since the check
+//! began (interval).
+//!
+//! After a master restore, master data is by definition that of the backup:
+//! the scratch items the test expects are those that existed when the backup
+//! was taken (an item deleted after it comes back and is expected again; an
+//! item created after it is gone, and from then on checked like a deleted
+//! item). A master-data call that went unanswered (`UNAVAILABLE`) expects
+//! nothing: an item whose delete went unanswered is neither expected present
+//! nor expected gone. Store data is not taken from the backup: it is each
+//! site's, which the sites push again.
 //!
 //! `STORESYNC_CAMPAIGN_SEED` replays a campaign; `STORESYNC_CAMPAIGN_ROUNDS`
 //! lengthens it (CI runs 2 rounds); `STORESYNC_CAMPAIGN_BACKEND=sqlite` runs the
@@ -17,6 +54,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -26,12 +64,12 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use storesync_shared::domain::entities::{invoice, invoice_line, item, stock_line};
 use storesync_shared::proto::v1 as pb;
 use storesync_tests::cluster::{
-    assert_store_copies_equal, create_items, create_trading_partners, goods_in, goods_out,
-    wait_master_data_equal, Master, Satellite,
+    assert_store_copies_equal, create_items, create_trading_partners, database_id, goods_in,
+    goods_out, wait_master_data_equal, Master, Satellite,
 };
 use storesync_tests::lazyfs::{CutReport, LazyFs};
 use storesync_tests::proxy::Proxy;
-use storesync_tests::{backends, Backend, TestDb};
+use storesync_tests::{backends, eventually, Backend, TestDb};
 
 const QUIET: Duration = Duration::from_secs(90);
 const CALL: Duration = Duration::from_secs(10);
@@ -51,6 +89,164 @@ struct Tally {
     master_power_cuts: usize,
     /// Bytes the power cuts threw away (written, never fsynced).
     bytes_lost_in_cuts: u64,
+    /// Copies of a satellite's files taken, and put back.
+    satellite_backups: usize,
+    satellite_restores: usize,
+    /// Restored copies that stopped (refused or halted) and were handed over.
+    restored_copies_stopped: usize,
+    /// Replacement machines adopted while the old one held unsent invoices.
+    replacements: usize,
+    /// Invoices moved by `satellite-agent handover import` (imported, skipped).
+    handed_over: usize,
+    handover_skipped: usize,
+    master_backups: usize,
+    master_restores_in_place: usize,
+    master_restores_fresh_database: usize,
+    master_restores_sqlite_copy: usize,
+    /// Databases adopted again after a master restore forgot their adoption.
+    readoptions: usize,
+}
+
+/// A copy of a satellite's SQLite files, and what it held.
+struct SiteBackup {
+    dir: tempfile::TempDir,
+    database_id: String,
+    upstream_last_seq: u64,
+}
+
+/// A backup of the master, and the scratch items that existed when it was taken.
+struct MasterBackup {
+    dir: tempfile::TempDir,
+    scratch: Vec<pb::Item>,
+    /// The database that owned each Sync ID then.
+    owners: HashMap<u32, String>,
+}
+
+const SQLITE_SUFFIXES: [&str; 3] = ["", "-wal", "-shm"];
+
+fn sqlite_path(db: &TestDb) -> &Path {
+    let TestDb::Sqlite { path, .. } = db else {
+        panic!("a SQLite database")
+    };
+    path
+}
+
+/// Copies the SQLite files of `from` (its process stopped) into `dir`.
+fn copy_sqlite_out(from: &Path, dir: &Path) {
+    for suffix in SQLITE_SUFFIXES {
+        let source = PathBuf::from(format!("{}{suffix}", from.display()));
+        if source.exists() {
+            std::fs::copy(&source, dir.join(format!("copy{suffix}"))).unwrap();
+        }
+    }
+}
+
+/// Puts the files copied by [`copy_sqlite_out`] back at `to` (its process
+/// stopped), replacing what is there, and fsyncs them as an operator's
+/// `cp && sync` would (they may sit on the power-cut filesystem).
+fn copy_sqlite_back(dir: &Path, to: &Path) {
+    for suffix in SQLITE_SUFFIXES {
+        let target = PathBuf::from(format!("{}{suffix}", to.display()));
+        let _ = std::fs::remove_file(&target);
+        let copy = dir.join(format!("copy{suffix}"));
+        if copy.exists() {
+            std::fs::copy(&copy, &target).unwrap();
+            std::fs::File::open(&target).unwrap().sync_all().unwrap();
+        }
+    }
+}
+
+/// (database_id, upstream_last_seq) of a copied satellite database.
+async fn copied_identity(dir: &Path) -> (String, u64) {
+    use sea_orm::{ConnectionTrait, Statement};
+    // Read a throwaway copy: opening the copy itself could checkpoint it.
+    let probe = tempfile::tempdir().unwrap();
+    for suffix in SQLITE_SUFFIXES {
+        let copy = dir.join(format!("copy{suffix}"));
+        if copy.exists() {
+            std::fs::copy(&copy, probe.path().join(format!("probe.db{suffix}"))).unwrap();
+        }
+    }
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        probe.path().join("probe.db").display()
+    );
+    let conn = storesync_shared::domain::db::connect(&url, 1)
+        .await
+        .unwrap();
+    let row = conn
+        .query_one(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT database_id, upstream_last_seq FROM sync_state WHERE id = 1",
+        ))
+        .await
+        .unwrap()
+        .expect("the sync_state row");
+    let id: String = row.try_get_by_index(0).unwrap();
+    let last: i64 = row.try_get_by_index(1).unwrap();
+    let _ = conn.close().await;
+    (id, u64::try_from(last).unwrap_or(0))
+}
+
+fn run(command: &mut Command, seed: u64) {
+    let status = command.status().unwrap();
+    assert!(status.success(), "seed {seed}: {command:?} failed");
+}
+
+/// Waits until `satellite` reports an error containing one of `needles`.
+async fn wait_refused(satellite: &Satellite, needles: &[&str], seed: u64) -> String {
+    eventually(
+        QUIET,
+        &format!(
+            "seed {seed}: satellite {} to be refused or stop",
+            satellite.sync_id
+        ),
+        || async {
+            let error = satellite.status().await.last_error;
+            needles
+                .iter()
+                .any(|needle| error.contains(needle))
+                .then_some(error)
+        },
+    )
+    .await
+}
+
+/// `satellite-agent handover export` on `old` (stopped by this): the
+/// directory holding the file, and the file.
+fn export(old: &mut Satellite, seed: u64) -> (tempfile::TempDir, String) {
+    old.process.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir
+        .path()
+        .join("handover.json")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (exported, text) = old.command(&["handover", "export", "--out", &file]);
+    assert!(exported, "seed {seed}: handover export: {text}");
+    (dir, file)
+}
+
+/// `satellite-agent handover import` on `new`; returns (imported, skipped).
+fn import(new: &Satellite, file: &str, seed: u64) -> (usize, usize) {
+    let (imported, report) = new.command(&["handover", "import", file]);
+    assert!(
+        imported,
+        "seed {seed}: handover import refused something: {report}"
+    );
+    let count = |start: &str| report.lines().filter(|l| l.starts_with(start)).count();
+    (count("imported invoice "), count("skipped invoice "))
+}
+
+/// A new database for a Sync ID: refused until the operator adopts it, then
+/// initialised. Returns its identity.
+async fn adopt_new(master: &Master, new: &Satellite, seed: u64) -> String {
+    wait_refused(new, &["belongs to satellite database"], seed).await;
+    let id = database_id(&new.db).await;
+    master.adopt(new.sync_id, &id).await;
+    new.wait_initialised(QUIET).await;
+    id
 }
 
 /// Cuts the power of `lazy` (its processes already killed). Retries while a
@@ -119,7 +315,7 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
     // Declared before the databases on it: dropped (unmounted) after them.
     let mut master_lazy = (backend == Backend::Sqlite).then(mount);
     let mut satellite_lazies: Vec<LazyFs> = (0..3).map(|_| mount()).collect();
-    let master_db = match &master_lazy {
+    let mut master_db = match &master_lazy {
         Some(lazy) => TestDb::sqlite_in(lazy.path()),
         None => TestDb::new(backend),
     };
@@ -151,19 +347,26 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
         ));
         proxies.push(proxy);
     }
+    let mut database_ids = Vec::new();
     for satellite in &satellites {
         satellite.wait_initialised(QUIET).await;
+        database_ids.push(database_id(&satellite.db).await);
     }
 
     let mut tally = Tally::default();
     let mut acknowledged: HashMap<u32, HashSet<String>> = HashMap::new();
     let mut deleted_items: HashSet<String> = HashSet::new();
     let mut scratch: Vec<pb::Item> = Vec::new();
+    // Every scratch item ever created, and those whose delete went unanswered.
+    let mut all_created: HashSet<String> = HashSet::new();
+    let mut unanswered_deletes: HashSet<String> = HashSet::new();
+    let mut site_backups: Vec<Option<SiteBackup>> = vec![None, None, None];
+    let mut master_backup: Option<MasterBackup> = None;
     let wipe_round = rng.gen_range(0..rounds);
 
     for round in 0..rounds {
         for step in 0..20 {
-            let choice = rng.gen_range(0..13);
+            let choice = rng.gen_range(0..15);
             match choice {
                 0..=4 => {
                     // A store operation at a random satellite.
@@ -256,7 +459,11 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                             .upsert_item(pb::UpsertItemRequest { item: Some(item) })
                             .await
                         {
-                            Ok(stored) => scratch.push(stored.into_inner().item.unwrap()),
+                            Ok(stored) => {
+                                let stored = stored.into_inner().item.unwrap();
+                                all_created.insert(stored.id.clone());
+                                scratch.push(stored);
+                            }
                             Err(status) => unanswered(status),
                         }
                     } else if rng.gen_bool(0.5) {
@@ -288,7 +495,10 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                             Ok(_) => {
                                 deleted_items.insert(scratch.swap_remove(index).id);
                             }
-                            Err(status) => unanswered(status),
+                            Err(status) => {
+                                unanswered(status);
+                                unanswered_deletes.insert(scratch.swap_remove(index).id);
+                            }
                         }
                     }
                 }
@@ -335,6 +545,53 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                         tally.bytes_lost_in_cuts += report.bytes_lost;
                     }
                 }
+                13 => {
+                    // A copy of a satellite's files, taken after a kill -9 (kept
+                    // off the power-cut filesystem), for a restore later.
+                    let n = rng.gen_range(0..satellites.len());
+                    satellites[n].process.kill();
+                    let dir = tempfile::tempdir().unwrap();
+                    copy_sqlite_out(sqlite_path(&satellites[n].db), dir.path());
+                    satellites[n].start_again();
+                    let (database_id, upstream_last_seq) = copied_identity(dir.path()).await;
+                    site_backups[n] = Some(SiteBackup {
+                        dir,
+                        database_id,
+                        upstream_last_seq,
+                    });
+                    tally.satellite_backups += 1;
+                }
+                14 => {
+                    // A backup of the master: pg_dump while it runs, or a
+                    // SQLite master's files copied while it is stopped.
+                    let dir = tempfile::tempdir().unwrap();
+                    if backend == Backend::Sqlite {
+                        master.process.kill();
+                        let _ = db.close().await;
+                        copy_sqlite_out(sqlite_path(&master_db), dir.path());
+                        master.start_again();
+                        db = master_db.connect().await;
+                    } else {
+                        run(
+                            Command::new("pg_dump")
+                                .args(["-Fc", "-f"])
+                                .arg(dir.path().join("master.dump"))
+                                .arg(master_db.url()),
+                            seed,
+                        );
+                    }
+                    let owners = satellites
+                        .iter()
+                        .zip(&database_ids)
+                        .map(|(s, id)| (s.sync_id, id.clone()))
+                        .collect();
+                    master_backup = Some(MasterBackup {
+                        dir,
+                        scratch: scratch.clone(),
+                        owners,
+                    });
+                    tally.master_backups += 1;
+                }
                 10 if pg_cluster.is_some() && rng.gen_bool(0.25) => {
                     // PostgreSQL itself goes away and comes back under the master.
                     let version = pg_cluster.as_deref().unwrap_or_default();
@@ -354,26 +611,192 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
         }
 
         // Quiet: everything reaches everywhere; then the checks.
-        check(&db, &satellites, &acknowledged, &deleted_items, seed).await;
+        let expect = Expected {
+            acknowledged: &acknowledged,
+            deleted_items: &deleted_items,
+            scratch: &scratch,
+        };
+        check(&db, &satellites, &expect, seed).await;
         if round == wipe_round {
             let n = rng.gen_range(0..satellites.len());
             satellites[n].replace_disk(&master).await;
+            database_ids[n] = database_id(&satellites[n].db).await;
             tally.wipes += 1;
             satellites[n].wait_initialised(QUIET).await;
-            check(&db, &satellites, &acknowledged, &deleted_items, seed).await;
+            check(&db, &satellites, &expect, seed).await;
+        }
+        // At most one operator-scale fault per round, once quiet.
+        if rng.gen_bool(0.35) {
+            let kind = rng.gen_range(0..3);
+            let restorable: Vec<usize> = (0..satellites.len())
+                .filter(|n| site_backups[*n].is_some())
+                .collect();
+            if kind == 0 && !restorable.is_empty() {
+                // A site restored from its old copy, while it is stopped.
+                let n = restorable[rng.gen_range(0..restorable.len())];
+                let backup = site_backups[n].take().unwrap();
+                let current_last = satellites[n].status().await.upstream_last_seq;
+                let must_stop = backup.database_id != database_ids[n]
+                    || current_last > backup.upstream_last_seq;
+                satellites[n].process.kill();
+                copy_sqlite_back(backup.dir.path(), sqlite_path(&satellites[n].db));
+                satellites[n].start_again();
+                tally.satellite_restores += 1;
+                eprintln!(
+                    "seed {seed}: satellite {} restored from its copy (database {}, last entry {} of {current_last}); must stop: {must_stop}",
+                    satellites[n].sync_id, backup.database_id, backup.upstream_last_seq
+                );
+                if must_stop {
+                    wait_refused(
+                        &satellites[n],
+                        &[
+                            "older copy",
+                            "another history",
+                            "belongs to satellite database",
+                        ],
+                        seed,
+                    )
+                    .await;
+                    // The operator: export the copy's unsent invoices, give the
+                    // site a new database, adopt it, import them there.
+                    let file = export(&mut satellites[n], seed);
+                    let new = satellites[n]
+                        .start_replacement(TestDb::sqlite_in(satellite_lazies[n].path()));
+                    let id = adopt_new(&master, &new, seed).await;
+                    drop(std::mem::replace(&mut satellites[n], new));
+                    database_ids[n] = id;
+                    let (imported, skipped) = import(&satellites[n], &file.1, seed);
+                    tally.restored_copies_stopped += 1;
+                    tally.handed_over += imported;
+                    tally.handover_skipped += skipped;
+                }
+            } else if kind == 2 && master_backup.is_some() {
+                // The master restored from its backup, then restarted.
+                let backup = master_backup.as_ref().unwrap();
+                master.process.kill();
+                let _ = db.close().await;
+                let dump = backup.dir.path().join("master.dump");
+                if backend == Backend::Sqlite {
+                    copy_sqlite_back(backup.dir.path(), sqlite_path(&master_db));
+                    master.start_again();
+                    tally.master_restores_sqlite_copy += 1;
+                } else if rng.gen_bool(0.5) {
+                    run(
+                        Command::new("pg_restore")
+                            .args(["--clean", "--if-exists", "--no-owner", "-d"])
+                            .arg(master_db.url())
+                            .arg(&dump),
+                        seed,
+                    );
+                    master.start_again();
+                    tally.master_restores_in_place += 1;
+                } else {
+                    let fresh = TestDb::new(Backend::Postgres);
+                    run(
+                        Command::new("pg_restore")
+                            .args(["--no-owner", "-d"])
+                            .arg(fresh.url())
+                            .arg(&dump),
+                        seed,
+                    );
+                    master = Master::start(&fresh, &[]);
+                    for proxy in &proxies {
+                        proxy.set_target(master.process.addr);
+                    }
+                    master_db = fresh;
+                    tally.master_restores_fresh_database += 1;
+                }
+                db = master_db.connect().await;
+                eprintln!("seed {seed}: master restored from its backup");
+                // The restore forgot adoptions made after the backup: adopt again.
+                for (satellite, id) in satellites.iter().zip(&database_ids) {
+                    if backup.owners.get(&satellite.sync_id) != Some(id) {
+                        master.adopt(satellite.sync_id, id).await;
+                        tally.readoptions += 1;
+                    }
+                }
+                // Master data is the backup's from now on.
+                scratch = backup.scratch.clone();
+                let kept: HashSet<&String> = scratch.iter().map(|i| &i.id).collect();
+                deleted_items = all_created
+                    .iter()
+                    .filter(|id| !kept.contains(id) && !unanswered_deletes.contains(*id))
+                    .cloned()
+                    .collect();
+            } else {
+                // A replacement machine while the old one holds unsent invoices.
+                let n = rng.gen_range(0..satellites.len());
+                proxies[n].refuse(true);
+                proxies[n].cut_all();
+                let mut store = satellites[n].store().await;
+                let item = trade_items[rng.gen_range(0..trade_items.len())].clone();
+                let received = goods_in(&mut store, &supplier, &[item], 5.0, "offline").await;
+                let out = goods_out(&mut store, &customer, &received.stock_lines[0], 2.0)
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed}: goods out offline: {e:?}"));
+                let offline = [received.invoice.unwrap().id, out.invoice.unwrap().id];
+                acknowledged
+                    .entry(satellites[n].sync_id)
+                    .or_default()
+                    .extend(offline.iter().cloned());
+                let backlog = satellites[n].status().await.upstream_backlog;
+                assert!(
+                    backlog >= 2,
+                    "seed {seed}: the offline writes are unsent: {backlog}"
+                );
+                satellites[n].process.kill();
+                proxies[n].refuse(false);
+                let new =
+                    satellites[n].start_replacement(TestDb::sqlite_in(satellite_lazies[n].path()));
+                let id = adopt_new(&master, &new, seed).await;
+                let mut old = std::mem::replace(&mut satellites[n], new);
+                database_ids[n] = id;
+                // The old machine comes back: refused, it keeps its invoices.
+                old.start_again();
+                wait_refused(&old, &["belongs to satellite database"], seed).await;
+                let file = export(&mut old, seed);
+                drop(old);
+                let (imported, skipped) = import(&satellites[n], &file.1, seed);
+                assert!(
+                    imported >= offline.len(),
+                    "seed {seed}: the offline invoices are handed over ({imported} imported)"
+                );
+                tally.replacements += 1;
+                tally.handed_over += imported;
+                tally.handover_skipped += skipped;
+            }
+            let expect = Expected {
+                acknowledged: &acknowledged,
+                deleted_items: &deleted_items,
+                scratch: &scratch,
+            };
+            check(&db, &satellites, &expect, seed).await;
         }
         eprintln!("round {round} of seed {seed} checked: {tally:?}");
     }
     eprintln!("*** fault campaign seed {seed}: {rounds} rounds, {tally:?}, failures found: 0 ***");
 }
 
+/// What the checker expects (see the module's docs).
+struct Expected<'a> {
+    acknowledged: &'a HashMap<u32, HashSet<String>>,
+    deleted_items: &'a HashSet<String>,
+    /// Scratch items known to exist on the master.
+    scratch: &'a [pb::Item],
+}
+
 async fn check(
     db: &sea_orm::DatabaseConnection,
     satellites: &[Satellite],
-    acknowledged: &HashMap<u32, HashSet<String>>,
-    deleted_items: &HashSet<String>,
+    expect: &Expected<'_>,
     seed: u64,
 ) {
+    let Expected {
+        acknowledged,
+        deleted_items,
+        scratch,
+    } = *expect;
+    no_site_stuck(satellites, seed).await;
     for satellite in satellites {
         wait_master_data_equal(db, satellite, QUIET).await;
         assert_store_copies_equal(db, satellite, QUIET).await;
@@ -402,6 +825,18 @@ async fn check(
             "seed {seed}: deleted item {id} is back on the master"
         );
     }
+    for expected in scratch {
+        assert!(
+            item::Entity::find_by_id(expected.id.clone())
+                .one(db)
+                .await
+                .unwrap()
+                .is_some(),
+            "seed {seed}: item {} ({}) is missing on the master",
+            expected.id,
+            expected.code
+        );
+    }
     for (sync_id, ids) in acknowledged {
         for id in ids {
             let found = invoice::Entity::find()
@@ -426,5 +861,42 @@ async fn check(
             stock.id,
             stock.total_number_of_packs
         );
+    }
+}
+
+/// No site stuck: every satellite is initialised, has drained its outbox,
+/// runs on a database that is not halted, and is connected (streaming) or has
+/// synced since this check began (interval).
+async fn no_site_stuck(satellites: &[Satellite], seed: u64) {
+    let began = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let began = i64::try_from(began).unwrap();
+    for satellite in satellites {
+        satellite.wait_drained(QUIET).await;
+        let halted = satellite.halted().await;
+        assert!(
+            halted.is_empty(),
+            "seed {seed}: satellite {} runs on a halted database: {halted}",
+            satellite.sync_id
+        );
+        eventually(
+            QUIET,
+            &format!(
+                "seed {seed}: satellite {} to be connected",
+                satellite.sync_id
+            ),
+            || async {
+                let status = satellite.status().await;
+                let synced = if status.mode == pb::SyncMode::Interval as i32 {
+                    status.last_sync_at_ms >= began
+                } else {
+                    status.state == pb::ConnectionState::Connected as i32
+                };
+                (status.initialised && synced).then_some(())
+            },
+        )
+        .await;
     }
 }
