@@ -412,6 +412,7 @@ mod tests {
             payload: vec![0; size],
             changed_at_ms: 0,
             tag: 0,
+            traceparent: String::new(),
         }
     }
 
