@@ -52,8 +52,7 @@ impl AdminApi {
     /// Site `sync_id` (`None`: the shared credentials) changed: live
     /// sessions re-check, here and on every replica.
     async fn site_changed(&self, sync_id: Option<u32>) {
-        crate::sync::cluster::site_changed(&self.state.db, &self.state.site_changes, sync_id)
-            .await;
+        crate::sync::cluster::site_changed(&self.state.db, &self.state.site_changes, sync_id).await;
     }
 
     /// The operator, once their unlock token checks out.

@@ -269,6 +269,9 @@ async fn a_changed_sync_password_ends_only_the_sessions_that_used_it() {
     }
 }
 
+/// Records in the racing upstream batch: enough for its apply to take a while.
+const BATCH: usize = 3000;
+
 /// Rows of `store_id`'s stock lines on the master.
 async fn stock_lines_of(db: &DatabaseConnection, store_id: &str) -> i64 {
     let row = db
@@ -307,14 +310,16 @@ async fn removing_a_site_while_it_uploads_never_leaves_data_of_a_removed_site() 
             )
             .await
             .unwrap();
-            let records: Vec<_> = (0..400)
+            let records: Vec<_> = (0..BATCH)
                 .map(|_| stock_line(&store_id, &items[0].id))
                 .collect();
-            session.push(1, records).await;
-            // Remove while the batch is (likely) being applied; the delay varies.
-            tokio::time::sleep(Duration::from_millis(u64::from(attempt % 6) * 15)).await;
+            // Everything ready before the batch goes, so that the removal
+            // reaches the master while the batch is being applied.
             let request = unlocked(&master, pb::RemoveSiteRequest { sync_id }).await;
-            let removal = master.admin().await.remove_site(request).await;
+            let mut admin = master.admin().await;
+            session.push(1, records).await;
+            tokio::time::sleep(Duration::from_millis(u64::from(attempt % 4) * 10)).await;
+            let removal = admin.remove_site(request).await;
             // Let the session finish whatever it was doing.
             let _ = tokio::time::timeout(Duration::from_secs(20), async {
                 while let Ok(Some(message)) = session.inbound.message().await {
@@ -339,7 +344,10 @@ async fn removing_a_site_while_it_uploads_never_leaves_data_of_a_removed_site() 
                 }
                 Err(status) => {
                     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-                    assert!(status.message().contains("400 stock line(s)"), "{status:?}");
+                    assert!(
+                        status.message().contains(&format!("{BATCH} stock line(s)")),
+                        "{status:?}"
+                    );
                     refused += 1;
                 }
             }

@@ -53,8 +53,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::changelog::ChangeNotifier;
 use crate::unlock::Throttle;
-pub use registry::SiteChanges;
 use registry::Sessions;
+pub use registry::SiteChanges;
 
 /// Tunables of the sync stream.
 #[derive(Clone, Debug)]

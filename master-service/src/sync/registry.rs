@@ -89,7 +89,10 @@ impl Sessions {
     /// session of that site here must end.
     pub(super) fn claimed_elsewhere(&self, sync_id: u32, session_id: &str) {
         let mut active = self.active();
-        if active.get(&sync_id).is_some_and(|(id, _, _)| id != session_id) {
+        if active
+            .get(&sync_id)
+            .is_some_and(|(id, _, _)| id != session_id)
+        {
             if let Some((old_id, old, _)) = active.remove(&sync_id) {
                 tracing::info!(sync_id, old_session = %old_id, new_session = %session_id, "a session on another replica replaces this one");
                 old.send_replace(true);
@@ -100,7 +103,10 @@ impl Sessions {
     /// Session `session_id` ended; a newer session of the site stays registered.
     pub(super) fn unregister(&self, sync_id: u32, session_id: &str) {
         let mut active = self.active();
-        if active.get(&sync_id).is_some_and(|(id, _, _)| id == session_id) {
+        if active
+            .get(&sync_id)
+            .is_some_and(|(id, _, _)| id == session_id)
+        {
             active.remove(&sync_id);
         }
     }

@@ -193,27 +193,39 @@ pub(super) async fn run(
     }
     .run(inbound);
     tokio::pin!(inbound_half);
-    // Re-check the site at every heartbeat period too: a signal lost between
-    // replicas costs at most this long.
-    let mut every = tokio::time::interval(ctx.settings.heartbeat);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    every.reset();
-    let outcome: Result<()> = loop {
-        tokio::select! {
-            result = &mut inbound_half => break result,
-            joined = &mut downstream => break match joined {
-                Ok(result) => result,
-                Err(e) => Err(Error::Internal(format!("downstream task: {e}"))),
-            },
-            _ = replaced.wait_for(|r| *r) => break Err(Error::Aborted(format!("a newer session for Sync ID {sync_id} replaced this one"))),
-            _ = shutdown.wait_for(|s| *s) => break Err(Error::Unavailable("the master is shutting down; reconnect later".into())),
-            () = recheck.notified() => {}
-            _ = every.tick() => {}
+    // The site's re-checks run beside the two halves, never pausing them: an
+    // apply paused mid-transaction would hold the connection the re-check
+    // needs (SQLite has one). Also at every heartbeat period: a signal lost
+    // between replicas costs at most this long.
+    let mut watcher = tokio::spawn({
+        let db = ctx.db.clone();
+        let every = ctx.settings.heartbeat;
+        async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.reset();
+            loop {
+                tokio::select! {
+                    () = recheck.notified() => {}
+                    _ = ticks.tick() => {}
+                }
+                if let Some(error) = revoked(&db, sync_id, &logged_in).await {
+                    return error;
+                }
+            }
         }
-        if let Some(error) = revoked(&ctx.db, sync_id, &logged_in).await {
-            break Err(error);
-        }
+    });
+    let outcome: Result<()> = tokio::select! {
+        result = &mut inbound_half => result,
+        joined = &mut downstream => match joined {
+            Ok(result) => result,
+            Err(e) => Err(Error::Internal(format!("downstream task: {e}"))),
+        },
+        revoked = &mut watcher => Err(revoked.unwrap_or_else(|e| Error::Internal(format!("site re-check task: {e}")))),
+        _ = replaced.wait_for(|r| *r) => Err(Error::Aborted(format!("a newer session for Sync ID {sync_id} replaced this one"))),
+        _ = shutdown.wait_for(|s| *s) => Err(Error::Unavailable("the master is shutting down; reconnect later".into())),
     };
+    watcher.abort();
     downstream.abort();
     end(&ctx, &span, sync_id, &tx, outcome, refused.get().cloned()).await;
     metrics::session_closed(sync_id);
