@@ -356,3 +356,53 @@ async fn removing_a_site_while_it_uploads_never_leaves_data_of_a_removed_site() 
         assert_eq!(removed + refused, 12);
     }
 }
+
+/// Interval mode closing right after initialisation: the satellite waits
+/// for its last frames (the ack completing initialisation) to reach the
+/// master, which then holds the site initialised at the satellite's cursor,
+/// with nothing to resend, and no next session needed for that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interval_close_right_after_initialisation_leaves_the_site_initialised() {
+    for backend in
+        backends("an_interval_close_right_after_initialisation_leaves_the_site_initialised")
+    {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        let db = master_db.connect().await;
+        master.add_site(2).await;
+        create_items(&master, "IVL", 50).await;
+        // One session only: the next interval is far away.
+        let satellite = Satellite::start(
+            &master.url(),
+            2,
+            "interval",
+            &[("STORESYNC_SYNC_INTERVAL_SECONDS", "600")],
+        );
+        satellite.wait_initialised(LIMIT).await;
+        let status = eventually(
+            LIMIT,
+            "the satellite to wait for its next interval",
+            || async {
+                let status = satellite.status().await;
+                (status.state == pb::ConnectionState::Waiting as i32).then_some(status)
+            },
+        )
+        .await;
+        let row = db
+            .query_one(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT initialised, downstream_cursor FROM site WHERE sync_id = 2",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let initialised: bool = row.try_get_by_index(0).unwrap();
+        let cursor: i64 = row.try_get_by_index(1).unwrap();
+        assert!(initialised, "the master holds the site initialised");
+        assert_eq!(
+            u64::try_from(cursor).unwrap(),
+            status.downstream_cursor,
+            "nothing to resend"
+        );
+    }
+}
