@@ -345,7 +345,10 @@ async fn wait_closed(inbound: &mut Streaming<MasterMessage>, limit: Duration) {
     })
     .await;
     if closed.is_err() {
-        tracing::debug!(?limit, "the master did not close the stream after the Goodbye");
+        tracing::debug!(
+            ?limit,
+            "the master did not close the stream after the Goodbye"
+        );
     }
 }
 
