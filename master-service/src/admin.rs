@@ -3,7 +3,10 @@
 //! Reads need operator credentials (checked by the auth layer, which puts the
 //! [`Operator`] in the request). Every change also needs an unlock token
 //! ([`crate::unlock`]). The rules are in [`crate::sites`] and
-//! [`crate::preferences`]; this module only adapts them.
+//! [`crate::preferences`]; this module only adapts them, and after a change
+//! that may end a live sync session (a site updated or removed, the shared
+//! credentials changed) tells the sessions to re-check
+//! ([`crate::sync::cluster::site_changed`]).
 
 use std::sync::Arc;
 
@@ -44,6 +47,12 @@ impl AdminApi {
             .ok_or_else(|| {
                 Error::internal("AdminService reached without an authenticated operator")
             })
+    }
+
+    /// Site `sync_id` (`None`: the shared credentials) changed: live
+    /// sessions re-check, here and on every replica.
+    async fn site_changed(&self, sync_id: Option<u32>) {
+        crate::sync::cluster::site_changed(&self.state.db, &self.state.site_changes, sync_id).await;
     }
 
     /// The operator, once their unlock token checks out.
@@ -130,6 +139,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             clear_own_credentials,
         } = request.into_inner();
         let site = site.ok_or_else(|| Error::invalid("site", "is required"))?;
+        let sync_id = site.sync_id;
         let site = sites::update(
             &self.state.db,
             &self.state.notifier,
@@ -138,6 +148,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             clear_own_credentials,
         )
         .await?;
+        self.site_changed(Some(sync_id)).await;
         Ok(Response::new(pb::UpdateSiteResponse { site: Some(site) }))
     }
 
@@ -146,13 +157,9 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::RemoveSiteRequest>,
     ) -> Result<Response<pb::RemoveSiteResponse>, Status> {
         let operator = self.unlocked(&request).await?;
-        sites::remove(
-            &self.state.db,
-            &self.state.notifier,
-            &operator,
-            request.into_inner().sync_id,
-        )
-        .await?;
+        let sync_id = request.into_inner().sync_id;
+        sites::remove(&self.state.db, &self.state.notifier, &operator, sync_id).await?;
+        self.site_changed(Some(sync_id)).await;
         Ok(Response::new(pb::RemoveSiteResponse {}))
     }
 
@@ -187,9 +194,13 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .into_inner()
             .preferences
             .ok_or_else(|| Error::invalid("preferences", "is required"))?;
-        Ok(Response::new(
-            preferences::update(&self.state.db, &operator, input).await?,
-        ))
+        let credentials = !(input.sync_user_name.is_empty() && input.sync_password.is_empty());
+        let preferences = preferences::update(&self.state.db, &operator, input).await?;
+        if credentials {
+            // Every site without its own credentials logged in with these.
+            self.site_changed(None).await;
+        }
+        Ok(Response::new(preferences))
     }
 
     async fn list_audit(

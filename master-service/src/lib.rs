@@ -66,6 +66,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Wakes the streams that tail the change log after a master-data commit.
     pub notifier: changelog::ChangeNotifier,
+    /// Tells this process's sync sessions that an operator changed their site.
+    pub site_changes: sync::SiteChanges,
     /// Turns true when shutdown begins: long-lived streams should finish
     /// their current batch and end, so the drain completes within the grace period.
     pub shutting_down: watch::Receiver<bool>,
@@ -94,6 +96,7 @@ pub async fn serve(
         db: db.clone(),
         config: Arc::new(config),
         notifier: changelog::ChangeNotifier::default(),
+        site_changes: sync::SiteChanges::default(),
         shutting_down,
     };
 
@@ -114,6 +117,7 @@ pub async fn serve(
             downstream_batch_records: state.config.downstream_batch_records,
             ..sync::SyncSettings::default()
         },
+        &state.site_changes,
     );
     let mut background = vec![
         tokio::spawn(sync::retention::run(

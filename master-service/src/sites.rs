@@ -419,6 +419,11 @@ pub async fn update(
 /// Removes a satellite whose store holds no data, with its store and the
 /// store's name (deleted with a tombstone, or made inactive if invoices of
 /// other stores still name it).
+///
+/// # Invariant
+/// The check that the store holds no data and the delete run under the
+/// site's row lock, which every upstream apply of the site also takes: no
+/// batch is applied to a removed site's store.
 pub async fn remove(
     db: &DatabaseConnection,
     notifier: &ChangeNotifier,
@@ -432,6 +437,22 @@ pub async fn remove(
     }
     let id = i32::try_from(sync_id).unwrap_or(i32::MAX);
     let txn = db.begin().await?;
+    // The site's row lock first, the one an upstream apply takes
+    // (`sync::upstream`): a batch being applied finishes before the count
+    // below, and one that starts later waits for this transaction and then
+    // finds the site gone. So either the removal sees the batch's data and
+    // is refused, or the batch is refused; never a removed site with data.
+    // A no-op UPDATE locks the row on PostgreSQL and takes SQLite's write
+    // lock at once (instead of at the first delete, after the count).
+    txn.execute(sea_orm::Statement::from_sql_and_values(
+        txn.get_database_backend(),
+        match txn.get_database_backend() {
+            sea_orm::DbBackend::Postgres => "UPDATE site SET sync_id = sync_id WHERE sync_id = $1",
+            _ => "UPDATE site SET sync_id = sync_id WHERE sync_id = ?",
+        },
+        [id.into()],
+    ))
+    .await?;
     let Some(current) = site::Entity::find_by_id(id).one(&txn).await? else {
         return Err(Error::not_found(format!(
             "sync_id: no site has Sync ID {sync_id}"

@@ -12,6 +12,11 @@
 //!   (ABORTED). The claim in `site_status` is what counts: upstream batches are
 //!   applied only by the session that holds it (checked in the apply transaction,
 //!   under the site's row lock), so two replicas never apply one site's batches.
+//! - `storesync_sites` (payload: a Sync ID, or `*` for every site): sent after an
+//!   operator disabled or removed a site or changed its (or the shared) sync
+//!   credentials. Every replica's session of that site re-checks the site and
+//!   ends if it may no longer sync. A lost notification costs one heartbeat
+//!   period: sessions also re-check then.
 //!
 //! On SQLite (one process) none of this runs; the in-process notifier and
 //! session registry do the same job.
@@ -28,6 +33,24 @@ use crate::changelog::ChangeNotifier;
 pub const CHANGES_CHANNEL: &str = "storesync_changes";
 /// Channel of session claims.
 pub const SESSIONS_CHANNEL: &str = "storesync_sessions";
+
+/// Channel of operators' changes to sites.
+pub const SITES_CHANNEL: &str = "storesync_sites";
+
+/// An operator changed site `sync_id` (`None`: the shared credentials of
+/// every site), after the change committed: the live sessions on this process
+/// and (PostgreSQL) on every replica re-check it at once.
+pub async fn site_changed(
+    db: &sea_orm::DatabaseConnection,
+    local: &super::SiteChanges,
+    sync_id: Option<u32>,
+) {
+    local.changed(sync_id);
+    let payload = sync_id.map_or_else(|| "*".to_owned(), |id| id.to_string());
+    if let Err(error) = notify(db, SITES_CHANNEL, &payload).await {
+        tracing::warn!(?sync_id, %error, "could not tell the replicas about a site change; their sessions re-check at their next heartbeat");
+    }
+}
 
 /// Tells the other replicas (inside the caller's transaction, or at once
 /// outside one) that `payload` happened on `channel`. A no-op on SQLite.
@@ -80,7 +103,7 @@ async fn listen_once(
 ) -> Result<(), sea_orm::sqlx::Error> {
     let mut listener = PgListener::connect(database_url).await?;
     listener
-        .listen_all([CHANGES_CHANNEL, SESSIONS_CHANNEL])
+        .listen_all([CHANGES_CHANNEL, SESSIONS_CHANNEL, SITES_CHANNEL])
         .await?;
     tracing::debug!("listening for other replicas' changes and session claims");
     notifier.wake_all();
@@ -102,6 +125,7 @@ async fn listen_once(
                     }
                 }
             }
+            SITES_CHANNEL => sessions.recheck(notification.payload().parse::<u32>().ok()),
             _ => {}
         }
     }

@@ -54,6 +54,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::changelog::ChangeNotifier;
 use crate::unlock::Throttle;
 use registry::Sessions;
+pub use registry::SiteChanges;
 
 /// Tunables of the sync stream.
 #[derive(Clone, Debug)]
@@ -110,12 +111,19 @@ pub struct SyncContext {
 }
 
 impl SyncContext {
-    pub fn new(db: DatabaseConnection, notifier: ChangeNotifier, settings: SyncSettings) -> Self {
+    /// `site_changes`: the handle the admin service uses to tell this
+    /// process's sessions that an operator changed their site.
+    pub fn new(
+        db: DatabaseConnection,
+        notifier: ChangeNotifier,
+        settings: SyncSettings,
+        site_changes: &SiteChanges,
+    ) -> Self {
         Self {
             db,
             notifier,
             settings: Arc::new(settings),
-            sessions: Arc::new(Sessions::default()),
+            sessions: site_changes.sessions.clone(),
             failures_by_site: Arc::new(Throttle::default()),
             failures_by_source: Arc::new(Throttle::default()),
             shutdown: watch::channel(false).0,

@@ -16,8 +16,21 @@
 //!   newer session of the site replaced it, `UNAVAILABLE` when the master
 //!   drains or the stream broke (both only logged), or the failure's own
 //!   status, which is also written to the site's status.
+//!
+//! An operator's change ends a live session the same way (a failure written
+//! to the site's status), at once when the admin service or another replica
+//! signals it (`registry::SiteChanges`, `cluster`) and at the latest one
+//! heartbeat period later (every session re-checks then):
+//! - the site disabled: `PERMISSION_DENIED` "… is disabled on the master";
+//! - the site removed: `PERMISSION_DENIED` "… was removed …";
+//! - the credentials it logged in with changed (its own, or the shared ones
+//!   for a site without its own): `UNAUTHENTICATED`; its next login needs
+//!   the new password. Other sites' sessions stay.
 
 use std::sync::OnceLock;
+
+use sea_orm::{DatabaseConnection, EntityTrait};
+use storesync_shared::domain::entities::setting;
 
 use storesync_shared::proto::v1::{
     master_message, Hello, MasterMessage, RecordRef, SatelliteMessage, SyncError, SyncMode,
@@ -30,7 +43,68 @@ use super::downstream::{self, Acked, Outbound};
 use super::inbound::Inbound;
 use super::upstream::SiteIdentity;
 use super::{status, SyncContext};
+use crate::entities::site;
 use crate::metrics;
+
+/// The credentials a site logs in with now: its own user name and password
+/// hash, or the shared ones. A new hash (even of the same password) counts
+/// as a change. `None`: the site is gone.
+async fn credentials(
+    db: &DatabaseConnection,
+    sync_id: u32,
+) -> Result<Option<(bool, Option<String>, Option<String>)>> {
+    let Some(row) = site::Entity::find_by_id(super::upstream::sync_id_i32(sync_id))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (user, hash) = match (row.sync_user_name, row.sync_password_hash) {
+        (Some(user), Some(hash)) => (Some(user), Some(hash)),
+        _ => {
+            let shared = |key: &'static str| async move {
+                Ok::<_, Error>(
+                    setting::Entity::find_by_id(key.to_owned())
+                        .one(db)
+                        .await?
+                        .map(|s| s.value),
+                )
+            };
+            (
+                shared("sync_user_name").await?,
+                shared("sync_password_hash").await?,
+            )
+        }
+    };
+    Ok(Some((row.enabled, user, hash)))
+}
+
+/// Why a session whose site logged in with `logged_in` may no longer sync,
+/// if it may not (see the module doc); a database error keeps the session.
+async fn revoked(
+    db: &DatabaseConnection,
+    sync_id: u32,
+    logged_in: &(Option<String>, Option<String>),
+) -> Option<Error> {
+    match credentials(db, sync_id).await {
+        Err(error) => {
+            tracing::warn!(sync_id, %error, "could not re-check the site; the session goes on");
+            None
+        }
+        Ok(None) => Some(Error::PermissionDenied(format!(
+            "Sync ID {sync_id} was removed from the master's sync-with list; an operator must add it again (AdminService.AddSite)"
+        ))),
+        Ok(Some((false, _, _))) => Some(Error::PermissionDenied(format!(
+            "Sync ID {sync_id} is disabled on the master; an operator re-enables it with UpdateSite"
+        ))),
+        Ok(Some((true, user, hash))) if user != logged_in.0 || hash != logged_in.1 => {
+            Some(Error::Unauthenticated(format!(
+                "the sync credentials of Sync ID {sync_id} changed on the master; give this satellite the new sync user name and password"
+            )))
+        }
+        Ok(Some(_)) => None,
+    }
+}
 
 /// Runs one session to its end and reports how it ended.
 pub(super) async fn run(
@@ -50,7 +124,24 @@ pub(super) async fn run(
         "streaming"
     };
     tracing::info!(parent: &span, mode, agent_version = %hello.agent_version, initialise = hello.needs_initialisation, cursor = hello.downstream_cursor, "session started");
-    let mut replaced = ctx.sessions.register(sync_id, &session_id);
+    let (mut replaced, recheck) = ctx.sessions.register(sync_id, &session_id);
+    // The credentials this session logged in with, read after registering so
+    // that a later change is signalled to it. A change between the login and
+    // this read (milliseconds) is missed; the next login is checked anyway.
+    let logged_in = match credentials(&ctx.db, sync_id).await {
+        Ok(Some((_, user, hash))) => (user, hash),
+        Ok(None) => (None, None),
+        Err(error) => {
+            tracing::warn!(parent: &span, %error, "could not read the site's credentials; ending the session");
+            let _ = tx
+                .send(Err(Status::unavailable(
+                    "the master cannot record this session; reconnect later",
+                )))
+                .await;
+            ctx.sessions.unregister(sync_id, &session_id);
+            return;
+        }
+    };
     // The claim in the database decides which session may apply this site's
     // batches, across replicas; without it the session cannot go on.
     let claimed = status::claim(
@@ -102,15 +193,39 @@ pub(super) async fn run(
     }
     .run(inbound);
     tokio::pin!(inbound_half);
+    // The site's re-checks run beside the two halves, never pausing them: an
+    // apply paused mid-transaction would hold the connection the re-check
+    // needs (SQLite has one). Also at every heartbeat period: a signal lost
+    // between replicas costs at most this long.
+    let mut watcher = tokio::spawn({
+        let db = ctx.db.clone();
+        let every = ctx.settings.heartbeat;
+        async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.reset();
+            loop {
+                tokio::select! {
+                    () = recheck.notified() => {}
+                    _ = ticks.tick() => {}
+                }
+                if let Some(error) = revoked(&db, sync_id, &logged_in).await {
+                    return error;
+                }
+            }
+        }
+    });
     let outcome: Result<()> = tokio::select! {
         result = &mut inbound_half => result,
         joined = &mut downstream => match joined {
             Ok(result) => result,
             Err(e) => Err(Error::Internal(format!("downstream task: {e}"))),
         },
+        revoked = &mut watcher => Err(revoked.unwrap_or_else(|e| Error::Internal(format!("site re-check task: {e}")))),
         _ = replaced.wait_for(|r| *r) => Err(Error::Aborted(format!("a newer session for Sync ID {sync_id} replaced this one"))),
         _ = shutdown.wait_for(|s| *s) => Err(Error::Unavailable("the master is shutting down; reconnect later".into())),
     };
+    watcher.abort();
     downstream.abort();
     end(&ctx, &span, sync_id, &tx, outcome, refused.get().cloned()).await;
     metrics::session_closed(sync_id);

@@ -103,6 +103,7 @@ impl<'a> Session<'a> {
                 && self.in_flight.is_empty()
             {
                 if self.say_goodbye_if_done().await? {
+                    wait_closed(&mut inbound, idle_limit).await;
                     return Ok(());
                 }
                 continue;
@@ -333,6 +334,24 @@ async fn next_batch(
 }
 
 /// Sends `message` to the master; an error means the stream is gone.
+/// After the Goodbye: waits (at most `limit`) until the master closes the
+/// stream, so that the frames queued before it (the ack completing
+/// initialisation, the last downstream acks) are delivered rather than cut
+/// off with the stream. What the master still sends is left for next time
+/// (it was not acknowledged, so it is sent again).
+async fn wait_closed(inbound: &mut Streaming<MasterMessage>, limit: Duration) {
+    let closed = tokio::time::timeout(limit, async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
+    if closed.is_err() {
+        tracing::debug!(
+            ?limit,
+            "the master did not close the stream after the Goodbye"
+        );
+    }
+}
+
 pub(super) async fn send(
     tx: &mpsc::Sender<SatelliteMessage>,
     message: satellite_message::Message,

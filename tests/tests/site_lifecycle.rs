@@ -1,0 +1,408 @@
+//! A site's whole life (issue 14, point 2): disabled and re-enabled, its own
+//! or the shared sync password changed, removed while it uploads. Each ends
+//! in the state the README describes, visible in the master's `SyncStatus`
+//! (`site_status`) and in the satellite's status, with nothing lost.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use storesync_shared::proto::v1 as pb;
+use storesync_tests::cluster::{
+    assert_store_copies_equal, create_items, create_trading_partners, goods_in, Master, Satellite,
+    SYNC_PASSWORD, SYNC_USER,
+};
+use storesync_tests::raw::{hello, open, stock_line};
+use storesync_tests::{backends, eventually, TestDb};
+
+const LIMIT: Duration = Duration::from_secs(60);
+/// How soon an operator's change must end a live session: well under the
+/// time a satellite would take to notice by itself.
+const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// `(connected, last_error, session_id)` of the site in the master's status.
+async fn master_status(db: &DatabaseConnection, sync_id: u32) -> (bool, String, Option<String>) {
+    let row = db
+        .query_one(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT connected, last_error, session_id FROM site_status WHERE sync_id = {sync_id}"
+            ),
+        ))
+        .await
+        .unwrap();
+    row.map(|r| {
+        (
+            r.try_get_by_index::<bool>(0).unwrap(),
+            r.try_get_by_index::<String>(1).unwrap(),
+            r.try_get_by_index::<Option<String>>(2).unwrap(),
+        )
+    })
+    .unwrap_or((false, String::new(), None))
+}
+
+/// An admin request with a fresh unlock token.
+async fn unlocked<T>(master: &Master, message: T) -> tonic::Request<T> {
+    let token = master.unlock().await;
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-unlock-token", token.parse().unwrap());
+    request
+}
+
+/// UpdateSite as an operator would (empty fields keep their value).
+async fn update_site(master: &Master, site: pb::Site) {
+    let request = unlocked(
+        master,
+        pb::UpdateSiteRequest {
+            site: Some(site),
+            clear_own_credentials: false,
+        },
+    )
+    .await;
+    master.admin().await.update_site(request).await.unwrap();
+}
+
+fn enabled(sync_id: u32, enabled: bool) -> pb::Site {
+    pb::Site {
+        sync_id,
+        enabled,
+        ..Default::default()
+    }
+}
+
+/// Waits until the satellite's last error contains `needle`.
+async fn satellite_error(satellite: &Satellite, needle: &str, limit: Duration) -> String {
+    eventually(
+        limit,
+        &format!("satellite {} to report {needle:?}", satellite.sync_id),
+        || async {
+            let error = satellite.status().await.last_error;
+            error.contains(needle).then_some(error)
+        },
+    )
+    .await
+}
+
+/// Waits until the master shows the site disconnected with `needle` in its last error.
+async fn master_shows(db: &DatabaseConnection, sync_id: u32, needle: &str) -> String {
+    eventually(
+        LIMIT,
+        &format!("site {sync_id} to show {needle:?}"),
+        || async {
+            let (connected, error, _) = master_status(db, sync_id).await;
+            (!connected && error.contains(needle)).then_some(error)
+        },
+    )
+    .await
+}
+
+/// Disabling a live site ends its session at once, with PERMISSION_DENIED
+/// "disabled" on both sides; what the store wrote meanwhile arrives once it
+/// is enabled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disabling_a_site_ends_its_live_session_and_enabling_lets_it_back_in() {
+    for backend in backends("disabling_a_site_ends_its_live_session_and_enabling_lets_it_back_in") {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        let db = master_db.connect().await;
+        master.add_site(2).await;
+        let items = create_items(&master, "DIS", 2).await;
+        let (supplier, _) = create_trading_partners(&master, "DS").await;
+        let satellite = Satellite::start(&master.url(), 2, "streaming", &[]);
+        satellite.wait_initialised(LIMIT).await;
+        goods_in(
+            &mut satellite.store().await,
+            &supplier,
+            &items,
+            5.0,
+            "before",
+        )
+        .await;
+        satellite.wait_drained(LIMIT).await;
+        assert!(master_status(&db, 2).await.0, "connected before");
+
+        update_site(&master, enabled(2, false)).await;
+        let error = satellite_error(&satellite, "disabled", PROMPTLY).await;
+        assert!(error.contains("Sync ID 2"), "{error}");
+        let shown = master_shows(&db, 2, "disabled").await;
+        assert!(shown.contains("Sync ID 2"), "{shown}");
+        // It stays out while disabled, and keeps what the store writes.
+        goods_in(
+            &mut satellite.store().await,
+            &supplier,
+            &items,
+            7.0,
+            "while",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!master_status(&db, 2).await.0, "a disabled site stays out");
+        assert!(satellite.status().await.upstream_backlog > 0);
+
+        update_site(&master, enabled(2, true)).await;
+        satellite.wait_drained(LIMIT).await;
+        let copy = assert_store_copies_equal(&db, &satellite, LIMIT).await;
+        assert_eq!(copy.invoices.len(), 2, "nothing lost");
+        assert!(master_status(&db, 2).await.0, "connected again");
+    }
+}
+
+/// Changing the shared sync password ends the sessions of the sites that
+/// log in with it, not of a site with its own; changing that site's own
+/// password ends only its session. Given the new password, each continues
+/// with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_sync_password_ends_only_the_sessions_that_used_it() {
+    for backend in backends("a_changed_sync_password_ends_only_the_sessions_that_used_it") {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        let db = master_db.connect().await;
+        master.add_site(2).await;
+        master.add_site(3).await;
+        let items = create_items(&master, "PWD", 1).await;
+        let (supplier, _) = create_trading_partners(&master, "PW").await;
+        // Site 3 has its own credentials.
+        update_site(
+            &master,
+            pb::Site {
+                sync_id: 3,
+                enabled: true,
+                sync_user_name: "site3".into(),
+                sync_password: "site3-password-1".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut shared = Satellite::start(&master.url(), 2, "streaming", &[]);
+        let own_env = [
+            ("STORESYNC_SYNC_USER", "site3"),
+            ("STORESYNC_SYNC_PASSWORD", "site3-password-1"),
+        ];
+        let mut own = Satellite::start(&master.url(), 3, "streaming", &own_env);
+        shared.wait_initialised(LIMIT).await;
+        own.wait_initialised(LIMIT).await;
+        let own_session = master_status(&db, 3).await.2;
+        assert!(own_session.is_some());
+
+        // The shared password changes: site 2 is out, site 3 stays.
+        let request = unlocked(
+            &master,
+            pb::UpdatePreferencesRequest {
+                preferences: Some(pb::Preferences {
+                    sync_password: "shared-password-2".into(),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await;
+        master
+            .admin()
+            .await
+            .update_preferences(request)
+            .await
+            .unwrap();
+        satellite_error(&shared, "credentials", PROMPTLY).await;
+        master_shows(&db, 2, "credentials").await;
+        goods_in(&mut shared.store().await, &supplier, &items, 3.0, "shared").await;
+        let (connected, _, session) = master_status(&db, 3).await;
+        assert!(
+            connected && session == own_session,
+            "a site with its own password keeps its session"
+        );
+
+        // Given the new password, site 2 continues with nothing lost.
+        shared.process.kill();
+        shared = Satellite::start_on(
+            shared.db,
+            &master.url(),
+            2,
+            "streaming",
+            &[("STORESYNC_SYNC_PASSWORD", "shared-password-2")],
+        );
+        shared.wait_drained(LIMIT).await;
+        assert_eq!(
+            assert_store_copies_equal(&db, &shared, LIMIT)
+                .await
+                .invoices
+                .len(),
+            1
+        );
+        let shared_session = master_status(&db, 2).await.2;
+
+        // Site 3's own password changes: only site 3 is out.
+        update_site(
+            &master,
+            pb::Site {
+                sync_id: 3,
+                enabled: true,
+                sync_password: "site3-password-2".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        satellite_error(&own, "credentials", PROMPTLY).await;
+        master_shows(&db, 3, "credentials").await;
+        goods_in(&mut own.store().await, &supplier, &items, 4.0, "own").await;
+        let (connected, _, session) = master_status(&db, 2).await;
+        assert!(connected && session == shared_session, "site 2 unaffected");
+        own.process.kill();
+        own = Satellite::start_on(
+            own.db,
+            &master.url(),
+            3,
+            "streaming",
+            &[
+                ("STORESYNC_SYNC_USER", "site3"),
+                ("STORESYNC_SYNC_PASSWORD", "site3-password-2"),
+            ],
+        );
+        own.wait_drained(LIMIT).await;
+        assert_eq!(
+            assert_store_copies_equal(&db, &own, LIMIT)
+                .await
+                .invoices
+                .len(),
+            1
+        );
+    }
+}
+
+/// Records in the racing upstream batch: enough for its apply to take a while.
+const BATCH: usize = 3000;
+
+/// Rows of `store_id`'s stock lines on the master.
+async fn stock_lines_of(db: &DatabaseConnection, store_id: &str) -> i64 {
+    let row = db
+        .query_one(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) FROM stock_line WHERE store_id = '{store_id}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+/// RemoveSite races a large upstream batch of the site, many times: either
+/// the removal is refused (the store holds the batch's data) or the batch is
+/// refused (the site is gone); never a removed site whose store has data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_a_site_while_it_uploads_never_leaves_data_of_a_removed_site() {
+    for backend in backends("removing_a_site_while_it_uploads_never_leaves_data_of_a_removed_site")
+    {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        let db = master_db.connect().await;
+        let items = create_items(&master, "RMV", 1).await;
+        let (mut removed, mut refused) = (0, 0);
+        for attempt in 0..12u32 {
+            let sync_id = 2 + attempt;
+            let site = master.add_site(sync_id).await;
+            let store_id = site.store.unwrap().id;
+            let mut session = open(
+                &master.url(),
+                &sync_id.to_string(),
+                SYNC_USER,
+                SYNC_PASSWORD,
+                hello(sync_id),
+            )
+            .await
+            .unwrap();
+            let records: Vec<_> = (0..BATCH)
+                .map(|_| stock_line(&store_id, &items[0].id))
+                .collect();
+            // Everything ready before the batch goes, so that the removal
+            // reaches the master while the batch is being applied.
+            let request = unlocked(&master, pb::RemoveSiteRequest { sync_id }).await;
+            let mut admin = master.admin().await;
+            session.push(1, records).await;
+            tokio::time::sleep(Duration::from_millis(u64::from(attempt % 4) * 10)).await;
+            let removal = admin.remove_site(request).await;
+            // Let the session finish whatever it was doing.
+            let _ = tokio::time::timeout(Duration::from_secs(20), async {
+                while let Ok(Some(message)) = session.inbound.message().await {
+                    if matches!(
+                        message.message,
+                        Some(pb::master_message::Message::UpstreamAck(_))
+                            | Some(pb::master_message::Message::Error(_))
+                    ) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            match removal {
+                Ok(_) => {
+                    removed += 1;
+                    assert_eq!(
+                        stock_lines_of(&db, &store_id).await,
+                        0,
+                        "attempt {attempt}: site {sync_id} was removed but its store holds data"
+                    );
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+                    assert!(
+                        status.message().contains(&format!("{BATCH} stock line(s)")),
+                        "{status:?}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        eprintln!("{backend:?}: {removed} removed, {refused} refused");
+        assert_eq!(removed + refused, 12);
+    }
+}
+
+/// Interval mode closing right after initialisation: the satellite waits
+/// for its last frames (the ack completing initialisation) to reach the
+/// master, which then holds the site initialised at the satellite's cursor,
+/// with nothing to resend, and no next session needed for that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interval_close_right_after_initialisation_leaves_the_site_initialised() {
+    for backend in
+        backends("an_interval_close_right_after_initialisation_leaves_the_site_initialised")
+    {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        let db = master_db.connect().await;
+        master.add_site(2).await;
+        create_items(&master, "IVL", 50).await;
+        // One session only: the next interval is far away.
+        let satellite = Satellite::start(
+            &master.url(),
+            2,
+            "interval",
+            &[("STORESYNC_SYNC_INTERVAL_SECONDS", "600")],
+        );
+        satellite.wait_initialised(LIMIT).await;
+        let status = eventually(
+            LIMIT,
+            "the satellite to wait for its next interval",
+            || async {
+                let status = satellite.status().await;
+                (status.state == pb::ConnectionState::Waiting as i32).then_some(status)
+            },
+        )
+        .await;
+        let row = db
+            .query_one(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT initialised, downstream_cursor FROM site WHERE sync_id = 2",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let initialised: bool = row.try_get_by_index(0).unwrap();
+        let cursor: i64 = row.try_get_by_index(1).unwrap();
+        assert!(initialised, "the master holds the site initialised");
+        assert_eq!(
+            u64::try_from(cursor).unwrap(),
+            status.downstream_cursor,
+            "nothing to resend"
+        );
+    }
+}
