@@ -406,3 +406,46 @@ async fn an_interval_close_right_after_initialisation_leaves_the_site_initialise
         );
     }
 }
+
+/// A Sync ID removed and added again hosts a new store: the satellite that
+/// kept its database (of the old store) is refused plainly, on both sides,
+/// before it can claim the Sync ID; a new database initialises as the new store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_site_added_again_refuses_the_old_stores_database_plainly() {
+    for backend in backends("a_site_added_again_refuses_the_old_stores_database_plainly") {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        let db = master_db.connect().await;
+        let first = master.add_site(2).await.store.unwrap();
+        create_items(&master, "READD", 2).await;
+        let mut satellite = Satellite::start(&master.url(), 2, "streaming", &[]);
+        satellite.wait_initialised(LIMIT).await;
+        let stopped = satellite.process.terminate(Duration::from_secs(30));
+        assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+
+        let request = unlocked(&master, pb::RemoveSiteRequest { sync_id: 2 }).await;
+        master.admin().await.remove_site(request).await.unwrap();
+        let second = master.add_site(2).await.store.unwrap();
+        assert_ne!(first.id, second.id, "a site added again hosts a new store");
+
+        // The old store's database: refused, saying what happened and what to do.
+        satellite.start_again();
+        let said = satellite_error(&satellite, "added again", LIMIT).await;
+        assert!(
+            said.contains(&first.id)
+                && said.contains(&second.id)
+                && said.contains("new, empty database"),
+            "{said}"
+        );
+        let shown = master_shows(&db, 2, "added again").await;
+        assert!(shown.contains(&first.id), "{shown}");
+        assert!(!satellite.status().await.last_error.is_empty());
+
+        // A new database for the site initialises as the new store, no adoption needed.
+        satellite.process.kill();
+        let replacement =
+            satellite.start_replacement(TestDb::new(storesync_tests::Backend::Sqlite));
+        let status = replacement.wait_initialised(LIMIT).await;
+        assert_eq!(status.store.map(|s| s.id), Some(second.id.clone()));
+    }
+}

@@ -197,9 +197,11 @@ async fn a_batch_is_one_trace_across_sites_and_the_metrics_name_the_site() {
                 |v| v >= 1.0,
             ),
             (catalog::SERVER_READY.name, &[], |v| v == 1.0),
-            (catalog::SITE_PROTOCOL_VERSION.name, &[("sync_id", "2")], |v| {
-                v >= 1.0
-            }),
+            (
+                catalog::SITE_PROTOCOL_VERSION.name,
+                &[("sync_id", "2")],
+                |v| v >= 1.0,
+            ),
             (
                 catalog::RPC_SERVER_DURATION.name,
                 &[
@@ -508,26 +510,35 @@ async fn a_downstream_batch_links_to_the_writes_it_carries() {
                 .parse()
                 .unwrap(),
         );
-        master.master_data().await.upsert_item(traced).await.unwrap();
+        master
+            .master_data()
+            .await
+            .upsert_item(traced)
+            .await
+            .unwrap();
 
-        let (write, send) = eventually(LIMIT, "the write's span and a batch linked to it", || async {
-            let spans = receiver.spans();
-            let write = spans
-                .iter()
-                .find(|s| {
-                    s.name == "storesync.v1.MasterDataService/UpsertItem"
-                        && hex(&s.trace_id) == CALLER_TRACE
-                })
-                .cloned()?;
-            let send = spans
-                .iter()
-                .find(|s| {
-                    s.name == "sync.downstream.send"
-                        && s.links.iter().any(|(trace, _)| hex(trace) == CALLER_TRACE)
-                })
-                .cloned()?;
-            Some((write, send))
-        })
+        let (write, send) = eventually(
+            LIMIT,
+            "the write's span and a batch linked to it",
+            || async {
+                let spans = receiver.spans();
+                let write = spans
+                    .iter()
+                    .find(|s| {
+                        s.name == "storesync.v1.MasterDataService/UpsertItem"
+                            && hex(&s.trace_id) == CALLER_TRACE
+                    })
+                    .cloned()?;
+                let send = spans
+                    .iter()
+                    .find(|s| {
+                        s.name == "sync.downstream.send"
+                            && s.links.iter().any(|(trace, _)| hex(trace) == CALLER_TRACE)
+                    })
+                    .cloned()?;
+                Some((write, send))
+            },
+        )
         .await;
         assert_eq!(send.service, "master-service");
         assert_ne!(

@@ -200,6 +200,7 @@ pub(super) async fn check_database(
 ) -> Result<site::Model> {
     let db = &ctx.db;
     let sync_id = identity.sync_id;
+    check_store(ctx, identity, hello).await?;
     if hello.database_id.is_empty() {
         return legacy_database(db, sync_id).await;
     }
@@ -273,6 +274,31 @@ pub(super) async fn check_database(
         return Err(Error::FailedPrecondition(message));
     }
     Ok(site)
+}
+
+/// Refuses a database of another store than the site hosts: the Sync ID was
+/// removed and added again (which makes a new store), so the database holds
+/// a store the master no longer syncs with this site. Checked before the
+/// database can become the site's owner.
+async fn check_store(ctx: &SyncContext, identity: &SiteIdentity, hello: &Hello) -> Result<()> {
+    if hello.needs_initialisation
+        || hello.store_id.is_empty()
+        || hello.store_id == identity.store_id
+    {
+        return Ok(());
+    }
+    let sync_id = identity.sync_id;
+    let message = format!(
+        "this satellite database holds store {held}, but Sync ID {sync_id} now hosts store {now}: the site was \
+         removed from the master's sync-with list and added again, which made a new store. Start this site on a \
+         new, empty database (it initialises as the new store); `satellite-agent handover export --out FILE` \
+         lists this database's unsent invoices, to enter again there",
+        held = hello.store_id,
+        now = identity.store_id,
+    );
+    tracing::warn!(sync_id, "sync refused: {message}");
+    super::status::refused(&ctx.db, sync_id, &message).await;
+    Err(Error::FailedPrecondition(message))
 }
 
 /// A satellite of protocol version 1 sends no database identity. It may sync

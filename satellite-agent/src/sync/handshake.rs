@@ -72,6 +72,11 @@ pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) ->
         } else {
             u64::try_from(state.downstream_tag).unwrap_or(0)
         },
+        store_id: if initialise {
+            String::new()
+        } else {
+            state.store_id.clone()
+        },
         database_id: state.database_id,
     })
 }
