@@ -94,6 +94,7 @@ impl<'a> Session<'a> {
         let mut poll = tokio::time::interval(Duration::from_millis(500));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let handle = self.handle;
+        let mut heard_at = tokio::time::Instant::now();
 
         loop {
             self.fill_window().await?;
@@ -108,13 +109,13 @@ impl<'a> Session<'a> {
                 continue;
             }
             tokio::select! {
-                next = tokio::time::timeout(idle_limit, inbound.message()) => {
+                next = inbound.message() => {
                     let message = match next {
-                        Err(_) => return Err(Error::Unavailable(format!("nothing from the master for {idle_limit:?}"))),
-                        Ok(Err(status)) => return Err(self.ended_by_master(status)),
-                        Ok(Ok(None)) => return Err(Error::Unavailable("the master ended the session".into())),
-                        Ok(Ok(Some(message))) => message,
+                        Err(status) => return Err(self.ended_by_master(status)),
+                        Ok(None) => return Err(Error::Unavailable("the master ended the session".into())),
+                        Ok(Some(message)) => message,
                     };
+                    heard_at = tokio::time::Instant::now();
                     match message.message {
                         Some(master_message::Message::DownstreamBatch(batch)) => self.on_downstream_batch(batch).await?,
                         Some(master_message::Message::UpstreamAck(ack)) => self.on_upstream_ack(ack).await?,
@@ -127,6 +128,11 @@ impl<'a> Session<'a> {
                         // A kind this agent does not know (a newer master's): ignored.
                         None => tracing::debug!("ignored a master message of a kind this agent does not know"),
                     }
+                }
+                // Only what arrives from the master moves this deadline, not
+                // this side's own ticks.
+                _ = tokio::time::sleep_until(heard_at + idle_limit) => {
+                    return Err(Error::Unavailable(format!("nothing from the master for {idle_limit:?}")));
                 }
                 _ = heartbeat.tick() => self.send_heartbeat().await?,
                 _ = handle.outbox_written() => {}
@@ -202,7 +208,7 @@ impl<'a> Session<'a> {
     async fn on_downstream_batch(&mut self, batch: DownstreamBatch) -> Result<()> {
         let (db, settings, handle) = (self.db, self.settings, self.handle);
         let end_cursor = batch.end_cursor;
-        let progress = batch.initialisation;
+        let progress = batch.initialisation.clone();
         let span = tracing::info_span!(parent: None, "sync.downstream.apply", otel.kind = "consumer", sync_id = settings.sync_id, end_cursor, records = batch.records.len());
         storesync_shared::kit::telemetry::propagation::set_parent(&span, &batch.trace_context);
         let tables = crate::metrics::tables_of(&batch.records);
