@@ -281,7 +281,9 @@ where
     let chunk = if throttle.bytes_per_second == 0 {
         16 * 1024
     } else {
-        usize::try_from(throttle.bytes_per_second / 10).unwrap_or(1024).clamp(256, 16 * 1024)
+        usize::try_from(throttle.bytes_per_second / 10)
+            .unwrap_or(1024)
+            .clamp(256, 16 * 1024)
     };
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(64);
     let reader = async move {
@@ -301,7 +303,11 @@ where
             link_free = link_free.max(now) + on_wire;
             // The sender may not run ahead of the wire.
             tokio::time::sleep_until(link_free).await;
-            if tx.send((link_free + throttle.latency, buffer[..n].to_vec())).await.is_err() {
+            if tx
+                .send((link_free + throttle.latency, buffer[..n].to_vec()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
