@@ -156,6 +156,10 @@ async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_e
         let (supplier, _) = create_trading_partners(&master, "SL").await;
         let store_id = store_of(&db, 2).await.id;
         push_store_data(&master, 2, &store_id, &items, records).await;
+        // The interval-mode site of the end, set up while all is quiet.
+        master.add_site(3).await;
+        let interval_store = store_of(&db, 3).await.id;
+        push_store_data(&master, 3, &interval_store, &items, records / 4).await;
 
         // What one uncut initialisation moves, for the bytes the cuts cost.
         let baseline_proxy = Proxy::start(master.process.addr).await;
@@ -214,9 +218,6 @@ async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_e
 
         // Interval mode over the same link: a second site with a smaller
         // store initialises and then exchanges a trickle each interval.
-        master.add_site(3).await;
-        let interval_store = store_of(&db, 3).await.id;
-        push_store_data(&master, 3, &interval_store, &items, records / 4).await;
         let started = Instant::now();
         let interval = adopted_satellite(&master, &proxy.url(), 3, "interval", &env).await;
         interval.wait_initialised(limit).await;

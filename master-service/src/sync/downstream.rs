@@ -432,9 +432,10 @@ pub(super) struct LinkRate {
 impl LinkRate {
     /// How long one batch should be on the wire.
     const TARGET: Duration = Duration::from_secs(2);
-    /// The first batch of a session, before anything is measured: 16 s at
-    /// 64 kbit/s, a blink on a LAN (the next batch grows to the link).
-    const FIRST: usize = 128 * 1024;
+    /// The first batch of a session, before anything is measured: 4 s at
+    /// 64 kbit/s (less with gzip), a blink on a LAN (the next batches grow
+    /// fourfold an ack to the link). A cut loses at most a window of these.
+    const FIRST: usize = 32 * 1024;
     const MIN: usize = 8 * 1024;
 
     pub(super) fn new(max_bytes: usize) -> Self {

@@ -46,6 +46,11 @@ pub(super) struct Session<'a> {
     sent_seq: u64,
     /// Last sequence of each unacknowledged upstream batch, in order.
     in_flight: VecDeque<u64>,
+    /// Bytes and send time of each unacknowledged batch (as `in_flight`).
+    in_flight_bytes: VecDeque<(usize, std::time::Instant)>,
+    /// Bytes per upstream batch now: sized to what the link moves (see
+    /// [`upstream_batch_bytes`]).
+    batch_bytes: usize,
     /// The master has sent everything it has (CaughtUp).
     caught_up: bool,
     /// The master's last `SyncError`: it explains the status that follows.
@@ -77,6 +82,8 @@ impl<'a> Session<'a> {
             initialising: welcome.initialising,
             sent_seq,
             in_flight: VecDeque::new(),
+            in_flight_bytes: VecDeque::new(),
+            batch_bytes: settings.batch_bytes.min(FIRST_BATCH_BYTES),
             caught_up: false,
             master_error: None,
             welcome,
@@ -150,7 +157,7 @@ impl<'a> Session<'a> {
                 self.db,
                 self.sent_seq,
                 self.batch_records,
-                settings.batch_bytes,
+                self.batch_bytes,
             )
             .await?
             else {
@@ -158,6 +165,8 @@ impl<'a> Session<'a> {
             };
             self.sent_seq = batch.last_seq;
             self.in_flight.push_back(batch.last_seq);
+            self.in_flight_bytes
+                .push_back((batch.encoded_len(), std::time::Instant::now()));
             // One trace per batch: the master's apply becomes a child of this span.
             let span = tracing::info_span!(parent: None, "sync.upstream.push", otel.kind = "producer", sync_id = settings.sync_id, first_seq = batch.first_seq, last_seq = batch.last_seq, records = batch.records.len());
             batch.trace_context = storesync_shared::kit::telemetry::propagation::inject(&span);
@@ -280,6 +289,14 @@ impl<'a> Session<'a> {
             .is_some_and(|last| *last <= ack.acked_seq)
         {
             self.in_flight.pop_front();
+            if let Some((bytes, sent_at)) = self.in_flight_bytes.pop_front() {
+                self.batch_bytes = upstream_batch_bytes(
+                    self.batch_bytes,
+                    self.settings.batch_bytes,
+                    bytes,
+                    sent_at.elapsed(),
+                );
+            }
         }
         self.handle.set_synced();
         Ok(())
@@ -301,6 +318,23 @@ impl<'a> Session<'a> {
         tracing::warn!(code = error.code, message = %error.message, "the master reports an error");
         self.master_error = Some(error.message);
     }
+}
+
+/// The first upstream batch of a session, before the link is measured.
+const FIRST_BATCH_BYTES: usize = 32 * 1024;
+
+/// The size of the next upstream batches after one of `bytes` was
+/// acknowledged `took` after it was sent: what the link moves in about two
+/// seconds (at most four times the current size, at least 8 KiB, at most
+/// `max`), so that a slow link still gets each batch and its ack through
+/// well within the idle limit. A batch well under the current size (a
+/// trickle) says little about the link and changes nothing.
+fn upstream_batch_bytes(current: usize, max: usize, bytes: usize, took: Duration) -> usize {
+    if bytes < current / 2 {
+        return current;
+    }
+    let fits = (bytes as f64 / took.as_secs_f64().max(0.001) * 2.0) as usize;
+    fits.min(current.saturating_mul(4)).clamp((8 * 1024).min(max), max)
 }
 
 /// The next upstream batch after `after_seq`, bounded by records and bytes.
