@@ -86,8 +86,16 @@ pub async fn run(
             Start::ResumeInitialisation(resume) => Some(resume),
             _ => None,
         };
-        cursor =
-            send_snapshot(&ctx, sync_id, &store_id, &tx, &mut acks, master_only, resume).await?;
+        cursor = send_snapshot(
+            &ctx,
+            sync_id,
+            &store_id,
+            &tx,
+            &mut acks,
+            master_only,
+            resume,
+        )
+        .await?;
     }
     let settings = &ctx.settings;
     let mut changes = ctx.notifier.subscribe();
@@ -533,7 +541,10 @@ impl SnapshotSender<'_> {
         loop {
             self.note_acks();
             let done = self.acks.borrow().init_records_done.max(self.acked_before);
-            if self.batches.len() < window && self.sent.saturating_sub(done) < window as u64 * self.ctx.settings.downstream_batch_records as u64 {
+            if self.batches.len() < window
+                && self.sent.saturating_sub(done)
+                    < window as u64 * self.ctx.settings.downstream_batch_records as u64
+            {
                 break;
             }
             if done != reported {

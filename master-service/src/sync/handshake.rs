@@ -425,7 +425,9 @@ async fn can_resume(
         .query_one(sea_orm::Statement::from_sql_and_values(
             db.get_database_backend(),
             match db.get_database_backend() {
-                sea_orm::DbBackend::Postgres => "SELECT snapshot_cursor FROM site WHERE sync_id = $1",
+                sea_orm::DbBackend::Postgres => {
+                    "SELECT snapshot_cursor FROM site WHERE sync_id = $1"
+                }
                 _ => "SELECT snapshot_cursor FROM site WHERE sync_id = ?",
             },
             [site.sync_id.into()],

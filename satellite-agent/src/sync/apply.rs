@@ -162,7 +162,8 @@ pub async fn apply_with(
         // Built once over the whole snapshot, in the transaction that makes
         // the database initialised: no initialised database lacks them.
         build_store_data_indexes(&txn).await?;
-        txn.execute_unprepared("DELETE FROM snapshot_resume").await?;
+        txn.execute_unprepared("DELETE FROM snapshot_resume")
+            .await?;
         sync_state::Entity::update_many()
             .col_expr(sync_state::Column::DownstreamCursor, Expr::value(cursor))
             .col_expr(sync_state::Column::DownstreamTag, Expr::value(end_tag))
@@ -244,11 +245,15 @@ async fn hold_snapshot_position<C: ConnectionTrait>(
         )
         .values_panic([
             1i32.into(),
-            i64::try_from(progress.snapshot_cursor).unwrap_or(i64::MAX).into(),
+            i64::try_from(progress.snapshot_cursor)
+                .unwrap_or(i64::MAX)
+                .into(),
             epoch.into(),
             progress.last_table.into(),
             progress.last_id.clone().into(),
-            i64::try_from(progress.records_done).unwrap_or(i64::MAX).into(),
+            i64::try_from(progress.records_done)
+                .unwrap_or(i64::MAX)
+                .into(),
         ])
         .on_conflict(
             OnConflict::column(Alias::new("id"))
@@ -481,7 +486,8 @@ pub async fn clear_for_initialisation(db: &DatabaseConnection) -> Result<()> {
         tables::write::clear(&txn, *table).await?;
     }
     outbox::Entity::delete_many().exec(&txn).await?;
-    txn.execute_unprepared("DELETE FROM snapshot_resume").await?;
+    txn.execute_unprepared("DELETE FROM snapshot_resume")
+        .await?;
     // Until the last snapshot batch builds them again (see `apply_batch`).
     for (index, _) in storesync_shared::domain::schema::store_data_indexes() {
         txn.execute_unprepared(&format!("DROP INDEX IF EXISTS {index}"))

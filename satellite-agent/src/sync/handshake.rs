@@ -83,7 +83,10 @@ pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) ->
         snapshot_in_progress: position.is_some(),
         snapshot_cursor: position.as_ref().map_or(0, |p| p.cursor),
         snapshot_after_table: position.as_ref().map_or(0, |p| p.last_table),
-        snapshot_after_id: position.as_ref().map(|p| p.last_id.clone()).unwrap_or_default(),
+        snapshot_after_id: position
+            .as_ref()
+            .map(|p| p.last_id.clone())
+            .unwrap_or_default(),
         snapshot_records_done: position.as_ref().map_or(0, |p| p.records_done),
     })
 }

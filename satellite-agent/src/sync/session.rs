@@ -153,13 +153,8 @@ impl<'a> Session<'a> {
     async fn fill_window(&mut self) -> Result<()> {
         let settings = self.settings;
         while !self.initialising && self.in_flight.len() < settings.window {
-            let Some(mut batch) = next_batch(
-                self.db,
-                self.sent_seq,
-                self.batch_records,
-                self.batch_bytes,
-            )
-            .await?
+            let Some(mut batch) =
+                next_batch(self.db, self.sent_seq, self.batch_records, self.batch_bytes).await?
             else {
                 break;
             };
@@ -334,7 +329,8 @@ fn upstream_batch_bytes(current: usize, max: usize, bytes: usize, took: Duration
         return current;
     }
     let fits = (bytes as f64 / took.as_secs_f64().max(0.001) * 2.0) as usize;
-    fits.min(current.saturating_mul(4)).clamp((8 * 1024).min(max), max)
+    fits.min(current.saturating_mul(4))
+        .clamp((8 * 1024).min(max), max)
 }
 
 /// The next upstream batch after `after_seq`, bounded by records and bytes.
