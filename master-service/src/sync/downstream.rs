@@ -627,6 +627,45 @@ mod tests {
     }
 
     #[test]
+    fn batches_follow_what_the_link_moves() {
+        use super::LinkRate;
+        use std::time::Duration;
+        let mut rate = LinkRate::new(4 * 1024 * 1024);
+        // 64 kbit/s: 32 KiB took 4 s, so a batch is about 2 s of the link.
+        rate.moved(32 * 1024, Duration::from_secs(4));
+        assert_eq!(rate.batch_bytes(), 16 * 1024);
+        // A trickle says nothing about the link.
+        rate.moved(100, Duration::from_secs(3));
+        assert_eq!(rate.batch_bytes(), 16 * 1024);
+        // A LAN: growing fourfold an ack, up to the limit.
+        for _ in 0..10 {
+            let bytes = rate.batch_bytes();
+            rate.moved(bytes, Duration::from_millis(5));
+        }
+        assert_eq!(rate.batch_bytes(), 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn a_resumed_snapshot_skips_the_tables_before_its_cut() {
+        use super::{snapshot_tables, start_of, Resume};
+        use storesync_shared::proto::v1::Table;
+        let tables = snapshot_tables(false);
+        let resume = Resume {
+            cursor: 5,
+            after_table: Table::StockLine,
+            after_id: "m".into(),
+            records_done: 10,
+        };
+        let at = |table: Table| {
+            let table = tables.iter().find(|t| t.table() == table).unwrap();
+            start_of(&tables, *table, Some(&resume)).map(str::to_owned)
+        };
+        assert_eq!(at(Table::Item), None, "master data was sent before the cut");
+        assert_eq!(at(Table::StockLine), Some("m".into()));
+        assert_eq!(at(Table::InvoiceLine), Some(String::new()));
+    }
+
+    #[test]
     fn batches_stop_at_the_byte_limit_but_always_carry_one_record() {
         let mut entries: Vec<_> = (1..=10).map(|n| entry(n, 84)).collect();
         keep_within_bytes(&mut entries, 350);
