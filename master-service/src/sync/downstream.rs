@@ -657,7 +657,10 @@ mod tests {
             records_done: 10,
         };
         let at = |table: Table| {
-            let table = tables.iter().find(|t| t.table() == table).unwrap();
+            let table = tables
+                .iter()
+                .find(|t| t.table() == table)
+                .expect("a snapshot table");
             start_of(&tables, *table, Some(&resume)).map(str::to_owned)
         };
         assert_eq!(at(Table::Item), None, "master data was sent before the cut");
