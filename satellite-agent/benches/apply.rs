@@ -257,6 +257,7 @@ async fn initialise(db: &DatabaseConnection, store_records: u64) -> (u64, Durati
                     records_done: sent,
                     records_total: total,
                     complete: last,
+                    ..Default::default()
                 }),
                 trace_context: Default::default(),
                 end_tag: 0,

@@ -16,6 +16,10 @@
 //!   the tag of the last acknowledged entry (`upstream_acked_tag`), and
 //!   `halted`: why this database stopped syncing for good (a copy whose
 //!   history diverged from the master's; see `sync::apply::reconcile_upstream`).
+//! - `m0204_resume`: `snapshot_resume`, at most one row while an
+//!   initialisation is in progress: the snapshot's cursor and epoch and the
+//!   last record held, written with each snapshot batch, so that a cut
+//!   snapshot continues where it stopped (`sync::apply`).
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter};
@@ -33,6 +37,7 @@ impl MigratorTrait for Migrator {
         migrations.push(Box::new(SatelliteTables));
         migrations.push(Box::new(Resync));
         migrations.push(Box::new(DatabaseIdentity));
+        migrations.push(Box::new(Resume));
         migrations
     }
 }
@@ -134,5 +139,32 @@ CREATE TABLE resync_seen (
     table_name TEXT NOT NULL,
     id TEXT NOT NULL,
     PRIMARY KEY (table_name, id)
+)
+"#;
+
+struct Resume;
+
+impl MigrationName for Resume {
+    fn name(&self) -> &str {
+        "m0204_resume"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for Resume {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(manager.get_connection(), RESUME).await
+    }
+}
+
+const RESUME: &str = r#"
+CREATE TABLE snapshot_resume (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    snapshot_cursor BIGINT NOT NULL,
+    changelog_epoch TEXT NOT NULL,
+    last_table INTEGER NOT NULL,
+    last_id TEXT NOT NULL,
+    records_done BIGINT NOT NULL
 )
 "#;

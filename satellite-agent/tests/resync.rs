@@ -68,6 +68,7 @@ fn snapshot(
             records_done: 0,
             records_total: 0,
             complete,
+            ..Default::default()
         }),
         end_tag,
         ..Default::default()

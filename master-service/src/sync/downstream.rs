@@ -30,7 +30,7 @@ use storesync_shared::domain::tables::{self, Owner, SyncTable};
 use storesync_shared::domain::validate::now_ms;
 use storesync_shared::proto::v1::{
     master_message, CaughtUp, DownstreamBatch, Heartbeat, InitialisationProgress, MasterMessage,
-    SyncRecord,
+    SyncRecord, Table,
 };
 use storesync_shared::{Error, Result};
 use tokio::sync::{mpsc, watch};
@@ -62,12 +62,14 @@ pub(super) async fn send(tx: &Outbound, message: master_message::Message) -> Res
 }
 
 /// What the downstream half starts with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Start {
     /// The change log after the satellite's cursor.
     Continue,
     /// A snapshot of master data and the store's data (an empty database).
     Initialise,
+    /// The rest of a snapshot a cut interrupted (see [`Resume`]).
+    ResumeInitialisation(Resume),
     /// A snapshot of master data only (`Welcome.resync_master_data`).
     ResyncMasterData,
 }
@@ -84,24 +86,47 @@ pub async fn run(
 ) -> Result<()> {
     if start != Start::Continue {
         let master_only = start == Start::ResyncMasterData;
-        cursor = send_snapshot(&ctx, sync_id, &store_id, &tx, &mut acks, master_only).await?;
+        let resume = match &start {
+            Start::ResumeInitialisation(resume) => Some(resume),
+            _ => None,
+        };
+        cursor = send_snapshot(
+            &ctx,
+            sync_id,
+            &store_id,
+            &tx,
+            &mut acks,
+            master_only,
+            resume,
+        )
+        .await?;
     }
     let settings = &ctx.settings;
     let mut changes = ctx.notifier.subscribe();
-    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    // Unacknowledged batches: end cursor, bytes, when sent.
+    let mut in_flight: VecDeque<(u64, usize, std::time::Instant)> = VecDeque::new();
+    let mut rate = LinkRate::new(settings.downstream_batch_bytes);
     let mut caught_up_at: Option<u64> = None;
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let acked = acks.borrow_and_update().cursor;
-        while in_flight.front().is_some_and(|end| *end <= acked) {
+        let mut link_free_at: Option<std::time::Instant> = None;
+        while let Some(&(end, bytes, sent_at)) = in_flight.front() {
+            if end > acked {
+                break;
+            }
             in_flight.pop_front();
+            let now = std::time::Instant::now();
+            let started = link_free_at.map_or(sent_at, |free| free.max(sent_at));
+            rate.moved(bytes, now.duration_since(started));
+            link_free_at = Some(now);
         }
         if in_flight.len() < settings.downstream_window {
             let mut entries =
                 changelog::read_after(&ctx.db, cursor, settings.downstream_batch_records as u64)
                     .await?;
-            keep_within_bytes(&mut entries, settings.downstream_batch_bytes);
+            let bytes = keep_within_bytes(&mut entries, rate.batch_bytes());
             if let Some(first) = entries.first() {
                 if u64::try_from(first.seq).ok() != cursor.checked_add(1) {
                     return Err(Error::Unavailable(format!(
@@ -148,7 +173,7 @@ pub async fn run(
                 .instrument(span)
                 .await?;
                 cursor = end;
-                in_flight.push_back(end);
+                in_flight.push_back((end, bytes, std::time::Instant::now()));
                 continue;
             }
             if caught_up_at != Some(cursor) {
@@ -173,8 +198,11 @@ pub async fn run(
 }
 
 /// Cuts `entries` after the last one that fits in `max_bytes` (always keeping
-/// the first, so that one large record still moves).
-fn keep_within_bytes(entries: &mut Vec<crate::entities::change_log::Model>, max_bytes: usize) {
+/// the first, so that one large record still moves); returns their bytes.
+fn keep_within_bytes(
+    entries: &mut Vec<crate::entities::change_log::Model>,
+    max_bytes: usize,
+) -> usize {
     let mut bytes = 0usize;
     let fits = entries
         .iter()
@@ -184,34 +212,106 @@ fn keep_within_bytes(entries: &mut Vec<crate::entities::change_log::Model>, max_
         })
         .count();
     entries.truncate(fits.max(1));
+    entries.iter().map(|entry| entry.payload.len() + 16).sum()
 }
 
-/// Master data as of one change-log cursor, read in one database snapshot:
-/// the cursor, the tag of the entry there (0: none) and the records.
-async fn master_data_snapshot(db: &DatabaseConnection) -> Result<(u64, u64, Vec<SyncRecord>)> {
+/// Where a cut snapshot continues (from the satellite's Hello, checked by
+/// `handshake::welcome`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// The change-log cursor the snapshot is replayed from (its first session's).
+    pub cursor: u64,
+    /// The last record the satellite holds, in snapshot order.
+    pub after_table: Table,
+    pub after_id: String,
+    /// Snapshot records the satellite holds.
+    pub records_done: u64,
+}
+
+/// The tables of a snapshot in the order they are sent: master data first,
+/// then the store row and (unless `master_only`) the store's data, each in
+/// the registry's order. A resume position names a table of this list.
+fn snapshot_tables(master_only: bool) -> Vec<&'static dyn SyncTable> {
+    let master = tables::SYNCED
+        .iter()
+        .copied()
+        .filter(|table| table.owner() == Owner::Master);
+    let store = tables::SYNCED
+        .iter()
+        .copied()
+        .filter(move |table| match table.owner() {
+            Owner::Master => false,
+            Owner::MasterForStore { .. } => true,
+            Owner::Store { .. } => !master_only,
+        });
+    master.chain(store).collect()
+}
+
+/// Where reading `table` starts for a snapshot that resumes after `resume`:
+/// None when the table was sent whole before the cut, "" when it was not
+/// started, else the id to continue after.
+fn start_of<'r>(
+    tables_in_order: &[&dyn SyncTable],
+    table: &dyn SyncTable,
+    resume: Option<&'r Resume>,
+) -> Option<&'r str> {
+    let Some(resume) = resume else {
+        return Some("");
+    };
+    let position = |t: Table| tables_in_order.iter().position(|x| x.table() == t);
+    match (position(table.table()), position(resume.after_table)) {
+        (Some(this), Some(cut)) if this < cut => None,
+        (Some(this), Some(cut)) if this == cut => Some(resume.after_id.as_str()),
+        _ => Some(""),
+    }
+}
+
+/// Master data as of one change-log cursor, read in one database snapshot
+/// (from the resume position, if any): the cursor and the records, each with
+/// its table and id.
+async fn master_data_snapshot(
+    db: &DatabaseConnection,
+    tables_in_order: &[&dyn SyncTable],
+    resume: Option<&Resume>,
+) -> Result<(u64, Vec<(Table, String, SyncRecord)>)> {
     let isolation = (db.get_database_backend() == DbBackend::Postgres)
         .then_some(IsolationLevel::RepeatableRead);
     let txn = db.begin_with_config(isolation, None).await?;
     let head = changelog::head(&txn).await?;
-    let head_tag = changelog::tag_at(&txn, head).await?.unwrap_or(0);
-    let mut records: Vec<SyncRecord> = Vec::new();
-    for table in tables::SYNCED {
+    let mut records = Vec::new();
+    for table in tables_in_order {
         if table.owner() != Owner::Master {
             continue;
         }
-        for row in write::page(&txn, *table, Scope::All, "", None).await? {
-            records.push(SyncRecord {
-                record: Some(table.record_of(&row)?),
-            });
+        let Some(after) = start_of(tables_in_order, *table, resume) else {
+            continue;
+        };
+        for row in write::page(&txn, *table, Scope::All, after, None).await? {
+            let id: String = row.try_get_by_index(0)?;
+            records.push((
+                table.table(),
+                id,
+                SyncRecord {
+                    record: Some(table.record_of(&row)?),
+                },
+            ));
         }
     }
     txn.commit().await?;
-    Ok((head, head_tag, records))
+    Ok((head, records))
 }
 
 /// Sends the snapshot for a site's initialisation (or, `master_only`, its
 /// master-data resync: master data and the store row, none of the store's
-/// data); returns its cursor.
+/// data); returns the cursor the change log continues from.
+///
+/// A `resume`d snapshot continues after the record the satellite holds,
+/// read from a new database snapshot at cursor C2 >= the first session's
+/// cursor C; the change log is then replayed from C, not C2. Entries are
+/// whole rows and deletes, so replaying C..C2 over rows already at C2 ends
+/// with every row as it is at C2 and the rows sent before the cut brought up
+/// to date. The log is held from C by the first session's hold
+/// (`site.snapshot_cursor`, left as it is).
 async fn send_snapshot(
     ctx: &SyncContext,
     sync_id: u32,
@@ -219,13 +319,19 @@ async fn send_snapshot(
     tx: &Outbound,
     acks: &mut watch::Receiver<Acked>,
     master_only: bool,
+    resume: Option<&Resume>,
 ) -> Result<u64> {
     let db = &ctx.db;
-    // Hold the log from the head as it is now (the snapshot's cursor will be
-    // at or after it), durably, before anything is read or sent.
-    let hold = changelog::head(db).await?;
-    status::snapshot_started(db, sync_id, hold).await?;
-    let (head, head_tag, master_records) = master_data_snapshot(db).await?;
+    if resume.is_none() {
+        // Hold the log from the head as it is now (the snapshot's cursor will be
+        // at or after it), durably, before anything is read or sent.
+        let hold = changelog::head(db).await?;
+        status::snapshot_started(db, sync_id, hold).await?;
+    }
+    let tables_in_order = snapshot_tables(master_only);
+    let (head, master_records) = master_data_snapshot(db, &tables_in_order, resume).await?;
+    let replay_from = resume.map_or(head, |r| r.cursor);
+    let replay_tag = changelog::tag_at(db, replay_from).await?.unwrap_or(0);
     if store::Entity::find_by_id(store_id.to_owned())
         .one(db)
         .await?
@@ -235,61 +341,74 @@ async fn send_snapshot(
             "store {store_id} of Sync ID {sync_id} is missing"
         )));
     }
-    // Everything sent to this store's site besides master data: its store row
-    // and its store's data.
-    let store_tables: Vec<&dyn SyncTable> = tables::SYNCED
-        .iter()
-        .copied()
-        .filter(|table| match table.owner() {
-            Owner::Master => false,
-            Owner::MasterForStore { .. } => true,
-            Owner::Store { .. } => !master_only,
-        })
-        .collect();
-    let mut total = master_records.len() as u64;
-    for table in &store_tables {
-        total += write::count(db, *table, Scope::Store(store_id)).await?;
+    let done_before = resume.map_or(0, |r| r.records_done);
+    let mut total = done_before + master_records.len() as u64;
+    for table in &tables_in_order {
+        if table.owner() == Owner::Master {
+            continue;
+        }
+        match start_of(&tables_in_order, *table, resume) {
+            None => {}
+            Some("") => total += write::count(db, *table, Scope::Store(store_id)).await?,
+            // The rest of a cut table: its exact count would cost a scan; the
+            // progress total is an estimate that the last batch makes exact.
+            Some(_) => total += write::count(db, *table, Scope::Store(store_id)).await? / 2,
+        }
     }
     tracing::info!(
         sync_id,
         total,
         cursor = head,
+        replay_from,
+        resumed_after = done_before,
         master_only,
         "sending snapshot"
     );
-    status::initialisation(db, sync_id, true, 0, total).await;
+    status::initialisation(db, sync_id, true, done_before, total).await;
 
     let mut sender = SnapshotSender {
         ctx,
         sync_id,
         tx,
         acks,
-        sent: 0,
+        sent: done_before,
+        acked_before: done_before,
         total,
+        replay_from,
         pending: Vec::new(),
         pending_bytes: 0,
+        last: None,
+        rate: LinkRate::new(ctx.settings.downstream_batch_bytes),
+        batches: VecDeque::new(),
     };
-    for record in master_records {
-        sender.push(record).await?;
+    for (table, id, record) in master_records {
+        sender.push(table, id, record).await?;
     }
     // Store data in pages by id, so a large store never sits in memory whole.
     let page = ctx.settings.downstream_batch_records as u64;
-    for table in store_tables {
-        send_store_rows(&mut sender, table, store_id, page).await?;
+    for table in &tables_in_order {
+        if table.owner() == Owner::Master {
+            continue;
+        }
+        if let Some(after) = start_of(&tables_in_order, *table, resume) {
+            send_store_rows(&mut sender, *table, store_id, after, page).await?;
+        }
     }
-    sender.finish(head, head_tag).await?;
-    Ok(head)
+    sender.finish(replay_from, replay_tag).await?;
+    Ok(replay_from)
 }
 
-/// Pushes every row of one table for `store_id`'s site into the snapshot,
-/// `page` rows per query, in id order (keyset paging: no offset scans).
+/// Pushes every row of one table for `store_id`'s site after id `after`
+/// into the snapshot, `page` rows per query, in id order (keyset paging: no
+/// offset scans).
 async fn send_store_rows(
     sender: &mut SnapshotSender<'_>,
     table: &dyn SyncTable,
     store_id: &str,
+    after: &str,
     page: u64,
 ) -> Result<()> {
-    let mut after = String::new();
+    let mut after = after.to_owned();
     loop {
         let rows = write::page(
             &sender.ctx.db,
@@ -305,11 +424,65 @@ async fn send_store_rows(
         for row in rows {
             after = row.try_get_by_index(0)?;
             sender
-                .push(SyncRecord {
-                    record: Some(table.record_of(&row)?),
-                })
+                .push(
+                    table.table(),
+                    after.clone(),
+                    SyncRecord {
+                        record: Some(table.record_of(&row)?),
+                    },
+                )
                 .await?;
         }
+    }
+}
+
+/// What the link has moved lately, to size batches to it: a batch should
+/// take about [`LinkRate::TARGET`] on the wire, so that a slow link still
+/// delivers a message (and its ack comes back) well within the idle limit,
+/// while a fast one gets the largest batches.
+#[derive(Debug)]
+pub(super) struct LinkRate {
+    /// Bytes per batch now.
+    batch_bytes: usize,
+    max_bytes: usize,
+}
+
+impl LinkRate {
+    /// How long one batch should be on the wire.
+    const TARGET: Duration = Duration::from_secs(2);
+    /// The first batch of a session, before anything is measured: 4 s at
+    /// 64 kbit/s (less with gzip), a blink on a LAN (the next batches grow
+    /// fourfold an ack to the link). A cut loses at most a window of these.
+    const FIRST: usize = 32 * 1024;
+    const MIN: usize = 8 * 1024;
+
+    pub(super) fn new(max_bytes: usize) -> Self {
+        Self {
+            batch_bytes: Self::FIRST.min(max_bytes),
+            max_bytes,
+        }
+    }
+
+    /// Bytes per batch now.
+    pub(super) fn batch_bytes(&self) -> usize {
+        self.batch_bytes
+    }
+
+    /// A batch of `bytes` was acknowledged `took` after the link started on
+    /// it: the next batches carry what the link moves in [`Self::TARGET`]
+    /// (growing at most fourfold a step, so one fast ack does not flood a
+    /// slow link).
+    /// A batch well under the current size says little about the link (a
+    /// trickle of changes): it is not counted.
+    pub(super) fn moved(&mut self, bytes: usize, took: Duration) {
+        if bytes < self.batch_bytes / 2 {
+            return;
+        }
+        let secs = took.as_secs_f64().max(0.001);
+        let fits = (bytes as f64 / secs * Self::TARGET.as_secs_f64()) as usize;
+        self.batch_bytes = fits
+            .min(self.batch_bytes.saturating_mul(4))
+            .clamp(Self::MIN.min(self.max_bytes), self.max_bytes);
     }
 }
 
@@ -319,36 +492,71 @@ struct SnapshotSender<'a> {
     sync_id: u32,
     tx: &'a Outbound,
     acks: &'a mut watch::Receiver<Acked>,
+    /// Records sent, counting those a resumed snapshot's satellite held.
     sent: u64,
+    /// Records the satellite held when this session started (acks below it
+    /// are from before).
+    acked_before: u64,
     total: u64,
+    /// The cursor the change log is replayed from after the snapshot.
+    replay_from: u64,
     pending: Vec<SyncRecord>,
     /// Encoded size of `pending`.
     pending_bytes: usize,
+    /// Table and id of the last record pushed.
+    last: Option<(Table, String)>,
+    rate: LinkRate,
+    /// Unacknowledged batches: records done at their end, bytes, when sent.
+    batches: VecDeque<(u64, usize, std::time::Instant)>,
 }
 
 impl SnapshotSender<'_> {
-    async fn push(&mut self, record: SyncRecord) -> Result<()> {
+    async fn push(&mut self, table: Table, id: String, record: SyncRecord) -> Result<()> {
         self.pending_bytes += record.encoded_len() + 16;
         self.pending.push(record);
+        self.last = Some((table, id));
         if self.pending.len() >= self.ctx.settings.downstream_batch_records
-            || self.pending_bytes >= self.ctx.settings.downstream_batch_bytes
+            || self.pending_bytes >= self.rate.batch_bytes()
         {
             self.flush(false, 0, 0).await?;
         }
         Ok(())
     }
 
+    /// Takes the acknowledged batches off `batches`, measuring the link.
+    fn note_acks(&mut self) {
+        let done = self.acks.borrow().init_records_done;
+        let now = std::time::Instant::now();
+        // The link starts on a batch when the one before it is through (or
+        // when it is sent, if the link was idle).
+        let mut link_free_at: Option<std::time::Instant> = None;
+        while let Some(&(end, bytes, sent_at)) = self.batches.front() {
+            if end > done {
+                break;
+            }
+            self.batches.pop_front();
+            let started = link_free_at.map_or(sent_at, |free| free.max(sent_at));
+            self.rate.moved(bytes, now.duration_since(started));
+            link_free_at = Some(now);
+        }
+    }
+
     async fn flush(&mut self, complete: bool, end_cursor: u64, end_tag: u64) -> Result<()> {
-        let batch_size = self.ctx.settings.downstream_batch_records as u64;
-        let window = self.ctx.settings.downstream_window as u64 * batch_size;
-        // Wait for acknowledgements rather than queueing the whole store in memory.
+        let window = self.ctx.settings.downstream_window;
+        // Wait for acknowledgements rather than queueing the whole store in
+        // memory. The limit counts from the last ack (progress), not from the
+        // start: batches are sized to the link, so a live link acks often.
+        let idle_limit = self.ctx.settings.heartbeat.max(Duration::from_secs(1)) * 3;
         let mut reported = 0;
-        while self
-            .sent
-            .saturating_sub(self.acks.borrow().init_records_done)
-            >= window
-        {
-            let done = self.acks.borrow().init_records_done;
+        loop {
+            self.note_acks();
+            let done = self.acks.borrow().init_records_done.max(self.acked_before);
+            if self.batches.len() < window
+                && self.sent.saturating_sub(done)
+                    < window as u64 * self.ctx.settings.downstream_batch_records as u64
+            {
+                break;
+            }
             if done != reported {
                 status::initialisation(&self.ctx.db, self.sync_id, true, done, self.total).await;
                 reported = done;
@@ -359,14 +567,24 @@ impl SnapshotSender<'_> {
                         return Err(Error::Unavailable("the session ended during initialisation".into()));
                     }
                 }
-                _ = tokio::time::sleep(Duration::from_secs(self.ctx.settings.heartbeat.as_secs().max(1) * 3)) => {
-                    return Err(Error::Unavailable("the satellite stopped acknowledging the snapshot".into()));
+                _ = tokio::time::sleep(idle_limit) => {
+                    return Err(Error::Unavailable(format!("the satellite acknowledged nothing of the snapshot for {idle_limit:?}")));
                 }
             }
         }
         let records = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
+        let bytes = std::mem::take(&mut self.pending_bytes);
         self.sent += records.len() as u64;
+        if complete {
+            // Exact now, whatever the estimate of a resumed snapshot said.
+            self.total = self.sent;
+        }
+        self.batches
+            .push_back((self.sent, bytes, std::time::Instant::now()));
+        let (last_table, last_id) = self
+            .last
+            .clone()
+            .map_or((Table::Unspecified, String::new()), |(t, id)| (t, id));
         let span = tracing::info_span!(parent: None, "sync.downstream.send", otel.kind = "producer", sync_id = self.sync_id, end_cursor, records = records.len(), initialisation = true);
         let trace_context = storesync_shared::kit::telemetry::propagation::inject(&span);
         send(
@@ -378,6 +596,9 @@ impl SnapshotSender<'_> {
                     records_done: self.sent,
                     records_total: self.total,
                     complete,
+                    snapshot_cursor: self.replay_from,
+                    last_table: last_table as i32,
+                    last_id,
                 }),
                 trace_context,
                 end_tag,
@@ -387,8 +608,8 @@ impl SnapshotSender<'_> {
         .await
     }
 
-    async fn finish(mut self, head: u64, head_tag: u64) -> Result<()> {
-        self.flush(true, head, head_tag).await?;
+    async fn finish(mut self, replay_from: u64, replay_tag: u64) -> Result<()> {
+        self.flush(true, replay_from, replay_tag).await?;
         tracing::info!(
             sync_id = self.sync_id,
             records = self.sent,
@@ -414,6 +635,48 @@ mod tests {
             tag: 0,
             traceparent: String::new(),
         }
+    }
+
+    #[test]
+    fn batches_follow_what_the_link_moves() {
+        use super::LinkRate;
+        use std::time::Duration;
+        let mut rate = LinkRate::new(4 * 1024 * 1024);
+        // 64 kbit/s: 32 KiB took 4 s, so a batch is about 2 s of the link.
+        rate.moved(32 * 1024, Duration::from_secs(4));
+        assert_eq!(rate.batch_bytes(), 16 * 1024);
+        // A trickle says nothing about the link.
+        rate.moved(100, Duration::from_secs(3));
+        assert_eq!(rate.batch_bytes(), 16 * 1024);
+        // A LAN: growing fourfold an ack, up to the limit.
+        for _ in 0..10 {
+            let bytes = rate.batch_bytes();
+            rate.moved(bytes, Duration::from_millis(5));
+        }
+        assert_eq!(rate.batch_bytes(), 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn a_resumed_snapshot_skips_the_tables_before_its_cut() {
+        use super::{snapshot_tables, start_of, Resume};
+        use storesync_shared::proto::v1::Table;
+        let tables = snapshot_tables(false);
+        let resume = Resume {
+            cursor: 5,
+            after_table: Table::StockLine,
+            after_id: "m".into(),
+            records_done: 10,
+        };
+        let at = |table: Table| {
+            let table = tables
+                .iter()
+                .find(|t| t.table() == table)
+                .expect("a snapshot table");
+            start_of(&tables, *table, Some(&resume)).map(str::to_owned)
+        };
+        assert_eq!(at(Table::Item), None, "master data was sent before the cut");
+        assert_eq!(at(Table::StockLine), Some("m".into()));
+        assert_eq!(at(Table::InvoiceLine), Some(String::new()));
     }
 
     #[test]

@@ -28,7 +28,7 @@
 use std::time::Duration;
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use storesync_shared::domain::entities::{setting, store};
 use storesync_shared::proto::v1::{satellite_message, Hello, SatelliteMessage, Welcome};
 use storesync_shared::{kit::auth, Error, Result};
@@ -366,6 +366,27 @@ pub(super) async fn welcome(
             }
         }
     }
+    let snapshot_resumed = hello.needs_initialisation
+        && hello.snapshot_in_progress
+        && match can_resume(db, site, &epoch, hello).await? {
+            Ok(()) => {
+                tracing::info!(
+                    sync_id = identity.sync_id,
+                    cursor = hello.snapshot_cursor,
+                    records_done = hello.snapshot_records_done,
+                    "resuming the site's initialisation where it was cut"
+                );
+                true
+            }
+            Err(why) => {
+                tracing::info!(
+                    sync_id = identity.sync_id,
+                    cursor = hello.snapshot_cursor,
+                    "the site's initialisation starts again: {why}"
+                );
+                false
+            }
+        };
     let interval = setting_value(db, "sync_interval_minutes")
         .await?
         .and_then(|v| v.parse().ok())
@@ -389,7 +410,70 @@ pub(super) async fn welcome(
         resync_master_data,
         min_protocol_version: storesync_shared::MIN_PROTOCOL_VERSION,
         max_protocol_version: storesync_shared::PROTOCOL_VERSION,
+        snapshot_resumed,
     })
+}
+
+/// Where the snapshot a Hello says is in progress continues.
+pub(super) fn resume_of(hello: &Hello) -> super::downstream::Resume {
+    super::downstream::Resume {
+        cursor: hello.snapshot_cursor,
+        after_table: hello.snapshot_after_table(),
+        after_id: hello.snapshot_after_id.clone(),
+        records_done: hello.snapshot_records_done,
+    }
+}
+
+/// Whether the snapshot the satellite holds in part can continue (Ok), or
+/// why it must start again: the change log must still hold everything after
+/// the snapshot's cursor, which the site's snapshot hold guarantees while it
+/// is in place at or below that cursor (`retention`), and be of the same
+/// epoch; the position must name a table snapshots send.
+async fn can_resume(
+    db: &DatabaseConnection,
+    site: &site::Model,
+    epoch: &str,
+    hello: &Hello,
+) -> Result<std::result::Result<(), String>> {
+    if hello.changelog_epoch != epoch {
+        return Ok(Err(format!(
+            "its part of the snapshot is of change-log epoch {:?}, the master's is {epoch}",
+            hello.changelog_epoch
+        )));
+    }
+    let known_table = storesync_shared::domain::tables::SYNCED
+        .iter()
+        .any(|table| table.table() == hello.snapshot_after_table());
+    if !known_table || hello.snapshot_after_id.is_empty() {
+        return Ok(Err("its position in the snapshot names no record".into()));
+    }
+    let row = db
+        .query_one(sea_orm::Statement::from_sql_and_values(
+            db.get_database_backend(),
+            match db.get_database_backend() {
+                sea_orm::DbBackend::Postgres => {
+                    "SELECT snapshot_cursor FROM site WHERE sync_id = $1"
+                }
+                _ => "SELECT snapshot_cursor FROM site WHERE sync_id = ?",
+            },
+            [site.sync_id.into()],
+        ))
+        .await?;
+    let hold: Option<i64> = match row {
+        Some(row) => row.try_get_by_index(0)?,
+        None => None,
+    };
+    let cursor = hello.snapshot_cursor;
+    match hold.and_then(|h| u64::try_from(h).ok()) {
+        None => Ok(Err("the master holds no snapshot in progress for it".into())),
+        Some(hold) if hold > cursor => Ok(Err(format!(
+            "the master holds the change log only from {hold}, after the snapshot's cursor {cursor}"
+        ))),
+        Some(_) if cursor > changelog::head(db).await? => Ok(Err(format!(
+            "the snapshot's cursor {cursor} is past the end of the change log"
+        ))),
+        Some(_) => Ok(Ok(())),
+    }
 }
 
 /// Whether an initialised satellite's master data continues from the log.

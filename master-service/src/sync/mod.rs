@@ -188,7 +188,9 @@ impl SyncService for SyncHandler {
         let welcome = handshake::welcome(&ctx, &site, &identity, &hello).await?;
         let (tx, rx) = mpsc::channel(16);
         downstream::send(&tx, master_message::Message::Welcome(welcome.clone())).await?;
-        let start = if welcome.initialising {
+        let start = if welcome.initialising && welcome.snapshot_resumed {
+            downstream::Start::ResumeInitialisation(handshake::resume_of(&hello))
+        } else if welcome.initialising {
             downstream::Start::Initialise
         } else if welcome.resync_master_data {
             downstream::Start::ResyncMasterData

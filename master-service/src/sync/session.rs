@@ -170,6 +170,7 @@ pub(super) async fn run(
         cursor: hello.downstream_cursor,
         init_records_done: 0,
     });
+    let initialising = start != downstream::Start::Continue;
     let mut downstream = tokio::spawn(downstream::run(
         ctx.clone(),
         sync_id,
@@ -186,7 +187,7 @@ pub(super) async fn run(
         ctx: &ctx,
         identity: &identity,
         session_id: &session_id,
-        initialising: start != downstream::Start::Continue,
+        initialising,
         tx: &tx,
         acks: &ack_tx,
         refused: &refused,

@@ -6,6 +6,16 @@
 //! it); after commit both are there. The last snapshot batch also marks the
 //! database initialised and sets the upstream positions from the master's.
 //!
+//! # Resumable initialisation
+//! Each snapshot batch before the last also stores, in its transaction,
+//! where the snapshot stands (`snapshot_resume`: the cursor it is replayed
+//! from, the epoch, the last record and the count held). A session cut
+//! mid-snapshot names that position in its next Hello; when the master
+//! continues after it (`Welcome.snapshot_resumed`) nothing is emptied, and
+//! the batch that completes the snapshot stores its cursor and deletes the
+//! position. A snapshot started again empties everything first, the
+//! position with it (`clear_for_initialisation`).
+//!
 //! The cursor moves with the tag of the entry it names and the master's
 //! change-log epoch (`Hello.cursor_tag`, `Hello.changelog_epoch`).
 //!
@@ -39,7 +49,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
 };
 use storesync_shared::domain::tables::{self, apply, Owner};
-use storesync_shared::proto::v1::{DownstreamBatch, Store};
+use storesync_shared::proto::v1::{DownstreamBatch, InitialisationProgress, Store};
 use storesync_shared::{Error, Result};
 
 use crate::entities::{outbox, sync_state};
@@ -118,6 +128,7 @@ pub async fn apply_with(
     }
     let completes_init = complete;
     let in_init = in_snapshot;
+    let batch_progress = batch.initialisation.clone();
     let runs = apply::runs(tables::SYNCED, batch.records)?;
     let txn = db.begin().await?;
     if !in_init {
@@ -151,6 +162,8 @@ pub async fn apply_with(
         // Built once over the whole snapshot, in the transaction that makes
         // the database initialised: no initialised database lacks them.
         build_store_data_indexes(&txn).await?;
+        txn.execute_unprepared("DELETE FROM snapshot_resume")
+            .await?;
         sync_state::Entity::update_many()
             .col_expr(sync_state::Column::DownstreamCursor, Expr::value(cursor))
             .col_expr(sync_state::Column::DownstreamTag, Expr::value(end_tag))
@@ -177,7 +190,11 @@ pub async fn apply_with(
             .filter(sync_state::Column::Id.eq(1))
             .exec(&txn)
             .await?;
-    } else if !in_init {
+    } else if in_init {
+        if let Some(progress) = &batch_progress {
+            hold_snapshot_position(&txn, progress, epoch).await?;
+        }
+    } else {
         let mut update = sync_state::Entity::update_many()
             .col_expr(sync_state::Column::DownstreamCursor, Expr::value(cursor))
             .col_expr(sync_state::Column::DownstreamTag, Expr::value(end_tag));
@@ -198,6 +215,94 @@ pub async fn apply_with(
         initialised: completes_init,
         resynced: false,
     })
+}
+
+/// Records, in the transaction of a snapshot batch, where the snapshot
+/// stands: its cursor and epoch and the last record held (see
+/// [`snapshot_position`]). A master that names no record (older than
+/// resumable snapshots) leaves nothing, so the next session starts again.
+async fn hold_snapshot_position<C: ConnectionTrait>(
+    txn: &C,
+    progress: &InitialisationProgress,
+    epoch: &str,
+) -> Result<()> {
+    if progress.last_id.is_empty() {
+        return Ok(());
+    }
+    let mut upsert = Query::insert();
+    upsert
+        .into_table(Alias::new("snapshot_resume"))
+        .columns(
+            [
+                "id",
+                "snapshot_cursor",
+                "changelog_epoch",
+                "last_table",
+                "last_id",
+                "records_done",
+            ]
+            .map(Alias::new),
+        )
+        .values_panic([
+            1i32.into(),
+            i64::try_from(progress.snapshot_cursor)
+                .unwrap_or(i64::MAX)
+                .into(),
+            epoch.into(),
+            progress.last_table.into(),
+            progress.last_id.clone().into(),
+            i64::try_from(progress.records_done)
+                .unwrap_or(i64::MAX)
+                .into(),
+        ])
+        .on_conflict(
+            OnConflict::column(Alias::new("id"))
+                .update_columns(
+                    [
+                        "snapshot_cursor",
+                        "changelog_epoch",
+                        "last_table",
+                        "last_id",
+                        "records_done",
+                    ]
+                    .map(Alias::new),
+                )
+                .to_owned(),
+        );
+    txn.execute(txn.get_database_backend().build(&upsert))
+        .await?;
+    Ok(())
+}
+
+/// Where a snapshot cut before its end stands, as the master told it with
+/// the last batch committed (see `hold_snapshot_position`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotPosition {
+    pub cursor: u64,
+    pub epoch: String,
+    pub last_table: i32,
+    pub last_id: String,
+    pub records_done: u64,
+}
+
+/// The position of the snapshot this database holds in part (None: none).
+pub async fn snapshot_position<C: ConnectionTrait>(db: &C) -> Result<Option<SnapshotPosition>> {
+    let row = db
+        .query_one(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT snapshot_cursor, changelog_epoch, last_table, last_id, records_done FROM snapshot_resume WHERE id = 1",
+        ))
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(SnapshotPosition {
+        cursor: u64::try_from(row.try_get_by_index::<i64>(0)?).unwrap_or(0),
+        epoch: row.try_get_by_index(1)?,
+        last_table: row.try_get_by_index(2)?,
+        last_id: row.try_get_by_index(3)?,
+        records_done: u64::try_from(row.try_get_by_index::<i64>(4)?).unwrap_or(0),
+    }))
 }
 
 /// Master-owned tables: what a resync rewrites and prunes.
@@ -381,6 +486,8 @@ pub async fn clear_for_initialisation(db: &DatabaseConnection) -> Result<()> {
         tables::write::clear(&txn, *table).await?;
     }
     outbox::Entity::delete_many().exec(&txn).await?;
+    txn.execute_unprepared("DELETE FROM snapshot_resume")
+        .await?;
     // Until the last snapshot batch builds them again (see `apply_batch`).
     for (index, _) in storesync_shared::domain::schema::store_data_indexes() {
         txn.execute_unprepared(&format!("DROP INDEX IF EXISTS {index}"))

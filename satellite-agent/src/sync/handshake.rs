@@ -3,7 +3,8 @@
 //!
 //! # Invariant
 //! The local database is emptied for initialisation only once the master's
-//! Welcome confirms that a snapshot is coming: a master that refuses the
+//! Welcome confirms that a snapshot is coming, and not at all when it
+//! resumes the one this database holds in part (`Welcome.snapshot_resumed`): a master that refuses the
 //! session leaves a half-initialised database as it was, and the next
 //! attempt asks again.
 //!
@@ -49,6 +50,12 @@ pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) ->
     }
     let initialise = !state.initialised;
     let backlog = outbox_table::Entity::find().count(db).await?;
+    // A snapshot cut before its end continues where it stopped (`apply`).
+    let position = if initialise {
+        apply::snapshot_position(db).await?
+    } else {
+        None
+    };
     Ok(Hello {
         protocol_version: storesync_shared::PROTOCOL_VERSION,
         sync_id: settings.sync_id,
@@ -62,10 +69,10 @@ pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) ->
         needs_initialisation: initialise,
         mode: settings.mode as i32,
         upstream_backlog: backlog,
-        changelog_epoch: if initialise {
-            String::new()
-        } else {
-            state.changelog_epoch.clone()
+        changelog_epoch: match (&position, initialise) {
+            (Some(position), _) => position.epoch.clone(),
+            (None, true) => String::new(),
+            (None, false) => state.changelog_epoch.clone(),
         },
         cursor_tag: if initialise {
             0
@@ -78,6 +85,14 @@ pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) ->
             state.store_id.clone()
         },
         database_id: state.database_id,
+        snapshot_in_progress: position.is_some(),
+        snapshot_cursor: position.as_ref().map_or(0, |p| p.cursor),
+        snapshot_after_table: position.as_ref().map_or(0, |p| p.last_table),
+        snapshot_after_id: position
+            .as_ref()
+            .map(|p| p.last_id.clone())
+            .unwrap_or_default(),
+        snapshot_records_done: position.as_ref().map_or(0, |p| p.records_done),
     })
 }
 
@@ -124,7 +139,10 @@ pub(super) async fn open(
         handle.set_interval(welcome.sync_interval_minutes);
     }
 
-    if welcome.initialising {
+    if welcome.initialising && welcome.snapshot_resumed {
+        // The snapshot continues after what this database holds: keep it.
+        tracing::info!("the master resumes this site's initialisation where it was cut");
+    } else if welcome.initialising {
         // Only now that a snapshot is coming: empty what a half-finished
         // earlier initialisation may have left.
         apply::clear_for_initialisation(db).await?;

@@ -46,6 +46,11 @@ pub(super) struct Session<'a> {
     sent_seq: u64,
     /// Last sequence of each unacknowledged upstream batch, in order.
     in_flight: VecDeque<u64>,
+    /// Bytes and send time of each unacknowledged batch (as `in_flight`).
+    in_flight_bytes: VecDeque<(usize, std::time::Instant)>,
+    /// Bytes per upstream batch now: sized to what the link moves (see
+    /// [`upstream_batch_bytes`]).
+    batch_bytes: usize,
     /// The master has sent everything it has (CaughtUp).
     caught_up: bool,
     /// The master's last `SyncError`: it explains the status that follows.
@@ -77,6 +82,8 @@ impl<'a> Session<'a> {
             initialising: welcome.initialising,
             sent_seq,
             in_flight: VecDeque::new(),
+            in_flight_bytes: VecDeque::new(),
+            batch_bytes: settings.batch_bytes.min(FIRST_BATCH_BYTES),
             caught_up: false,
             master_error: None,
             welcome,
@@ -94,6 +101,7 @@ impl<'a> Session<'a> {
         let mut poll = tokio::time::interval(Duration::from_millis(500));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let handle = self.handle;
+        let mut heard_at = tokio::time::Instant::now();
 
         loop {
             self.fill_window().await?;
@@ -109,13 +117,13 @@ impl<'a> Session<'a> {
                 continue;
             }
             tokio::select! {
-                next = tokio::time::timeout(idle_limit, inbound.message()) => {
+                next = inbound.message() => {
                     let message = match next {
-                        Err(_) => return Err(Error::Unavailable(format!("nothing from the master for {idle_limit:?}"))),
-                        Ok(Err(status)) => return Err(self.ended_by_master(status)),
-                        Ok(Ok(None)) => return Err(Error::Unavailable("the master ended the session".into())),
-                        Ok(Ok(Some(message))) => message,
+                        Err(status) => return Err(self.ended_by_master(status)),
+                        Ok(None) => return Err(Error::Unavailable("the master ended the session".into())),
+                        Ok(Some(message)) => message,
                     };
+                    heard_at = tokio::time::Instant::now();
                     match message.message {
                         Some(master_message::Message::DownstreamBatch(batch)) => self.on_downstream_batch(batch).await?,
                         Some(master_message::Message::UpstreamAck(ack)) => self.on_upstream_ack(ack).await?,
@@ -129,6 +137,11 @@ impl<'a> Session<'a> {
                         None => tracing::debug!("ignored a master message of a kind this agent does not know"),
                     }
                 }
+                // Only what arrives from the master moves this deadline, not
+                // this side's own ticks.
+                _ = tokio::time::sleep_until(heard_at + idle_limit) => {
+                    return Err(Error::Unavailable(format!("nothing from the master for {idle_limit:?}")));
+                }
                 _ = heartbeat.tick() => self.send_heartbeat().await?,
                 _ = handle.outbox_written() => {}
                 _ = poll.tick() => {}
@@ -141,18 +154,15 @@ impl<'a> Session<'a> {
     async fn fill_window(&mut self) -> Result<()> {
         let settings = self.settings;
         while !self.initialising && self.in_flight.len() < settings.window {
-            let Some(mut batch) = next_batch(
-                self.db,
-                self.sent_seq,
-                self.batch_records,
-                settings.batch_bytes,
-            )
-            .await?
+            let Some(mut batch) =
+                next_batch(self.db, self.sent_seq, self.batch_records, self.batch_bytes).await?
             else {
                 break;
             };
             self.sent_seq = batch.last_seq;
             self.in_flight.push_back(batch.last_seq);
+            self.in_flight_bytes
+                .push_back((batch.encoded_len(), std::time::Instant::now()));
             // One trace per batch: the master's apply becomes a child of this span.
             let span = tracing::info_span!(parent: None, "sync.upstream.push", otel.kind = "producer", sync_id = settings.sync_id, first_seq = batch.first_seq, last_seq = batch.last_seq, records = batch.records.len());
             batch.trace_context = storesync_shared::kit::telemetry::propagation::inject(&span);
@@ -203,7 +213,7 @@ impl<'a> Session<'a> {
     async fn on_downstream_batch(&mut self, batch: DownstreamBatch) -> Result<()> {
         let (db, settings, handle) = (self.db, self.settings, self.handle);
         let end_cursor = batch.end_cursor;
-        let progress = batch.initialisation;
+        let progress = batch.initialisation.clone();
         let span = tracing::info_span!(parent: None, "sync.downstream.apply", otel.kind = "consumer", sync_id = settings.sync_id, end_cursor, records = batch.records.len());
         storesync_shared::kit::telemetry::propagation::set_parent(&span, &batch.trace_context);
         let tables = crate::metrics::tables_of(&batch.records);
@@ -275,6 +285,14 @@ impl<'a> Session<'a> {
             .is_some_and(|last| *last <= ack.acked_seq)
         {
             self.in_flight.pop_front();
+            if let Some((bytes, sent_at)) = self.in_flight_bytes.pop_front() {
+                self.batch_bytes = upstream_batch_bytes(
+                    self.batch_bytes,
+                    self.settings.batch_bytes,
+                    bytes,
+                    sent_at.elapsed(),
+                );
+            }
         }
         self.handle.set_synced();
         Ok(())
@@ -296,6 +314,24 @@ impl<'a> Session<'a> {
         tracing::warn!(code = error.code, message = %error.message, "the master reports an error");
         self.master_error = Some(error.message);
     }
+}
+
+/// The first upstream batch of a session, before the link is measured.
+const FIRST_BATCH_BYTES: usize = 32 * 1024;
+
+/// The size of the next upstream batches after one of `bytes` was
+/// acknowledged `took` after it was sent: what the link moves in about two
+/// seconds (at most four times the current size, at least 8 KiB, at most
+/// `max`), so that a slow link still gets each batch and its ack through
+/// well within the idle limit. A batch well under the current size (a
+/// trickle) says little about the link and changes nothing.
+fn upstream_batch_bytes(current: usize, max: usize, bytes: usize, took: Duration) -> usize {
+    if bytes < current / 2 {
+        return current;
+    }
+    let fits = (bytes as f64 / took.as_secs_f64().max(0.001) * 2.0) as usize;
+    fits.min(current.saturating_mul(4))
+        .clamp((8 * 1024).min(max), max)
 }
 
 /// The next upstream batch after `after_seq`, bounded by records and bytes.

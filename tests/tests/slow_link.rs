@@ -1,0 +1,246 @@
+//! Slow and flaky links: real master and satellite binaries talking through
+//! the test proxy, on a SQLite master and (with TEST_DATABASE_URL) a
+//! PostgreSQL master.
+//!
+//! - a snapshot cut at about 90 % continues from there: the bytes moved in
+//!   all are close to one snapshot, not one and nine tenths;
+//! - over 64 kbit/s with 300 ms latency and a cut every few seconds, a new
+//!   satellite initialises a whole store and then stays in sync under a
+//!   trickle of writes both ways, streaming and in interval mode. It prints
+//!   how long initialisation took and how many bytes the cuts cost.
+//!   `STORESYNC_SLOW_LINK_RECORDS` sets the store's size (CI: 2,000 stock
+//!   lines; the README's figure: 20,000).
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use storesync_shared::proto::v1 as pb;
+use storesync_tests::cluster::{
+    assert_store_copies_equal, create_items, create_trading_partners, database_id, goods_in,
+    store_of, wait_master_data_equal, Master, Satellite, SYNC_PASSWORD, SYNC_USER,
+};
+use storesync_tests::proxy::{Proxy, Throttle};
+use storesync_tests::raw::{hello, open, stock_line};
+use storesync_tests::{backends, eventually, TestDb};
+
+/// Pushes `count` stock lines of site `sync_id`'s store (over `items`)
+/// through a raw session, as a first satellite would have, and waits for
+/// their acknowledgement.
+async fn push_store_data(
+    master: &Master,
+    sync_id: u32,
+    store_id: &str,
+    items: &[pb::Item],
+    count: usize,
+) {
+    let mut session = open(
+        &master.url(),
+        &sync_id.to_string(),
+        SYNC_USER,
+        SYNC_PASSWORD,
+        hello(sync_id),
+    )
+    .await
+    .unwrap();
+    let mut seq = 1u64;
+    let records: Vec<_> = (0..count)
+        .map(|n| stock_line(store_id, &items[n % items.len()].id))
+        .collect();
+    for chunk in records.chunks(2000) {
+        session.push(seq, chunk.to_vec()).await;
+        seq += chunk.len() as u64;
+    }
+    let last = seq - 1;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let message = session.inbound.message().await.unwrap().unwrap();
+            if let Some(pb::master_message::Message::UpstreamAck(ack)) = message.message {
+                if ack.acked_seq == last {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the master acknowledges the store data");
+}
+
+/// A satellite whose database the master is told to adopt (the raw session
+/// that pushed the store data owned the Sync ID before it).
+async fn adopted_satellite(
+    master: &Master,
+    url: &str,
+    sync_id: u32,
+    mode: &str,
+    extra: &[(&str, &str)],
+) -> Satellite {
+    let satellite = Satellite::start(url, sync_id, mode, extra);
+    let id = eventually(
+        Duration::from_secs(30),
+        "the satellite's database to exist",
+        || async {
+            let id = database_id(&satellite.db).await;
+            (!id.is_empty()).then_some(id)
+        },
+    )
+    .await;
+    master.adopt(sync_id, &id).await;
+    satellite
+}
+
+/// A snapshot cut at about 90 % of its bytes resumes where it stopped:
+/// the second initialisation, cut once, moves little more than the first,
+/// uncut one. (Before resumable snapshots it started again from zero:
+/// about 1.9 times the bytes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_cut_at_ninety_percent_resumes_instead_of_restarting() {
+    for backend in backends("a_snapshot_cut_at_ninety_percent_resumes_instead_of_restarting") {
+        let master_db = TestDb::new(backend);
+        // Small batches, so that a cut loses at most a window of them.
+        let master = Master::start(&master_db, &[("STORESYNC_DOWNSTREAM_BATCH_RECORDS", "400")]);
+        let db = master_db.connect().await;
+        master.add_site(2).await;
+        let items = create_items(&master, "RES", 20).await;
+        let store_id = store_of(&db, 2).await.id;
+        push_store_data(&master, 2, &store_id, &items, 8000).await;
+
+        let proxy = Proxy::start(master.process.addr).await;
+        let mut satellite = adopted_satellite(&master, &proxy.url(), 2, "streaming", &[]).await;
+        satellite.wait_initialised(Duration::from_secs(90)).await;
+        let (_, whole) = proxy.bytes();
+        eprintln!("an uncut initialisation moved {whole} bytes to the satellite");
+
+        // The disk is lost; the new one initialises again and is cut at ~90 %.
+        satellite.process.kill();
+        proxy.cut_after(whole * 9 / 10);
+        satellite.replace_disk(&master).await;
+        satellite.wait_initialised(Duration::from_secs(90)).await;
+        assert_eq!(proxy.cuts(), 1, "the link was cut once, mid-snapshot");
+        let (_, total) = proxy.bytes();
+        let second = total - whole;
+        let resent = second.saturating_sub(whole);
+        eprintln!(
+            "cut at 90 %: the second initialisation moved {second} bytes, {resent} more than an uncut one ({:.0} %)",
+            resent as f64 * 100.0 / whole as f64
+        );
+        assert!(
+            resent < whole / 4,
+            "a snapshot cut at 90 % resent {resent} of {whole} bytes: it started again instead of resuming"
+        );
+        assert_store_copies_equal(&db, &satellite, Duration::from_secs(60)).await;
+        wait_master_data_equal(&db, &satellite, Duration::from_secs(60)).await;
+    }
+}
+
+/// Records of the slow-link store (see the module doc).
+fn slow_link_records() -> usize {
+    std::env::var("STORESYNC_SLOW_LINK_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// 64 kbit/s, 300 ms, a cut about every 6 s: a new satellite initialises a
+/// whole store, then keeps in sync both ways, streaming then interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_every_few_seconds() {
+    for backend in backends(
+        "a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_every_few_seconds",
+    ) {
+        let records = slow_link_records();
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        let db = master_db.connect().await;
+        master.add_site(2).await;
+        let items = create_items(&master, "SLOW", 50).await;
+        let (supplier, _) = create_trading_partners(&master, "SL").await;
+        let store_id = store_of(&db, 2).await.id;
+        push_store_data(&master, 2, &store_id, &items, records).await;
+        // The interval-mode site of the end, set up while all is quiet.
+        master.add_site(3).await;
+        let interval_store = store_of(&db, 3).await.id;
+        push_store_data(&master, 3, &interval_store, &items, records / 4).await;
+
+        // What one uncut initialisation moves, for the bytes the cuts cost.
+        let baseline_proxy = Proxy::start(master.process.addr).await;
+        let gzip = [("STORESYNC_SYNC_COMPRESSION", "gzip")];
+        let mut baseline =
+            adopted_satellite(&master, &baseline_proxy.url(), 2, "streaming", &gzip).await;
+        baseline.wait_initialised(Duration::from_secs(120)).await;
+        let (_, whole) = baseline_proxy.bytes();
+        baseline.process.kill();
+
+        let link =
+            Throttle::link(64, Duration::from_millis(300)).cut_every(Duration::from_secs(6), 14);
+        let proxy = Proxy::start_throttled(master.process.addr, link).await;
+        let mut env: Vec<(&str, &str)> = gzip.to_vec();
+        env.push(("STORESYNC_SYNC_INTERVAL_SECONDS", "3"));
+        let started = Instant::now();
+        let satellite = adopted_satellite(&master, &proxy.url(), 2, "streaming", &env).await;
+        let limit = Duration::from_secs(60 + records as u64 / 10);
+        satellite.wait_initialised(limit).await;
+        let took = started.elapsed();
+        let (_, moved) = proxy.bytes();
+        let resent = moved.saturating_sub(whole);
+        eprintln!(
+            "slow link ({records} store records, gzip): initialised in {took:.1?} over {} cuts; \
+             {moved} bytes down, an uncut initialisation {whole}: {resent} bytes resent ({:.1} %)",
+            proxy.scheduled_cuts(),
+            resent as f64 * 100.0 / whole as f64
+        );
+        assert!(
+            proxy.scheduled_cuts() >= 1,
+            "the link was cut during initialisation"
+        );
+        assert!(
+            resent < whole / 3,
+            "the cuts cost {resent} of {whole} bytes: the snapshot restarted"
+        );
+        assert_store_copies_equal(&db, &satellite, Duration::from_secs(120)).await;
+        wait_master_data_equal(&db, &satellite, Duration::from_secs(120)).await;
+
+        // A trickle both ways, still over the cut link.
+        for round in 0..3 {
+            create_items(&master, &format!("TRK{round}"), 1).await;
+            goods_in(
+                &mut satellite.store().await,
+                &supplier,
+                &items[..2],
+                3.0,
+                &format!("TRICKLE{round}"),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        wait_master_data_equal(&db, &satellite, Duration::from_secs(120)).await;
+        assert_store_copies_equal(&db, &satellite, Duration::from_secs(120)).await;
+        eprintln!("streaming over the slow link: in sync after the trickle");
+
+        // Interval mode over the same link: a second site with a smaller
+        // store initialises and then exchanges a trickle each interval.
+        let started = Instant::now();
+        let interval = adopted_satellite(&master, &proxy.url(), 3, "interval", &env).await;
+        interval.wait_initialised(limit).await;
+        eprintln!(
+            "interval mode over the slow link: {} store records initialised in {:.1?}",
+            records / 4,
+            started.elapsed()
+        );
+        for round in 0..3 {
+            create_items(&master, &format!("ITRK{round}"), 1).await;
+            goods_in(
+                &mut interval.store().await,
+                &supplier,
+                &items[..2],
+                2.0,
+                &format!("ITRICKLE{round}"),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        wait_master_data_equal(&db, &interval, Duration::from_secs(120)).await;
+        assert_store_copies_equal(&db, &interval, Duration::from_secs(120)).await;
+        assert_store_copies_equal(&db, &satellite, Duration::from_secs(120)).await;
+        eprintln!("interval mode over the slow link: in sync after the trickle");
+    }
+}
