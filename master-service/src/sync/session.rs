@@ -183,17 +183,6 @@ pub(super) async fn run(
     let mut shutdown = ctx.shutdown.subscribe();
     // The record an upstream batch was refused for, for the SyncError.
     let refused = OnceLock::new();
-    let inbound_half = Inbound {
-        ctx: &ctx,
-        identity: &identity,
-        session_id: &session_id,
-        initialising,
-        tx: &tx,
-        acks: &ack_tx,
-        refused: &refused,
-    }
-    .run(inbound);
-    tokio::pin!(inbound_half);
     // The site's re-checks run beside the two halves, never pausing them: an
     // apply paused mid-transaction would hold the connection the re-check
     // needs (SQLite has one). Also at every heartbeat period: a signal lost
@@ -216,7 +205,25 @@ pub(super) async fn run(
             }
         }
     });
-    let outcome: Result<()> = tokio::select! {
+    // The inbound half lives only inside this block: when another branch
+    // wins, it is dropped here, before `end` below, with any apply it was in
+    // the middle of (its transaction rolls back). Kept alive past the block,
+    // it would hold its database connection while `end` waits for one: on
+    // SQLite's single connection, a stall of the whole master until the pool
+    // gives up.
+    let outcome: Result<()> = {
+        let inbound_half = Inbound {
+            ctx: &ctx,
+            identity: &identity,
+            session_id: &session_id,
+            initialising,
+            tx: &tx,
+            acks: &ack_tx,
+            refused: &refused,
+        }
+        .run(inbound);
+        tokio::pin!(inbound_half);
+        tokio::select! {
         result = &mut inbound_half => result,
         joined = &mut downstream => match joined {
             Ok(result) => result,
@@ -225,6 +232,7 @@ pub(super) async fn run(
         revoked = &mut watcher => Err(revoked.unwrap_or_else(|e| Error::Internal(format!("site re-check task: {e}")))),
         _ = replaced.wait_for(|r| *r) => Err(Error::Aborted(format!("a newer session for Sync ID {sync_id} replaced this one"))),
         _ = shutdown.wait_for(|s| *s) => Err(Error::Unavailable("the master is shutting down; reconnect later".into())),
+        }
     };
     watcher.abort();
     downstream.abort();
