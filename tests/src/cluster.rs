@@ -276,6 +276,16 @@ pub struct Satellite {
     env: Vec<(String, String)>,
 }
 
+/// Starts the satellite-agent binary for `sync_id` with `vars`.
+fn spawn_satellite(sync_id: u32, vars: &[(String, String)]) -> Process {
+    Process::spawn(
+        &bin_path("satellite-agent", "STORESYNC_SATELLITE_BIN"),
+        &format!("satellite-{sync_id}"),
+        &[],
+        vars,
+    )
+}
+
 impl Satellite {
     /// Starts satellite `sync_id` syncing with `master_url` in `mode` ("streaming" or "interval").
     pub fn start(master_url: &str, sync_id: u32, mode: &str, extra: &[(&str, &str)]) -> Self {
@@ -314,13 +324,7 @@ impl Satellite {
         vars.push(("STORESYNC_SYNC_ID".into(), sync_id.to_string()));
         vars.push(("STORESYNC_DATABASE_URL".into(), db.url()));
         vars.extend(env(extra));
-        let label = format!("satellite-{sync_id}");
-        let process = Process::spawn(
-            &bin_path("satellite-agent", "STORESYNC_SATELLITE_BIN"),
-            &label,
-            &[],
-            &vars,
-        );
+        let process = spawn_satellite(sync_id, &vars);
         Self {
             process,
             db,
@@ -337,13 +341,7 @@ impl Satellite {
 
     /// Starts the (stopped) satellite again on the same database.
     pub fn start_again(&mut self) {
-        let label = format!("satellite-{}", self.sync_id);
-        self.process = Process::spawn(
-            &bin_path("satellite-agent", "STORESYNC_SATELLITE_BIN"),
-            &label,
-            &[],
-            &self.env,
-        );
+        self.process = spawn_satellite(self.sync_id, &self.env);
     }
 
     /// Starts another satellite with this one's configuration (Sync ID, mode,
@@ -353,13 +351,7 @@ impl Satellite {
         vars.retain(|(k, _)| k != "STORESYNC_DATABASE_URL" && k != "STORESYNC_LISTEN");
         vars.push(("STORESYNC_LISTEN".into(), "127.0.0.1:0".into()));
         vars.push(("STORESYNC_DATABASE_URL".into(), db.url()));
-        let label = format!("satellite-{}", self.sync_id);
-        let process = Process::spawn(
-            &bin_path("satellite-agent", "STORESYNC_SATELLITE_BIN"),
-            &label,
-            &[],
-            &vars,
-        );
+        let process = spawn_satellite(self.sync_id, &vars);
         Self {
             process,
             db,

@@ -111,11 +111,7 @@ pub(super) async fn authenticate(
             "Sync ID 1 is the master itself; a satellite has a Sync ID from 2 to 64".into(),
         ));
     }
-    let site = site.ok_or_else(|| {
-        Error::PermissionDenied(format!(
-            "Sync ID {sync_id} is not in the master's sync-with list; add it with AdminService.AddSite"
-        ))
-    })?;
+    let site = site.ok_or_else(|| not_listed(sync_id))?;
     if !site.enabled {
         return Err(Error::PermissionDenied(format!(
             "Sync ID {sync_id} is disabled on the master"
@@ -222,14 +218,7 @@ pub(super) async fn check_database(
         .filter(site::Column::DatabaseId.eq(""))
         .exec(db)
         .await?;
-    let site = site::Entity::find_by_id(sync_id_i32(sync_id))
-        .one(db)
-        .await?
-        .ok_or_else(|| {
-            Error::PermissionDenied(format!(
-                "Sync ID {sync_id} is not in the master's sync-with list; add it with AdminService.AddSite"
-            ))
-        })?;
+    let site = listed_site(db, sync_id).await?;
     let refusal = if site.database_id != hello.database_id {
         let last = site_status::Entity::find_by_id(sync_id_i32(sync_id))
             .one(db)
@@ -301,18 +290,26 @@ async fn check_store(ctx: &SyncContext, identity: &SiteIdentity, hello: &Hello) 
     Err(Error::FailedPrecondition(message))
 }
 
+/// The site of `sync_id`, read again; PERMISSION_DENIED if it is gone from
+/// the sync-with list.
+async fn listed_site(db: &DatabaseConnection, sync_id: u32) -> Result<site::Model> {
+    site::Entity::find_by_id(sync_id_i32(sync_id))
+        .one(db)
+        .await?
+        .ok_or_else(|| not_listed(sync_id))
+}
+
+fn not_listed(sync_id: u32) -> Error {
+    Error::PermissionDenied(format!(
+        "Sync ID {sync_id} is not in the master's sync-with list; add it with AdminService.AddSite"
+    ))
+}
+
 /// A satellite of protocol version 1 sends no database identity. It may sync
 /// as before (without the identity checks) only while no database owns the
 /// Sync ID; once one does, it must be upgraded.
 async fn legacy_database(db: &DatabaseConnection, sync_id: u32) -> Result<site::Model> {
-    let site = site::Entity::find_by_id(sync_id_i32(sync_id))
-        .one(db)
-        .await?
-        .ok_or_else(|| {
-            Error::PermissionDenied(format!(
-                "Sync ID {sync_id} is not in the master's sync-with list; add it with AdminService.AddSite"
-            ))
-        })?;
+    let site = listed_site(db, sync_id).await?;
     if site.database_id.is_empty() {
         tracing::info!(
             sync_id,
