@@ -3,9 +3,7 @@
 //! the large initialisation data set, and the same rows for `COPY`.
 
 use prost::Message;
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Set, Statement, TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Set, Statement};
 use storesync_shared::domain::entities::{invoice, invoice_line, item, name, stock_line};
 use storesync_shared::domain::upsert;
 use storesync_shared::proto::v1::{self as pb, sync_record::Record, SyncRecord, Table};
@@ -109,7 +107,7 @@ impl Backlog {
     /// database in one transaction, as its StoreService would have; returns
     /// the outbox's last sequence, which the master must acknowledge.
     pub async fn write_to_satellite(&self, db: &DatabaseConnection) -> anyhow::Result<u64> {
-        let txn = db.begin().await?;
+        let txn = storesync_shared::domain::db::begin(db).await?;
         upsert::all::<stock_line::Entity, _>(
             &txn,
             self.stock_lines.iter().cloned().map(Into::into).collect(),
@@ -251,7 +249,7 @@ pub async fn master_data_changes(
     count: usize,
 ) -> anyhow::Result<u64> {
     use master_service::entities::change_log;
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let row = txn
         .query_one(Statement::from_sql_and_values(
             DbBackend::Postgres,

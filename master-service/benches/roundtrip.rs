@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, Statement};
 
 fn summary(label: &str, mut samples: Vec<Duration>) {
     samples.sort();
@@ -43,7 +43,7 @@ async fn main() {
             let mut samples = Vec::with_capacity(ROUNDS);
             for n in 0..ROUNDS {
                 let started = Instant::now();
-                let txn = db.begin().await.unwrap();
+                let txn = storesync_shared::domain::db::begin(&db).await.unwrap();
                 txn.execute(Statement::from_string(
                     backend,
                     format!("INSERT INTO storesync_roundtrip_bench VALUES ({n})"),

@@ -11,7 +11,7 @@
 use std::io::Write;
 
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{DatabaseConnection, EntityTrait, Set, TransactionTrait};
+use sea_orm::{DatabaseConnection, EntityTrait, Set};
 use storesync_shared::domain::entities::operator;
 use storesync_shared::domain::validate::now_ms;
 use storesync_shared::kit::auth;
@@ -68,7 +68,7 @@ async fn ensure_operator(
         None => (auth::generate_secret(GENERATED_LEN), true),
     };
     let hash = auth::hash_secret(password.clone()).await?;
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let inserted = operator::Entity::insert(operator::ActiveModel {
         user_name: Set(user.clone()),
         password_hash: Set(hash),
@@ -115,7 +115,7 @@ async fn ensure_authorisation_code(
                 return Ok(());
             }
             let hash = auth::hash_secret(code.0.clone()).await?;
-            let txn = db.begin().await?;
+            let txn = storesync_shared::domain::db::begin(db).await?;
             settings::put(&txn, settings::AUTHORISATION_CODE_HASH, &hash).await?;
             audit::record(
                 &txn,
@@ -134,7 +134,7 @@ async fn ensure_authorisation_code(
                 None => (auth::generate_secret(GENERATED_LEN), true),
             };
             let hash = auth::hash_secret(code.clone()).await?;
-            let txn = db.begin().await?;
+            let txn = storesync_shared::domain::db::begin(db).await?;
             let set =
                 settings::put_if_missing(&txn, settings::AUTHORISATION_CODE_HASH, &hash).await?;
             if set {
@@ -157,7 +157,7 @@ async fn ensure_authorisation_code(
 
 /// Seeds each sync preference that has no value yet.
 async fn seed_preferences(db: &DatabaseConnection, config: &Config) -> Result<()> {
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     settings::put_if_missing(
         &txn,
         settings::SYNC_INTERVAL_MINUTES,
@@ -171,7 +171,7 @@ async fn seed_preferences(db: &DatabaseConnection, config: &Config) -> Result<()
             .is_none()
         {
             let hash = auth::hash_secret(password.0.clone()).await?;
-            let txn = db.begin().await?;
+            let txn = storesync_shared::domain::db::begin(db).await?;
             settings::put_if_missing(&txn, settings::SYNC_USER_NAME, user).await?;
             if settings::put_if_missing(&txn, settings::SYNC_PASSWORD_HASH, &hash).await? {
                 audit::record(

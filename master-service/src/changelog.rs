@@ -29,7 +29,7 @@
 use prost::Message;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
+    QueryOrder, QuerySelect, Set, Statement,
 };
 use storesync_shared::domain::validate::now_ms;
 use storesync_shared::proto::v1::{sync_record, SyncRecord, Table};
@@ -224,7 +224,7 @@ pub async fn start_new_epoch(db: &DatabaseConnection) -> Result<String> {
 
 async fn write_epoch(db: &DatabaseConnection, epoch: &str, identity: &str) -> Result<()> {
     let backend = db.get_database_backend();
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     txn.execute(Statement::from_string(
         backend,
         "DELETE FROM changelog_epoch WHERE id = 1",

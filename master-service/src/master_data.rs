@@ -12,7 +12,7 @@
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, TransactionTrait,
+    PaginatorTrait, QueryFilter,
 };
 use storesync_shared::domain::entities::{invoice, invoice_line, item, name, stock_line, store};
 use storesync_shared::domain::master_data_read as read;
@@ -53,7 +53,7 @@ pub async fn upsert_item(
     mut input: pb::Item,
 ) -> Result<pb::Item> {
     check_item(&input)?;
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let creating = input.id.is_empty();
     if creating {
         input.id = validate::new_id();
@@ -112,7 +112,7 @@ pub async fn delete_item(
     id: &str,
 ) -> Result<()> {
     validate::uuid("id", id)?;
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let Some(found) = item::Entity::find_by_id(id.to_owned()).one(&txn).await? else {
         return Err(Error::not_found(format!("no item has id {id}")));
     };
@@ -149,7 +149,7 @@ pub async fn upsert_name(
     mut input: pb::Name,
 ) -> Result<pb::Name> {
     check_name(&input)?;
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let creating = input.id.is_empty();
     if creating {
         input.id = validate::new_id();
@@ -216,7 +216,7 @@ pub async fn delete_name(
     id: &str,
 ) -> Result<()> {
     validate::uuid("id", id)?;
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let Some(found) = name::Entity::find_by_id(id.to_owned()).one(&txn).await? else {
         return Err(Error::not_found(format!("no name has id {id}")));
     };

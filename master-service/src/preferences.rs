@@ -3,7 +3,7 @@
 //! Stored in `setting` (keys in [`crate::settings`]); the password only as an
 //! argon2 hash, and never answered.
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use storesync_shared::kit::auth;
 use storesync_shared::proto::v1 as pb;
 
@@ -65,7 +65,7 @@ pub async fn update(
     } else {
         Some(auth::hash_secret(input.sync_password.clone()).await?)
     };
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let mut changes = Vec::new();
     if !input.sync_user_name.is_empty() {
         settings::put(&txn, settings::SYNC_USER_NAME, &input.sync_user_name).await?;

@@ -13,7 +13,7 @@
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, Set,
 };
 use storesync_shared::domain::entities::{invoice, name, store};
 use storesync_shared::domain::tables::write::{self, Scope};
@@ -219,7 +219,7 @@ pub async fn add(
     let sync_id = i32::try_from(input.sync_id)
         .map_err(|_| Error::invalid("site.sync_id", "is out of range"))?;
 
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     if let Some(other) = site::Entity::find_by_id(sync_id).one(&txn).await? {
         return Err(Error::already_exists(format!(
             "site.sync_id: {sync_id} is taken by site {:?}",
@@ -305,7 +305,7 @@ pub async fn update(
     };
     let sync_id = i32::try_from(input.sync_id).unwrap_or(i32::MAX);
 
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let Some(current) = site::Entity::find_by_id(sync_id).one(&txn).await? else {
         return Err(Error::not_found(format!(
             "site.sync_id: no site has Sync ID {}",
@@ -436,7 +436,7 @@ pub async fn remove(
         ));
     }
     let id = i32::try_from(sync_id).unwrap_or(i32::MAX);
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     // The site's row lock first, the one an upstream apply takes
     // (`sync::upstream`): a batch being applied finishes before the count
     // below, and one that starts later waits for this transaction and then
@@ -563,7 +563,7 @@ pub async fn adopt(
         })?
         .to_string();
     let id = i32::try_from(sync_id).unwrap_or(i32::MAX);
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let Some(current) = site::Entity::find_by_id(id).one(&txn).await? else {
         return Err(Error::not_found(format!(
             "sync_id: no site has Sync ID {sync_id}"
@@ -619,7 +619,7 @@ pub async fn adopt(
 /// every change-log writer (it takes the counter row lock first), so replicas
 /// starting together create it once.
 pub async fn ensure_master_site(db: &DatabaseConnection, config: &config::Config) -> Result<bool> {
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let backend = txn.get_database_backend();
     txn.execute(sea_orm::Statement::from_string(
         backend,

@@ -11,9 +11,7 @@ use master_service::schema::Migrator;
 use master_service::sync::status::claim;
 use master_service::sync::upstream::{apply_batch, SiteIdentity};
 use rand::Rng;
-use sea_orm::{
-    ActiveModelTrait, DatabaseConnection, EntityTrait, PaginatorTrait, Set, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, PaginatorTrait, Set};
 use sea_orm_migration::MigratorTrait;
 use storesync_shared::domain::entities::{stock_line, store};
 use storesync_shared::proto::v1::{
@@ -61,7 +59,7 @@ async fn change_log_reader_never_skips_a_late_commit() {
             let notifier = notifier.clone();
             writers.push(tokio::spawn(async move {
                 for i in 0..EACH {
-                    let txn = db.begin().await.unwrap();
+                    let txn = storesync_shared::domain::db::begin(&db).await.unwrap();
                     let seq = changelog::append(&txn, &item_record(w * 1000 + i))
                         .await
                         .unwrap();
@@ -363,7 +361,7 @@ async fn change_log_keeps_entries_until_every_initialised_site_acknowledged_them
         add_site(&db, 3, "2f1c7a4e-0000-4000-8000-0000000000a3").await;
         add_site(&db, 4, "2f1c7a4e-0000-4000-8000-0000000000a4").await;
         for n in 0..10 {
-            let txn = db.begin().await.unwrap();
+            let txn = storesync_shared::domain::db::begin(&db).await.unwrap();
             let record = if n == 6 {
                 SyncRecord {
                     record: Some(Record::Deleted(RecordRef {

@@ -19,7 +19,7 @@ use master_service::entities::site;
 use master_service::sync::upstream::{
     apply_batch, apply_records, ApplyError, Incoming, SiteIdentity,
 };
-use sea_orm::{ConnectionTrait, TransactionTrait};
+use sea_orm::ConnectionTrait;
 use storesync_shared::domain::tables::write::{self, Scope};
 use storesync_shared::domain::tables::{self, apply, Change, Owner, Row, SyncTable, TableDef};
 use storesync_shared::proto::v1::sync_record::Record;
@@ -514,7 +514,9 @@ async fn a_table_registered_in_a_test_syncs_both_ways_through_the_generic_path()
         for row in memos(&master, Scope::Store(STORE_A)).await {
             apply::push(&mut runs, &MEMO, row);
         }
-        let txn = satellite.begin().await.unwrap();
+        let txn = storesync_shared::domain::db::begin(&satellite)
+            .await
+            .unwrap();
         for run in runs {
             apply::write(&txn, run).await.unwrap();
         }

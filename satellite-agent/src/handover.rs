@@ -23,7 +23,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
+use sea_orm::{DatabaseConnection, EntityTrait};
 use sea_orm_migration::MigratorTrait;
 use serde::{Deserialize, Serialize};
 use storesync_shared::domain::entities::invoice;
@@ -108,7 +108,9 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, String> {
 
 /// Every invoice the outbox of `db` still holds, and halts `db` for good.
 pub async fn export(db: &DatabaseConnection, sync_id: u32) -> Result<Handover, String> {
-    let txn = db.begin().await.map_err(|e| e.to_string())?;
+    let txn = storesync_shared::domain::db::begin(db)
+        .await
+        .map_err(|e| e.to_string())?;
     let state = store::sync_state(&txn).await.map_err(|e| e.to_string())?;
     let entries = outbox::read_after(&txn, 0, u64::MAX >> 1)
         .await
@@ -268,7 +270,9 @@ async fn import_one(
     store_id: &str,
     found: &Invoice,
 ) -> Result<bool, String> {
-    let txn = db.begin().await.map_err(|e| e.to_string())?;
+    let txn = storesync_shared::domain::db::begin(db)
+        .await
+        .map_err(|e| e.to_string())?;
     if invoice::Entity::find_by_id(found.id.clone())
         .one(&txn)
         .await

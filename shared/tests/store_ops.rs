@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Statement};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use storesync_shared::domain::entities::{invoice, invoice_line, item, name, stock_line};
 use storesync_shared::proto::v1::{self as pb, sync_record::Record, SyncRecord};
@@ -133,7 +133,7 @@ impl Fixture {
         store: &str,
         invoice: pb::Invoice,
     ) -> Result<(pb::CreateInvoiceResponse, Vec<SyncRecord>), Error> {
-        let txn = self.db.begin().await.unwrap();
+        let txn = storesync_shared::domain::db::begin(&self.db).await.unwrap();
         let request = pb::CreateInvoiceRequest {
             invoice: Some(invoice),
         };
@@ -783,7 +783,7 @@ async fn concurrent_goods_out_never_oversells_nor_repeats_a_number() {
                     )),
                 };
                 tokio::spawn(async move {
-                    let txn = db.begin().await.unwrap();
+                    let txn = storesync_shared::domain::db::begin(&db).await.unwrap();
                     let result = store_ops::create_invoice(&txn, STORE, request).await;
                     match result {
                         Ok((response, _)) => {

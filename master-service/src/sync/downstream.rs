@@ -21,9 +21,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use prost::Message;
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IsolationLevel, TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IsolationLevel};
 use storesync_shared::domain::entities::store;
 use storesync_shared::domain::tables::write::{self, Scope};
 use storesync_shared::domain::tables::{self, Owner, SyncTable};
@@ -276,7 +274,7 @@ async fn master_data_snapshot(
 ) -> Result<(u64, Vec<(Table, String, SyncRecord)>)> {
     let isolation = (db.get_database_backend() == DbBackend::Postgres)
         .then_some(IsolationLevel::RepeatableRead);
-    let txn = db.begin_with_config(isolation, None).await?;
+    let txn = storesync_shared::domain::db::begin_with_config(db, isolation, None).await?;
     let head = changelog::head(&txn).await?;
     let mut records = Vec::new();
     for table in tables_in_order {

@@ -11,7 +11,6 @@
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, Set,
-    TransactionTrait,
 };
 use storesync_shared::domain::validate::now_ms;
 
@@ -110,7 +109,7 @@ async fn without_flush<E: EntityTrait>(
     if db.get_database_backend() != DbBackend::Postgres {
         return update.exec(db).await.map(|_| ());
     }
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     txn.execute_unprepared("SET LOCAL synchronous_commit = off")
         .await?;
     update.exec(&txn).await?;
@@ -142,7 +141,7 @@ pub async fn downstream_acked(
         // The site becomes initialised: from now on tombstones
         // wait for it, so this must survive any crash. Its snapshot's hold on
         // the change log (`retention`) ends in the same transaction.
-        let txn = db.begin().await?;
+        let txn = storesync_shared::domain::db::begin(db).await?;
         update.exec(&txn).await?;
         snapshot_done(&txn, sync_id).await?;
         txn.commit().await?;

@@ -32,9 +32,7 @@
 use std::collections::HashSet;
 
 use sea_orm::sea_query::{Expr, LockType, Query};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use storesync_shared::domain::tables::write::{self, WriteError};
 use storesync_shared::domain::tables::{self, Change, Owner, SyncTable};
 use storesync_shared::domain::validate;
@@ -198,7 +196,7 @@ pub async fn apply_records<'t, R>(
     records: Vec<R>,
     read: impl Fn(u64, R) -> Result<Incoming<'t>, ApplyError>,
 ) -> Result<Applied, ApplyError> {
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let (acked, owner) = lock_site(&txn, site.sync_id).await?;
     let skip = match start(site, session_id, acked, owner, first_seq, last_seq)? {
         Start::AlreadyApplied(acked) => {

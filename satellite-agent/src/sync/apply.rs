@@ -45,9 +45,7 @@
 //! good ([`halt`]), deleting nothing, so that its entries can be handed over.
 
 use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use storesync_shared::domain::tables::{self, apply, Owner};
 use storesync_shared::proto::v1::{DownstreamBatch, InitialisationProgress, Store};
 use storesync_shared::{Error, Result};
@@ -130,7 +128,7 @@ pub async fn apply_with(
     let in_init = in_snapshot;
     let batch_progress = batch.initialisation.clone();
     let runs = apply::runs(tables::SYNCED, batch.records)?;
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     if !in_init {
         let state = sync_state::Entity::find_by_id(1)
             .one(&txn)
@@ -328,7 +326,7 @@ async fn apply_resync(
     let cursor = i64::try_from(batch.end_cursor)
         .map_err(|_| Error::invalid("downstream_batch.end_cursor", "is out of range"))?;
     let runs = apply::runs(tables::SYNCED, batch.records)?;
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     for run in runs {
         if let apply::Run::Rows(table, rows) = &run {
             if matches!(table.owner(), Owner::Store { .. }) {
@@ -471,7 +469,7 @@ pub async fn build_store_data_indexes<C: ConnectionTrait>(db: &C) -> Result<()> 
 /// Refuses (and changes nothing) if the database has become initialised in
 /// the meantime: its data must never be thrown away.
 pub async fn clear_for_initialisation(db: &DatabaseConnection) -> Result<()> {
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let state = sync_state::Entity::find_by_id(1)
         .one(&txn)
         .await?
@@ -510,7 +508,7 @@ pub async fn clear_for_initialisation(db: &DatabaseConnection) -> Result<()> {
 pub async fn upstream_acked(db: &DatabaseConnection, acked: u64) -> Result<()> {
     let acked = i64::try_from(acked)
         .map_err(|_| Error::invalid("upstream_ack.acked_seq", "is out of range"))?;
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     // The acknowledged entry's tag, read before the entry leaves the outbox.
     let tag = crate::outbox::tag_of(&txn, u64::try_from(acked).unwrap_or(0)).await?;
     outbox::Entity::delete_many()
@@ -558,7 +556,7 @@ pub async fn reconcile_upstream(
     master_acked: u64,
     master_tag: u64,
 ) -> Result<u64> {
-    let txn = db.begin().await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
     let state = sync_state::Entity::find_by_id(1)
         .one(&txn)
         .await?

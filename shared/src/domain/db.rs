@@ -1,6 +1,9 @@
 //! Opening the database: PostgreSQL or SQLite, with the settings sync needs.
 
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{
+    AccessMode, ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbErr,
+    IsolationLevel, TransactionTrait,
+};
 use std::time::Duration;
 
 /// Opens `url` (`postgres://…` or `sqlite://path?mode=rwc`).
@@ -59,6 +62,46 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
                 .create_if_missing(true)
         });
     Database::connect(options).await
+}
+
+/// Begins a transaction on `db` that a caller who goes away cannot leave open.
+///
+/// Every transaction of the product starts here, never with
+/// `TransactionTrait::begin` (clippy's `disallowed-methods` in `clippy.toml`
+/// enforces it).
+///
+/// # Invariant
+/// A connection goes back to the pool outside any transaction block. sqlx
+/// 0.8's PostgreSQL `BEGIN` breaks this when the future running it is dropped
+/// while `BEGIN` is in flight (a client that disconnects, a session ending
+/// mid-apply, a timeout): its guard rolls back only once it has counted the
+/// transaction, which happens after the round trip, so the connection returns
+/// to the pool inside a transaction nothing will end (sqlx issues 4385 and
+/// 4393; 0.8.6 is the newest 0.8). Every later "autocommitted" write on that
+/// connection is then invisible to the others, and lost when that transaction
+/// rolls back: an unlock token that does not work, a session's claim that
+/// vanishes, an acknowledged batch that was never committed.
+///
+/// Here `BEGIN` runs in a task of its own, which a dropped caller does not
+/// cancel: the task completes it, and if nobody is waiting any more the
+/// transaction is dropped there, which queues its `ROLLBACK` before the
+/// connection is used again (`tests/begin_cancel.rs`).
+pub async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    begin_with_config(db, None, None).await
+}
+
+/// [`begin`] with an isolation level and access mode.
+pub async fn begin_with_config(
+    db: &DatabaseConnection,
+    isolation: Option<IsolationLevel>,
+    access: Option<AccessMode>,
+) -> Result<DatabaseTransaction, DbErr> {
+    let db = db.clone();
+    #[allow(clippy::disallowed_methods)]
+    let started = tokio::spawn(async move { db.begin_with_config(isolation, access).await });
+    started
+        .await
+        .map_err(|error| DbErr::Custom(format!("beginning a transaction: {error}")))?
 }
 
 /// The environment variable that trades durability for speed, for the

@@ -6,7 +6,7 @@
 //! records to its outbox there; the master, serving its own store (Sync ID 1),
 //! does nothing more. This module knows neither.
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use tonic::{Request, Response, Status};
 
 use crate::domain::error::Result;
@@ -67,7 +67,9 @@ impl<X: StoreContext> StoreService for StoreServiceImpl<X> {
     ) -> Result<Response<pb::CreateInvoiceResponse>, Status> {
         let operator = operator_of(&request);
         let store_id = self.context.store_id().await?;
-        let txn = self.db.begin().await.map_err(crate::Error::from)?;
+        let txn = crate::domain::db::begin(&self.db)
+            .await
+            .map_err(crate::Error::from)?;
         let (response, records) =
             store_ops::create_invoice(&txn, &store_id, request.into_inner()).await?;
         self.context.after_write(&txn, &records).await?;

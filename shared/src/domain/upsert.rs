@@ -282,7 +282,7 @@ mod tests {
         rows.push(item("i001", "TMP", 3));
         rows.push(item("i000", "C001", 3));
         rows.push(item("i001", "C000", 3));
-        let txn = sea_orm::TransactionTrait::begin(&db).await.unwrap();
+        let txn = crate::domain::db::begin(&db).await.unwrap();
         super::all::<item::Entity, _>(&txn, rows, |r| &r.id)
             .await
             .unwrap();
