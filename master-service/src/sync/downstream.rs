@@ -139,6 +139,10 @@ pub async fn run(
             if let Some(last) = entries.last() {
                 let end = u64::try_from(last.seq).unwrap_or(cursor);
                 let end_tag = u64::try_from(last.tag).unwrap_or(0);
+                // Entries aimed at another store's site are passed over: the
+                // batch still ends at `end` (possibly with no records), so the
+                // cursor moves past them and the gap check above holds.
+                entries.retain(|entry| entry.store_id.as_deref().is_none_or(|s| s == store_id));
                 let records = entries
                     .iter()
                     .map(|entry| {
@@ -241,7 +245,7 @@ fn snapshot_tables(master_only: bool) -> Vec<&'static dyn SyncTable> {
         .copied()
         .filter(move |table| match table.owner() {
             Owner::Master => false,
-            Owner::MasterForStore { .. } => true,
+            Owner::MasterForStore { .. } | Owner::MasterForStores { .. } => true,
             Owner::Store { .. } => !master_only,
         });
     master.chain(store).collect()
@@ -634,6 +638,7 @@ mod tests {
             changed_at_ms: 0,
             tag: 0,
             traceparent: String::new(),
+            store_id: None,
         }
     }
 

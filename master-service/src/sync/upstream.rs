@@ -62,6 +62,10 @@ pub struct Applied {
     pub acked_seq: u64,
     /// Records that were new (not already applied).
     pub applied: u32,
+    /// The last change-log entry the batch's transfers appended (an inbound
+    /// shipment handed over, a transfer record updated): announce it after
+    /// commit.
+    pub logged: Option<u64>,
 }
 
 /// One upstream record, read by its table, before the apply's checks.
@@ -206,6 +210,7 @@ pub async fn apply_records<'t, R>(
             return Ok(Applied {
                 acked_seq: acked,
                 applied: 0,
+                logged: None,
             });
         }
         Start::Apply(skip) => skip,
@@ -228,6 +233,9 @@ pub async fn apply_records<'t, R>(
             })?;
         changes[index].push(incoming.change);
     }
+    // Invoices the batch wrote: a shipped outbound or a received inbound
+    // moves its transfer on, in this transaction (`crate::transfers`).
+    let mut invoice_ids: Vec<String> = Vec::new();
     for (table, changes) in tables.iter().zip(changes) {
         if changes.is_empty() {
             continue;
@@ -249,6 +257,20 @@ pub async fn apply_records<'t, R>(
                 sync_id: site.sync_id,
             });
         }
+        if let Some(refusal) =
+            crate::transfers::check_site_rows(&txn, *table, &latest.upserts, &latest.deletes)
+                .await
+                .map_err(|error| ApplyError::field(error, None))?
+        {
+            return Err(ApplyError::TransferLink {
+                record: record_id(*table, refusal.id),
+                why: refusal.why,
+                sync_id: site.sync_id,
+            });
+        }
+        if table.table() == Table::Invoice {
+            invoice_ids.extend(latest.upserts.iter().map(|row| row.id().to_owned()));
+        }
         write::store_rows(&txn, *table, &site.store_id, latest.upserts, latest.deletes)
             .await
             .map_err(|error| match error {
@@ -261,6 +283,17 @@ pub async fn apply_records<'t, R>(
                 WriteError::Inconsistent(details) => ApplyError::Internal(details),
             })?;
     }
+    let logged =
+        crate::transfers::follow(&txn, &invoice_ids)
+            .await
+            .map_err(|error| match error {
+                storesync_shared::Error::Database(error) => ApplyError::Database(error),
+                storesync_shared::Error::Internal(details) => ApplyError::Internal(details),
+                other => ApplyError::InvalidField {
+                    message: other.to_string(),
+                    record: None,
+                },
+            })?;
     site::Entity::update_many()
         .col_expr(site::Column::UpstreamAckedSeq, Expr::value(last))
         .col_expr(
@@ -274,6 +307,7 @@ pub async fn apply_records<'t, R>(
     Ok(Applied {
         acked_seq: last_seq,
         applied,
+        logged,
     })
 }
 
