@@ -54,6 +54,7 @@ impl Backlog {
                 reference: format!("BENCH-{number}"),
                 created_at_ms: now,
                 lines: Vec::new(),
+                ..Default::default()
             };
             backlog.records.push(SyncRecord {
                 record: Some(Record::Invoice(invoice.clone())),
@@ -86,6 +87,7 @@ impl Backlog {
                     number_of_packs: 20.0,
                     cost_price_per_pack: 2.5,
                     sell_price_per_pack: 0.0,
+                    ..Default::default()
                 };
                 backlog.records.push(SyncRecord {
                     record: Some(Record::StockLine(stock.clone())),
