@@ -15,7 +15,17 @@
 //! another store's row (an invoice line on another store's invoice or stock
 //! line: the table's `Reference`s), or any master data rejects the whole batch
 //! with `PERMISSION_DENIED` naming the record. Who owns what is each table's
-//! [`Owner`] (`storesync_shared::domain::tables`).
+//! [`Owner`] (`storesync_shared::domain::tables`). An inbound shipment is
+//! the receiving store's, but only the master creates it and sets its link
+//! to the outbound: a site forging one or changing that link is refused the
+//! same way (`crate::transfers::check_site_rows`).
+//!
+//! # Transfers
+//! After the batch's rows are written, in the same transaction, a shipped
+//! outbound gets its inbound shipment and a received inbound updates its
+//! transfer (`crate::transfers::follow`); the change-log entries this adds
+//! commit with the batch, and [`Applied::logged`] names the last for the
+//! session to announce.
 //!
 //! # Order within a batch
 //! Every record is validated, then each table's records are reduced to the last
