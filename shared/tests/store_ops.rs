@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Statement, TransactionTrait};
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
+use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager};
 use storesync_shared::domain::entities::{invoice, invoice_line, item, name, stock_line};
 use storesync_shared::proto::v1::{self as pb, sync_record::Record, SyncRecord};
 use storesync_shared::{domain::store_ops, Error};
@@ -14,7 +14,27 @@ use tonic::Code;
 struct CommonOnly;
 impl MigratorTrait for CommonOnly {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        storesync_shared::domain::schema::common_migrations()
+        let mut migrations = storesync_shared::domain::schema::common_migrations();
+        migrations.push(Box::new(TransferTables));
+        migrations
+    }
+}
+
+/// The common transfer columns and table, as each binary's migration adds them.
+struct TransferTables;
+impl MigrationName for TransferTables {
+    fn name(&self) -> &str {
+        "m0110_transfers"
+    }
+}
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for TransferTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        storesync_shared::domain::schema::run_script(
+            manager.get_connection(),
+            storesync_shared::domain::schema::TRANSFER_TABLES,
+        )
+        .await
     }
 }
 
