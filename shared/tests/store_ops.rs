@@ -28,6 +28,7 @@ impl MigrationName for TransferTables {
     }
 }
 #[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
 impl MigrationTrait for TransferTables {
     async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
         storesync_shared::domain::schema::run_script(
