@@ -8,6 +8,10 @@
 //!   `c + 1`; if it is not, entries were pruned under the site, and the session
 //!   ends (`UNAVAILABLE`) so that the next Hello re-synchronises the site's
 //!   master data (`handshake`).
+//! - An entry aimed at one store (`change_log.store_id`, see `changelog`) is
+//!   sent only to that store's site; for the others it is passed over inside
+//!   a batch that still ends after it, so every site's cursor moves through
+//!   the one sequence and the check above holds.
 //! - A snapshot holds the change log from its cursor (`retention`) from
 //!   before its first batch is sent until its last is acknowledged.
 //! - The snapshot's master data and its cursor come from ONE database snapshot
