@@ -52,6 +52,7 @@ impl Backlog {
                 reference: format!("BENCH-{number}"),
                 created_at_ms: now,
                 lines: Vec::new(),
+                ..Default::default()
             };
             backlog.records.push(SyncRecord {
                 record: Some(Record::Invoice(invoice.clone())),
@@ -84,6 +85,7 @@ impl Backlog {
                     number_of_packs: 20.0,
                     cost_price_per_pack: 2.5,
                     sell_price_per_pack: 0.0,
+                    ..Default::default()
                 };
                 backlog.records.push(SyncRecord {
                     record: Some(Record::StockLine(stock.clone())),
@@ -287,6 +289,8 @@ pub async fn master_data_changes(
             // 0: "no tag", which a satellite's Hello is never checked against.
             tag: Set(0),
             traceparent: Set(String::new()),
+            // Master data: for every site.
+            store_id: Set(None),
         });
     }
     upsert::all::<item::Entity, _>(&txn, items, |r| &r.id).await?;
@@ -374,6 +378,12 @@ pub fn as_json(record: &SyncRecord) -> serde_json::Value {
             "sell_price_per_pack": l.sell_price_per_pack}}),
         Some(Record::Store(s)) => json!({"store": {
             "id": s.id, "code": s.code, "name": s.name, "sync_id": s.sync_id}}),
+        Some(Record::Transfer(t)) => json!({"transfer": {
+            "id": t.id, "from_store_id": t.from_store_id, "to_store_id": t.to_store_id,
+            "inbound_invoice_id": t.inbound_invoice_id, "shipped_at_ms": t.shipped_at_ms,
+            "delivered_at_ms": t.delivered_at_ms, "received_at_ms": t.received_at_ms,
+            "packs_shipped": t.packs_shipped, "packs_received": t.packs_received,
+            "discrepancy": t.discrepancy}}),
         Some(Record::Deleted(r)) => json!({"deleted": {
             "table": r.table().as_str_name(), "id": r.id}}),
         None => json!({}),

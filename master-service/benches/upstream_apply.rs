@@ -72,6 +72,7 @@ fn backlog(count: usize) -> Vec<pb::SyncRecord> {
             reference: format!("REF {invoice_number}"),
             created_at_ms: 1_767_225_600_000 + invoice_number * 60_000,
             lines: Vec::new(),
+            ..Default::default()
         })));
         let mut line_ids = Vec::new();
         for _ in 0..6 {
@@ -90,6 +91,7 @@ fn backlog(count: usize) -> Vec<pb::SyncRecord> {
                     number_of_packs: f64::from(rng.gen_range(1..20)),
                     cost_price_per_pack: 2.5,
                     sell_price_per_pack: 4.0,
+                    ..Default::default()
                 },
             )));
         }

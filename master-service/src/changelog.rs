@@ -13,6 +13,12 @@
 //! changes are rare next to store data, so serialising their writers costs nothing
 //! that matters.
 //!
+//! Since m0110 an entry may name a store (`store_id`): a store row handed
+//! over to that store's site, or a transfer record (see `crate::transfers`).
+//! Such an entry goes only to the site hosting that store; the others'
+//! readers pass over it (their cursor still moves past it), so the log has
+//! one sequence for every site and the no-gaps argument is unchanged.
+//!
 //! Each entry holds the whole record after the change (or a tombstone), encoded as
 //! a `SyncRecord`, so that applying entries in order is idempotent.
 //!
@@ -41,7 +47,26 @@ use crate::entities::change_log;
 /// Appends `record` to the change log inside the caller's transaction and
 /// returns its sequence number. Call [`ChangeNotifier::committed`] after commit.
 pub async fn append<C: ConnectionTrait>(txn: &C, record: &SyncRecord) -> Result<u64> {
-    let (table, record_id, deleted) = describe(record)?;
+    append_entry(txn, record, None).await
+}
+
+/// Appends `record` for the site hosting `store_id` only (a store row the
+/// master hands over to that site, a transfer record; see
+/// `crate::transfers`): other sites' readers pass over it.
+pub async fn append_for_store<C: ConnectionTrait>(
+    txn: &C,
+    record: &SyncRecord,
+    store_id: &str,
+) -> Result<u64> {
+    append_entry(txn, record, Some(store_id)).await
+}
+
+async fn append_entry<C: ConnectionTrait>(
+    txn: &C,
+    record: &SyncRecord,
+    store_id: Option<&str>,
+) -> Result<u64> {
+    let (table, record_id, deleted) = describe(record, store_id.is_some())?;
     let backend = txn.get_database_backend();
     let row = txn
         .query_one(Statement::from_string(
@@ -62,6 +87,7 @@ pub async fn append<C: ConnectionTrait>(txn: &C, record: &SyncRecord) -> Result<
         traceparent: Set(storesync_shared::kit::telemetry::propagation::traceparent(
             &tracing::Span::current(),
         )),
+        store_id: Set(store_id.map(str::to_owned)),
     })
     .exec_without_returning(txn)
     .await?;
@@ -78,9 +104,19 @@ fn new_tag() -> i64 {
     tag.max(1)
 }
 
-/// Table, id and tombstone flag of a master-data record.
-fn describe(record: &SyncRecord) -> Result<(Table, String, bool)> {
+/// Table, id and tombstone flag of a master-data record, or (`for_store`)
+/// of a row handed to one store's site.
+fn describe(record: &SyncRecord, for_store: bool) -> Result<(Table, String, bool)> {
     match &record.record {
+        Some(sync_record::Record::Invoice(r)) if for_store => {
+            Ok((Table::Invoice, r.id.clone(), false))
+        }
+        Some(sync_record::Record::InvoiceLine(r)) if for_store => {
+            Ok((Table::InvoiceLine, r.id.clone(), false))
+        }
+        Some(sync_record::Record::Transfer(r)) if for_store => {
+            Ok((Table::Transfer, r.id.clone(), false))
+        }
         Some(sync_record::Record::Item(item)) => Ok((Table::Item, item.id.clone(), false)),
         Some(sync_record::Record::Name(name)) => Ok((Table::Name, name.id.clone(), false)),
         Some(sync_record::Record::Deleted(r)) if matches!(r.table(), Table::Item | Table::Name) => {

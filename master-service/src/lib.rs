@@ -51,6 +51,7 @@ pub mod settings;
 pub mod sites;
 pub mod store;
 pub mod sync;
+pub mod transfers;
 pub mod unlock;
 
 pub use config::Config;
@@ -170,7 +171,7 @@ pub async fn serve(
         .add_service(
             storesync_shared::domain::store_service::StoreServiceImpl::new(
                 db.clone(),
-                store::MasterStore::new(db.clone()),
+                store::MasterStore::new(db.clone(), state.notifier.clone()),
             )
             .into_server(),
         )

@@ -35,6 +35,7 @@ impl MigratorTrait for Migrator {
         migrations.push(Box::new(Refusals));
         migrations.push(Box::new(ProtocolVersion));
         migrations.push(Box::new(ChangeTraces));
+        migrations.push(Box::new(Transfers));
         migrations
     }
 }
@@ -134,6 +135,33 @@ impl MigrationTrait for ChangeTraces {
         run_script(
             manager.get_connection(),
             "ALTER TABLE change_log ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''",
+        )
+        .await
+    }
+}
+
+/// `m0110_transfers`: the common transfer columns and table
+/// (`storesync_shared::domain::schema::TRANSFER_TABLES`) and the change log's
+/// target store: an entry with a `store_id` (a store row handed over to its
+/// site, a transfer record) is sent only to the site hosting that store.
+struct Transfers;
+
+impl MigrationName for Transfers {
+    fn name(&self) -> &str {
+        "m0110_transfers"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for Transfers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        run_script(db, storesync_shared::domain::schema::TRANSFER_TABLES).await?;
+        run_script(
+            db,
+            "ALTER TABLE change_log ADD COLUMN store_id TEXT;
+             CREATE INDEX change_log_store_record ON change_log (store_id, record_id)",
         )
         .await
     }

@@ -102,6 +102,7 @@ fn record(rng: &mut StdRng, store_id: &str, pool: &str) -> pb::SyncRecord {
             reference: format!("ref {}", rng.gen_range(0..100)),
             created_at_ms: rng.gen_range(0..i64::MAX),
             lines: Vec::new(),
+            ..Default::default()
         }),
         3 | 4 => Record::InvoiceLine(pb::InvoiceLine {
             id: id(pool, n),
@@ -115,6 +116,7 @@ fn record(rng: &mut StdRng, store_id: &str, pool: &str) -> pb::SyncRecord {
             number_of_packs: value - 100.0,
             cost_price_per_pack: value,
             sell_price_per_pack: 2.0,
+            ..Default::default()
         }),
         table => Record::Deleted(pb::RecordRef {
             table: [

@@ -175,6 +175,7 @@ fn record() -> impl Strategy<Value = pb::SyncRecord> {
                     number_of_packs: packs,
                     cost_price_per_pack: price,
                     sell_price_per_pack: price,
+                    ..Default::default()
                 })
             },
         );

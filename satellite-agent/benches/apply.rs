@@ -119,6 +119,7 @@ fn store_record(n: u64, total: u64) -> Record {
             reference: format!("REF{k}"),
             created_at_ms: 1_767_225_600_000 + (k % 365) as i64 * 86_400_000,
             lines: Vec::new(),
+            ..Default::default()
         })
     } else {
         let k = n - stock - invoices;
@@ -134,6 +135,7 @@ fn store_record(n: u64, total: u64) -> Record {
             number_of_packs: (1 + r % 20) as f64,
             cost_price_per_pack: 2.5,
             sell_price_per_pack: 4.0,
+            ..Default::default()
         })
     }
 }

@@ -38,7 +38,30 @@ impl MigratorTrait for Migrator {
         migrations.push(Box::new(Resync));
         migrations.push(Box::new(DatabaseIdentity));
         migrations.push(Box::new(Resume));
+        migrations.push(Box::new(Transfers));
         migrations
+    }
+}
+
+/// `m0210_transfers`: the common transfer columns and table
+/// (`storesync_shared::domain::schema::TRANSFER_TABLES`).
+struct Transfers;
+
+impl MigrationName for Transfers {
+    fn name(&self) -> &str {
+        "m0210_transfers"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for Transfers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(
+            manager.get_connection(),
+            storesync_shared::domain::schema::TRANSFER_TABLES,
+        )
+        .await
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Statement};
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
+use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager};
 use storesync_shared::domain::entities::{invoice, invoice_line, item, name, stock_line};
 use storesync_shared::proto::v1::{self as pb, sync_record::Record, SyncRecord};
 use storesync_shared::{domain::store_ops, Error};
@@ -14,7 +14,28 @@ use tonic::Code;
 struct CommonOnly;
 impl MigratorTrait for CommonOnly {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        storesync_shared::domain::schema::common_migrations()
+        let mut migrations = storesync_shared::domain::schema::common_migrations();
+        migrations.push(Box::new(TransferTables));
+        migrations
+    }
+}
+
+/// The common transfer columns and table, as each binary's migration adds them.
+struct TransferTables;
+impl MigrationName for TransferTables {
+    fn name(&self) -> &str {
+        "m0110_transfers"
+    }
+}
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for TransferTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        storesync_shared::domain::schema::run_script(
+            manager.get_connection(),
+            storesync_shared::domain::schema::TRANSFER_TABLES,
+        )
+        .await
     }
 }
 
@@ -809,6 +830,203 @@ async fn concurrent_goods_out_never_oversells_nor_repeats_a_number() {
             "five of two packs fit in ten, numbered once each"
         );
         assert_eq!(fx.stock_line(&line).await.available_number_of_packs, 0.0);
+        fx.finish().await;
+    }
+}
+
+/// Runs a transfer operation in its own transaction, committed only on success.
+async fn in_txn<T, F>(fx: &Fixture, op: F) -> Result<T, Error>
+where
+    F: for<'t> FnOnce(
+        &'t sea_orm::DatabaseTransaction,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<T, Error>> + Send + 't>,
+    >,
+{
+    let txn = storesync_shared::domain::db::begin(&fx.db).await.unwrap();
+    let result = op(&txn).await;
+    if result.is_ok() {
+        txn.commit().await.unwrap();
+    } else {
+        txn.rollback().await.unwrap();
+    }
+    result
+}
+
+fn transfer_line(stock_line_id: &str, packs: f64) -> pb::InvoiceLine {
+    pb::InvoiceLine {
+        stock_line_id: stock_line_id.into(),
+        number_of_packs: packs,
+        sell_price_per_pack: 2.0,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_transfer_reserves_moves_its_reservation_ships_and_is_received_once() {
+    use storesync_shared::domain::transfers;
+    for backend in backends("a_transfer_reserves_moves_its_reservation_ships_and_is_received_once")
+    {
+        let fx = Fixture::new(backend).await;
+        name::Entity::insert(name::ActiveModel::from(name::Model {
+            id: OTHER_STORE.into(),
+            code: "OTHER".into(),
+            name: "Other store".into(),
+            is_customer: false,
+            is_supplier: false,
+            is_store: true,
+            active: true,
+            updated_at_ms: 1,
+        }))
+        .exec(&fx.db)
+        .await
+        .unwrap();
+        let stock = fx.receive(10.0, "2028-01-31").await;
+        let packs =
+            |line: stock_line::Model| (line.available_number_of_packs, line.total_number_of_packs);
+
+        // Two lines on one stock line add up; more than is left is refused
+        // and changes nothing.
+        let request = |lines| pb::CreateTransferRequest {
+            to_store_id: OTHER_STORE.into(),
+            reference: "T1".into(),
+            lines,
+        };
+        let first = request(vec![transfer_line(&stock, 3.0), transfer_line(&stock, 4.0)]);
+        let (draft, _) = in_txn(&fx, |t| {
+            Box::pin(transfers::create_transfer(t, STORE, first))
+        })
+        .await
+        .unwrap();
+        assert_eq!(packs(fx.stock_line(&stock).await), (3.0, 10.0));
+        let greedy = request(vec![transfer_line(&stock, 4.0)]);
+        let refused = in_txn(&fx, |t| {
+            Box::pin(transfers::create_transfer(t, STORE, greedy))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused}");
+        assert_eq!(packs(fx.stock_line(&stock).await), (3.0, 10.0));
+
+        // An edit releases the old lines before reserving the new ones, and
+        // sends the old lines' deletes.
+        let edit = pb::UpdateTransferRequest {
+            id: draft.id.clone(),
+            reference: "T1b".into(),
+            lines: vec![transfer_line(&stock, 9.0)],
+        };
+        let (_, records) = in_txn(&fx, |t| {
+            Box::pin(transfers::update_transfer(t, STORE, edit))
+        })
+        .await
+        .unwrap();
+        assert_eq!(packs(fx.stock_line(&stock).await), (1.0, 10.0));
+        let deletes = records
+            .iter()
+            .filter(|r| matches!(r.record, Some(Record::Deleted(_))))
+            .count();
+        assert_eq!(deletes, 2);
+
+        // Shipped: the stock leaves; no second ship, no edit.
+        let ship = pb::ShipTransferRequest {
+            id: draft.id.clone(),
+        };
+        let (shipped, _) = in_txn(&fx, |t| {
+            Box::pin(transfers::ship_transfer(t, STORE, ship.clone()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(shipped.status(), pb::InvoiceStatus::Shipped);
+        assert_eq!(packs(fx.stock_line(&stock).await), (1.0, 1.0));
+        let again = in_txn(&fx, |t| {
+            Box::pin(transfers::ship_transfer(t, STORE, ship.clone()))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(again.code(), Code::FailedPrecondition, "{again}");
+        assert_eq!(packs(fx.stock_line(&stock).await), (1.0, 1.0));
+
+        // An inbound shipment as the master creates it, received one short.
+        let inbound_id = "1b0d0000-0000-5000-8000-000000000001";
+        let inbound_line = "1b0d0000-0000-5000-8000-000000000002";
+        fx.db
+            .execute_unprepared(&format!(
+                "INSERT INTO invoice (id, store_id, name_id, kind, status, invoice_number, reference, \
+                 created_at_ms, linked_invoice_id, shipped_at_ms, received_at_ms) VALUES ('{inbound_id}', \
+                 '{STORE}', '{OTHER_STORE}', 'INBOUND_SHIPMENT', 'SHIPPED', 1, '', 1, '{}', 1, 0)",
+                draft.id
+            ))
+            .await
+            .unwrap();
+        fx.db
+            .execute_unprepared(&format!(
+                "INSERT INTO invoice_line (id, invoice_id, store_id, item_id, stock_line_id, batch, \
+                 expiry_date, pack_size, number_of_packs, cost_price_per_pack, sell_price_per_pack, \
+                 received_number_of_packs) VALUES ('{inbound_line}', '{inbound_id}', '{STORE}', '{}', \
+                 '', 'B1', '2028-01-31', 10, 5, 2, 2, 0)",
+                fx.item
+            ))
+            .await
+            .unwrap();
+        let receive = |lines: Vec<pb::ReceivedLine>| pb::ReceiveTransferRequest {
+            id: inbound_id.into(),
+            lines,
+        };
+        let got = |packs: f64| pb::ReceivedLine {
+            line_id: inbound_line.into(),
+            received_number_of_packs: packs,
+        };
+        for (bad, needle) in [
+            (vec![got(1.0), got(2.0)], "named twice"),
+            (vec![got(-1.0)], "lines[0].received_number_of_packs"),
+            (
+                vec![pb::ReceivedLine {
+                    line_id: stock.clone(),
+                    received_number_of_packs: 1.0,
+                }],
+                "is not a line of inbound shipment",
+            ),
+        ] {
+            let request = receive(bad);
+            let error = in_txn(&fx, |t| {
+                Box::pin(transfers::receive_transfer(t, STORE, request))
+            })
+            .await
+            .unwrap_err();
+            assert_eq!(error.code(), Code::InvalidArgument, "{error}");
+            assert!(error.to_string().contains(needle), "{error}");
+        }
+        let outbound_as_inbound = pb::ReceiveTransferRequest {
+            id: draft.id.clone(),
+            lines: Vec::new(),
+        };
+        let error = in_txn(&fx, |t| {
+            Box::pin(transfers::receive_transfer(t, STORE, outbound_as_inbound))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(error.code(), Code::NotFound, "{error}");
+        let lines_before = stock_line::Entity::find().all(&fx.db).await.unwrap().len();
+        assert_eq!(lines_before, 1, "refused receipts made no stock");
+
+        let ok = receive(vec![got(4.0)]);
+        let (received, records) =
+            in_txn(&fx, |t| Box::pin(transfers::receive_transfer(t, STORE, ok)))
+                .await
+                .unwrap();
+        assert_eq!(received.status(), pb::InvoiceStatus::Received);
+        assert_eq!(received.lines[0].received_number_of_packs, 4.0);
+        let new_stock = fx.stock_line(&received.lines[0].stock_line_id).await;
+        assert_eq!(packs(new_stock.clone()), (4.0, 4.0));
+        assert_eq!(new_stock.cost_price_per_pack, 2.0);
+        assert_eq!(records.len(), 3, "stock line, invoice, line");
+        let twice = receive(Vec::new());
+        let error = in_txn(&fx, |t| {
+            Box::pin(transfers::receive_transfer(t, STORE, twice))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(error.code(), Code::FailedPrecondition, "{error}");
         fx.finish().await;
     }
 }

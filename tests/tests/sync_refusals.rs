@@ -249,6 +249,7 @@ fn invoice(store_id: &str, name_id: &str, number: i64) -> (String, pb::SyncRecor
             reference: String::new(),
             created_at_ms: storesync_shared::domain::validate::now_ms(),
             lines: Vec::new(),
+            ..Default::default()
         })),
     };
     (id, record)
@@ -269,6 +270,7 @@ fn line(store_id: &str, invoice_id: &str, item_id: &str, stock_line_id: &str) ->
             number_of_packs: 5.0,
             cost_price_per_pack: 1.0,
             sell_price_per_pack: 1.5,
+            ..Default::default()
         })),
     }
 }

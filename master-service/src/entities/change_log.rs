@@ -17,6 +17,9 @@ pub struct Model {
     /// W3C `traceparent` of the write that made the entry ('' if not traced):
     /// the downstream batches carrying it link to that span.
     pub traceparent: String,
+    /// m0110: the store whose site alone receives this entry (a store row
+    /// handed over, a transfer record); NULL: every site (master data).
+    pub store_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

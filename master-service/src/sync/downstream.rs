@@ -8,6 +8,10 @@
 //!   `c + 1`; if it is not, entries were pruned under the site, and the session
 //!   ends (`UNAVAILABLE`) so that the next Hello re-synchronises the site's
 //!   master data (`handshake`).
+//! - An entry aimed at one store (`change_log.store_id`, see `changelog`) is
+//!   sent only to that store's site; for the others it is passed over inside
+//!   a batch that still ends after it, so every site's cursor moves through
+//!   the one sequence and the check above holds.
 //! - A snapshot holds the change log from its cursor (`retention`) from
 //!   before its first batch is sent until its last is acknowledged.
 //! - The snapshot's master data and its cursor come from ONE database snapshot
@@ -137,6 +141,10 @@ pub async fn run(
             if let Some(last) = entries.last() {
                 let end = u64::try_from(last.seq).unwrap_or(cursor);
                 let end_tag = u64::try_from(last.tag).unwrap_or(0);
+                // Entries aimed at another store's site are passed over: the
+                // batch still ends at `end` (possibly with no records), so the
+                // cursor moves past them and the gap check above holds.
+                entries.retain(|entry| entry.store_id.as_deref().is_none_or(|s| s == store_id));
                 let records = entries
                     .iter()
                     .map(|entry| {
@@ -239,7 +247,7 @@ fn snapshot_tables(master_only: bool) -> Vec<&'static dyn SyncTable> {
         .copied()
         .filter(move |table| match table.owner() {
             Owner::Master => false,
-            Owner::MasterForStore { .. } => true,
+            Owner::MasterForStore { .. } | Owner::MasterForStores { .. } => true,
             Owner::Store { .. } => !master_only,
         });
     master.chain(store).collect()
@@ -632,6 +640,7 @@ mod tests {
             changed_at_ms: 0,
             tag: 0,
             traceparent: String::new(),
+            store_id: None,
         }
     }
 

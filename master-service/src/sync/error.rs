@@ -71,6 +71,14 @@ pub enum ApplyError {
         sync_id: u32,
         site_store: String,
     },
+    /// A site created or changed what only the master writes in a transfer:
+    /// an inbound shipment the master did not create, or its link fields.
+    #[error("{record} (from Sync ID {sync_id}): {why}; only the master creates an inbound shipment and sets its link to the outbound; nothing of this batch was applied")]
+    TransferLink {
+        record: RecordId,
+        why: String,
+        sync_id: u32,
+    },
     /// The batch does not follow what the master has applied.
     #[error("upstream batch out of sequence: it starts at {first_seq} but the master has applied up to {acked}; resend from {}", acked + 1)]
     OutOfSequence { first_seq: u64, acked: u64 },
@@ -118,7 +126,8 @@ impl ApplyError {
             Self::ForeignRow { record, .. }
             | Self::ForeignReference { record, .. }
             | Self::MasterData { record, .. }
-            | Self::OtherStore { record, .. } => Some(record),
+            | Self::OtherStore { record, .. }
+            | Self::TransferLink { record, .. } => Some(record),
             Self::InvalidField { record, .. } => record.as_ref(),
             _ => None,
         }
@@ -131,6 +140,7 @@ impl ApplyError {
             | Self::ForeignReference { .. }
             | Self::MasterData { .. }
             | Self::OtherStore { .. }
+            | Self::TransferLink { .. }
             | Self::SiteRemoved { .. } => tonic::Code::PermissionDenied,
             Self::OutOfSequence { .. } => tonic::Code::FailedPrecondition,
             Self::Replaced { .. } => tonic::Code::Aborted,

@@ -128,6 +128,9 @@ impl Inbound<'_> {
                 return Err(error.into());
             }
         };
+        if let Some(seq) = applied.logged {
+            ctx.notifier.committed(seq);
+        }
         metrics::upstream_applied(sync_id, &tables, applied.applied, started);
         tracing::debug!(
             sync_id,
@@ -169,6 +172,7 @@ impl Inbound<'_> {
         let db = &self.ctx.db;
         if ack.cursor > 0 {
             status::downstream_acked(db, sync_id, ack.cursor, self.initialising).await?;
+            self.transfers_delivered(ack.cursor).await?;
         }
         if self.initialising && ack.cursor > 0 {
             self.initialising = false;
@@ -183,6 +187,18 @@ impl Inbound<'_> {
             acked.init_records_done = ack.init_records_done;
         });
         status::synced(db, sync_id, 0).await;
+        Ok(())
+    }
+
+    /// Transfers to this site's store whose inbound shipment the site has
+    /// now acknowledged are delivered (`crate::transfers::delivered`).
+    async fn transfers_delivered(&self, cursor: u64) -> Result<()> {
+        let txn = storesync_shared::domain::db::begin(&self.ctx.db).await?;
+        let logged = crate::transfers::delivered(&txn, &self.identity.store_id, cursor).await?;
+        txn.commit().await?;
+        if let Some(seq) = logged {
+            self.ctx.notifier.committed(seq);
+        }
         Ok(())
     }
 

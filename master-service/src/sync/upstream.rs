@@ -15,7 +15,17 @@
 //! another store's row (an invoice line on another store's invoice or stock
 //! line: the table's `Reference`s), or any master data rejects the whole batch
 //! with `PERMISSION_DENIED` naming the record. Who owns what is each table's
-//! [`Owner`] (`storesync_shared::domain::tables`).
+//! [`Owner`] (`storesync_shared::domain::tables`). An inbound shipment is
+//! the receiving store's, but only the master creates it and sets its link
+//! to the outbound: a site forging one or changing that link is refused the
+//! same way (`crate::transfers::check_site_rows`).
+//!
+//! # Transfers
+//! After the batch's rows are written, in the same transaction, a shipped
+//! outbound gets its inbound shipment and a received inbound updates its
+//! transfer (`crate::transfers::follow`); the change-log entries this adds
+//! commit with the batch, and [`Applied::logged`] names the last for the
+//! session to announce.
 //!
 //! # Order within a batch
 //! Every record is validated, then each table's records are reduced to the last
@@ -60,6 +70,10 @@ pub struct Applied {
     pub acked_seq: u64,
     /// Records that were new (not already applied).
     pub applied: u32,
+    /// The last change-log entry the batch's transfers appended (an inbound
+    /// shipment handed over, a transfer record updated): announce it after
+    /// commit.
+    pub logged: Option<u64>,
 }
 
 /// One upstream record, read by its table, before the apply's checks.
@@ -204,6 +218,7 @@ pub async fn apply_records<'t, R>(
             return Ok(Applied {
                 acked_seq: acked,
                 applied: 0,
+                logged: None,
             });
         }
         Start::Apply(skip) => skip,
@@ -226,6 +241,9 @@ pub async fn apply_records<'t, R>(
             })?;
         changes[index].push(incoming.change);
     }
+    // Invoices the batch wrote: a shipped outbound or a received inbound
+    // moves its transfer on, in this transaction (`crate::transfers`).
+    let mut invoice_ids: Vec<String> = Vec::new();
     for (table, changes) in tables.iter().zip(changes) {
         if changes.is_empty() {
             continue;
@@ -247,6 +265,20 @@ pub async fn apply_records<'t, R>(
                 sync_id: site.sync_id,
             });
         }
+        if let Some(refusal) =
+            crate::transfers::check_site_rows(&txn, *table, &latest.upserts, &latest.deletes)
+                .await
+                .map_err(|error| ApplyError::field(error, None))?
+        {
+            return Err(ApplyError::TransferLink {
+                record: record_id(*table, refusal.id),
+                why: refusal.why,
+                sync_id: site.sync_id,
+            });
+        }
+        if table.table() == Table::Invoice {
+            invoice_ids.extend(latest.upserts.iter().map(|row| row.id().to_owned()));
+        }
         write::store_rows(&txn, *table, &site.store_id, latest.upserts, latest.deletes)
             .await
             .map_err(|error| match error {
@@ -259,6 +291,17 @@ pub async fn apply_records<'t, R>(
                 WriteError::Inconsistent(details) => ApplyError::Internal(details),
             })?;
     }
+    let logged =
+        crate::transfers::follow(&txn, &invoice_ids)
+            .await
+            .map_err(|error| match error {
+                storesync_shared::Error::Database(error) => ApplyError::Database(error),
+                storesync_shared::Error::Internal(details) => ApplyError::Internal(details),
+                other => ApplyError::InvalidField {
+                    message: other.to_string(),
+                    record: None,
+                },
+            })?;
     site::Entity::update_many()
         .col_expr(site::Column::UpstreamAckedSeq, Expr::value(last))
         .col_expr(
@@ -272,6 +315,7 @@ pub async fn apply_records<'t, R>(
     Ok(Applied {
         acked_seq: last_seq,
         applied,
+        logged,
     })
 }
 

@@ -33,6 +33,12 @@
 //! longer has it; the store's rows keep their own copies of batch, prices and
 //! pack sizes) and a warning counts them.
 //!
+//! # Handover of store rows
+//! Outside a snapshot, the master sends store rows only to hand a row it
+//! created over to this site (an inbound shipment, `docs/TRANSFERS.md`).
+//! Such a row is inserted if absent and only for the store this site
+//! hosts; a row already here is this site's and is never overwritten.
+//!
 //! The tables written, their order and which deletes the master may send come
 //! from the registry of synced tables (`storesync_shared::domain::tables`).
 //!
@@ -129,11 +135,15 @@ pub async fn apply_with(
     let batch_progress = batch.initialisation.clone();
     let runs = apply::runs(tables::SYNCED, batch.records)?;
     let txn = storesync_shared::domain::db::begin(db).await?;
+    // The store this site hosts, outside a snapshot: store rows the master
+    // hands over are taken only for it.
+    let mut own_store: Option<String> = None;
     if !in_init {
         let state = sync_state::Entity::find_by_id(1)
             .one(&txn)
             .await?
             .ok_or_else(|| Error::Internal("sync_state row is missing".into()))?;
+        own_store = Some(state.store_id.clone());
         if u64::try_from(state.downstream_cursor).unwrap_or(0) >= batch.end_cursor {
             // Already applied (a resend after a lost ack): nothing to do.
             txn.commit().await?;
@@ -145,7 +155,21 @@ pub async fn apply_with(
         }
     }
     for run in runs {
-        apply::write(&txn, run).await?;
+        match (run, &own_store) {
+            // A store row in the change log is a handover (see
+            // `docs/TRANSFERS.md`): inserted if absent, for this store only,
+            // never over a row this site already owns and writes.
+            (apply::Run::Rows(table, rows), Some(own))
+                if matches!(table.owner(), Owner::Store { .. }) =>
+            {
+                let rows: Vec<tables::Row> = rows
+                    .into_iter()
+                    .filter(|row| table.store_of(row) == Some(own.as_str()))
+                    .collect();
+                apply::insert_absent(&txn, table, rows).await?;
+            }
+            (run, _) => apply::write(&txn, run).await?,
+        }
     }
     let cursor = i64::try_from(batch.end_cursor)
         .map_err(|_| Error::invalid("downstream_batch.end_cursor", "is out of range"))?;

@@ -1,6 +1,6 @@
 //! Conversions between stored rows and their protobuf records.
 
-use crate::domain::entities::{invoice, invoice_line, item, name, stock_line, store};
+use crate::domain::entities::{invoice, invoice_line, item, name, stock_line, store, transfer};
 use crate::proto::v1 as pb;
 
 impl From<item::Model> for pb::Item {
@@ -125,6 +125,8 @@ pub fn kind_to_str(kind: pb::InvoiceKind) -> &'static str {
         pb::InvoiceKind::SupplierInvoice => "SUPPLIER_INVOICE",
         pb::InvoiceKind::CustomerInvoice => "CUSTOMER_INVOICE",
         pb::InvoiceKind::InventoryAdjustment => "INVENTORY_ADJUSTMENT",
+        pb::InvoiceKind::OutboundShipment => "OUTBOUND_SHIPMENT",
+        pb::InvoiceKind::InboundShipment => "INBOUND_SHIPMENT",
         pb::InvoiceKind::Unspecified => "UNSPECIFIED",
     }
 }
@@ -147,6 +149,9 @@ impl From<invoice::Model> for pb::Invoice {
             reference: m.reference,
             created_at_ms: m.created_at_ms,
             lines: Vec::new(),
+            linked_invoice_id: m.linked_invoice_id,
+            shipped_at_ms: m.shipped_at_ms,
+            received_at_ms: m.received_at_ms,
         }
     }
 }
@@ -164,6 +169,9 @@ impl From<pb::Invoice> for invoice::Model {
             invoice_number: p.invoice_number,
             reference: p.reference,
             created_at_ms: p.created_at_ms,
+            linked_invoice_id: p.linked_invoice_id,
+            shipped_at_ms: p.shipped_at_ms,
+            received_at_ms: p.received_at_ms,
         }
     }
 }
@@ -182,6 +190,7 @@ impl From<invoice_line::Model> for pb::InvoiceLine {
             number_of_packs: m.number_of_packs,
             cost_price_per_pack: m.cost_price_per_pack,
             sell_price_per_pack: m.sell_price_per_pack,
+            received_number_of_packs: m.received_number_of_packs,
         }
     }
 }
@@ -200,6 +209,41 @@ impl From<pb::InvoiceLine> for invoice_line::Model {
             number_of_packs: p.number_of_packs,
             cost_price_per_pack: p.cost_price_per_pack,
             sell_price_per_pack: p.sell_price_per_pack,
+            received_number_of_packs: p.received_number_of_packs,
+        }
+    }
+}
+
+impl From<transfer::Model> for pb::Transfer {
+    fn from(m: transfer::Model) -> Self {
+        Self {
+            id: m.id,
+            from_store_id: m.from_store_id,
+            to_store_id: m.to_store_id,
+            inbound_invoice_id: m.inbound_invoice_id,
+            shipped_at_ms: m.shipped_at_ms,
+            delivered_at_ms: m.delivered_at_ms,
+            received_at_ms: m.received_at_ms,
+            packs_shipped: m.packs_shipped,
+            packs_received: m.packs_received,
+            discrepancy: m.discrepancy,
+        }
+    }
+}
+
+impl From<pb::Transfer> for transfer::Model {
+    fn from(p: pb::Transfer) -> Self {
+        Self {
+            id: p.id,
+            from_store_id: p.from_store_id,
+            to_store_id: p.to_store_id,
+            inbound_invoice_id: p.inbound_invoice_id,
+            shipped_at_ms: p.shipped_at_ms,
+            delivered_at_ms: p.delivered_at_ms,
+            received_at_ms: p.received_at_ms,
+            packs_shipped: p.packs_shipped,
+            packs_received: p.packs_received,
+            discrepancy: p.discrepancy,
         }
     }
 }

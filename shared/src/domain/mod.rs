@@ -22,5 +22,6 @@ pub mod schema;
 pub mod store_ops;
 pub mod store_service;
 pub mod tables;
+pub mod transfers;
 pub mod upsert;
 pub mod validate;

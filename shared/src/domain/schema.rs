@@ -81,6 +81,31 @@ pub fn store_data_indexes() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Transfers between stores, on every site (the master's `m0110_transfers`,
+/// the satellite's `m0210_transfers`): the link and status columns of
+/// invoices and their lines, and the `transfer` table the master writes.
+/// Columns are added at the end, in the entities' order.
+pub const TRANSFER_TABLES: &str = r#"
+ALTER TABLE invoice ADD COLUMN linked_invoice_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE invoice ADD COLUMN shipped_at_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE invoice ADD COLUMN received_at_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE invoice_line ADD COLUMN received_number_of_packs DOUBLE PRECISION NOT NULL DEFAULT 0;
+CREATE TABLE transfer (
+    id TEXT PRIMARY KEY,
+    from_store_id TEXT NOT NULL,
+    to_store_id TEXT NOT NULL,
+    inbound_invoice_id TEXT NOT NULL UNIQUE,
+    shipped_at_ms BIGINT NOT NULL,
+    delivered_at_ms BIGINT NOT NULL,
+    received_at_ms BIGINT NOT NULL,
+    packs_shipped DOUBLE PRECISION NOT NULL,
+    packs_received DOUBLE PRECISION NOT NULL,
+    discrepancy DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX transfer_from_store ON transfer (from_store_id);
+CREATE INDEX transfer_to_store ON transfer (to_store_id, delivered_at_ms)
+"#;
+
 // Identifiers are UUID text; dates are ISO text ('' for none) so that both
 // backends compare them the same way; instants are milliseconds since the epoch.
 // There are no foreign keys: records arrive from other sites in batches whose

@@ -296,6 +296,9 @@ pub async fn create_invoice_with<C: ConnectionTrait>(
         invoice_number,
         reference: input.reference.clone(),
         created_at_ms: now,
+        linked_invoice_id: String::new(),
+        shipped_at_ms: 0,
+        received_at_ms: 0,
     };
     // Line ids sorted ascending in line order, so that reading the lines back
     // ordered by id gives them in the order they were sent.
@@ -347,6 +350,7 @@ pub async fn create_invoice_with<C: ConnectionTrait>(
                     number_of_packs: packs,
                     cost_price_per_pack: cost,
                     sell_price_per_pack: sell,
+                    received_number_of_packs: 0.0,
                 });
                 new_stock.push(created);
             }
@@ -375,6 +379,7 @@ pub async fn create_invoice_with<C: ConnectionTrait>(
                     number_of_packs: delta,
                     cost_price_per_pack: current.cost_price_per_pack,
                     sell_price_per_pack: sell,
+                    received_number_of_packs: 0.0,
                 });
             }
         }
@@ -576,7 +581,7 @@ async fn check_name<C: ConnectionTrait>(
 
 /// Serialises invoice writes of one store on PostgreSQL for the rest of the
 /// transaction (see the module invariants). SQLite needs nothing: one writer.
-async fn lock_store<C: ConnectionTrait>(txn: &C, store_id: &str) -> Result<()> {
+pub async fn lock_store<C: ConnectionTrait>(txn: &C, store_id: &str) -> Result<()> {
     if txn.get_database_backend() == DbBackend::Postgres {
         txn.execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -589,7 +594,7 @@ async fn lock_store<C: ConnectionTrait>(txn: &C, store_id: &str) -> Result<()> {
 }
 
 /// Highest invoice number of this store and kind, plus one.
-async fn next_invoice_number<C: ConnectionTrait>(
+pub async fn next_invoice_number<C: ConnectionTrait>(
     txn: &C,
     store_id: &str,
     kind: &str,
@@ -609,7 +614,7 @@ async fn next_invoice_number<C: ConnectionTrait>(
 /// one millisecond still list newest first, and a clock stepped back does not
 /// reorder a store's history. Invoices of one store are written one at a time
 /// (SQLite has one writer; PostgreSQL writers hold the store's lock).
-async fn creation_time<C: ConnectionTrait>(txn: &C, store_id: &str) -> Result<i64> {
+pub async fn creation_time<C: ConnectionTrait>(txn: &C, store_id: &str) -> Result<i64> {
     let latest: Option<Option<i64>> = invoice::Entity::find()
         .select_only()
         .column_as(invoice::Column::CreatedAtMs.max(), "latest")

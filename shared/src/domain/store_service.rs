@@ -14,7 +14,7 @@ use crate::kit::server::Operator;
 use crate::proto::v1 as pb;
 use crate::proto::v1::store_service_server::StoreService;
 use crate::proto::v1::SyncRecord;
-use crate::{domain::master_data_read, domain::store_ops};
+use crate::{domain::master_data_read, domain::store_ops, domain::transfers};
 
 /// What a site adds to the store operations.
 #[tonic::async_trait]
@@ -27,6 +27,10 @@ pub trait StoreContext: Send + Sync + 'static {
     /// Runs inside the write transaction, after the change and before commit,
     /// with every record created or changed. An error rolls the whole write back.
     async fn after_write(&self, txn: &DatabaseTransaction, records: &[SyncRecord]) -> Result<()>;
+
+    /// Runs after a write committed (the master wakes the sync streams for
+    /// what its `after_write` put in the change log). Nothing by default.
+    async fn after_commit(&self) {}
 }
 
 /// The `StoreService` of one site.
@@ -38,6 +42,40 @@ pub struct StoreServiceImpl<X> {
 }
 
 impl<X: StoreContext> StoreServiceImpl<X> {
+    /// Runs one transfer write in a transaction with the site's step, and
+    /// logs it.
+    async fn transfer_write<R, F>(&self, what: &str, request: R, write: F) -> Result<pb::Invoice>
+    where
+        F: for<'t> FnOnce(
+            &'t DatabaseTransaction,
+            &'t str,
+            R,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<(pb::Invoice, Vec<SyncRecord>)>>
+                    + Send
+                    + 't,
+            >,
+        >,
+    {
+        let store_id = self.context.store_id().await?;
+        let txn = crate::domain::db::begin(&self.db)
+            .await
+            .map_err(crate::Error::from)?;
+        let (invoice, records) = write(&txn, &store_id, request).await?;
+        self.context.after_write(&txn, &records).await?;
+        txn.commit().await.map_err(crate::Error::from)?;
+        self.context.after_commit().await;
+        tracing::info!(
+            store_id,
+            invoice_id = %invoice.id,
+            status = %invoice.status().as_str_name(),
+            lines = invoice.lines.len(),
+            "transfer: {what}"
+        );
+        Ok(invoice)
+    }
+
     pub fn new(db: DatabaseConnection, context: X) -> Self {
         Self { db, context }
     }
@@ -74,6 +112,7 @@ impl<X: StoreContext> StoreService for StoreServiceImpl<X> {
             store_ops::create_invoice(&txn, &store_id, request.into_inner()).await?;
         self.context.after_write(&txn, &records).await?;
         txn.commit().await.map_err(crate::Error::from)?;
+        self.context.after_commit().await;
         if let Some(invoice) = &response.invoice {
             tracing::info!(
                 %operator,
@@ -151,6 +190,67 @@ impl<X: StoreContext> StoreService for StoreServiceImpl<X> {
         let store_id = self.context.store_id().await?;
         let answer =
             store_ops::expiring_stock(&self.db, &store_id, &request.get_ref().before).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn create_transfer(
+        &self,
+        request: Request<pb::CreateTransferRequest>,
+    ) -> Result<Response<pb::Invoice>, Status> {
+        let invoice = self
+            .transfer_write(
+                "draft created",
+                request.into_inner(),
+                |txn, store, request| Box::pin(transfers::create_transfer(txn, store, request)),
+            )
+            .await?;
+        Ok(Response::new(invoice))
+    }
+
+    async fn update_transfer(
+        &self,
+        request: Request<pb::UpdateTransferRequest>,
+    ) -> Result<Response<pb::Invoice>, Status> {
+        let invoice = self
+            .transfer_write(
+                "draft updated",
+                request.into_inner(),
+                |txn, store, request| Box::pin(transfers::update_transfer(txn, store, request)),
+            )
+            .await?;
+        Ok(Response::new(invoice))
+    }
+
+    async fn ship_transfer(
+        &self,
+        request: Request<pb::ShipTransferRequest>,
+    ) -> Result<Response<pb::Invoice>, Status> {
+        let invoice = self
+            .transfer_write("shipped", request.into_inner(), |txn, store, request| {
+                Box::pin(transfers::ship_transfer(txn, store, request))
+            })
+            .await?;
+        Ok(Response::new(invoice))
+    }
+
+    async fn receive_transfer(
+        &self,
+        request: Request<pb::ReceiveTransferRequest>,
+    ) -> Result<Response<pb::Invoice>, Status> {
+        let invoice = self
+            .transfer_write("received", request.into_inner(), |txn, store, request| {
+                Box::pin(transfers::receive_transfer(txn, store, request))
+            })
+            .await?;
+        Ok(Response::new(invoice))
+    }
+
+    async fn list_transfers(
+        &self,
+        request: Request<pb::ListTransfersRequest>,
+    ) -> Result<Response<pb::ListTransfersResponse>, Status> {
+        let store_id = self.context.store_id().await?;
+        let answer = transfers::list_transfers(&self.db, &store_id, request.get_ref()).await?;
         Ok(Response::new(answer))
     }
 }

@@ -13,6 +13,10 @@ pub struct Model {
     pub invoice_number: i64,
     pub reference: String,
     pub created_at_ms: i64,
+    /// Transfers (m0110/m0210): an inbound shipment's outbound shipment.
+    pub linked_invoice_id: String,
+    pub shipped_at_ms: i64,
+    pub received_at_ms: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -16,6 +16,8 @@ pub struct Model {
     pub number_of_packs: f64,
     pub cost_price_per_pack: f64,
     pub sell_price_per_pack: f64,
+    /// Transfers (m0110/m0210): packs received on an inbound shipment's line.
+    pub received_number_of_packs: f64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -9,4 +9,5 @@ pub mod operator;
 pub mod setting;
 pub mod stock_line;
 pub mod store;
+pub mod transfer;
 pub mod unlock_token;

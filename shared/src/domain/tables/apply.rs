@@ -3,6 +3,7 @@
 //! Records are written in arrival order, cut into runs of one table; each run
 //! is one [`crate::domain::upsert::rows`] call. Downstream deletes are of master data
 //! only ([`Owner::Master`]): a store's data is never deleted by the master.
+//! Store rows handed over by the master go through [`insert_absent`].
 
 use crate::proto::v1::{sync_record::Record, SyncRecord};
 use crate::{Error, Result};
@@ -63,6 +64,41 @@ pub async fn write<C: sea_orm::ConnectionTrait>(db: &C, run: Run<'_>) -> Result<
     match run {
         Run::Rows(table, rows) => crate::domain::upsert::rows(db, table, rows).await?,
         Run::Delete(table, id) => super::write::delete(db, table, &id).await?,
+    }
+    Ok(())
+}
+
+/// Inserts the `rows` of `table` whose id is not there yet, leaving every
+/// existing row as it is (`ON CONFLICT (id) DO NOTHING`): the handover of a
+/// store row the master created to the site that owns it from then on.
+pub async fn insert_absent<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    table: &dyn SyncTable,
+    rows: Vec<Row>,
+) -> Result<()> {
+    use sea_orm::sea_query::{Alias, OnConflict, Query};
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let columns: Vec<Alias> = table
+        .columns()
+        .into_iter()
+        .map(|c| Alias::new(c.name))
+        .collect();
+    for chunk in rows.chunks(100) {
+        let mut insert = Query::insert();
+        insert
+            .into_table(Alias::new(table.name()))
+            .columns(columns.clone())
+            .on_conflict(OnConflict::column(Alias::new("id")).do_nothing().to_owned());
+        for row in chunk {
+            insert
+                .values(row.0.iter().cloned().map(Into::into))
+                .map_err(|e| Error::Internal(format!("{}: {e}", table.name())))?;
+        }
+        db.execute(db.get_database_backend().build(&insert))
+            .await
+            .map_err(Error::from)?;
     }
     Ok(())
 }

@@ -43,6 +43,7 @@ mod item;
 mod name;
 mod stock_line;
 mod store;
+mod transfer;
 pub mod write;
 
 /// The synced tables, in dependency order: master data first, then the
@@ -55,6 +56,7 @@ pub static SYNCED: &[&dyn SyncTable] = &[
     &stock_line::StockLine,
     &invoice::Invoice,
     &invoice_line::InvoiceLine,
+    &transfer::Transfer,
 ];
 
 /// Who writes a table's rows, and which sites receive them.
@@ -69,14 +71,26 @@ pub enum Owner {
     /// `column` names. The master keeps every store's copy and sends a site
     /// its own store's rows when it is initialised.
     Store { column: &'static str },
+    /// Written on the master only; a site receives the rows of which one of
+    /// `columns` is the id of the store it hosts (a transfer: the sending
+    /// and the receiving store).
+    MasterForStores { columns: &'static [&'static str] },
 }
 
 impl Owner {
     /// The column naming the store whose site receives a row, if not every site does.
     pub fn store_column(self) -> Option<&'static str> {
         match self {
-            Self::Master => None,
+            Self::Master | Self::MasterForStores { .. } => None,
             Self::MasterForStore { column } | Self::Store { column } => Some(column),
+        }
+    }
+
+    /// Every column naming a store whose site receives a row (none: every site does).
+    pub fn store_columns(self) -> Vec<&'static str> {
+        match self {
+            Self::MasterForStores { columns } => columns.to_vec(),
+            other => other.store_column().into_iter().collect(),
         }
     }
 }

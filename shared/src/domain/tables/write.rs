@@ -321,8 +321,15 @@ pub enum Scope<'a> {
 fn select(table: &dyn SyncTable, scope: Scope<'_>) -> SelectStatement {
     let mut query = Query::select();
     query.from(Alias::new(table.name()));
-    if let (Scope::Store(store_id), Some(column)) = (scope, table.owner().store_column()) {
-        query.and_where(Expr::col(Alias::new(column)).eq(store_id));
+    if let Scope::Store(store_id) = scope {
+        let columns = table.owner().store_columns();
+        if !columns.is_empty() {
+            let mut any = sea_orm::Condition::any();
+            for column in columns {
+                any = any.add(Expr::col(Alias::new(column)).eq(store_id));
+            }
+            query.cond_where(any);
+        }
     }
     query
 }

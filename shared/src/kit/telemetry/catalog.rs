@@ -206,6 +206,7 @@ pub fn table_name(record: &crate::proto::v1::SyncRecord) -> &'static str {
         Some(Record::StockLine(_)) => Table::StockLine,
         Some(Record::Invoice(_)) => Table::Invoice,
         Some(Record::InvoiceLine(_)) => Table::InvoiceLine,
+        Some(Record::Transfer(_)) => Table::Transfer,
         Some(Record::Deleted(reference)) => reference.table(),
         None => Table::Unspecified,
     };
@@ -216,6 +217,7 @@ pub fn table_name(record: &crate::proto::v1::SyncRecord) -> &'static str {
         Table::StockLine => "stock_line",
         Table::Invoice => "invoice",
         Table::InvoiceLine => "invoice_line",
+        Table::Transfer => "transfer",
         Table::Unspecified => "unspecified",
     }
 }

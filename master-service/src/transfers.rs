@@ -1,0 +1,534 @@
+//! The master's half of transfers: it creates the receiving store's inbound
+//! shipment when an outbound shipment is shipped, keeps the `transfer`
+//! record, and refuses a site's writes of what only it creates. How a row
+//! changes hands is told in `docs/TRANSFERS.md`.
+//!
+//! # Invariant: one inbound shipment per outbound, created once
+//! [`follow`] runs in the transaction that stores the shipped outbound (the
+//! sending site's upstream batch, or the master's own store's write), so the
+//! outbound and its inbound commit together or not at all. The inbound's id
+//! is a function of the outbound's ([`inbound_id`]: UUIDv5), its lines' of
+//! the outbound lines', and every row is inserted with `ON CONFLICT DO
+//! NOTHING`: a replayed or resent batch, a master killed between the apply
+//! and the send (the change-log entries commit with the rows), a site that
+//! re-initialises (it gets its inbound in the snapshot, same id), can never
+//! create a second one. The change-log entries handing it over are written
+//! only by the insert that created it.
+//!
+//! # Ownership
+//! - The outbound shipment and its lines: the sending store's site, always.
+//! - The inbound shipment and its lines: the master creates them (status
+//!   SHIPPED) and hands them to the receiving store's site through change-log
+//!   entries aimed at that store; from then on that site alone writes them
+//!   (it receives them). The master refuses ([`check_site_rows`],
+//!   PERMISSION_DENIED naming the record) a site that creates an inbound
+//!   shipment or a line of one, deletes one, or changes what links it to the
+//!   outbound (`linked_invoice_id`, kind, the shipped packs, the item).
+//! - The `transfer` record: the master only (created with the inbound,
+//!   updated when the receiving site acknowledges the handover and when it
+//!   receives), sent to both stores' sites.
+
+use std::collections::HashMap;
+
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Statement};
+use sha1::{Digest, Sha1};
+use storesync_shared::domain::convert::kind_to_str;
+use storesync_shared::domain::entities::{invoice, invoice_line, store, transfer};
+use storesync_shared::domain::store_ops;
+use storesync_shared::domain::tables::{Row, SyncTable};
+use storesync_shared::domain::validate::now_ms;
+use storesync_shared::proto::v1::{self as pb, sync_record, SyncRecord, Table};
+use storesync_shared::{Error, Result};
+
+use crate::changelog;
+use crate::sites::MASTER_SYNC_ID;
+
+/// The namespace of inbound shipment ids (a UUID of its own, so that no
+/// other use of UUIDv5 over the same ids can collide with them).
+const INBOUND_NAMESPACE: uuid::Uuid = uuid::uuid!("6f1d3c1e-2b7a-4c55-9e0b-7d2f4a9c1b31");
+
+/// UUIDv5 of `name` in the inbound namespace.
+fn uuid_v5(name: &str) -> String {
+    let mut hasher = Sha1::new();
+    hasher.update(INBOUND_NAMESPACE.as_bytes());
+    hasher.update(name.as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// The id of the inbound shipment created for outbound shipment `outbound_id`.
+pub fn inbound_id(outbound_id: &str) -> String {
+    uuid_v5(outbound_id)
+}
+
+/// The id of the inbound line created for outbound line `outbound_line_id`.
+pub fn inbound_line_id(outbound_line_id: &str) -> String {
+    uuid_v5(outbound_line_id)
+}
+
+fn record(record: sync_record::Record) -> SyncRecord {
+    SyncRecord {
+        record: Some(record),
+    }
+}
+
+/// Acts on invoices just written in `txn` (by a site's batch or the
+/// master's own store): a SHIPPED outbound gets its inbound, a RECEIVED
+/// inbound updates its transfer. Returns the last change-log sequence
+/// appended, for the caller to announce after commit.
+pub async fn follow<C: ConnectionTrait>(txn: &C, invoice_ids: &[String]) -> Result<Option<u64>> {
+    if invoice_ids.is_empty() {
+        return Ok(None);
+    }
+    let found = invoice::Entity::find()
+        .filter(invoice::Column::Id.is_in(invoice_ids.iter().cloned()))
+        .filter(invoice::Column::Kind.is_in([
+            kind_to_str(pb::InvoiceKind::OutboundShipment),
+            kind_to_str(pb::InvoiceKind::InboundShipment),
+        ]))
+        .all(txn)
+        .await?;
+    let mut last = None;
+    for row in found {
+        let seq = match (row.kind.as_str(), row.status.as_str()) {
+            ("OUTBOUND_SHIPMENT", "SHIPPED") => hand_over(txn, &row).await?,
+            ("INBOUND_SHIPMENT", "RECEIVED") => record_receipt(txn, &row).await?,
+            _ => None,
+        };
+        last = seq.or(last);
+    }
+    Ok(last)
+}
+
+/// Sync IDs of stores, by store id.
+async fn sync_ids<C: ConnectionTrait>(txn: &C, ids: &[&str]) -> Result<HashMap<String, i32>> {
+    Ok(store::Entity::find()
+        .filter(store::Column::Id.is_in(ids.iter().map(|id| (*id).to_owned())))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|s| (s.id, s.sync_id))
+        .collect())
+}
+
+/// Appends `records` for each of `stores` that a satellite hosts (the
+/// master's own store has no site to send to).
+async fn log_for<C: ConnectionTrait>(
+    txn: &C,
+    stores: &[(&str, i32)],
+    records: &[SyncRecord],
+) -> Result<Option<u64>> {
+    let mut last = None;
+    for (store_id, sync_id) in stores {
+        if u32::try_from(*sync_id).ok() == Some(MASTER_SYNC_ID) {
+            continue;
+        }
+        for entry in records {
+            last = Some(changelog::append_for_store(txn, entry, store_id).await?);
+        }
+    }
+    Ok(last)
+}
+
+/// Creates the inbound shipment and transfer record of a shipped outbound,
+/// unless they exist (see the module invariant).
+async fn hand_over<C: ConnectionTrait>(txn: &C, outbound: &invoice::Model) -> Result<Option<u64>> {
+    if transfer::Entity::find_by_id(outbound.id.clone())
+        .one(txn)
+        .await?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let stores = sync_ids(txn, &[&outbound.store_id, &outbound.name_id]).await?;
+    let (Some(&from_sync), Some(&to_sync)) = (
+        stores.get(&outbound.store_id),
+        stores.get(&outbound.name_id),
+    ) else {
+        return Err(Error::FailedPrecondition(format!(
+            "invoice {}: outbound shipment to {}, which is not a store of the sync-with list",
+            outbound.id, outbound.name_id
+        )));
+    };
+    let to_store = outbound.name_id.as_str();
+    // The receiving store's invoice numbers, as its own writes take them.
+    store_ops::lock_store(txn, to_store).await?;
+    let mut lines = invoice_line::Entity::find()
+        .filter(invoice_line::Column::InvoiceId.eq(outbound.id.as_str()))
+        .all(txn)
+        .await?;
+    lines.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let kind = kind_to_str(pb::InvoiceKind::InboundShipment);
+    let now = now_ms();
+    let inbound = invoice::Model {
+        id: inbound_id(&outbound.id),
+        store_id: to_store.to_owned(),
+        name_id: outbound.store_id.clone(),
+        kind: kind.to_owned(),
+        status: pb::InvoiceStatus::Shipped.as_str_name().to_owned(),
+        invoice_number: store_ops::next_invoice_number(txn, to_store, kind).await?,
+        reference: outbound.reference.clone(),
+        created_at_ms: store_ops::creation_time(txn, to_store).await?,
+        linked_invoice_id: outbound.id.clone(),
+        shipped_at_ms: outbound.shipped_at_ms,
+        received_at_ms: 0,
+    };
+    let created = invoice::Entity::insert(invoice::ActiveModel::from(inbound.clone()))
+        .on_conflict(
+            OnConflict::column(invoice::Column::Id)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    if created == 0 {
+        return Ok(None);
+    }
+    let inbound_lines: Vec<invoice_line::Model> = lines
+        .iter()
+        .map(|line| invoice_line::Model {
+            id: inbound_line_id(&line.id),
+            invoice_id: inbound.id.clone(),
+            store_id: to_store.to_owned(),
+            item_id: line.item_id.clone(),
+            // Set on receipt: the stock line the received packs become.
+            stock_line_id: String::new(),
+            batch: line.batch.clone(),
+            expiry_date: line.expiry_date.clone(),
+            pack_size: line.pack_size,
+            number_of_packs: line.number_of_packs,
+            // What the receiving store pays: the sender's price.
+            cost_price_per_pack: line.sell_price_per_pack,
+            sell_price_per_pack: line.sell_price_per_pack,
+            received_number_of_packs: 0.0,
+        })
+        .collect();
+    for line in &inbound_lines {
+        invoice_line::Entity::insert(invoice_line::ActiveModel::from(line.clone()))
+            .on_conflict(
+                OnConflict::column(invoice_line::Column::Id)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await?;
+    }
+    let to_is_master = u32::try_from(to_sync).ok() == Some(MASTER_SYNC_ID);
+    let record_row = transfer::Model {
+        id: outbound.id.clone(),
+        from_store_id: outbound.store_id.clone(),
+        to_store_id: to_store.to_owned(),
+        inbound_invoice_id: inbound.id.clone(),
+        shipped_at_ms: outbound.shipped_at_ms,
+        // The master hosts the receiving store: delivered as it is created.
+        delivered_at_ms: if to_is_master { now } else { 0 },
+        received_at_ms: 0,
+        packs_shipped: lines.iter().map(|l| l.number_of_packs).sum(),
+        packs_received: 0.0,
+        discrepancy: 0.0,
+    };
+    transfer::Entity::insert(transfer::ActiveModel::from(record_row.clone()))
+        .on_conflict(
+            OnConflict::column(transfer::Column::Id)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    // The receiving site gets its inbound shipment (the handover) and the
+    // transfer record; the sending site the transfer record.
+    let mut handover = vec![record(sync_record::Record::Invoice(inbound.into()))];
+    handover.extend(
+        inbound_lines
+            .into_iter()
+            .map(|line| record(sync_record::Record::InvoiceLine(line.into()))),
+    );
+    let transfer_record = record(sync_record::Record::Transfer(record_row.into()));
+    handover.push(transfer_record.clone());
+    let to = log_for(txn, &[(to_store, to_sync)], &handover).await?;
+    let from = log_for(txn, &[(&outbound.store_id, from_sync)], &[transfer_record]).await?;
+    tracing::info!(
+        outbound = %outbound.id,
+        from = %outbound.store_id,
+        to = %to_store,
+        "transfer: inbound shipment created"
+    );
+    Ok(from.or(to))
+}
+
+/// Records a received inbound's packs on its transfer (once).
+async fn record_receipt<C: ConnectionTrait>(
+    txn: &C,
+    inbound: &invoice::Model,
+) -> Result<Option<u64>> {
+    let Some(mut row) = transfer::Entity::find()
+        .filter(transfer::Column::InboundInvoiceId.eq(inbound.id.as_str()))
+        .one(txn)
+        .await?
+    else {
+        return Err(Error::Internal(format!(
+            "inbound shipment {} has no transfer record",
+            inbound.id
+        )));
+    };
+    if row.received_at_ms != 0 {
+        return Ok(None);
+    }
+    let received: f64 = invoice_line::Entity::find()
+        .filter(invoice_line::Column::InvoiceId.eq(inbound.id.as_str()))
+        .all(txn)
+        .await?
+        .iter()
+        .map(|line| line.received_number_of_packs)
+        .sum();
+    row.received_at_ms = inbound.received_at_ms.max(1);
+    row.packs_received = received;
+    row.discrepancy = received - row.packs_shipped;
+    if row.delivered_at_ms == 0 {
+        // Received, so delivered: its site had it.
+        row.delivered_at_ms = row.received_at_ms;
+    }
+    save(txn, row).await
+}
+
+/// Writes a changed transfer record and logs it for both stores' sites.
+async fn save<C: ConnectionTrait>(txn: &C, row: transfer::Model) -> Result<Option<u64>> {
+    transfer::Entity::update_many()
+        .col_expr(
+            transfer::Column::DeliveredAtMs,
+            Expr::value(row.delivered_at_ms),
+        )
+        .col_expr(
+            transfer::Column::ReceivedAtMs,
+            Expr::value(row.received_at_ms),
+        )
+        .col_expr(
+            transfer::Column::PacksReceived,
+            Expr::value(row.packs_received),
+        )
+        .col_expr(transfer::Column::Discrepancy, Expr::value(row.discrepancy))
+        .filter(transfer::Column::Id.eq(row.id.as_str()))
+        .exec(txn)
+        .await?;
+    let stores = sync_ids(txn, &[&row.from_store_id, &row.to_store_id]).await?;
+    let targets: Vec<(&str, i32)> = [row.from_store_id.as_str(), row.to_store_id.as_str()]
+        .into_iter()
+        .filter_map(|id| stores.get(id).map(|sync| (id, *sync)))
+        .collect();
+    let entry = record(sync_record::Record::Transfer(row.clone().into()));
+    log_for(txn, &targets, &[entry]).await
+}
+
+/// The receiving store's site has acknowledged the change log up to
+/// `cursor`: every transfer to `store_id` whose handover entry is at or
+/// below it (or already pruned, which only happens once every site has
+/// acknowledged it) is delivered. Returns the last change-log sequence
+/// appended.
+pub async fn delivered<C: ConnectionTrait>(
+    txn: &C,
+    store_id: &str,
+    cursor: u64,
+) -> Result<Option<u64>> {
+    let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+    let waiting = transfer::Entity::find()
+        .filter(transfer::Column::ToStoreId.eq(store_id))
+        .filter(transfer::Column::DeliveredAtMs.eq(0))
+        .all(txn)
+        .await?;
+    let mut last = None;
+    for mut row in waiting {
+        let backend = txn.get_database_backend();
+        let pending = txn
+            .query_one(Statement::from_sql_and_values(
+                backend,
+                match backend {
+                    sea_orm::DbBackend::Postgres => {
+                        "SELECT 1 FROM change_log WHERE store_id = $1 AND record_id = $2 AND table_name = 'INVOICE' AND seq > $3 LIMIT 1"
+                    }
+                    _ => {
+                        "SELECT 1 FROM change_log WHERE store_id = ? AND record_id = ? AND table_name = 'INVOICE' AND seq > ? LIMIT 1"
+                    }
+                },
+                [
+                    store_id.into(),
+                    row.inbound_invoice_id.clone().into(),
+                    cursor.into(),
+                ],
+            ))
+            .await?;
+        if pending.is_some() {
+            continue;
+        }
+        row.delivered_at_ms = now_ms();
+        last = save(txn, row).await?.or(last);
+    }
+    Ok(last)
+}
+
+/// Why a site's rows of `table` touch what only the master writes in a
+/// transfer: the first such row's id and the reason.
+pub struct Refusal {
+    pub id: String,
+    pub why: String,
+}
+
+/// Checks a site's upserts and deletes of `table` (of its store
+/// `store_id`) against the inbound shipments the master created; see the
+/// module's ownership rules.
+pub async fn check_site_rows<C: ConnectionTrait>(
+    txn: &C,
+    table: &dyn SyncTable,
+    upserts: &[Row],
+    deletes: &[String],
+) -> Result<Option<Refusal>> {
+    let text = |row: &Row, column: &str| {
+        table
+            .column_index(column)
+            .and_then(|i| row.text(i))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let double =
+        |row: &Row, column: &str| match table.column_index(column).and_then(|i| row.0.get(i)) {
+            Some(sea_orm::Value::Double(Some(value))) => *value,
+            _ => f64::NAN,
+        };
+    let inbound_kind = kind_to_str(pb::InvoiceKind::InboundShipment);
+    // Only rows about inbound shipments are read back: the check costs a
+    // primary-key probe per row sent, and returns (almost) nothing for the
+    // store data of every other kind.
+    match table.table() {
+        Table::Invoice => {
+            let ids: Vec<String> = upserts
+                .iter()
+                .map(|row| row.id().to_owned())
+                .chain(deletes.iter().cloned())
+                .collect();
+            let existing: HashMap<String, invoice::Model> = inbound_invoices(txn, ids).await?;
+            for row in upserts {
+                let kind = text(row, "kind");
+                match existing.get(row.id()) {
+                    Some(before) => {
+                        if kind != inbound_kind {
+                            return refuse(row.id(), "changes the kind of an inbound shipment");
+                        }
+                        if text(row, "linked_invoice_id") != before.linked_invoice_id {
+                            return refuse(
+                                row.id(),
+                                "changes linked_invoice_id of an inbound shipment",
+                            );
+                        }
+                    }
+                    None if kind == inbound_kind => {
+                        return refuse(row.id(), "creates an inbound shipment");
+                    }
+                    None => {}
+                }
+            }
+            if let Some(id) = deletes.iter().find(|id| existing.contains_key(*id)) {
+                return refuse(id, "deletes an inbound shipment");
+            }
+        }
+        Table::InvoiceLine => {
+            let ids: Vec<String> = upserts
+                .iter()
+                .map(|row| row.id().to_owned())
+                .chain(deletes.iter().cloned())
+                .collect();
+            // Lines sent that are already lines of an inbound shipment.
+            let existing: HashMap<String, invoice_line::Model> = if ids.is_empty() {
+                HashMap::new()
+            } else {
+                invoice_line::Entity::find()
+                    .filter(invoice_line::Column::Id.is_in(ids))
+                    .filter(
+                        invoice_line::Column::InvoiceId.in_subquery(
+                            sea_orm::sea_query::Query::select()
+                                .column(invoice::Column::Id)
+                                .from(invoice::Entity)
+                                .and_where(invoice::Column::Kind.eq(inbound_kind))
+                                .to_owned(),
+                        ),
+                    )
+                    .all(txn)
+                    .await?
+                    .into_iter()
+                    .map(|line| (line.id.clone(), line))
+                    .collect()
+            };
+            // Inbound shipments the lines sent name.
+            let named: Vec<String> = upserts.iter().map(|row| text(row, "invoice_id")).collect();
+            let inbound = inbound_invoices(txn, named).await?;
+            for row in upserts {
+                let before = existing.get(row.id());
+                if before.is_none() && !inbound.contains_key(&text(row, "invoice_id")) {
+                    continue;
+                }
+                let Some(before) = before else {
+                    return refuse(row.id(), "adds a line to an inbound shipment");
+                };
+                if text(row, "invoice_id") != before.invoice_id
+                    || text(row, "item_id") != before.item_id
+                    || (double(row, "number_of_packs") - before.number_of_packs).abs() > 1e-9
+                {
+                    return refuse(
+                        row.id(),
+                        "changes the shipped packs, item or shipment of an inbound line",
+                    );
+                }
+            }
+            if let Some(id) = deletes.iter().find(|id| existing.contains_key(*id)) {
+                return refuse(id, "deletes a line of an inbound shipment");
+            }
+        }
+        _ => {}
+    }
+    Ok(None)
+}
+
+fn refuse(id: &str, why: &str) -> Result<Option<Refusal>> {
+    Ok(Some(Refusal {
+        id: id.to_owned(),
+        why: why.to_owned(),
+    }))
+}
+
+/// The inbound shipments among invoices `ids`.
+async fn inbound_invoices<C: ConnectionTrait>(
+    txn: &C,
+    ids: Vec<String>,
+) -> Result<HashMap<String, invoice::Model>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(invoice::Entity::find()
+        .filter(invoice::Column::Id.is_in(ids))
+        .filter(invoice::Column::Kind.eq(kind_to_str(pb::InvoiceKind::InboundShipment)))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|row| (row.id.clone(), row))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbound_ids_are_version_5_and_a_function_of_the_outbound_id() {
+        let outbound = "0190f1c2-7a4e-7000-8000-000000000001";
+        let id = inbound_id(outbound);
+        assert_eq!(id, inbound_id(outbound));
+        assert_ne!(id, inbound_id("0190f1c2-7a4e-7000-8000-000000000002"));
+        let parsed = uuid::Uuid::parse_str(&id).expect("a UUID");
+        assert_eq!(parsed.get_version_num(), 5);
+        storesync_shared::domain::validate::uuid("id", &id).expect("canonical");
+    }
+}
