@@ -23,7 +23,22 @@ pub use domain::error::{Error, Result};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The sync protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// - 1: the first release (frozen in `tests/contract/v1`).
+/// - 2: rows the master hands over to a store's site (a transfer's inbound
+///   shipment) and `Transfer` records (`docs/TRANSFERS.md`).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The first protocol version that takes rows the master hands over to a
+/// store's site. An older site is never sent one, nor skipped past one: its
+/// downstream waits before the first entry handed to its store, and it cannot
+/// initialise a store that holds transfer rows, until it is upgraded.
+pub const HANDOVER_PROTOCOL_VERSION: u32 = 2;
+
+/// Whether a satellite speaking protocol `version` knows records of `table`.
+pub fn knows_table(version: u32, table: proto::v1::Table) -> bool {
+    version >= HANDOVER_PROTOCOL_VERSION || (table as i32) <= proto::v1::Table::InvoiceLine as i32
+}
 
 /// The oldest sync protocol version this build's master accepts from a
 /// satellite: the window `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION` lets sites

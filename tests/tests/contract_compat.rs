@@ -7,8 +7,10 @@
 
 use std::time::Duration;
 
+use storesync_shared::proto::v1 as pb;
 use storesync_tests::cluster::{
-    create_items, store_data, store_of, Master, SYNC_PASSWORD, SYNC_USER,
+    create_items, create_trading_partners, goods_in, store_data, store_of, Master, SYNC_PASSWORD,
+    SYNC_USER,
 };
 use storesync_tests::frozen::v1 as old;
 use storesync_tests::{backends, TestDb};
@@ -182,6 +184,203 @@ async fn a_protocol_version_1_satellite_syncs_with_this_master() {
         send(
             &tx,
             old::satellite_message::Message::Goodbye(old::Goodbye {}),
+        );
+    }
+}
+
+/// Opens a session as a protocol-1 satellite of `sync_id`.
+async fn open_v1(
+    master: &Master,
+    sync_id: u32,
+    hello: old::Hello,
+) -> Result<
+    (
+        mpsc::Sender<old::SatelliteMessage>,
+        tonic::Streaming<old::MasterMessage>,
+    ),
+    tonic::Status,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(master.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    send(&tx, old::satellite_message::Message::Hello(hello));
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "authorization",
+        storesync_shared::kit::auth::basic_header(SYNC_USER, SYNC_PASSWORD)
+            .parse()
+            .unwrap(),
+    );
+    request
+        .metadata_mut()
+        .insert("x-sync-id", sync_id.to_string().parse().unwrap());
+    let mut inbound = old::sync_service_client::SyncServiceClient::new(channel)
+        .sync(request)
+        .await?
+        .into_inner();
+    // The first message tells whether the master took the Hello.
+    match inbound.message().await? {
+        Some(old::MasterMessage {
+            message: Some(old::master_message::Message::Welcome(_)),
+        }) => Ok((tx, inbound)),
+        other => panic!("a Welcome or a refusal first, not {other:?}"),
+    }
+}
+
+/// A protocol-1 satellite cannot read a transfer: it is never sent one nor
+/// moved past one. Its downstream waits before the entry that hands its store
+/// an inbound shipment (later master data waits too; nothing is skipped), it
+/// is told it is caught up there so interval mode still ends, and a new
+/// protocol-1 database for a store that holds transfers is refused plainly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_version_1_satellite_is_held_before_a_transfer_it_cannot_read() {
+    for backend in
+        backends("a_protocol_version_1_satellite_is_held_before_a_transfer_it_cannot_read")
+    {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        master.add_site(2).await;
+        let items = create_items(&master, "HOLD", 1).await;
+        let (supplier, _) = create_trading_partners(&master, "H").await;
+        let db = master_db.connect().await;
+        let clinic = store_of(&db, 2).await;
+        let hello = |needs_initialisation: bool, cursor: u64| old::Hello {
+            protocol_version: 1,
+            sync_id: 2,
+            agent_version: "frozen-v1".into(),
+            downstream_cursor: cursor,
+            upstream_last_seq: 0,
+            needs_initialisation,
+            mode: old::SyncMode::Interval as i32,
+            upstream_backlog: 0,
+        };
+
+        // Initialised as protocol 1, before any transfer.
+        let (tx, mut inbound) = open_v1(&master, 2, hello(true, 0)).await.unwrap();
+        let cursor = loop {
+            let old::master_message::Message::DownstreamBatch(batch) = next(&mut inbound).await
+            else {
+                continue;
+            };
+            let progress = batch.initialisation.unwrap_or_default();
+            send(
+                &tx,
+                old::satellite_message::Message::DownstreamAck(old::DownstreamAck {
+                    cursor: batch.end_cursor,
+                    init_records_done: progress.records_done,
+                    initialisation_complete: progress.complete,
+                }),
+            );
+            if progress.complete {
+                break batch.end_cursor;
+            }
+        };
+        send(
+            &tx,
+            old::satellite_message::Message::Goodbye(old::Goodbye {}),
+        );
+        drop(inbound);
+
+        // The warehouse ships to the clinic, then an item changes.
+        let mut store = master.store().await;
+        let stock = goods_in(&mut store, &supplier, &items, 10.0, "HOLD")
+            .await
+            .stock_lines;
+        let draft = store
+            .create_transfer(pb::CreateTransferRequest {
+                to_store_id: clinic.id.clone(),
+                reference: "TO-V1".into(),
+                lines: vec![pb::InvoiceLine {
+                    stock_line_id: stock[0].id.clone(),
+                    number_of_packs: 3.0,
+                    sell_price_per_pack: 2.0,
+                    ..Default::default()
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        store
+            .ship_transfer(pb::ShipTransferRequest { id: draft.id })
+            .await
+            .unwrap();
+        let later = create_items(&master, "LATER", 1).await;
+
+        // The protocol-1 site continues: told it is caught up, short of the
+        // handover; it gets neither the transfer nor the item after it.
+        let (tx, mut inbound) = open_v1(&master, 2, hello(false, cursor)).await.unwrap();
+        let held_at = loop {
+            match next(&mut inbound).await {
+                old::master_message::Message::CaughtUp(caught_up) => break caught_up.cursor,
+                old::master_message::Message::DownstreamBatch(batch) => {
+                    for record in &batch.records {
+                        match &record.record {
+                            Some(old::sync_record::Record::Item(item)) => {
+                                assert_ne!(
+                                    item.id, later[0].id,
+                                    "the item after the handover was sent"
+                                )
+                            }
+                            Some(old::sync_record::Record::Invoice(invoice)) => {
+                                panic!("a protocol-1 site was sent an invoice: {invoice:?}")
+                            }
+                            None => panic!("a record protocol 1 cannot read was sent"),
+                            _ => {}
+                        }
+                    }
+                    send(
+                        &tx,
+                        old::satellite_message::Message::DownstreamAck(old::DownstreamAck {
+                            cursor: batch.end_cursor,
+                            ..Default::default()
+                        }),
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        let handover: i64 = {
+            use sea_orm::{ConnectionTrait, Statement};
+            let row = db
+                .query_one(Statement::from_string(
+                    db.get_database_backend(),
+                    format!(
+                        "SELECT MIN(seq) FROM change_log WHERE store_id = '{}'",
+                        clinic.id
+                    ),
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get_by_index(0).unwrap()
+        };
+        assert_eq!(
+            held_at + 1,
+            u64::try_from(handover).unwrap(),
+            "held just before the handover"
+        );
+        send(
+            &tx,
+            old::satellite_message::Message::Goodbye(old::Goodbye {}),
+        );
+        drop(inbound);
+
+        // A new protocol-1 database for the clinic's store: refused plainly.
+        let refused = open_v1(&master, 2, hello(true, 0)).await;
+        let status = match refused {
+            Err(status) => status,
+            Ok((_, mut inbound)) => inbound
+                .message()
+                .await
+                .expect_err("the master refuses the initialisation"),
+        };
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains("transfer") && status.message().contains("upgrade"),
+            "{status:?}"
         );
     }
 }

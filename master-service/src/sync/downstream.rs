@@ -12,6 +12,10 @@
 //!   sent only to that store's site; for the others it is passed over inside
 //!   a batch that still ends after it, so every site's cursor moves through
 //!   the one sequence and the check above holds.
+//! - A site older than `HANDOVER_PROTOCOL_VERSION` is never sent an entry
+//!   aimed at its store, and its cursor never passes one: its downstream
+//!   waits before it (still saying `CaughtUp`, so interval mode ends) until
+//!   the satellite is upgraded.
 //! - A snapshot holds the change log from its cursor (`retention`) from
 //!   before its first batch is sent until its last is acknowledged.
 //! - The snapshot's master data and its cursor come from ONE database snapshot
@@ -81,6 +85,7 @@ pub async fn run(
     ctx: SyncContext,
     sync_id: u32,
     store_id: String,
+    protocol_version: u32,
     start: Start,
     mut cursor: u64,
     tx: Outbound,
@@ -109,6 +114,8 @@ pub async fn run(
     let mut in_flight: VecDeque<(u64, usize, std::time::Instant)> = VecDeque::new();
     let mut rate = LinkRate::new(settings.downstream_batch_bytes);
     let mut caught_up_at: Option<u64> = None;
+    // The entry an older site waits before (see below), once logged.
+    let mut held_logged: Option<i64> = None;
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -136,6 +143,28 @@ pub async fn run(
                          reconnect: this site's master data is re-synchronised from a snapshot",
                         first.seq
                     )));
+                }
+            }
+            // A site older than the handover protocol cannot take a row handed
+            // to its store: its downstream stops before the first one (never
+            // past it: nothing is skipped) until the satellite is upgraded.
+            if protocol_version < storesync_shared::HANDOVER_PROTOCOL_VERSION {
+                if let Some(at) = entries
+                    .iter()
+                    .position(|entry| entry.store_id.as_deref() == Some(store_id.as_str()))
+                {
+                    let seq = entries[at].seq;
+                    if held_logged != Some(seq) {
+                        tracing::warn!(
+                            sync_id,
+                            seq,
+                            protocol_version,
+                            "Sync ID {sync_id} speaks sync protocol {protocol_version}: change-log entry {seq} hands its store a transfer, which needs protocol {}; its downstream waits there until its satellite-agent is upgraded",
+                            storesync_shared::HANDOVER_PROTOCOL_VERSION
+                        );
+                        held_logged = Some(seq);
+                    }
+                    entries.truncate(at);
                 }
             }
             if let Some(last) = entries.last() {

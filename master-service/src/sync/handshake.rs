@@ -363,6 +363,9 @@ pub(super) async fn welcome(
             }
         }
     }
+    if hello.needs_initialisation {
+        refuse_records_unknown_to(db, identity, hello.protocol_version).await?;
+    }
     let snapshot_resumed = hello.needs_initialisation
         && hello.snapshot_in_progress
         && match can_resume(db, site, &epoch, hello).await? {
@@ -409,6 +412,37 @@ pub(super) async fn welcome(
         max_protocol_version: storesync_shared::PROTOCOL_VERSION,
         snapshot_resumed,
     })
+}
+
+/// Refuses to initialise a site speaking `version` whose store holds rows of
+/// a table that version does not know (a transfer, after protocol 1): its
+/// snapshot would carry records it cannot read, and leaving them out would
+/// leave its copy short for good.
+async fn refuse_records_unknown_to(
+    db: &sea_orm::DatabaseConnection,
+    identity: &SiteIdentity,
+    version: u32,
+) -> Result<()> {
+    for table in storesync_shared::domain::tables::SYNCED {
+        if storesync_shared::knows_table(version, table.table()) {
+            continue;
+        }
+        let rows = storesync_shared::domain::tables::write::count(
+            db,
+            *table,
+            storesync_shared::domain::tables::write::Scope::Store(&identity.store_id),
+        )
+        .await?;
+        if rows > 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "the store of Sync ID {} holds {rows} {} record(s), which sync protocol {version} cannot carry; upgrade the satellite-agent (protocol {} or later) and start it again",
+                identity.sync_id,
+                table.name(),
+                storesync_shared::HANDOVER_PROTOCOL_VERSION
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Where the snapshot a Hello says is in progress continues.

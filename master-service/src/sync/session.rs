@@ -175,6 +175,7 @@ pub(super) async fn run(
         ctx.clone(),
         sync_id,
         identity.store_id.clone(),
+        hello.protocol_version,
         start,
         hello.downstream_cursor,
         tx.clone(),
