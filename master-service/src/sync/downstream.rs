@@ -81,6 +81,7 @@ pub enum Start {
 }
 
 /// Runs the downstream half of a session until the peer goes away or an error.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     ctx: SyncContext,
     sync_id: u32,
