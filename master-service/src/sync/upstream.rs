@@ -35,8 +35,9 @@
 //!
 //! # Backends
 //! Each table's changes are written by `tables::write::store_rows`: on
-//! PostgreSQL one array-bound upsert per table that also checks ownership;
-//! on SQLite an ownership query first and `shared::upsert`'s statements. Both
+//! PostgreSQL one array-bound upsert per table that also checks ownership and
+//! the table's references; on SQLite queries that check them first and
+//! `shared::upsert`'s statements. Both
 //! run on this module's one sea-orm transaction.
 
 use std::collections::HashSet;
@@ -249,22 +250,6 @@ pub async fn apply_records<'t, R>(
             continue;
         }
         let latest = Latest::of(changes);
-        if let Some(found) =
-            write::foreign_reference(&txn, tables, *table, &site.store_id, &latest.upserts).await?
-        {
-            let target = tables
-                .iter()
-                .find(|t| t.name() == found.target_table)
-                .copied()
-                .unwrap_or(*table);
-            return Err(ApplyError::ForeignReference {
-                record: record_id(*table, found.id),
-                column: found.column,
-                target: Box::new(record_id(target, found.target_id)),
-                store: found.store,
-                sync_id: site.sync_id,
-            });
-        }
         if let Some(refusal) =
             crate::transfers::check_site_rows(&txn, *table, &latest.upserts, &latest.deletes)
                 .await
@@ -279,17 +264,38 @@ pub async fn apply_records<'t, R>(
         if table.table() == Table::Invoice {
             invoice_ids.extend(latest.upserts.iter().map(|row| row.id().to_owned()));
         }
-        write::store_rows(&txn, *table, &site.store_id, latest.upserts, latest.deletes)
-            .await
-            .map_err(|error| match error {
-                WriteError::Foreign { id, store } => ApplyError::ForeignRow {
-                    record: record_id(*table, id),
-                    store,
+        write::store_rows(
+            &txn,
+            tables,
+            *table,
+            &site.store_id,
+            latest.upserts,
+            latest.deletes,
+        )
+        .await
+        .map_err(|error| match error {
+            WriteError::Foreign { id, store } => ApplyError::ForeignRow {
+                record: record_id(*table, id),
+                store,
+                sync_id: site.sync_id,
+            },
+            WriteError::Reference(found) => {
+                let target = tables
+                    .iter()
+                    .find(|t| t.name() == found.target_table)
+                    .copied()
+                    .unwrap_or(*table);
+                ApplyError::ForeignReference {
+                    record: record_id(*table, found.id),
+                    column: found.column,
+                    target: Box::new(record_id(target, found.target_id)),
+                    store: found.store,
                     sync_id: site.sync_id,
-                },
-                WriteError::Database(error) => ApplyError::Database(error),
-                WriteError::Inconsistent(details) => ApplyError::Internal(details),
-            })?;
+                }
+            }
+            WriteError::Database(error) => ApplyError::Database(error),
+            WriteError::Inconsistent(details) => ApplyError::Internal(details),
+        })?;
     }
     let logged =
         crate::transfers::follow(&txn, &invoice_ids)
@@ -426,7 +432,8 @@ pub fn receive<'t>(
     let mut record = Some(record);
     for table in tables {
         let Some(current) = record.take() else { break };
-        let field = |name: &str| at(&format!("{}.{name}", table.name()));
+        // Called for every checked field, failing or not: one allocation.
+        let field = |name: &str| format!("upstream record {seq}: {}.{name}", table.name());
         match table.receive(current, &field) {
             Ok(received) => {
                 return Ok(Incoming {
@@ -463,8 +470,8 @@ fn admit<'t>(
     let Change::Upsert(row) = &incoming.change else {
         return Ok(incoming);
     };
-    let field = format!("upstream record {seq}: {}.id", table.name());
-    validate::uuid(&field, id).map_err(|error| ApplyError::field(error, None))?;
+    validate::uuid(&format!("upstream record {seq}: {}.id", table.name()), id)
+        .map_err(|error| ApplyError::field(error, None))?;
     let store = table.store_of(row).unwrap_or_default();
     if store != site.store_id {
         return Err(ApplyError::OtherStore {

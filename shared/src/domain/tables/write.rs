@@ -5,15 +5,20 @@
 //! [`Backend`] is taken once from the connection (`get_database_backend`);
 //! the statements differ only where speed asks for it:
 //! - PostgreSQL writes one table's rows of a site's batch with ONE
-//!   `INSERT … SELECT … FROM UNNEST($arrays) ON CONFLICT (id) DO UPDATE … WHERE
-//!   t.<owner> = EXCLUDED.<owner>`, each column bound as an array of its type.
+//!   `INSERT … SELECT … FROM UNNEST($arrays) WHERE NOT EXISTS … ON CONFLICT (id)
+//!   DO UPDATE … WHERE t.<owner> = EXCLUDED.<owner>`, each column bound as an
+//!   array of its type but the owner column, bound once as the site's store.
 //!   The text depends only on the table, so each connection prepares it once
 //!   (sea-orm runs statements persistent, in sqlx's per-connection cache). The
-//!   `WHERE` leaves a row of another store alone and uncounted: fewer affected
-//!   rows than sent means an id of another store, named by a query that runs
-//!   only then.
-//! - SQLite (the portable path) checks ownership with a query first and
-//!   writes with [`crate::domain::upsert`]'s fixed-size multi-row statements.
+//!   `ON CONFLICT … WHERE` leaves a row of another store alone and uncounted;
+//!   each of the table's references adds a `NOT EXISTS` that leaves a row
+//!   naming another store's row unwritten and uncounted. Its `OFFSET 0` keeps
+//!   it a per-row look-up of the named id in its primary key (the planner may
+//!   not turn it into a join that reads the whole named table). Fewer
+//!   affected rows than sent means one of the two, named by queries that run
+//!   only then (a reference first).
+//! - SQLite (the portable path) checks references and ownership with
+//!   queries first and writes with [`crate::domain::upsert`]'s fixed-size multi-row statements.
 //!
 //! Everything runs on the caller's sea-orm connection or transaction.
 
@@ -49,6 +54,8 @@ impl Backend {
 pub enum WriteError {
     /// `id` already belongs to a row of `store`, another store.
     Foreign { id: String, store: String },
+    /// A row names, in one of its references, a row of another store.
+    Reference(ForeignReference),
     /// The database failed.
     Database(DbErr),
     /// The statements disagree with themselves; details for the log.
@@ -65,11 +72,15 @@ impl From<DbErr> for WriteError {
 const IDS_PER_QUERY: usize = 500;
 
 /// Writes a site's changes to one of its store's tables: `upserts` (whole
-/// rows, at most one per id) and then `deletes`, only ever touching rows of
-/// `store_id`. An id of another store's row refuses the lot; the caller's
-/// transaction must then roll back.
+/// rows, at most one per id, each of `store_id`) and then `deletes`, only
+/// ever touching rows of `store_id`. An id of another store's row, or an
+/// upsert whose [`super::Reference`]s name a row of another store (`tables`
+/// resolves the referenced tables), refuses the lot; the caller's transaction
+/// must then roll back. A refusal for a reference takes precedence over one
+/// for an id.
 pub async fn store_rows<C: ConnectionTrait>(
     db: &C,
+    tables: &[&dyn SyncTable],
     table: &dyn SyncTable,
     store_id: &str,
     upserts: Vec<Row>,
@@ -84,20 +95,34 @@ pub async fn store_rows<C: ConnectionTrait>(
     match Backend::of(db) {
         Backend::Postgres => {
             if !upserts.is_empty() {
-                let ids: Vec<String> = upserts.iter().map(|row| row.id().to_owned()).collect();
+                // The owner column is bound once, as `store_id`: every row must say so.
+                if let Some(row) = upserts
+                    .iter()
+                    .find(|row| table.store_of(row) != Some(store_id))
+                {
+                    return Err(WriteError::Inconsistent(format!(
+                        "{} {} is not of store {store_id}",
+                        table.name(),
+                        row.id()
+                    )));
+                }
+                let sent = upserts.len() as u64;
+                // Kept for naming a refused row (the rows move into the statement).
+                let rows_named = references_and_ids(table, &upserts);
                 let written = db
-                    .execute(unnest_upsert(table, store_column, upserts))
+                    .execute(unnest_upsert(
+                        tables,
+                        table,
+                        store_column,
+                        store_id,
+                        upserts,
+                    ))
                     .await?
                     .rows_affected();
-                if written != ids.len() as u64 {
-                    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                    return Err(match find_foreign(db, table, store_column, store_id, &ids).await? {
-                        Some(foreign) => foreign,
-                        None => WriteError::Inconsistent(format!(
-                            "upsert into {} wrote fewer rows than sent, yet no id belongs to another store",
-                            table.name()
-                        )),
-                    });
+                if written != sent {
+                    return Err(
+                        refused(db, tables, table, store_column, store_id, &rows_named).await?,
+                    );
                 }
             }
             if !deletes.is_empty() {
@@ -118,6 +143,9 @@ pub async fn store_rows<C: ConnectionTrait>(
             }
         }
         Backend::Portable => {
+            if let Some(found) = foreign_reference(db, tables, table, store_id, &upserts).await? {
+                return Err(WriteError::Reference(found));
+            }
             let ids: Vec<&str> = upserts
                 .iter()
                 .map(Row::id)
@@ -140,14 +168,100 @@ pub async fn store_rows<C: ConnectionTrait>(
     Ok(())
 }
 
-/// The upsert of `rows` as column arrays; see the module docs.
-fn unnest_upsert(table: &dyn SyncTable, store_column: &str, rows: Vec<Row>) -> Statement {
-    let columns = table.columns();
-    let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
-    let arrays: Vec<String> = columns
+/// The columns of `rows` that a refusal may have to name (`id` and the
+/// table's references), as rows of their own: all [`foreign_reference`] and
+/// [`find_foreign`] read.
+fn references_and_ids(table: &dyn SyncTable, rows: &[Row]) -> Vec<Row> {
+    let indexes: Vec<usize> = table
+        .references()
         .iter()
-        .enumerate()
-        .map(|(i, c)| format!("${}::{}", i + 1, c.kind.postgres_array()))
+        .filter_map(|reference| table.column_index(reference.column))
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let mut kept = vec![Value::String(None); row.0.len()];
+            for index in std::iter::once(0).chain(indexes.iter().copied()) {
+                if let Some(value) = row.0.get(index) {
+                    kept[index] = value.clone();
+                }
+            }
+            Row(kept)
+        })
+        .collect()
+}
+
+/// Why the upsert of `rows` wrote fewer rows than sent: a reference to
+/// another store's row first, else an id of another store's row.
+async fn refused<C: ConnectionTrait>(
+    db: &C,
+    tables: &[&dyn SyncTable],
+    table: &dyn SyncTable,
+    store_column: &str,
+    store_id: &str,
+    rows: &[Row],
+) -> Result<WriteError, DbErr> {
+    if let Some(found) = foreign_reference(db, tables, table, store_id, rows).await? {
+        return Ok(WriteError::Reference(found));
+    }
+    let ids: Vec<&str> = rows.iter().map(Row::id).collect();
+    Ok(
+        match find_foreign(db, table, store_column, store_id, &ids).await? {
+            Some(foreign) => foreign,
+            None => WriteError::Inconsistent(format!(
+                "upsert into {} wrote fewer rows than sent, yet no id or reference names another store",
+                table.name()
+            )),
+        },
+    )
+}
+
+/// The upsert of `rows` (each of `store_id`) as column arrays; see the
+/// module docs. The owner column is bound once, as `store_id`, not as an
+/// array; each of the table's references adds a `NOT EXISTS` that leaves a
+/// row naming another store's row unwritten (and uncounted).
+fn unnest_upsert(
+    tables: &[&dyn SyncTable],
+    table: &dyn SyncTable,
+    store_column: &str,
+    store_id: &str,
+    rows: Vec<Row>,
+) -> Statement {
+    let columns = table.columns();
+    let store_index = columns.iter().position(|c| c.name == store_column);
+    let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+    // Parameters: one array per column but the owner column, then the store.
+    let store_param = format!(
+        "${}::text",
+        columns.len() + 1 - usize::from(store_index.is_some())
+    );
+    let mut arrays = Vec::new();
+    let mut aliases = Vec::new();
+    let mut selected = Vec::new();
+    for (index, (column, name)) in columns.iter().zip(&names).enumerate() {
+        if Some(index) == store_index {
+            selected.push(store_param.clone());
+        } else {
+            arrays.push(format!(
+                "${}::{}",
+                arrays.len() + 1,
+                column.kind.postgres_array()
+            ));
+            aliases.push(name.clone());
+            selected.push(format!("u.{name}"));
+        }
+    }
+    let guards: Vec<String> = table
+        .references()
+        .iter()
+        .filter_map(|reference| {
+            let target = tables.iter().find(|t| t.name() == reference.table)?;
+            let target_store = target.owner().store_column()?;
+            Some(format!(
+                "NOT EXISTS (SELECT 1 FROM \"{}\" r WHERE r.id = u.\"{}\" AND r.\"{target_store}\" <> {store_param} OFFSET 0)",
+                target.name(),
+                reference.column
+            ))
+        })
         .collect();
     let set: Vec<String> = names
         .iter()
@@ -156,11 +270,18 @@ fn unnest_upsert(table: &dyn SyncTable, store_column: &str, rows: Vec<Row>) -> S
         .map(|name| format!("{name} = EXCLUDED.{name}"))
         .collect();
     let sql = format!(
-        "INSERT INTO \"{table}\" AS t ({names}) SELECT * FROM UNNEST({arrays}) \
+        "INSERT INTO \"{table}\" AS t ({names}) SELECT {selected} FROM UNNEST({arrays}) AS u({aliases}){guards} \
          ON CONFLICT (id) DO UPDATE SET {set} WHERE t.\"{store_column}\" = EXCLUDED.\"{store_column}\"",
         table = table.name(),
         names = names.join(", "),
+        selected = selected.join(", "),
         arrays = arrays.join(", "),
+        aliases = aliases.join(", "),
+        guards = if guards.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", guards.join(" AND "))
+        },
         set = set.join(", "),
     );
     let mut values: Vec<Vec<Value>> = columns
@@ -172,11 +293,14 @@ fn unnest_upsert(table: &dyn SyncTable, store_column: &str, rows: Vec<Row>) -> S
             column.push(value);
         }
     }
-    let values: Vec<Value> = columns
+    let mut values: Vec<Value> = columns
         .iter()
         .zip(values)
-        .map(|(c, column)| Value::Array(c.kind.array_type(), Some(Box::new(column))))
+        .enumerate()
+        .filter(|(index, _)| Some(*index) != store_index)
+        .map(|(_, (c, column))| Value::Array(c.kind.array_type(), Some(Box::new(column))))
         .collect();
+    values.push(store_id.into());
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
@@ -275,7 +399,9 @@ async fn other_store_row<C: ConnectionTrait>(
             db.query_one(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 format!(
-                    "SELECT id, \"{store_column}\" FROM \"{table}\" WHERE id = ANY($1::text[]) AND \"{store_column}\" <> $2::text LIMIT 1"
+                    "SELECT u.id, r.store FROM UNNEST($1::text[]) AS u(id), \
+                     LATERAL (SELECT \"{store_column}\" AS store FROM \"{table}\" WHERE id = u.id OFFSET 0) r \
+                     WHERE r.store <> $2::text LIMIT 1"
                 ),
                 [
                     text_array(ids.iter().map(|id| (*id).to_owned()).collect()),
