@@ -468,7 +468,9 @@ async fn a_site_added_again_refuses_the_old_stores_database_plainly() {
 async fn a_change_through_one_replica_ends_the_session_another_replica_holds() {
     let test = "a_change_through_one_replica_ends_the_session_another_replica_holds";
     if !backends(test).contains(&storesync_tests::Backend::Postgres) {
-        eprintln!("*** SKIPPED `{test}`: two master replicas need PostgreSQL (set TEST_DATABASE_URL) ***");
+        eprintln!(
+            "*** SKIPPED `{test}`: two master replicas need PostgreSQL (set TEST_DATABASE_URL) ***"
+        );
         return;
     }
     let master_db = TestDb::new(storesync_tests::Backend::Postgres);

@@ -197,7 +197,8 @@ async fn a_master_data_resync_cut_at_ninety_percent_resumes_instead_of_restartin
         let proxy = Proxy::start(master.process.addr).await;
         let mut satellite = adopted_satellite(&master, &proxy.url(), 2, "streaming", &[]).await;
         satellite.wait_initialised(Duration::from_secs(90)).await;
-        let store_before = assert_store_copies_equal(&db, &satellite, Duration::from_secs(60)).await;
+        let store_before =
+            assert_store_copies_equal(&db, &satellite, Duration::from_secs(60)).await;
 
         let whole = resync_master_data(&mut satellite, &proxy).await;
         eprintln!("an uncut master-data resync moved {whole} bytes to the satellite");
