@@ -783,9 +783,8 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                     tally.handed_over += imported;
                     tally.handover_skipped += skipped;
                 }
-            } else if kind == 2 && master_backup.is_some() {
+            } else if let Some(backup) = master_backup.as_ref().filter(|_| kind == 2) {
                 // The master restored from its backup, then restarted.
-                let backup = master_backup.as_ref().unwrap();
                 master.process.kill();
                 let _ = db.close().await;
                 let dump = backup.dir.path().join("master.dump");
