@@ -28,10 +28,11 @@
 //! stores the snapshot's cursor, tag and epoch, in one transaction. The
 //! store's own data is never touched. A crash before that leaves the old
 //! epoch and cursor, so the next session resyncs again (resuming it, or
-//! starting it again with `resync_seen` emptied: see below). A master-owned row that local store data still
-//! names is deleted all the same (the master, the truth for master data, no
-//! longer has it; the store's rows keep their own copies of batch, prices and
-//! pack sizes) and a warning counts them.
+//! starting it again with `resync_seen` emptied: see below). A master-owned
+//! row that local store data still names is deleted all the same (the
+//! master, the truth for master data, no longer has it; the store's rows
+//! keep their own copies of batch, prices and pack sizes) and a warning
+//! counts them.
 //!
 //! Each batch before the last also stores where the resync stands
 //! (`snapshot_resume`, as for an initialisation, with the resync's epoch); a
