@@ -270,6 +270,20 @@ async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_e
         baseline.wait_initialised(Duration::from_secs(120)).await;
         let (_, whole) = baseline_proxy.bytes();
         baseline.process.kill();
+        // The same over the slow link, uncut: its batches are sized to the
+        // link (about 2 s each), and gzip compresses each message alone, so
+        // it moves more than the fast link's large batches without any cut.
+        let uncut_proxy = Proxy::start_throttled(
+            master.process.addr,
+            Throttle::link(64, Duration::from_millis(300)),
+        )
+        .await;
+        let uncut = adopted_satellite(&master, &uncut_proxy.url(), 2, "streaming", &gzip).await;
+        uncut
+            .wait_initialised(Duration::from_secs(60 + records as u64 / 10))
+            .await;
+        let (_, uncut_slow) = uncut_proxy.bytes();
+        drop(uncut);
 
         let link =
             Throttle::link(64, Duration::from_millis(300)).cut_every(Duration::from_secs(6), 14);
@@ -288,6 +302,13 @@ async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_e
              {moved} bytes down, an uncut initialisation {whole}: {resent} bytes resent ({:.1} %)",
             proxy.scheduled_cuts(),
             resent as f64 * 100.0 / whole as f64
+        );
+        eprintln!(
+            "  of which link-sized batches without any cut: {} bytes (uncut over the slow link: {uncut_slow}); \
+             the cuts: {} bytes, {} a cut",
+            uncut_slow.saturating_sub(whole),
+            moved.saturating_sub(uncut_slow),
+            moved.saturating_sub(uncut_slow) / proxy.scheduled_cuts().max(1)
         );
         assert!(
             proxy.scheduled_cuts() >= 1,
