@@ -812,7 +812,7 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                         seed,
                     );
                     master = Master::start(&fresh, &[]);
-                    for proxy in &proxies {
+                    for proxy in proxies.iter().chain([&readded_proxy]) {
                         proxy.set_target(master.process.addr);
                     }
                     master_db = fresh;
