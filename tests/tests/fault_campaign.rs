@@ -827,18 +827,21 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                         tally.readoptions += 1;
                     }
                 }
-                // The restore forgot sync credentials set after the backup: set them again.
+                // The restore forgot sync credentials set after the backup:
+                // set them again (retried, as an operator would, while the
+                // restarted master refuses a fresh unlock token).
                 for (sync_id, (user, password)) in &own_credentials {
-                    master
-                        .update_site(pb::Site {
-                            sync_id: *sync_id,
-                            enabled: true,
-                            sync_user_name: user.clone(),
-                            sync_password: password.clone(),
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap_or_else(|e| panic!("seed {seed}: credentials set again: {e:?}"));
+                    let site = pb::Site {
+                        sync_id: *sync_id,
+                        enabled: true,
+                        sync_user_name: user.clone(),
+                        sync_password: password.clone(),
+                        ..Default::default()
+                    };
+                    eventually(QUIET, "the sync credentials to be set again", || async {
+                        master.update_site(site.clone()).await.ok()
+                    })
+                    .await;
                 }
                 // Master data is the backup's from now on.
                 scratch = backup.scratch.clone();
