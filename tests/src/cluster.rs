@@ -253,6 +253,33 @@ impl Master {
     }
 }
 
+impl Master {
+    /// UpdateSite as an operator does it (fields left empty keep their value).
+    pub async fn update_site(&self, site: pb::Site) -> Result<pb::Site, tonic::Status> {
+        let token = self.unlock().await;
+        let mut request = tonic::Request::new(pb::UpdateSiteRequest {
+            site: Some(site),
+            clear_own_credentials: false,
+        });
+        request
+            .metadata_mut()
+            .insert("x-unlock-token", token.parse().expect("token header"));
+        let response = self.admin().await.update_site(request).await?;
+        Ok(response.into_inner().site.unwrap_or_default())
+    }
+
+    /// RemoveSite as an operator does it.
+    pub async fn remove_site(&self, sync_id: u32) -> Result<(), tonic::Status> {
+        let token = self.unlock().await;
+        let mut request = tonic::Request::new(pb::RemoveSiteRequest { sync_id });
+        request
+            .metadata_mut()
+            .insert("x-unlock-token", token.parse().expect("token header"));
+        self.admin().await.remove_site(request).await?;
+        Ok(())
+    }
+}
+
 /// The identity of a satellite's database (`sync_state.database_id`), read from its file.
 pub async fn database_id(db: &TestDb) -> String {
     use sea_orm::{ConnectionTrait, Statement};
@@ -342,6 +369,17 @@ impl Satellite {
     /// Starts the (stopped) satellite again on the same database.
     pub fn start_again(&mut self) {
         self.process = spawn_satellite(self.sync_id, &self.env);
+    }
+
+    /// Kills the satellite and starts it again on the same database with
+    /// `vars` changed in its configuration (new sync credentials, say); they
+    /// stay for every later start.
+    pub fn restart_with(&mut self, vars: &[(&str, &str)]) {
+        self.process.kill();
+        self.env
+            .retain(|(key, _)| !vars.iter().any(|(changed, _)| changed == key));
+        self.env.extend(env(vars));
+        self.start_again();
     }
 
     /// Starts another satellite with this one's configuration (Sync ID, mode,

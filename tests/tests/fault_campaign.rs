@@ -5,7 +5,11 @@
 //! satellite, links cut mid-stream, satellites paused (SIGSTOP/SIGCONT), PostgreSQL restarted,
 //! power cuts (every satellite, and a SQLite master, keeps its database on the
 //! lazy filesystem of `storesync_tests::lazyfs`, which drops what was not
-//! fsynced), and once per campaign a satellite's database deleted.
+//! fsynced), and once per campaign a satellite's database deleted. Each
+//! round some satellites sit behind a slow, lossy link (64 kbit/s, 300 ms,
+//! cut about every 6 s), and a site's life goes on: a site disabled for a
+//! moment and enabled again, a site given new sync credentials of its own
+//! (the satellite restarted with them).
 //!
 //! Backups are taken during the rounds (a satellite's SQLite files copied
 //! after a `kill -9`; the master's database with `pg_dump`, or a SQLite
@@ -25,7 +29,12 @@
 //! - **the master restored from its backup**: `pg_restore` in place
 //!   (`--clean`) or into a fresh database the master is pointed at, or the
 //!   SQLite files copied back; the master restarted. Databases adopted after
-//!   the backup are adopted again (the restore forgot the adoption).
+//!   the backup are adopted again (the restore forgot the adoption), and
+//!   sync credentials set after it are set again;
+//! - **a site removed and added again** (Sync ID 5, whose store holds no
+//!   data: a removal is refused otherwise): its old database is refused
+//!   plainly, a new one initialises as the new store. The master backups
+//!   taken before it are dropped (they know the old store only).
 //!
 //! # What the checker expects
 //! After every round, once quiet: each satellite's store data equals the
@@ -68,10 +77,12 @@ use storesync_tests::cluster::{
     goods_out, wait_master_data_equal, Master, Satellite,
 };
 use storesync_tests::lazyfs::{CutReport, LazyFs};
-use storesync_tests::proxy::Proxy;
+use storesync_tests::proxy::{Proxy, Throttle};
 use storesync_tests::{backends, eventually, Backend, TestDb};
 
 const QUIET: Duration = Duration::from_secs(90);
+/// The Sync ID of the empty site that is removed and added again.
+const READDED: u32 = 5;
 const CALL: Duration = Duration::from_secs(10);
 
 #[derive(Default, Debug)]
@@ -105,6 +116,13 @@ struct Tally {
     master_restores_sqlite_copy: usize,
     /// Databases adopted again after a master restore forgot their adoption.
     readoptions: usize,
+    /// Rounds a satellite spent behind a slow, lossy link.
+    throttled_links: usize,
+    /// Sites disabled (and enabled again), sites given new sync credentials
+    /// (the satellite restarted with them), sites removed and added again.
+    disables: usize,
+    password_changes: usize,
+    readded_sites: usize,
 }
 
 /// A copy of a satellite's SQLite files, and what it held.
@@ -352,6 +370,16 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
         satellite.wait_initialised(QUIET).await;
         database_ids.push(database_id(&satellite.db).await);
     }
+    // A site whose store holds no data, which the operator removes and adds
+    // again (a removal is refused while a store holds data): the old
+    // database is refused plainly and a new one initialises as the new store.
+    master.add_site(READDED).await;
+    let readded_proxy = Proxy::start(master.process.addr).await;
+    let mut readded = Satellite::start(&readded_proxy.url(), READDED, "streaming", &[]);
+    readded.wait_initialised(QUIET).await;
+    // Sites given their own sync credentials (set again after a master
+    // restore, which forgot them).
+    let mut own_credentials: HashMap<u32, (String, String)> = HashMap::new();
 
     let mut tally = Tally::default();
     let mut acknowledged: HashMap<u32, HashSet<String>> = HashMap::new();
@@ -365,8 +393,19 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
     let wipe_round = rng.gen_range(0..rounds);
 
     for round in 0..rounds {
+        // Some satellites sit behind a slow, lossy link this round: 64 kbit/s,
+        // 300 ms, cut about every 6 s (the proxy's seeded schedule).
+        for (n, proxy) in proxies.iter().chain([&readded_proxy]).enumerate() {
+            let throttle = rng.gen_bool(0.3).then(|| {
+                Throttle::link(64, Duration::from_millis(300))
+                    .cut_every(Duration::from_secs(6), seed ^ (round as u64 * 7 + n as u64))
+            });
+            tally.throttled_links += usize::from(throttle.is_some());
+            proxy.set_throttle(throttle);
+            proxy.cut_all();
+        }
         for step in 0..20 {
-            let choice = rng.gen_range(0..15);
+            let choice = rng.gen_range(0..17);
             match choice {
                 0..=4 => {
                     // A store operation at a random satellite.
@@ -592,6 +631,50 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                     });
                     tally.master_backups += 1;
                 }
+                15 => {
+                    // A site disabled for a moment: its session ends, its
+                    // store queues what it writes; enabled, it sends it.
+                    let sync_id = satellites[rng.gen_range(0..satellites.len())].sync_id;
+                    let toggle = |enabled| pb::Site {
+                        sync_id,
+                        enabled,
+                        ..Default::default()
+                    };
+                    if master.update_site(toggle(false)).await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..2000))).await;
+                        // Enabling must not be lost: the master may be restarting.
+                        eventually(QUIET, "the site to be enabled again", || async {
+                            master.update_site(toggle(true)).await.ok()
+                        })
+                        .await;
+                        tally.disables += 1;
+                    }
+                }
+                16 => {
+                    // A site given new sync credentials of its own, and the
+                    // satellite restarted with them (its old session ends).
+                    let n = rng.gen_range(0..satellites.len());
+                    let sync_id = satellites[n].sync_id;
+                    let credentials = (
+                        format!("site{sync_id}"),
+                        format!("site{sync_id}-password-r{round}s{step}"),
+                    );
+                    let site = pb::Site {
+                        sync_id,
+                        enabled: true,
+                        sync_user_name: credentials.0.clone(),
+                        sync_password: credentials.1.clone(),
+                        ..Default::default()
+                    };
+                    if master.update_site(site).await.is_ok() {
+                        satellites[n].restart_with(&[
+                            ("STORESYNC_SYNC_USER", &credentials.0),
+                            ("STORESYNC_SYNC_PASSWORD", &credentials.1),
+                        ]);
+                        own_credentials.insert(sync_id, credentials);
+                        tally.password_changes += 1;
+                    }
+                }
                 10 if pg_cluster.is_some() && rng.gen_bool(0.25) => {
                     // PostgreSQL itself goes away and comes back under the master.
                     let version = pg_cluster.as_deref().unwrap_or_default();
@@ -610,13 +693,19 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(0..200))).await;
         }
 
-        // Quiet: everything reaches everywhere; then the checks.
+        // Quiet: everything reaches everywhere (slow links too); then the checks.
         let expect = Expected {
             acknowledged: &acknowledged,
             deleted_items: &deleted_items,
             scratch: &scratch,
         };
         check(&db, &satellites, &expect, seed).await;
+        wait_master_data_equal(&db, &readded, QUIET).await;
+        // The operator-scale faults below run on full-speed links.
+        for proxy in proxies.iter().chain([&readded_proxy]) {
+            proxy.set_throttle(None);
+            proxy.cut_all();
+        }
         if round == wipe_round {
             let n = rng.gen_range(0..satellites.len());
             satellites[n].replace_disk(&master).await;
@@ -626,12 +715,36 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
             check(&db, &satellites, &expect, seed).await;
         }
         // At most one operator-scale fault per round, once quiet.
-        if rng.gen_bool(0.35) {
-            let kind = rng.gen_range(0..3);
+        if rng.gen_bool(0.4) {
+            let kind = rng.gen_range(0..4);
             let restorable: Vec<usize> = (0..satellites.len())
                 .filter(|n| site_backups[*n].is_some())
                 .collect();
-            if kind == 0 && !restorable.is_empty() {
+            if kind == 3 {
+                // The empty site removed and added again: its old database is
+                // refused plainly; a new one initialises as the new store.
+                readded.process.terminate(Duration::from_secs(10));
+                master
+                    .remove_site(READDED)
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed}: remove the empty site: {e:?}"));
+                let store = master.add_site(READDED).await.store.unwrap();
+                readded.start_again();
+                wait_refused(&readded, &["added again"], seed).await;
+                readded.process.kill();
+                let new = readded.start_replacement(TestDb::new(Backend::Sqlite));
+                let status = new.wait_initialised(QUIET).await;
+                assert_eq!(
+                    status.store.map(|s| s.id),
+                    Some(store.id),
+                    "seed {seed}: the new database hosts the new store"
+                );
+                readded = new;
+                // A master backup from before knows the old store only:
+                // the operator takes a new one.
+                master_backup = None;
+                tally.readded_sites += 1;
+            } else if kind == 0 && !restorable.is_empty() {
                 // A site restored from its old copy, while it is stopped.
                 let n = restorable[rng.gen_range(0..restorable.len())];
                 let backup = site_backups[n].take().unwrap();
@@ -670,9 +783,8 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                     tally.handed_over += imported;
                     tally.handover_skipped += skipped;
                 }
-            } else if kind == 2 && master_backup.is_some() {
+            } else if let Some(backup) = master_backup.as_ref().filter(|_| kind == 2) {
                 // The master restored from its backup, then restarted.
-                let backup = master_backup.as_ref().unwrap();
                 master.process.kill();
                 let _ = db.close().await;
                 let dump = backup.dir.path().join("master.dump");
@@ -700,7 +812,7 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                         seed,
                     );
                     master = Master::start(&fresh, &[]);
-                    for proxy in &proxies {
+                    for proxy in proxies.iter().chain([&readded_proxy]) {
                         proxy.set_target(master.process.addr);
                     }
                     master_db = fresh;
@@ -713,6 +825,20 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                     if backup.owners.get(&satellite.sync_id) != Some(id) {
                         master.adopt(satellite.sync_id, id).await;
                         tally.readoptions += 1;
+                    }
+                }
+                // The restore forgot sync credentials set after the backup:
+                // set them again.
+                for (sync_id, (user, password)) in &own_credentials {
+                    let site = pb::Site {
+                        sync_id: *sync_id,
+                        enabled: true,
+                        sync_user_name: user.clone(),
+                        sync_password: password.clone(),
+                        ..Default::default()
+                    };
+                    if let Err(status) = master.update_site(site.clone()).await {
+                        panic!("setting the sync credentials of Sync ID {sync_id} again after the restore: {status:?}");
                     }
                 }
                 // Master data is the backup's from now on.
@@ -771,6 +897,7 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                 scratch: &scratch,
             };
             check(&db, &satellites, &expect, seed).await;
+            wait_master_data_equal(&db, &readded, QUIET).await;
         }
         eprintln!("round {round} of seed {seed} checked: {tally:?}");
     }

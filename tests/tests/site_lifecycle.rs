@@ -12,6 +12,7 @@ use storesync_tests::cluster::{
     assert_store_copies_equal, create_items, create_trading_partners, goods_in, Master, Satellite,
     SYNC_PASSWORD, SYNC_USER,
 };
+use storesync_tests::proxy::{Proxy, Throttle};
 use storesync_tests::raw::{hello, open, stock_line};
 use storesync_tests::{backends, eventually, TestDb};
 
@@ -360,7 +361,10 @@ async fn removing_a_site_while_it_uploads_never_leaves_data_of_a_removed_site() 
 /// Interval mode closing right after initialisation: the satellite waits
 /// for its last frames (the ack completing initialisation) to reach the
 /// master, which then holds the site initialised at the satellite's cursor,
-/// with nothing to resend, and no next session needed for that.
+/// with nothing to resend, and no next session needed for that. Over a slow
+/// link (64 kbit/s, 300 ms), where those frames are still on their way when
+/// the satellite says Goodbye: a satellite that closed right after queueing
+/// it left the master holding the site uninitialised.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_interval_close_right_after_initialisation_leaves_the_site_initialised() {
     for backend in
@@ -371,9 +375,14 @@ async fn an_interval_close_right_after_initialisation_leaves_the_site_initialise
         let db = master_db.connect().await;
         master.add_site(2).await;
         create_items(&master, "IVL", 50).await;
+        let link = Proxy::start_throttled(
+            master.process.addr,
+            Throttle::link(64, Duration::from_millis(300)),
+        )
+        .await;
         // One session only: the next interval is far away.
         let satellite = Satellite::start(
-            &master.url(),
+            &link.url(),
             2,
             "interval",
             &[("STORESYNC_SYNC_INTERVAL_SECONDS", "600")],
@@ -448,4 +457,96 @@ async fn a_site_added_again_refuses_the_old_stores_database_plainly() {
         let status = replacement.wait_initialised(LIMIT).await;
         assert_eq!(status.store.map(|s| s.id), Some(second.id.clone()));
     }
+}
+
+/// Two master replicas on one PostgreSQL: disabling a site, or changing its
+/// sync password, through replica A ends its live session held by replica B
+/// (the change reaches B by `NOTIFY`, or at B's next re-check), with the
+/// reason on both sides; enabled again, or given the new password, it
+/// continues through B with nothing lost. PostgreSQL only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_through_one_replica_ends_the_session_another_replica_holds() {
+    let test = "a_change_through_one_replica_ends_the_session_another_replica_holds";
+    if !backends(test).contains(&storesync_tests::Backend::Postgres) {
+        eprintln!(
+            "*** SKIPPED `{test}`: two master replicas need PostgreSQL (set TEST_DATABASE_URL) ***"
+        );
+        return;
+    }
+    let master_db = TestDb::new(storesync_tests::Backend::Postgres);
+    let replica_a = Master::start(&master_db, &[]);
+    let replica_b = Master::start(&master_db, &[]);
+    let db = master_db.connect().await;
+    replica_a.add_site(2).await;
+    let items = create_items(&replica_a, "TWO", 2).await;
+    let (supplier, _) = create_trading_partners(&replica_a, "TW").await;
+    // The satellite knows only replica B.
+    let mut satellite = Satellite::start(&replica_b.url(), 2, "streaming", &[]);
+    satellite.wait_initialised(LIMIT).await;
+    assert!(master_status(&db, 2).await.0, "connected through replica B");
+
+    // Disabled through A: B's session ends.
+    update_site(&replica_a, enabled(2, false)).await;
+    let error = satellite_error(&satellite, "disabled", PROMPTLY).await;
+    assert!(error.contains("Sync ID 2"), "{error}");
+    master_shows(&db, 2, "disabled").await;
+    goods_in(
+        &mut satellite.store().await,
+        &supplier,
+        &items,
+        5.0,
+        "while disabled",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!master_status(&db, 2).await.0, "a disabled site stays out");
+
+    // Enabled through A: it is back through B and sends what it kept.
+    update_site(&replica_a, enabled(2, true)).await;
+    satellite.wait_drained(LIMIT).await;
+    let (connected, _, first_session) = master_status(&db, 2).await;
+    assert!(connected, "connected again through replica B");
+
+    // Its own password set through A: B's session (shared credentials) ends.
+    update_site(
+        &replica_a,
+        pb::Site {
+            sync_id: 2,
+            enabled: true,
+            sync_user_name: "site2".into(),
+            sync_password: "site2-password-1".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    satellite_error(&satellite, "credentials", PROMPTLY).await;
+    master_shows(&db, 2, "credentials").await;
+    goods_in(
+        &mut satellite.store().await,
+        &supplier,
+        &items,
+        2.0,
+        "after the password changed",
+    )
+    .await;
+    satellite.process.kill();
+    satellite = Satellite::start_on(
+        satellite.db,
+        &replica_b.url(),
+        2,
+        "streaming",
+        &[
+            ("STORESYNC_SYNC_USER", "site2"),
+            ("STORESYNC_SYNC_PASSWORD", "site2-password-1"),
+        ],
+    );
+    satellite.wait_drained(LIMIT).await;
+    let (connected, _, session) = master_status(&db, 2).await;
+    assert!(
+        connected && session.is_some() && session != first_session,
+        "a new session with the new password"
+    );
+    let copy = assert_store_copies_equal(&db, &satellite, LIMIT).await;
+    assert_eq!(copy.invoices.len(), 2, "nothing lost");
+    satellite.process.kill();
 }

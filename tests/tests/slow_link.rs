@@ -3,7 +3,8 @@
 //! PostgreSQL master.
 //!
 //! - a snapshot cut at about 90 % continues from there: the bytes moved in
-//!   all are close to one snapshot, not one and nine tenths;
+//!   all are close to one snapshot, not one and nine tenths; so does a
+//!   master-data resync;
 //! - over 64 kbit/s with 300 ms latency and a cut every few seconds, a new
 //!   satellite initialises a whole store and then stays in sync under a
 //!   trickle of writes both ways, streaming and in interval mode. It prints
@@ -132,6 +133,106 @@ async fn a_snapshot_cut_at_ninety_percent_resumes_instead_of_restarting() {
     }
 }
 
+/// `sync_state.changelog_epoch` of a satellite's database.
+async fn satellite_epoch(satellite: &Satellite) -> String {
+    use sea_orm::{ConnectionTrait, Statement};
+    let conn = satellite.db.connect().await;
+    let row = conn
+        .query_one(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT changelog_epoch FROM sync_state WHERE id = 1",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let epoch: String = row.try_get_by_index(0).unwrap();
+    let _ = conn.close().await;
+    epoch
+}
+
+/// Stops the satellite and makes its master data look as if of another
+/// change-log epoch (a master restored from a backup says the same), so
+/// that its next session re-synchronises master data; starts it again and
+/// waits until the resync has completed. Returns the bytes the master sent
+/// meanwhile.
+async fn resync_master_data(satellite: &mut Satellite, proxy: &Proxy) -> u64 {
+    satellite.process.terminate(Duration::from_secs(10));
+    let conn = satellite.db.connect().await;
+    storesync_tests::master::execute(
+        &conn,
+        "UPDATE sync_state SET changelog_epoch = 'an-older-epoch' WHERE id = 1",
+    )
+    .await;
+    let _ = conn.close().await;
+    let (_, before) = proxy.bytes();
+    satellite.start_again();
+    eventually(
+        Duration::from_secs(120),
+        "the master-data resync to complete",
+        || async { (satellite_epoch(satellite).await != "an-older-epoch").then_some(()) },
+    )
+    .await;
+    let (_, after) = proxy.bytes();
+    after - before
+}
+
+/// A master-data resync (after a master restore, or a log pruned past the
+/// site) cut at about 90 % of its bytes resumes where it stopped, as an
+/// initialisation does: the cut resync moves little more than an uncut one,
+/// and the site ends with exactly the master's master data and its store
+/// data kept. (Before, every cut started the resync again from zero.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_data_resync_cut_at_ninety_percent_resumes_instead_of_restarting() {
+    for backend in
+        backends("a_master_data_resync_cut_at_ninety_percent_resumes_instead_of_restarting")
+    {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[("STORESYNC_DOWNSTREAM_BATCH_RECORDS", "100")]);
+        let db = master_db.connect().await;
+        master.add_site(2).await;
+        let items = create_items(&master, "RSY", 1500).await;
+        let store_id = store_of(&db, 2).await.id;
+        push_store_data(&master, 2, &store_id, &items, 200).await;
+
+        let proxy = Proxy::start(master.process.addr).await;
+        let mut satellite = adopted_satellite(&master, &proxy.url(), 2, "streaming", &[]).await;
+        satellite.wait_initialised(Duration::from_secs(90)).await;
+        let store_before =
+            assert_store_copies_equal(&db, &satellite, Duration::from_secs(60)).await;
+
+        let whole = resync_master_data(&mut satellite, &proxy).await;
+        eprintln!("an uncut master-data resync moved {whole} bytes to the satellite");
+        wait_master_data_equal(&db, &satellite, Duration::from_secs(60)).await;
+
+        // While it is away again, master data changes (an item no stock line
+        // names is deleted); its resync is cut at ~90 %.
+        let mut client = master.master_data().await;
+        client
+            .delete_item(pb::DeleteItemRequest {
+                id: items[1499].id.clone(),
+            })
+            .await
+            .unwrap();
+        create_items(&master, "RSYNEW", 3).await;
+        proxy.cut_after(whole * 9 / 10);
+        let second = resync_master_data(&mut satellite, &proxy).await;
+        assert_eq!(proxy.cuts(), 1, "the link was cut once, mid-resync");
+        let resent = second.saturating_sub(whole);
+        eprintln!(
+            "cut at 90 %: the second resync moved {second} bytes, {resent} more than an uncut one ({:.0} %)",
+            resent as f64 * 100.0 / whole as f64
+        );
+        assert!(
+            resent < whole / 4,
+            "a resync cut at 90 % resent {resent} of {whole} bytes: it started again instead of resuming"
+        );
+        wait_master_data_equal(&db, &satellite, Duration::from_secs(60)).await;
+        let store_after = assert_store_copies_equal(&db, &satellite, Duration::from_secs(60)).await;
+        assert_eq!(store_after, store_before, "the store's data is kept");
+        satellite.process.kill();
+    }
+}
+
 /// Records of the slow-link store (see the module doc).
 fn slow_link_records() -> usize {
     std::env::var("STORESYNC_SLOW_LINK_RECORDS")
@@ -169,6 +270,20 @@ async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_e
         baseline.wait_initialised(Duration::from_secs(120)).await;
         let (_, whole) = baseline_proxy.bytes();
         baseline.process.kill();
+        // The same over the slow link, uncut: its batches are sized to the
+        // link (about 2 s each), and gzip compresses each message alone, so
+        // it moves more than the fast link's large batches without any cut.
+        let uncut_proxy = Proxy::start_throttled(
+            master.process.addr,
+            Throttle::link(64, Duration::from_millis(300)),
+        )
+        .await;
+        let uncut = adopted_satellite(&master, &uncut_proxy.url(), 2, "streaming", &gzip).await;
+        uncut
+            .wait_initialised(Duration::from_secs(60 + records as u64 / 10))
+            .await;
+        let (_, uncut_slow) = uncut_proxy.bytes();
+        drop(uncut);
 
         let link =
             Throttle::link(64, Duration::from_millis(300)).cut_every(Duration::from_secs(6), 14);
@@ -187,6 +302,13 @@ async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_e
              {moved} bytes down, an uncut initialisation {whole}: {resent} bytes resent ({:.1} %)",
             proxy.scheduled_cuts(),
             resent as f64 * 100.0 / whole as f64
+        );
+        eprintln!(
+            "  of which link-sized batches without any cut: {} bytes (uncut over the slow link: {uncut_slow}); \
+             the cuts: {} bytes, {} a cut",
+            uncut_slow.saturating_sub(whole),
+            moved.saturating_sub(uncut_slow),
+            moved.saturating_sub(uncut_slow) / proxy.scheduled_cuts().max(1)
         );
         assert!(
             proxy.scheduled_cuts() >= 1,

@@ -366,15 +366,23 @@ pub(super) async fn welcome(
     if hello.needs_initialisation {
         refuse_records_unknown_to(db, identity, hello.protocol_version).await?;
     }
-    let snapshot_resumed = hello.needs_initialisation
+    // The snapshot the satellite holds in part: its initialisation's, or
+    // (initialised) the master-data resync's.
+    let snapshot_epoch = if hello.needs_initialisation {
+        &hello.changelog_epoch
+    } else {
+        &hello.resync_changelog_epoch
+    };
+    let snapshot_resumed = (hello.needs_initialisation || resync_master_data)
         && hello.snapshot_in_progress
-        && match can_resume(db, site, &epoch, hello).await? {
+        && match can_resume(db, site, &epoch, snapshot_epoch, hello).await? {
             Ok(()) => {
                 tracing::info!(
                     sync_id = identity.sync_id,
                     cursor = hello.snapshot_cursor,
                     records_done = hello.snapshot_records_done,
-                    "resuming the site's initialisation where it was cut"
+                    resync = resync_master_data,
+                    "resuming the site's snapshot where it was cut"
                 );
                 true
             }
@@ -382,7 +390,8 @@ pub(super) async fn welcome(
                 tracing::info!(
                     sync_id = identity.sync_id,
                     cursor = hello.snapshot_cursor,
-                    "the site's initialisation starts again: {why}"
+                    resync = resync_master_data,
+                    "the site's snapshot starts again: {why}"
                 );
                 false
             }
@@ -455,21 +464,22 @@ pub(super) fn resume_of(hello: &Hello) -> super::downstream::Resume {
     }
 }
 
-/// Whether the snapshot the satellite holds in part can continue (Ok), or
-/// why it must start again: the change log must still hold everything after
-/// the snapshot's cursor, which the site's snapshot hold guarantees while it
-/// is in place at or below that cursor (`retention`), and be of the same
-/// epoch; the position must name a table snapshots send.
+/// Whether the snapshot the satellite holds in part (of change-log epoch
+/// `snapshot_epoch`) can continue (Ok), or why it must start again: the
+/// change log must still hold everything after the snapshot's cursor, which
+/// the site's snapshot hold guarantees while it is in place at or below that
+/// cursor (`retention`), and be of the same epoch; the position must name a
+/// table snapshots send.
 async fn can_resume(
     db: &DatabaseConnection,
     site: &site::Model,
     epoch: &str,
+    snapshot_epoch: &str,
     hello: &Hello,
 ) -> Result<std::result::Result<(), String>> {
-    if hello.changelog_epoch != epoch {
+    if snapshot_epoch != epoch {
         return Ok(Err(format!(
-            "its part of the snapshot is of change-log epoch {:?}, the master's is {epoch}",
-            hello.changelog_epoch
+            "its part of the snapshot is of change-log epoch {snapshot_epoch:?}, the master's is {epoch}"
         )));
     }
     let known_table = storesync_shared::domain::tables::SYNCED

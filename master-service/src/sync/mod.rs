@@ -192,6 +192,8 @@ impl SyncService for SyncHandler {
             downstream::Start::ResumeInitialisation(handshake::resume_of(&hello))
         } else if welcome.initialising {
             downstream::Start::Initialise
+        } else if welcome.resync_master_data && welcome.snapshot_resumed {
+            downstream::Start::ResumeResync(handshake::resume_of(&hello))
         } else if welcome.resync_master_data {
             downstream::Start::ResyncMasterData
         } else {

@@ -27,11 +27,19 @@
 //! master-owned row the snapshot did not name, empties `resync_seen` and
 //! stores the snapshot's cursor, tag and epoch, in one transaction. The
 //! store's own data is never touched. A crash before that leaves the old
-//! epoch and cursor, so the next session resyncs again (`resync_seen` is
-//! emptied when one starts). A master-owned row that local store data still
-//! names is deleted all the same (the master, the truth for master data, no
-//! longer has it; the store's rows keep their own copies of batch, prices and
-//! pack sizes) and a warning counts them.
+//! epoch and cursor, so the next session resyncs again (resuming it, or
+//! starting it again with `resync_seen` emptied: see below). A master-owned
+//! row that local store data still names is deleted all the same (the
+//! master, the truth for master data, no longer has it; the store's rows
+//! keep their own copies of batch, prices and pack sizes) and a warning
+//! counts them.
+//!
+//! Each batch before the last also stores where the resync stands
+//! (`snapshot_resume`, as for an initialisation, with the resync's epoch); a
+//! cut session names it in its next Hello (`Hello.resync_changelog_epoch`)
+//! and, when the master continues after it (`Welcome.snapshot_resumed`),
+//! `resync_seen` is kept; a resync started again empties both
+//! (`start_resync`), the completing batch deletes both.
 //!
 //! # Handover of store rows
 //! Outside a snapshot, the master sends store rows only to hand a row it
@@ -347,6 +355,7 @@ async fn apply_resync(
 ) -> Result<BatchApplied> {
     let records = batch.records.len();
     let complete = batch.initialisation.as_ref().is_some_and(|i| i.complete);
+    let batch_progress = batch.initialisation.clone();
     let cursor = i64::try_from(batch.end_cursor)
         .map_err(|_| Error::invalid("downstream_batch.end_cursor", "is out of range"))?;
     let runs = apply::runs(tables::SYNCED, batch.records)?;
@@ -380,6 +389,12 @@ async fn apply_resync(
         }
         apply::write(&txn, run).await?;
     }
+    if !complete {
+        // Where the resync stands, with its records: a cut resumes after it.
+        if let Some(progress) = &batch_progress {
+            hold_snapshot_position(&txn, progress, epoch).await?;
+        }
+    }
     if complete {
         let mut removed = 0u64;
         for table in master_owned() {
@@ -396,6 +411,8 @@ async fn apply_resync(
                 .rows_affected();
         }
         txn.execute_unprepared("DELETE FROM resync_seen").await?;
+        txn.execute_unprepared("DELETE FROM snapshot_resume")
+            .await?;
         sync_state::Entity::update_many()
             .col_expr(sync_state::Column::DownstreamCursor, Expr::value(cursor))
             .col_expr(sync_state::Column::DownstreamTag, Expr::value(end_tag))
@@ -473,7 +490,20 @@ async fn warn_if_in_use<C: ConnectionTrait>(txn: &C, orphans: &str) {
 
 /// Empties what an interrupted earlier resync left, before a new one.
 pub async fn start_resync(db: &DatabaseConnection) -> Result<()> {
-    db.execute_unprepared("DELETE FROM resync_seen").await?;
+    let txn = storesync_shared::domain::db::begin(db).await?;
+    txn.execute_unprepared("DELETE FROM resync_seen").await?;
+    txn.execute_unprepared("DELETE FROM snapshot_resume")
+        .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Drops the position of a snapshot that will not continue (an
+/// initialised database's, whose resync the master did not ask for again).
+pub async fn forget_snapshot_position(db: &DatabaseConnection) -> Result<()> {
+    if snapshot_position(db).await?.is_some() {
+        db.execute_unprepared("DELETE FROM snapshot_resume").await?;
+    }
     Ok(())
 }
 

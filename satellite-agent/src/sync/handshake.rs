@@ -50,12 +50,9 @@ pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) ->
     }
     let initialise = !state.initialised;
     let backlog = outbox_table::Entity::find().count(db).await?;
-    // A snapshot cut before its end continues where it stopped (`apply`).
-    let position = if initialise {
-        apply::snapshot_position(db).await?
-    } else {
-        None
-    };
+    // A snapshot cut before its end continues where it stopped (`apply`):
+    // an initialisation's, or (initialised) a master-data resync's.
+    let position = apply::snapshot_position(db).await?;
     Ok(Hello {
         protocol_version: storesync_shared::PROTOCOL_VERSION,
         sync_id: settings.sync_id,
@@ -70,9 +67,9 @@ pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) ->
         mode: settings.mode as i32,
         upstream_backlog: backlog,
         changelog_epoch: match (&position, initialise) {
-            (Some(position), _) => position.epoch.clone(),
+            (Some(position), true) => position.epoch.clone(),
             (None, true) => String::new(),
-            (None, false) => state.changelog_epoch.clone(),
+            (_, false) => state.changelog_epoch.clone(),
         },
         cursor_tag: if initialise {
             0
@@ -93,6 +90,10 @@ pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) ->
             .map(|p| p.last_id.clone())
             .unwrap_or_default(),
         snapshot_records_done: position.as_ref().map_or(0, |p| p.records_done),
+        resync_changelog_epoch: match (&position, initialise) {
+            (Some(position), false) => position.epoch.clone(),
+            _ => String::new(),
+        },
     })
 }
 
@@ -146,11 +147,18 @@ pub(super) async fn open(
         // Only now that a snapshot is coming: empty what a half-finished
         // earlier initialisation may have left.
         apply::clear_for_initialisation(db).await?;
+    } else if welcome.resync_master_data && welcome.snapshot_resumed {
+        // The resync continues after what this database recorded of it: keep it.
+        tracing::info!(epoch = %welcome.changelog_epoch, "the master resumes this site's master-data resync where it was cut");
     } else if welcome.resync_master_data {
         // A master-data snapshot is coming: forget what an interrupted
         // earlier resync recorded.
         tracing::warn!(epoch = %welcome.changelog_epoch, "the master re-synchronises this site's master data (its change log was restored or pruned past this site)");
         apply::start_resync(db).await?;
+    } else {
+        // The change log continues: a resync position left from before
+        // (an older master's resync, cut) names nothing any more.
+        apply::forget_snapshot_position(db).await?;
     }
     let sent_seq = if welcome.initialising {
         welcome.upstream_acked_seq
