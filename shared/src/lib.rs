@@ -22,8 +22,13 @@ pub use domain::error::{Error, Result};
 /// This build's version, reported in handshakes and status.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The sync protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The sync protocol version this build speaks. Version 2 adds the
+/// integrity check's messages (`Verify*`); a version 1 satellite is never
+/// sent them.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest sync protocol version whose satellites answer an integrity check.
+pub const VERIFY_PROTOCOL_VERSION: u32 = 2;
 
 /// The oldest sync protocol version this build's master accepts from a
 /// satellite: the window `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION` lets sites
