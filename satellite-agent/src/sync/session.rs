@@ -137,8 +137,9 @@ impl<'a> Session<'a> {
                         Some(master_message::Message::Heartbeat(beat)) => self.on_heartbeat(beat),
                         Some(master_message::Message::Error(error)) => self.on_error(error),
                         Some(master_message::Message::VerifyBegin(begin)) => {
-                            let answer = self.verifier.begin(self.db, begin).await;
-                            send(&self.tx, answer).await?;
+                            if let Some(answer) = self.verifier.begin(self.db, begin).await {
+                                send(&self.tx, answer).await?;
+                            }
                         }
                         Some(master_message::Message::VerifyRequest(request)) => {
                             let answer = self.verifier.request(self.db, request).await;

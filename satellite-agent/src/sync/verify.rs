@@ -45,9 +45,19 @@ impl Verifier {
     }
 
     /// Reads every synced table and answers with their whole-range digests.
-    pub(super) async fn begin(&mut self, db: &DatabaseConnection, begin: VerifyBegin) -> Message {
+    /// `check_id` 0 only announces a check (interval mode: stay for it);
+    /// it is not answered.
+    pub(super) async fn begin(
+        &mut self,
+        db: &DatabaseConnection,
+        begin: VerifyBegin,
+    ) -> Option<Message> {
         let check_id = begin.check_id;
-        match read_all(db).await {
+        if check_id == 0 {
+            self.check = Some((0, HashMap::new()));
+            return None;
+        }
+        Some(match read_all(db).await {
             Ok((indexes, outbox_pending, upstream_last_seq)) => {
                 let tables = tables::SYNCED.iter().map(|t| t.table() as i32).collect();
                 let digests = tables::SYNCED
@@ -72,7 +82,7 @@ impl Verifier {
                     ..Default::default()
                 })
             }
-        }
+        })
     }
 
     /// Digests or rows of the ranges asked, from the check's read.
