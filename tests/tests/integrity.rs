@@ -77,14 +77,17 @@ async fn one_check_names_each_fault_and_the_repair_restores_equality() {
         assert!(clean.differences.is_empty());
         // 3 + the master's own items, names, the store, 3 stock lines, 2 invoices, 4 lines.
         assert!(clean.rows_compared >= 3 + 2 + 1 + 3 + 2 + 4, "{clean:?}");
-        assert!(clean.site_ledger.is_empty() && clean.master_ledger.is_empty());
+        assert!(
+            clean.site_ledger.is_empty() && clean.master_ledger.is_empty(),
+            "{clean:#?}"
+        );
 
         // The faults, behind the product's back.
         let invoice = received.invoice.clone().unwrap();
         let deleted_line = sold.invoice.clone().unwrap().lines[0].id.clone();
         let corrupted = received.stock_lines[1].id.clone();
-        let stray_item = "00000000-stray-item-at-the-site";
-        let stray_stock = "00000000-stray-stock-line-site";
+        let stray_item = "5e1f0000-0000-4000-8000-0000000000a1";
+        let stray_stock = "5e1f0000-0000-4000-8000-0000000000b2";
         let satellite_db = satellite.db.connect().await;
         execute(
             &satellite_db,

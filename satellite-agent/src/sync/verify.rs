@@ -15,8 +15,9 @@
 //! - `VerifyEnd`: the read is dropped; the answer is the stock ledger check.
 //!
 //! # Ownership
-//! The check never deletes a store row, and never re-sends a row of another
-//! store (it is named as skipped): the master would refuse it.
+//! The check never deletes a store row, and never re-sends a row the master
+//! would refuse (of another store, or failing the table's checks): it is
+//! named as skipped, so that one bad row cannot stop this site's upstream.
 
 use std::collections::HashMap;
 
@@ -248,10 +249,16 @@ async fn apply_repair(
             continue;
         };
         let record = table.record_of(&found)?;
-        let row = table.decode(record.clone()).map_err(|_| {
-            Error::Internal(format!("{} {} does not decode", table.name(), reference.id))
-        })?;
-        if table.store_of(&row) != Some(store_id) {
+        let received = table
+            .receive(record.clone(), &|field| format!("{}.{field}", table.name()))
+            .map_err(|_| {
+                Error::Internal(format!("{} {} does not decode", table.name(), reference.id))
+            })?;
+        // A row the master would refuse would stop this site's upstream: it
+        // is named as skipped instead (an operator corrects it locally).
+        let valid = received.problem.is_none()
+            && storesync_shared::domain::validate::uuid("id", &reference.id).is_ok();
+        if !valid || table.store_of(&received.row) != Some(store_id) {
             skipped.push(reference);
             continue;
         }

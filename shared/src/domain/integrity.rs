@@ -18,8 +18,9 @@
 //!
 //! # Ledger
 //! [`ledger`] compares each stock line's total and available packs with what
-//! its invoice lines account for (goods in and inventory adjustments add,
-//! customer invoices take). It reports; it never writes.
+//! its invoice lines account for (goods in and inventory adjustments add
+//! their signed packs, customer invoices take theirs, whichever sign the line
+//! stores). It reports; it never writes.
 
 use sea_orm::sea_query::{Alias, Expr, Query};
 use sea_orm::{ConnectionTrait, DbErr, QueryResult, Statement};
@@ -201,7 +202,7 @@ pub async fn ledger<C: ConnectionTrait>(
     };
     let sql = format!(
         "SELECT s.id, s.item_id, s.total_number_of_packs, s.available_number_of_packs, \
-         COALESCE(SUM(CASE WHEN i.kind = 'CUSTOMER_INVOICE' THEN -l.number_of_packs \
+         COALESCE(SUM(CASE WHEN i.kind = 'CUSTOMER_INVOICE' THEN -ABS(l.number_of_packs) \
          ELSE l.number_of_packs END), 0.0) AS moved \
          FROM stock_line s \
          LEFT JOIN invoice_line l ON l.stock_line_id = s.id \
