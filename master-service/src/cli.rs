@@ -487,7 +487,7 @@ pub async fn run_verify(
             site.rows_compared.into(),
             site.rows_differing.into(),
             site.rows_repaired.into(),
-            ((site.site_ledger.len() + site.master_ledger.len()) as u64).into(),
+            (site.site_ledger_total + site.master_ledger_total).into(),
             site.bytes_exchanged.into(),
             site.round_trips.into(),
             (site.finished_at_ms - site.started_at_ms).into(),

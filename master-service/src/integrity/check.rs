@@ -42,6 +42,8 @@ use crate::sync::downstream::{Acked, Outbound};
 pub const FANOUT: u64 = 16;
 /// A range with at most this many rows (both sides together) is compared row by row.
 pub const LEAF_ROWS: u64 = 32;
+/// Rows per repair message (bounds it well under the message limit).
+const REPAIR_PER_MESSAGE: usize = 1000;
 /// Ranges per request (bounds each answer well under the message limit).
 const RANGES_PER_REQUEST: usize = 1000;
 /// How many times a check begins again while data is still moving.
@@ -128,7 +130,9 @@ pub struct Found {
     pub differences: Vec<(Difference, String)>,
     pub rows_repaired: u64,
     pub site_ledger: Vec<pb::LedgerProblem>,
+    pub site_ledger_total: u64,
     pub master_ledger: Vec<pb::LedgerProblem>,
+    pub master_ledger_total: u64,
     /// (table, id, action, before, after) of each repair, for the audit.
     pub repairs: Vec<[String; 5]>,
 }
@@ -201,7 +205,8 @@ pub async fn run(
         repair(db, link, check_id, store_id, &mut found).await?;
     }
     end(link, check_id, &mut found).await?;
-    found.master_ledger = integrity::ledger(db, Some(store_id)).await?;
+    (found.master_ledger, found.master_ledger_total) =
+        integrity::ledger(db, Some(store_id)).await?;
     Ok(found)
 }
 
@@ -470,35 +475,92 @@ async fn repair(
             _ => {}
         }
     }
-    if message.records.is_empty() && message.deletes.is_empty() && message.resend.is_empty() {
-        return Ok(());
-    }
-    link.send(master_message::Message::VerifyRepair(message))
-        .await?;
-    match link.answer(check_id).await? {
-        satellite_message::Message::VerifyRepaired(done) if done.error.is_empty() => {
-            found.rows_repaired = done.applied + done.resent;
-            for skipped in done.skipped {
-                for (difference, action) in &mut found.differences {
-                    if difference.table as i32 == skipped.table && difference.id == skipped.id {
-                        action.clear();
-                    }
-                }
-                found
-                    .repairs
-                    .retain(|r| !(r[1] == skipped.id && r[2] == "re-sent by the site"));
-            }
-            Ok(())
+    // Cut into messages of at most REPAIR_PER_MESSAGE rows, in order
+    // (master data and referenced rows first); each is one transaction at the site.
+    let mut chunks: Vec<VerifyRepair> = Vec::new();
+    let mut rows_in_last = REPAIR_PER_MESSAGE;
+    let push = |chunks: &mut Vec<VerifyRepair>, rows_in_last: &mut usize| {
+        if *rows_in_last >= REPAIR_PER_MESSAGE {
+            chunks.push(VerifyRepair {
+                check_id,
+                ..Default::default()
+            });
+            *rows_in_last = 0;
         }
-        satellite_message::Message::VerifyRepaired(done) => {
-            for (_, action) in &mut found.differences {
-                action.clear();
-            }
-            found.repairs.clear();
-            Err(failed(format!("the site refused the repair: {}", done.error)))
-        }
-        _ => Err(failed("the site answered out of turn".into())),
+        *rows_in_last += 1;
+        chunks.len() - 1
+    };
+    for record in message.records {
+        let at = push(&mut chunks, &mut rows_in_last);
+        chunks[at].records.push(record);
     }
+    for reference in message.deletes {
+        let at = push(&mut chunks, &mut rows_in_last);
+        chunks[at].deletes.push(reference);
+    }
+    for reference in message.resend {
+        let at = push(&mut chunks, &mut rows_in_last);
+        chunks[at].resend.push(reference);
+    }
+    let mut not_done: Vec<(i32, String)> = Vec::new();
+    let mut failure = None;
+    for chunk in chunks {
+        if failure.is_some() {
+            not_done.extend(ids_of(&chunk));
+            continue;
+        }
+        let ids = ids_of(&chunk);
+        link.send(master_message::Message::VerifyRepair(chunk))
+            .await?;
+        match link.answer(check_id).await? {
+            satellite_message::Message::VerifyRepaired(done) if done.error.is_empty() => {
+                found.rows_repaired += done.applied + done.resent;
+                not_done.extend(done.skipped.into_iter().map(|r| (r.table, r.id)));
+            }
+            satellite_message::Message::VerifyRepaired(done) => {
+                not_done.extend(ids);
+                failure = Some(format!("the site refused the repair: {}", done.error));
+            }
+            _ => return Err(failed("the site answered out of turn".into())),
+        }
+    }
+    let not_done: std::collections::HashSet<(i32, String)> = not_done.into_iter().collect();
+    for (difference, action) in &mut found.differences {
+        if not_done.contains(&(difference.table as i32, difference.id.clone())) {
+            action.clear();
+        }
+    }
+    found.repairs.retain(|r| {
+        !tables::SYNCED
+            .iter()
+            .find(|t| t.name() == r[0])
+            .is_some_and(|t| not_done.contains(&(t.table() as i32, r[1].clone())))
+    });
+    if let Some(failure) = failure {
+        found.message = failure;
+    }
+    Ok(())
+}
+
+/// The rows a repair message names, as (table, id).
+fn ids_of(chunk: &VerifyRepair) -> Vec<(i32, String)> {
+    let mut ids: Vec<(i32, String)> = chunk
+        .records
+        .iter()
+        .filter_map(|record| {
+            let record = record.record.clone()?;
+            let (table, row) = tables::decode(tables::SYNCED, record).ok()?;
+            Some((table.table() as i32, row.id().to_owned()))
+        })
+        .collect();
+    ids.extend(
+        chunk
+            .deletes
+            .iter()
+            .chain(&chunk.resend)
+            .map(|r| (r.table, r.id.clone())),
+    );
+    ids
 }
 
 /// Ends the check; keeps the site's ledger answer.
@@ -508,6 +570,7 @@ async fn end(link: &mut Link<'_>, check_id: u64, found: &mut Found) -> Result<()
     match link.answer(check_id).await? {
         satellite_message::Message::VerifyLedger(ledger) if ledger.error.is_empty() => {
             found.site_ledger = ledger.problems;
+            found.site_ledger_total = ledger.problems_total;
             Ok(())
         }
         satellite_message::Message::VerifyLedger(ledger) => Err(failed(ledger.error)),

@@ -99,7 +99,7 @@ pub async fn save(
             count(result.rows_compared).into(),
             count(result.rows_differing).into(),
             count(result.rows_repaired).into(),
-            count((result.site_ledger.len() + result.master_ledger.len()) as u64).into(),
+            count(result.site_ledger_total + result.master_ledger_total).into(),
             serde_json::Value::Array(differences).to_string().into(),
         ]);
     txn.execute(txn.get_database_backend().build(&insert))

@@ -19,6 +19,10 @@ use super::{record, Job};
 use crate::metrics;
 use crate::sync::downstream::{Acked, Outbound};
 
+/// Most differences listed in one result (each about 60 bytes: well under
+/// the message limit).
+pub const MAX_LISTED: usize = 20_000;
+
 /// What a session's verifier needs.
 pub struct SessionVerifier {
     pub db: DatabaseConnection,
@@ -97,7 +101,9 @@ impl SessionVerifier {
                 result.rows_repaired = found.rows_repaired;
                 result.message = found.message;
                 result.site_ledger = found.site_ledger;
+                result.site_ledger_total = found.site_ledger_total;
                 result.master_ledger = found.master_ledger;
+                result.master_ledger_total = found.master_ledger_total;
                 result.outcome = if !found.settled {
                     pb::VerifyOutcome::NotSettled
                 } else if found.differences.is_empty() {
@@ -105,9 +111,11 @@ impl SessionVerifier {
                 } else {
                     pb::VerifyOutcome::Different
                 } as i32;
+                // The answer lists the first MAX_LISTED (rows_differing counts all).
                 result.differences = found
                     .differences
                     .into_iter()
+                    .take(MAX_LISTED)
                     .map(|(d, repair)| pb::RowDifference {
                         table: d.table as i32,
                         id: d.id,

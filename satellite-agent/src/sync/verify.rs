@@ -157,15 +157,17 @@ impl Verifier {
     pub(super) async fn end(&mut self, db: &DatabaseConnection, end: VerifyEnd) -> Message {
         self.check = None;
         match integrity::ledger(db, None).await {
-            Ok(problems) => Message::VerifyLedger(VerifyLedger {
+            Ok((problems, problems_total)) => Message::VerifyLedger(VerifyLedger {
                 check_id: end.check_id,
                 problems,
                 error: String::new(),
+                problems_total,
             }),
             Err(error) => Message::VerifyLedger(VerifyLedger {
                 check_id: end.check_id,
                 problems: Vec::new(),
                 error: format!("the site could not check its stock ledger: {error}"),
+                problems_total: 0,
             }),
         }
     }

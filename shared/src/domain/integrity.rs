@@ -186,12 +186,16 @@ pub async fn row_by_id<C: ConnectionTrait>(
     db.query_one(db.get_database_backend().build(&query)).await
 }
 
+/// Most ledger problems listed (the rest are counted).
+pub const LEDGER_LISTED: usize = 1000;
+
 /// The stock lines of `store_id` (every store's with `None`) whose total or
-/// available packs differ from what their invoice lines account for.
+/// available packs differ from what their invoice lines account for: the
+/// first [`LEDGER_LISTED`] by id, and how many in all.
 pub async fn ledger<C: ConnectionTrait>(
     db: &C,
     store_id: Option<&str>,
-) -> Result<Vec<LedgerProblem>, DbErr> {
+) -> Result<(Vec<LedgerProblem>, u64), DbErr> {
     let backend = db.get_database_backend();
     let (filter, values) = match store_id {
         Some(store) if backend == sea_orm::DbBackend::Postgres => {
@@ -215,13 +219,18 @@ pub async fn ledger<C: ConnectionTrait>(
         .query_all(Statement::from_sql_and_values(backend, sql, values))
         .await?;
     let mut problems = Vec::new();
+    let mut total_problems = 0u64;
     for row in rows {
         let total: f64 = row.try_get_by_index(2)?;
         let available: f64 = row.try_get_by_index(3)?;
         let moved: f64 = row.try_get_by_index(4)?;
         // Stock never goes below zero (invoices that would are refused).
         let expected = moved.max(0.0);
-        if (total - expected).abs() > EPSILON || (available - expected).abs() > EPSILON {
+        if (total - expected).abs() <= EPSILON && (available - expected).abs() <= EPSILON {
+            continue;
+        }
+        total_problems += 1;
+        if problems.len() < LEDGER_LISTED {
             problems.push(LedgerProblem {
                 stock_line_id: row.try_get_by_index(0)?,
                 item_id: row.try_get_by_index(1)?,
@@ -232,7 +241,7 @@ pub async fn ledger<C: ConnectionTrait>(
             });
         }
     }
-    Ok(problems)
+    Ok((problems, total_problems))
 }
 
 #[cfg(test)]
