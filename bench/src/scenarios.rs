@@ -777,8 +777,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// then with `verify_differing` rows changed at the site (report-only, so
 /// every run sees the same differences).
 pub async fn verify(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
-    let (db, master) =
-        master_with_sites(0, &[("STORESYNC_VERIFY_INTERVAL_MINUTES", "0")]).await;
+    let (db, master) = master_with_sites(0, &[("STORESYNC_VERIFY_INTERVAL_MINUTES", "0")]).await;
     let site = master.add_site(2).await;
     let store_id = site.store.expect("store").id;
     let conn = db.connect().await;
@@ -802,10 +801,10 @@ pub async fn verify(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         format!("full check, no differences: {rows} rows"),
         "s",
     );
-    let mut equal_cpu = Figure::new("verify", "master CPU time of that check", "s")
-        .target(Target::Below(5.0));
-    let mut equal_bytes = Figure::new("verify", "bytes exchanged by that check", "KiB")
-        .target(Target::Below(1024.0));
+    let mut equal_cpu =
+        Figure::new("verify", "master CPU time of that check", "s").target(Target::Below(5.0));
+    let mut equal_bytes =
+        Figure::new("verify", "bytes exchanged by that check", "KiB").target(Target::Below(1024.0));
     let differing = sizes.verify_differing;
     let mut diff_time = Figure::new(
         "verify",
@@ -858,7 +857,9 @@ pub async fn verify(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         );
         equal_time.samples.push(elapsed.as_secs_f64());
         equal_cpu.samples.push(cpu_seconds(master_pid) - cpu);
-        equal_bytes.samples.push(result.bytes_exchanged as f64 / 1024.0);
+        equal_bytes
+            .samples
+            .push(result.bytes_exchanged as f64 / 1024.0);
     }
 
     // Rows changed behind the product's back at the site.
@@ -896,7 +897,9 @@ pub async fn verify(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         );
         diff_time.samples.push(elapsed.as_secs_f64());
         diff_cpu.samples.push(cpu_seconds(master_pid) - cpu);
-        diff_bytes.samples.push(result.bytes_exchanged as f64 / 1024.0);
+        diff_bytes
+            .samples
+            .push(result.bytes_exchanged as f64 / 1024.0);
         diff_trips.samples.push(f64::from(result.round_trips));
     }
     Ok(vec![

@@ -48,9 +48,16 @@ fn main() -> ExitCode {
             return report_command(&cli.args, report, client)
         }
         Some(Command::Verify { verify, client }) => {
-            return client_command(&cli.args, "verify", client, |url, user, password, format, tls| {
-                Box::pin(master_service::cli::run_verify(url, user, password, verify, format, tls))
-            })
+            return client_command(
+                &cli.args,
+                "verify",
+                client,
+                |url, user, password, format, tls| {
+                    Box::pin(master_service::cli::run_verify(
+                        url, user, password, verify, format, tls,
+                    ))
+                },
+            )
         }
         Some(Command::Demo(demo)) => return demo_command(demo),
         Some(Command::Serve) | None => {}
@@ -114,11 +121,16 @@ fn report_command(
     report: master_service::cli::Report,
     client: master_service::cli::ClientArgs,
 ) -> ExitCode {
-    client_command(args, "report", client, |url, user, password, format, tls| {
-        Box::pin(master_service::cli::run_report(
-            url, user, password, report, format, tls,
-        ))
-    })
+    client_command(
+        args,
+        "report",
+        client,
+        |url, user, password, format, tls| {
+            Box::pin(master_service::cli::run_report(
+                url, user, password, report, format, tls,
+            ))
+        },
+    )
 }
 
 /// The future of one client command.

@@ -117,10 +117,7 @@ fn site(sync_id: u32) -> KeyValue {
 }
 
 /// An integrity check of `sync_id` ended with `result`.
-pub fn integrity_checked(
-    sync_id: u32,
-    result: &storesync_shared::proto::v1::SiteVerification,
-) {
+pub fn integrity_checked(sync_id: u32, result: &storesync_shared::proto::v1::SiteVerification) {
     use storesync_shared::proto::v1::VerifyOutcome;
     let outcome = result.outcome();
     METRICS.integrity_checked.add(

@@ -248,6 +248,10 @@ impl MigrationName for Integrity {
 #[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
 impl MigrationTrait for Integrity {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(manager.get_connection(), crate::integrity::record::MIGRATION).await
+        run_script(
+            manager.get_connection(),
+            crate::integrity::record::MIGRATION,
+        )
+        .await
     }
 }

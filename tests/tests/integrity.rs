@@ -91,7 +91,10 @@ async fn one_check_names_each_fault_and_the_repair_restores_equality() {
         let satellite_db = satellite.db.connect().await;
         execute(
             &satellite_db,
-            &format!("UPDATE invoice SET reference = 'edited by hand' WHERE id = '{}'", invoice.id),
+            &format!(
+                "UPDATE invoice SET reference = 'edited by hand' WHERE id = '{}'",
+                invoice.id
+            ),
         )
         .await;
         execute(
@@ -126,17 +129,44 @@ async fn one_check_names_each_fault_and_the_repair_restores_equality() {
         let _ = satellite_db.close().await;
         execute(
             &db,
-            &format!("UPDATE item SET name = 'Renamed on the master' WHERE id = '{}'", items[0].id),
+            &format!(
+                "UPDATE item SET name = 'Renamed on the master' WHERE id = '{}'",
+                items[0].id
+            ),
         )
         .await;
 
         let expected: BTreeSet<_> = [
-            (pb::Table::Invoice, invoice.id.clone(), pb::DifferenceSide::BothDiffer),
-            (pb::Table::InvoiceLine, deleted_line.clone(), pb::DifferenceSide::MasterOnly),
-            (pb::Table::Item, stray_item.to_owned(), pb::DifferenceSide::SiteOnly),
-            (pb::Table::StockLine, stray_stock.to_owned(), pb::DifferenceSide::SiteOnly),
-            (pb::Table::StockLine, corrupted.clone(), pb::DifferenceSide::BothDiffer),
-            (pb::Table::Item, items[0].id.clone(), pb::DifferenceSide::BothDiffer),
+            (
+                pb::Table::Invoice,
+                invoice.id.clone(),
+                pb::DifferenceSide::BothDiffer,
+            ),
+            (
+                pb::Table::InvoiceLine,
+                deleted_line.clone(),
+                pb::DifferenceSide::MasterOnly,
+            ),
+            (
+                pb::Table::Item,
+                stray_item.to_owned(),
+                pb::DifferenceSide::SiteOnly,
+            ),
+            (
+                pb::Table::StockLine,
+                stray_stock.to_owned(),
+                pb::DifferenceSide::SiteOnly,
+            ),
+            (
+                pb::Table::StockLine,
+                corrupted.clone(),
+                pb::DifferenceSide::BothDiffer,
+            ),
+            (
+                pb::Table::Item,
+                items[0].id.clone(),
+                pb::DifferenceSide::BothDiffer,
+            ),
         ]
         .into_iter()
         .collect();
@@ -149,23 +179,43 @@ async fn one_check_names_each_fault_and_the_repair_restores_equality() {
         assert!(report.differences.iter().all(|d| d.repair.is_empty()));
         assert_eq!(report.rows_repaired, 0);
         assert!(
-            report.site_ledger.iter().any(|p| p.stock_line_id == corrupted
-                && p.total_packs == 999.0
-                && p.expected_total_packs == 10.0),
+            report
+                .site_ledger
+                .iter()
+                .any(|p| p.stock_line_id == corrupted
+                    && p.total_packs == 999.0
+                    && p.expected_total_packs == 10.0),
             "the site's ledger names the corrupted total: {:?}",
             report.site_ledger
         );
-        assert!(report.master_ledger.is_empty(), "{:?}", report.master_ledger);
+        assert!(
+            report.master_ledger.is_empty(),
+            "{:?}",
+            report.master_ledger
+        );
         assert_eq!(both_sides(&db, &satellite, &store_id).await, before);
 
         // The CLI names the same rows (JSON).
         let output = cli_output(
             "master-service",
             "STORESYNC_MASTER_BIN",
-            &["verify", "--site", "2", "--report-only", "--format", "json", "--address", &master.url()],
+            &[
+                "verify",
+                "--site",
+                "2",
+                "--report-only",
+                "--format",
+                "json",
+                "--address",
+                &master.url(),
+            ],
             &[],
         );
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         let printed_ids: BTreeSet<String> = printed["differences"]
             .as_array()
@@ -253,9 +303,12 @@ async fn one_check_names_each_fault_and_the_repair_restores_equality() {
             .filter(|e| e.action == "integrity_repair")
             .collect();
         assert_eq!(repairs.len(), 6, "{repairs:#?}");
-        assert!(repairs
-            .iter()
-            .any(|e| e.detail.contains(&items[0].id) && e.detail.contains("Renamed on the master")));
+        assert!(
+            repairs
+                .iter()
+                .any(|e| e.detail.contains(&items[0].id)
+                    && e.detail.contains("Renamed on the master"))
+        );
         let _ = db.close().await;
     }
 }
@@ -278,7 +331,11 @@ async fn sites_that_cannot_be_checked_say_why() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert!(status.message().contains("sync_ids[0]"), "{}", status.message());
+        assert!(
+            status.message().contains("sync_ids[0]"),
+            "{}",
+            status.message()
+        );
         let status = admin
             .verify_sites(pb::VerifySitesRequest {
                 sync_ids: vec![2, 5],
@@ -287,7 +344,11 @@ async fn sites_that_cannot_be_checked_say_why() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::NotFound);
-        assert!(status.message().contains("sync_ids[1]"), "{}", status.message());
+        assert!(
+            status.message().contains("sync_ids[1]"),
+            "{}",
+            status.message()
+        );
 
         // A protocol version 1 satellite is connected but cannot answer.
         let channel = tonic::transport::Endpoint::from_shared(master.url())
@@ -307,15 +368,16 @@ async fn sites_that_cannot_be_checked_say_why() {
             })),
         })
         .unwrap();
-        let mut request =
-            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         request.metadata_mut().insert(
             "authorization",
             storesync_shared::kit::auth::basic_header(SYNC_USER, SYNC_PASSWORD)
                 .parse()
                 .unwrap(),
         );
-        request.metadata_mut().insert("x-sync-id", "2".parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-sync-id", "2".parse().unwrap());
         let mut inbound = old::sync_service_client::SyncServiceClient::new(channel)
             .sync(request)
             .await
@@ -344,14 +406,19 @@ async fn sites_that_cannot_be_checked_say_why() {
                 (3, pb::VerifyOutcome::NotConnected)
             ]
         );
-        assert!(results[0].message.contains("cannot verify: version"), "{}", results[0].message);
+        assert!(
+            results[0].message.contains("cannot verify: version"),
+            "{}",
+            results[0].message
+        );
 
         // The version 1 satellite was sent nothing it does not know.
         let until = tokio::time::Instant::now() + Duration::from_secs(2);
-        while let Ok(Ok(Some(message))) =
-            tokio::time::timeout_at(until, inbound.message()).await
-        {
-            assert!(message.message.is_some(), "a message of a kind version 1 does not know");
+        while let Ok(Ok(Some(message))) = tokio::time::timeout_at(until, inbound.message()).await {
+            assert!(
+                message.message.is_some(),
+                "a message of a kind version 1 does not know"
+            );
         }
         drop(tx);
     }

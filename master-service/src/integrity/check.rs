@@ -232,8 +232,10 @@ async fn settle(
         if link.acked.borrow().cursor < head {
             continue;
         }
-        link.send(master_message::Message::VerifyBegin(VerifyBegin { check_id }))
-            .await?;
+        link.send(master_message::Message::VerifyBegin(VerifyBegin {
+            check_id,
+        }))
+        .await?;
         let reply = link.reply(check_id).await?;
         let acked = acked_seq(db, sync_id).await?;
         if reply.outbox_pending > 0 || u64::try_from(acked).ok() != Some(reply.upstream_last_seq) {
@@ -241,7 +243,10 @@ async fn settle(
         }
         let mut master = Vec::new();
         for table in tables::SYNCED {
-            master.push((*table, integrity::index(db, *table, scope_of(*table, store_id)).await?));
+            master.push((
+                *table,
+                integrity::index(db, *table, scope_of(*table, store_id)).await?,
+            ));
         }
         if changelog::head(db).await? != head || acked_seq(db, sync_id).await? != acked {
             continue;
@@ -377,10 +382,12 @@ async fn ask(
 /// The upstream sequence of site `sync_id` the master has applied.
 async fn acked_seq(db: &DatabaseConnection, sync_id: u32) -> Result<i64> {
     use sea_orm::EntityTrait;
-    Ok(crate::entities::site::Entity::find_by_id(crate::sync::upstream::sync_id_i32(sync_id))
-        .one(db)
-        .await?
-        .map_or(0, |site| site.upstream_acked_seq))
+    Ok(
+        crate::entities::site::Entity::find_by_id(crate::sync::upstream::sync_id_i32(sync_id))
+            .one(db)
+            .await?
+            .map_or(0, |site| site.upstream_acked_seq),
+    )
 }
 
 /// Sends the repair of `found.differences` and waits for the site to apply it.
@@ -434,7 +441,11 @@ async fn repair(
                     "absent at the site".into(),
                 ]);
             }
-            (Owner::Store { .. }, pb::DifferenceSide::SiteOnly | pb::DifferenceSide::BothDiffer, _) => {
+            (
+                Owner::Store { .. },
+                pb::DifferenceSide::SiteOnly | pb::DifferenceSide::BothDiffer,
+                _,
+            ) => {
                 *action = "re-sent by the site".into();
                 message.resend.push(reference);
                 found.repairs.push([

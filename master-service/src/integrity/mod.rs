@@ -76,8 +76,7 @@ impl Verifiers {
     /// Session `session_id` of `sync_id` takes checks from `jobs` (it
     /// replaces an older session's verifier).
     pub fn register(&self, sync_id: u32, session_id: &str, jobs: mpsc::Sender<Job>) {
-        self.active()
-            .insert(sync_id, (session_id.to_owned(), jobs));
+        self.active().insert(sync_id, (session_id.to_owned(), jobs));
     }
 
     /// Session `session_id` ended; a newer session's verifier stays.

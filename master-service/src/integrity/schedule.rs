@@ -19,7 +19,9 @@ pub const ACTOR: &str = "schedule";
 /// Whether site `sync_id` is due for a check every `every`.
 pub async fn due(db: &sea_orm::DatabaseConnection, sync_id: u32, every: Duration) -> bool {
     match record::last_checked(db, sync_id).await {
-        Ok(last) => now_ms().saturating_sub(last) >= i64::try_from(every.as_millis()).unwrap_or(i64::MAX),
+        Ok(last) => {
+            now_ms().saturating_sub(last) >= i64::try_from(every.as_millis()).unwrap_or(i64::MAX)
+        }
         Err(error) => {
             tracing::warn!(sync_id, %error, "could not read the last integrity check");
             false

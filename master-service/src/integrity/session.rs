@@ -90,7 +90,14 @@ impl SessionVerifier {
             bytes: 0,
             round_trips: 0,
         };
-        let ran = check::run(&self.db, &mut link, self.sync_id, &self.store_id, report_only).await;
+        let ran = check::run(
+            &self.db,
+            &mut link,
+            self.sync_id,
+            &self.store_id,
+            report_only,
+        )
+        .await;
         result.bytes_exchanged = link.bytes;
         result.round_trips = link.round_trips;
         let mut repairs = Vec::new();

@@ -87,11 +87,7 @@ impl Verifier {
     }
 
     /// Digests or rows of the ranges asked, from the check's read.
-    pub(super) async fn request(
-        &self,
-        db: &DatabaseConnection,
-        request: VerifyRequest,
-    ) -> Message {
+    pub(super) async fn request(&self, db: &DatabaseConnection, request: VerifyRequest) -> Message {
         let mut reply = VerifyReply {
             check_id: request.check_id,
             table: request.table,
@@ -133,7 +129,12 @@ impl Verifier {
         let check_id = repair.check_id;
         match apply_repair(db, store_id, repair).await {
             Ok((applied, resent, skipped)) => {
-                tracing::info!(applied, resent, skipped = skipped.len(), "integrity repair applied");
+                tracing::info!(
+                    applied,
+                    resent,
+                    skipped = skipped.len(),
+                    "integrity repair applied"
+                );
                 Message::VerifyRepaired(VerifyRepaired {
                     check_id,
                     applied,
@@ -205,7 +206,10 @@ async fn apply_repair(
     for run in &runs {
         if let apply::Run::Rows(table, rows) = run {
             if table.owner().store_column().is_some() {
-                if let Some(row) = rows.iter().find(|row| table.store_of(row) != Some(store_id)) {
+                if let Some(row) = rows
+                    .iter()
+                    .find(|row| table.store_of(row) != Some(store_id))
+                {
                     return Err(Error::InvalidArgument(format!(
                         "verify_repair.records: {} {} is not of this site's store",
                         table.name(),

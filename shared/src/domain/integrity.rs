@@ -103,7 +103,9 @@ impl TableIndex {
         RangeDigest {
             range: Some(*range),
             count: rows.len() as u64,
-            sum: rows.iter().fold(0u64, |sum, e| sum.wrapping_add(e.row_hash)),
+            sum: rows
+                .iter()
+                .fold(0u64, |sum, e| sum.wrapping_add(e.row_hash)),
         }
     }
 
@@ -258,11 +260,15 @@ mod tests {
 
     #[test]
     fn a_range_digest_is_the_sum_of_its_parts() {
-        let index = TableIndex::new((0..500).map(|i| entry(&format!("row-{i}"), i * 7919)).collect());
+        let index = TableIndex::new(
+            (0..500)
+                .map(|i| entry(&format!("row-{i}"), i * 7919))
+                .collect(),
+        );
         let whole = index.digest(&FULL);
         let parts = split(&FULL, 16);
-        assert_eq!(parts.first().unwrap().low, 0);
-        assert_eq!(parts.last().unwrap().high, u64::MAX);
+        assert_eq!(parts.first().expect("a first part").low, 0);
+        assert_eq!(parts.last().expect("a last part").high, u64::MAX);
         for pair in parts.windows(2) {
             assert_eq!(pair[0].high + 1, pair[1].low);
         }
