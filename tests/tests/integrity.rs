@@ -389,15 +389,23 @@ async fn sites_that_cannot_be_checked_say_why() {
             Some(old::master_message::Message::Welcome(_))
         ));
 
-        let results = admin
-            .verify_sites(pb::VerifySitesRequest {
-                sync_ids: Vec::new(),
-                report_only: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .sites;
+        // The session registers just after the Welcome: ask until it has.
+        let results = storesync_tests::eventually(WAIT, "the version 1 session", || {
+            let mut admin = admin.clone();
+            async move {
+                let sites = admin
+                    .verify_sites(pb::VerifySitesRequest {
+                        sync_ids: Vec::new(),
+                        report_only: false,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .sites;
+                (sites[0].outcome() != pb::VerifyOutcome::NotConnected).then_some(sites)
+            }
+        })
+        .await;
         let outcomes: Vec<_> = results.iter().map(|r| (r.sync_id, r.outcome())).collect();
         assert_eq!(
             outcomes,
