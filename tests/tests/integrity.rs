@@ -431,3 +431,43 @@ async fn sites_that_cannot_be_checked_say_why() {
         drop(tx);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_mode_site_is_checked_on_schedule_during_its_session() {
+    for backend in backends("an_interval_mode_site_is_checked_on_schedule_during_its_session") {
+        let master_db = TestDb::new(backend);
+        // Checks every minute; the harness's sync interval is one minute too.
+        let master = Master::start(&master_db, &[("STORESYNC_VERIFY_INTERVAL_MINUTES", "1")]);
+        master.add_site(2).await;
+        create_items(&master, "INT", 2).await;
+        let satellite = Satellite::start(&master.url(), 2, "interval", &[]);
+        satellite.wait_initialised(WAIT).await;
+        // A session after the initialising one runs the due check before
+        // the satellite says Goodbye.
+        let status = storesync_tests::eventually(
+            Duration::from_secs(180),
+            "a scheduled check of the interval-mode site",
+            || async {
+                let status = master
+                    .reports()
+                    .await
+                    .sync_status(pb::SyncStatusRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .sites
+                    .into_iter()
+                    .find(|s| s.sync_id == 2)
+                    .unwrap();
+                (status.last_check_at_ms > 0).then_some(status)
+            },
+        )
+        .await;
+        assert_eq!(
+            status.last_check_outcome, "EQUAL",
+            "{}",
+            status.last_check_message
+        );
+        assert!(status.last_check_rows_compared >= 2);
+    }
+}
