@@ -47,7 +47,7 @@ impl SessionVerifier {
             let result = self
                 .check(&mut answers, scheduled_report_only, super::schedule::ACTOR)
                 .await;
-            tracing::info!(sync_id = self.sync_id, outcome = ?result.outcome(), "scheduled integrity check");
+            tracing::info!(sync_id = self.sync_id, outcome = ?result.outcome(), "scheduled integrity check at the start of an interval-mode session");
         }
         while let Some(job) = jobs.recv().await {
             let result = self.check(&mut answers, job.report_only, &job.actor).await;
