@@ -271,8 +271,18 @@ pub(super) async fn run(
     };
     watcher.abort();
     downstream.abort();
-    verifier.abort();
+    // A check that just ended (an interval-mode site says Goodbye right
+    // after its last answer) still records its result: the verifier gets no
+    // more jobs or answers, and a bounded wait to finish.
     ctx.verifiers.unregister(sync_id, &session_id);
+    drop(answers_tx);
+    let mut verifier = verifier;
+    if tokio::time::timeout(std::time::Duration::from_secs(10), &mut verifier)
+        .await
+        .is_err()
+    {
+        verifier.abort();
+    }
     end(&ctx, &span, sync_id, &tx, outcome, refused.get().cloned()).await;
     metrics::session_closed(sync_id);
     ctx.sessions.unregister(sync_id, &session_id);
