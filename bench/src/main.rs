@@ -20,7 +20,7 @@
 //! - `report`: figures, medians, the table and the JSON
 //! - `data`: backlogs, master-data changes, the initialisation data set, COPY
 //! - `procs`: memory of the processes under test
-//! - `scenarios`: the seven scenarios
+//! - `scenarios`: the eight scenarios (`verify`: the integrity check)
 
 mod data;
 mod procs;
@@ -44,6 +44,8 @@ enum Scenario {
     Footprint,
     /// Bytes per record on the wire, gzip off and on, against JSON.
     Wire,
+    /// The integrity check of a site with the `init` store: no differences, then some.
+    Verify,
     /// Every scenario.
     All,
 }
@@ -81,6 +83,9 @@ struct Args {
     /// Store records of the store a new satellite initialises.
     #[arg(long, default_value_t = 1_000_000)]
     init_records: u64,
+    /// Rows changed at the site in the verify scenario.
+    #[arg(long, default_value_t = 100)]
+    verify_differing: u64,
 }
 
 /// Sizes of one invocation.
@@ -99,6 +104,7 @@ pub struct Sizes {
     /// Idle satellites of the footprint scenario.
     pub footprint_satellites: u32,
     pub wire_records: usize,
+    pub verify_differing: u64,
 }
 
 impl Sizes {
@@ -116,6 +122,7 @@ impl Sizes {
                 init_names: 1_000,
                 footprint_satellites: 3,
                 wire_records: 2_000,
+                verify_differing: 10,
             };
         }
         Self {
@@ -130,6 +137,7 @@ impl Sizes {
             init_names: 50_000,
             footprint_satellites: 63,
             wire_records: 20_000,
+            verify_differing: args.verify_differing.max(1),
         }
     }
 }
@@ -172,6 +180,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Init,
             Scenario::Footprint,
             Scenario::Wire,
+            Scenario::Verify,
         ]
     } else {
         args.scenarios.clone()
@@ -202,6 +211,7 @@ fn main() -> anyhow::Result<()> {
                 Scenario::Init => scenarios::init_and_reports(&sizes).await,
                 Scenario::Footprint => scenarios::footprint(&sizes).await,
                 Scenario::Wire => scenarios::wire(&sizes).await,
+                Scenario::Verify => scenarios::verify(&sizes).await,
                 Scenario::All => unreachable!("expanded above"),
             }
         })?;

@@ -1,4 +1,4 @@
-//! The seven scenarios. Each starts its own master (on a scratch PostgreSQL
+//! The scenarios. Each starts its own master (on a scratch PostgreSQL
 //! database) and satellites (SQLite each) as real processes, and stops them.
 //!
 //! Every scenario also checks that what it timed really happened (row counts,
@@ -754,4 +754,161 @@ async fn data_store_id(db: &DatabaseConnection, sync_id: i32) -> anyhow::Result<
         .await?
         .ok_or_else(|| anyhow::anyhow!("no site {sync_id}"))?;
     Ok(row.try_get("", "store_id")?)
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces).
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some(user + system)
+        });
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    ticks.map_or(f64::NAN, |t| t / 100.0)
+}
+
+/// Scenario `verify`: the integrity check of a site whose store holds
+/// `init_records` records (with the items and names): with no differences,
+/// then with `verify_differing` rows changed at the site (report-only, so
+/// every run sees the same differences).
+pub async fn verify(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let (db, master) = master_with_sites(0, &[("STORESYNC_VERIFY_INTERVAL_MINUTES", "0")]).await;
+    let site = master.add_site(2).await;
+    let store_id = site.store.expect("store").id;
+    let conn = db.connect().await;
+    data::seed_store(
+        &conn,
+        &store_id,
+        sizes.init_records,
+        sizes.init_items,
+        sizes.init_names,
+    )
+    .await?;
+    let satellite = Satellite::start(&master.url(), 2, "streaming", &with_defaults(&[]));
+    let agent = satellite.agent().await;
+    wait_for_status(&agent, "the satellite to initialise", |s| s.initialised).await?;
+    let admin = master.admin().await;
+    let master_pid = master.process.child.id();
+    let rows = sizes.init_records + sizes.init_items + sizes.init_names;
+
+    let mut equal_time = Figure::new(
+        "verify",
+        format!("full check, no differences: {rows} rows"),
+        "s",
+    );
+    let mut equal_cpu =
+        Figure::new("verify", "master CPU time of that check", "s").target(Target::Below(5.0));
+    let mut equal_bytes =
+        Figure::new("verify", "bytes exchanged by that check", "KiB").target(Target::Below(1024.0));
+    let differing = sizes.verify_differing;
+    let mut diff_time = Figure::new(
+        "verify",
+        format!("full check, {differing} rows differing (report-only)"),
+        "s",
+    );
+    let mut diff_cpu = Figure::new("verify", "master CPU time of that check", "s");
+    let mut diff_bytes = Figure::new("verify", "bytes exchanged by that check", "KiB");
+    let mut diff_trips = Figure::new("verify", "round trips of that check", "");
+
+    let check = |report_only: bool| {
+        let mut admin = admin.clone();
+        async move {
+            let answer = admin
+                .verify_sites(pb::VerifySitesRequest {
+                    sync_ids: vec![2],
+                    report_only,
+                })
+                .await?
+                .into_inner();
+            let result = answer
+                .sites
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("no result"))?;
+            Ok::<_, anyhow::Error>(result)
+        }
+    };
+    for run in 0..sizes.runs {
+        let cpu = cpu_seconds(master_pid);
+        let started = Instant::now();
+        let result = check(true).await?;
+        let elapsed = started.elapsed();
+        anyhow::ensure!(
+            result.outcome() == pb::VerifyOutcome::Equal,
+            "the check of an unchanged site ended {:?} ({}), {} differing",
+            result.outcome(),
+            result.message,
+            result.rows_differing
+        );
+        // The seeded rows, and the stores' own rows (the store, its name).
+        anyhow::ensure!(
+            result.rows_compared >= rows,
+            "compared {} rows, expected at least {rows}",
+            result.rows_compared
+        );
+        eprintln!(
+            "verify run {run}: equal in {elapsed:.2?}, {} bytes, {} round trips",
+            result.bytes_exchanged, result.round_trips
+        );
+        equal_time.samples.push(elapsed.as_secs_f64());
+        equal_cpu.samples.push(cpu_seconds(master_pid) - cpu);
+        equal_bytes
+            .samples
+            .push(result.bytes_exchanged as f64 / 1024.0);
+    }
+
+    // Rows changed behind the product's back at the site.
+    let local = satellite.db.connect().await;
+    local
+        .execute_unprepared(&format!(
+            "UPDATE stock_line SET batch = batch || '-edited' WHERE id IN \
+             (SELECT id FROM stock_line ORDER BY id LIMIT {differing})"
+        ))
+        .await?;
+    drop(local);
+    for run in 0..sizes.runs {
+        let cpu = cpu_seconds(master_pid);
+        let started = Instant::now();
+        let result = check(true).await?;
+        let elapsed = started.elapsed();
+        anyhow::ensure!(
+            result.rows_differing == differing,
+            "named {} rows ({:?}: {}), expected exactly {differing}",
+            result.rows_differing,
+            result.outcome(),
+            result.message
+        );
+        anyhow::ensure!(
+            result
+                .differences
+                .iter()
+                .all(|d| d.table() == pb::Table::StockLine
+                    && d.side() == pb::DifferenceSide::BothDiffer),
+            "a difference other than the changed stock lines"
+        );
+        eprintln!(
+            "verify run {run}: {differing} differing in {elapsed:.2?}, {} bytes, {} round trips",
+            result.bytes_exchanged, result.round_trips
+        );
+        diff_time.samples.push(elapsed.as_secs_f64());
+        diff_cpu.samples.push(cpu_seconds(master_pid) - cpu);
+        diff_bytes
+            .samples
+            .push(result.bytes_exchanged as f64 / 1024.0);
+        diff_trips.samples.push(f64::from(result.round_trips));
+    }
+    Ok(vec![
+        equal_time,
+        equal_cpu,
+        equal_bytes,
+        diff_time,
+        diff_cpu,
+        diff_bytes,
+        diff_trips,
+    ])
 }

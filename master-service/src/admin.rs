@@ -260,6 +260,22 @@ impl pb::admin_service_server::AdminService for AdminApi {
             next_page_token,
         }))
     }
+
+    async fn verify_sites(
+        &self,
+        request: Request<pb::VerifySitesRequest>,
+    ) -> Result<Response<pb::VerifySitesResponse>, Status> {
+        let operator = Self::operator(&request)?;
+        let request = request.into_inner();
+        let sites = crate::integrity::verify_sites(
+            &self.state,
+            &request.sync_ids,
+            request.report_only,
+            &operator,
+        )
+        .await?;
+        Ok(Response::new(pb::VerifySitesResponse { sites }))
+    }
 }
 
 /// The offset a `ListRefusals` page token stands for (empty: the start).

@@ -421,3 +421,122 @@ fn rows_last_code(table: &Table) -> Option<&str> {
 fn progress(page: usize, rows: usize) {
     eprintln!("… page {page}: {rows} rows so far");
 }
+
+/// Which sites `master-service verify` checks, and how.
+#[derive(Clone, Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Check this site (repeatable).
+    #[arg(long = "site", required_unless_present = "all")]
+    pub sites: Vec<u32>,
+    /// Check every satellite in the "sync with" list.
+    #[arg(long, conflicts_with = "sites")]
+    pub all: bool,
+    /// Name the differences, change nothing.
+    #[arg(long)]
+    pub report_only: bool,
+}
+
+/// Runs `AdminService.VerifySites` against the master at `url` and returns
+/// the text to print: one row per site, then one per differing row, then
+/// the stock lines whose packs differ from their movements (with `json`,
+/// one object holding the three lists).
+pub async fn run_verify(
+    url: &str,
+    user: &str,
+    password: &str,
+    args: VerifyArgs,
+    format: Format,
+    tls: &ClientTls,
+) -> Result<String, String> {
+    let channel = cli::connect_with(url, user, password, tls).await?;
+    let mut client = AdminServiceClient::new(channel);
+    let answer = client
+        .verify_sites(pb::VerifySitesRequest {
+            sync_ids: if args.all { Vec::new() } else { args.sites },
+            report_only: args.report_only,
+        })
+        .await
+        .map_err(|status| cli::explain(&status))?
+        .into_inner();
+    let mut sites = Table::new(&[
+        "sync_id",
+        "outcome",
+        "compared",
+        "differing",
+        "repaired",
+        "ledger_problems",
+        "bytes",
+        "round_trips",
+        "took_ms",
+        "message",
+    ]);
+    let mut rows = Table::new(&["sync_id", "table", "id", "side", "repair"]);
+    let mut ledger = Table::new(&[
+        "sync_id",
+        "where",
+        "stock_line_id",
+        "item_id",
+        "total_packs",
+        "available_packs",
+        "expected_packs",
+    ]);
+    for site in &answer.sites {
+        sites.push(vec![
+            site.sync_id.into(),
+            site.outcome().as_str_name().into(),
+            site.rows_compared.into(),
+            site.rows_differing.into(),
+            site.rows_repaired.into(),
+            (site.site_ledger_total + site.master_ledger_total).into(),
+            site.bytes_exchanged.into(),
+            site.round_trips.into(),
+            (site.finished_at_ms - site.started_at_ms).into(),
+            site.message.clone().into(),
+        ]);
+        for difference in &site.differences {
+            rows.push(vec![
+                site.sync_id.into(),
+                difference.table().as_str_name().to_ascii_lowercase().into(),
+                difference.id.clone().into(),
+                difference.side().as_str_name().to_ascii_lowercase().into(),
+                difference.repair.clone().into(),
+            ]);
+        }
+        for (place, problems) in [("site", &site.site_ledger), ("master", &site.master_ledger)] {
+            for problem in problems {
+                ledger.push(vec![
+                    site.sync_id.into(),
+                    place.into(),
+                    problem.stock_line_id.clone().into(),
+                    problem.item_id.clone().into(),
+                    number(problem.total_packs),
+                    number(problem.available_packs),
+                    number(problem.expected_total_packs),
+                ]);
+            }
+        }
+    }
+    if format == Format::Json {
+        let parse = |table: &Table| {
+            serde_json::from_str::<Value>(&table.render(Format::Json, false)).unwrap_or(Value::Null)
+        };
+        let mut text = serde_json::to_string_pretty(&serde_json::json!({
+            "sites": parse(&sites),
+            "differences": parse(&rows),
+            "ledger": parse(&ledger),
+        }))
+        .unwrap_or_default();
+        text.push('\n');
+        return Ok(text);
+    }
+    let mut text = sites.render(format, false);
+    if !rows.rows.is_empty() {
+        text.push('\n');
+        text.push_str(&rows.render(format, false));
+    }
+    if !ledger.rows.is_empty() {
+        text.push('\n');
+        text.push_str(&ledger.render(format, false));
+    }
+    Ok(text)
+}

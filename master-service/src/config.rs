@@ -140,6 +140,18 @@ storesync_shared::settings! {
         changelog_prune_seconds: u64 = 600,
             env "STORESYNC_CHANGELOG_PRUNE_SECONDS",
             check number((1, 86_400));
+        /// Minutes between scheduled integrity checks of each connected site (0: off).
+        verify_interval_minutes: u64 = 60,
+            env "STORESYNC_VERIFY_INTERVAL_MINUTES",
+            check number((0, 10_080));
+        /// Scheduled integrity checks only report (true) or also repair (false).
+        verify_report_only: bool = false,
+            env "STORESYNC_VERIFY_REPORT_ONLY",
+            check |text| match text {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(format!("{text:?}: use true or false")),
+            };
         /// Records per downstream batch (change log and snapshots).
         downstream_batch_records: usize = 10_000,
             env "STORESYNC_DOWNSTREAM_BATCH_RECORDS",
@@ -223,6 +235,10 @@ pub struct Config {
     pub changelog_prune_seconds: u64,
     /// Records per downstream batch.
     pub downstream_batch_records: usize,
+    /// Minutes between scheduled integrity checks of a site (0: off).
+    pub verify_interval_minutes: u64,
+    /// Scheduled integrity checks only report.
+    pub verify_report_only: bool,
     /// TLS certificate and key (PEM) of the gRPC server; both or neither.
     pub tls: Option<TlsFiles>,
     /// Log line format.
@@ -338,6 +354,8 @@ impl Config {
                 heartbeat_seconds: s.heartbeat_seconds,
                 changelog_prune_seconds: s.changelog_prune_seconds,
                 downstream_batch_records: s.downstream_batch_records,
+                verify_interval_minutes: s.verify_interval_minutes,
+                verify_report_only: s.verify_report_only,
                 tls,
                 log_format: s.log_format,
             })

@@ -42,6 +42,7 @@ pub mod config;
 pub mod demo;
 pub mod entities;
 pub mod error;
+pub mod integrity;
 pub mod master_data;
 pub mod metrics;
 pub mod preferences;
@@ -116,6 +117,8 @@ pub async fn serve(
         sync::SyncSettings {
             heartbeat: Duration::from_secs(state.config.heartbeat_seconds),
             downstream_batch_records: state.config.downstream_batch_records,
+            verify_every: verify_every(&state.config),
+            verify_report_only: state.config.verify_report_only,
             ..sync::SyncSettings::default()
         },
         &state.site_changes,
@@ -127,6 +130,13 @@ pub async fn serve(
         )),
         tokio::spawn(watch_database(db.clone(), health.clone())),
     ];
+    if let Some(every) = verify_every(&state.config) {
+        background.push(tokio::spawn(integrity::schedule::run(
+            state.clone(),
+            every,
+            state.config.verify_report_only,
+        )));
+    }
     if storesync_shared::domain::db::is_postgres(&state.config.database_url) {
         // Other replicas on the same database wake this one's streams.
         background.push(sync.start_cluster_listener(state.config.database_url.clone()));
@@ -226,6 +236,12 @@ pub async fn serve(
     db.close().await.ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The period of scheduled integrity checks (`None`: off).
+fn verify_every(config: &Config) -> Option<Duration> {
+    (config.verify_interval_minutes > 0)
+        .then(|| Duration::from_secs(config.verify_interval_minutes * 60))
 }
 
 /// Reports NOT_SERVING while the database cannot be reached and SERVING again

@@ -1,5 +1,6 @@
 //! `master-service [serve]`: reads the configuration and runs [`master_service::serve`].
 //! `master-service report …` asks a running master for a report;
+//! `master-service verify --site N | --all [--report-only]` runs its integrity check;
 //! `master-service demo` runs a master and two satellites with sample data.
 
 use std::process::ExitCode;
@@ -28,6 +29,14 @@ enum Command {
         #[command(flatten)]
         client: master_service::cli::ClientArgs,
     },
+    /// Check that sites hold what the master holds for them, and repair
+    /// what differs (unless --report-only), over their live sync sessions.
+    Verify {
+        #[command(flatten)]
+        verify: master_service::cli::VerifyArgs,
+        #[command(flatten)]
+        client: master_service::cli::ClientArgs,
+    },
     /// Start a master and two satellites with sample data; Ctrl-C stops them.
     Demo(master_service::demo::DemoArgs),
 }
@@ -37,6 +46,18 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Report { report, client }) => {
             return report_command(&cli.args, report, client)
+        }
+        Some(Command::Verify { verify, client }) => {
+            return client_command(
+                &cli.args,
+                "verify",
+                client,
+                |url, user, password, format, tls| {
+                    Box::pin(master_service::cli::run_verify(
+                        url, user, password, verify, format, tls,
+                    ))
+                },
+            )
         }
         Some(Command::Demo(demo)) => return demo_command(demo),
         Some(Command::Serve) | None => {}
@@ -100,8 +121,38 @@ fn report_command(
     report: master_service::cli::Report,
     client: master_service::cli::ClientArgs,
 ) -> ExitCode {
+    client_command(
+        args,
+        "report",
+        client,
+        |url, user, password, format, tls| {
+            Box::pin(master_service::cli::run_report(
+                url, user, password, report, format, tls,
+            ))
+        },
+    )
+}
+
+/// The future of one client command.
+type ClientFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + 'a>>;
+
+/// Runs a client command against the master with the operator's credentials
+/// and prints its text.
+fn client_command(
+    args: &Args,
+    name: &str,
+    client: master_service::cli::ClientArgs,
+    call: impl for<'a> FnOnce(
+        &'a str,
+        &'a str,
+        &'a str,
+        storesync_shared::kit::cli::Format,
+        &'a storesync_shared::kit::cli::ClientTls,
+    ) -> ClientFuture<'a>,
+) -> ExitCode {
     let Some(password) = args.operator_password.clone() else {
-        eprintln!("master-service report: set the operator password with STORESYNC_OPERATOR_PASSWORD or --operator-password");
+        eprintln!("master-service {name}: set the operator password with STORESYNC_OPERATOR_PASSWORD or --operator-password");
         return ExitCode::from(2);
     };
     let user = args
@@ -113,21 +164,14 @@ fn report_command(
         args.listen.as_deref(),
         master_service::config::DEFAULT_LISTEN,
     );
-    let outcome = block_on(master_service::cli::run_report(
-        &url,
-        &user,
-        &password,
-        report,
-        client.format,
-        &client.tls,
-    ));
+    let outcome = block_on(call(&url, &user, &password, client.format, &client.tls));
     match outcome {
         Ok(Ok(text)) => {
             print!("{text}");
             ExitCode::SUCCESS
         }
         Ok(Err(error)) => {
-            eprintln!("master-service report: {error}");
+            eprintln!("master-service {name}: {error}");
             ExitCode::FAILURE
         }
         Err(code) => code,

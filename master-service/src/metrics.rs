@@ -39,6 +39,10 @@ pub struct MasterMetrics {
     init_progress: Gauge<f64>,
     protocol_version: Gauge<u64>,
     ready: Gauge<u64>,
+    integrity_checked: Counter<u64>,
+    integrity_differing: Counter<u64>,
+    integrity_repaired: Counter<u64>,
+    integrity_last_success: Gauge<f64>,
 }
 
 static METRICS: LazyLock<MasterMetrics> = LazyLock::new(|| {
@@ -77,6 +81,10 @@ static METRICS: LazyLock<MasterMetrics> = LazyLock::new(|| {
             .with_unit(catalog::SERVER_READY.unit)
             .with_description(catalog::SERVER_READY.description)
             .build(),
+        integrity_checked: counter(&meter, catalog::INTEGRITY_CHECKED),
+        integrity_differing: counter(&meter, catalog::INTEGRITY_DIFFERING),
+        integrity_repaired: counter(&meter, catalog::INTEGRITY_REPAIRED),
+        integrity_last_success: f64_gauge(&meter, catalog::INTEGRITY_LAST_SUCCESS),
     }
 });
 
@@ -106,6 +114,30 @@ fn f64_gauge(meter: &Meter, desc: MetricDesc) -> Gauge<f64> {
 
 fn site(sync_id: u32) -> KeyValue {
     KeyValue::new(catalog::SYNC_ID, i64::from(sync_id))
+}
+
+/// An integrity check of `sync_id` ended with `result`.
+pub fn integrity_checked(sync_id: u32, result: &storesync_shared::proto::v1::SiteVerification) {
+    use storesync_shared::proto::v1::VerifyOutcome;
+    let outcome = result.outcome();
+    METRICS.integrity_checked.add(
+        1,
+        &[
+            site(sync_id),
+            KeyValue::new("outcome", outcome.as_str_name()),
+        ],
+    );
+    METRICS
+        .integrity_differing
+        .add(result.rows_differing, &[site(sync_id)]);
+    METRICS
+        .integrity_repaired
+        .add(result.rows_repaired, &[site(sync_id)]);
+    if matches!(outcome, VerifyOutcome::Equal | VerifyOutcome::Different) {
+        METRICS
+            .integrity_last_success
+            .record(result.finished_at_ms as f64 / 1000.0, &[site(sync_id)]);
+    }
 }
 
 /// A session of `sync_id` opened on this process.

@@ -65,6 +65,7 @@ pub async fn sync_status(
         .collect();
     let head = changelog::head(db).await?;
     let refusals = crate::sync::refusals::counts(db).await?;
+    let checks = crate::integrity::record::latest(db).await?;
     let now = now_ms();
     let mut rows = Vec::with_capacity(sites.len());
     for site in sites {
@@ -121,9 +122,27 @@ pub async fn sync_status(
             refusals: refusals.get(&site.sync_id).map_or(0, |r| r.0),
             last_refusal_at_ms: refusals.get(&site.sync_id).map_or(0, |r| r.1),
             protocol_version: status.map_or(0, |s| u32::try_from(s.protocol_version).unwrap_or(0)),
+            ..check_fields(checks.get(&u32::try_from(site.sync_id).unwrap_or(0)))
         });
     }
     Ok(rows)
+}
+
+/// The fields of a site's latest integrity check (`None`: never checked).
+fn check_fields(latest: Option<&crate::integrity::record::Latest>) -> pb::SiteSyncStatus {
+    let Some(latest) = latest else {
+        return pb::SiteSyncStatus::default();
+    };
+    pb::SiteSyncStatus {
+        last_check_at_ms: latest.finished_at_ms,
+        last_check_outcome: latest.outcome.clone(),
+        last_check_rows_compared: latest.rows_compared,
+        last_check_rows_differing: latest.rows_differing,
+        last_check_rows_repaired: latest.rows_repaired,
+        last_check_ledger_problems: latest.ledger_problems,
+        last_check_message: latest.message.clone(),
+        ..Default::default()
+    }
 }
 
 #[tonic::async_trait]

@@ -36,6 +36,7 @@ impl MigratorTrait for Migrator {
         migrations.push(Box::new(ProtocolVersion));
         migrations.push(Box::new(ChangeTraces));
         migrations.push(Box::new(Transfers));
+        migrations.push(Box::new(Integrity));
         migrations
     }
 }
@@ -261,3 +262,24 @@ CREATE TABLE changelog_epoch (
     started_at_ms BIGINT NOT NULL
 )
 "#;
+
+/// `integrity_check`: each site's integrity checks (see `crate::integrity::record`).
+struct Integrity;
+
+impl MigrationName for Integrity {
+    fn name(&self) -> &str {
+        "m0120_integrity"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for Integrity {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(
+            manager.get_connection(),
+            crate::integrity::record::MIGRATION,
+        )
+        .await
+    }
+}

@@ -26,7 +26,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 ///
 /// - 1: the first release (frozen in `tests/contract/v1`).
 /// - 2: rows the master hands over to a store's site (a transfer's inbound
-///   shipment) and `Transfer` records (`docs/TRANSFERS.md`).
+///   shipment) and `Transfer` records (`docs/TRANSFERS.md`); the integrity
+///   check's messages (`Verify*`, `docs/INTEGRITY.md`). A version 1
+///   satellite is sent none of them.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first protocol version that takes rows the master hands over to a
@@ -39,6 +41,9 @@ pub const HANDOVER_PROTOCOL_VERSION: u32 = 2;
 pub fn knows_table(version: u32, table: proto::v1::Table) -> bool {
     version >= HANDOVER_PROTOCOL_VERSION || (table as i32) <= proto::v1::Table::InvoiceLine as i32
 }
+
+/// The oldest sync protocol version whose satellites answer an integrity check.
+pub const VERIFY_PROTOCOL_VERSION: u32 = 2;
 
 /// The oldest sync protocol version this build's master accepts from a
 /// satellite: the window `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION` lets sites

@@ -27,6 +27,7 @@ pub mod otlp;
 pub mod proxy;
 pub mod raw;
 pub mod satellite;
+pub mod verify;
 
 /// Path of a workspace binary built alongside the tests.
 pub fn bin_path(name: &str, override_var: &str) -> PathBuf {

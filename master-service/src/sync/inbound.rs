@@ -7,7 +7,9 @@
 //! - [`Inbound::on_downstream_ack`]: moves the site's cursor and wakes the
 //!   downstream half, which waits for acks to keep its window;
 //! - [`Inbound::on_heartbeat`]: refreshes the site's status, and ends the
-//!   session if another one has claimed the site since.
+//!   session if another one has claimed the site since;
+//! - [`Inbound::on_verify_answer`]: hands the satellite's answers to an
+//!   integrity check to the session's verifier (`crate::integrity`).
 //!
 //! A satellite silent for three heartbeats is taken as gone (`UNAVAILABLE`).
 
@@ -19,7 +21,7 @@ use storesync_shared::proto::v1::{
     UpstreamAck, UpstreamBatch,
 };
 use storesync_shared::{Error, Result};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
@@ -44,6 +46,9 @@ pub(super) struct Inbound<'a> {
     /// Set to the record an upstream batch was refused for, so the session's
     /// `SyncError` can name it.
     pub(super) refused: &'a OnceLock<RecordRef>,
+    /// To the session's integrity verifier (`crate::integrity::session`):
+    /// the satellite's answers to a check.
+    pub(super) verify_answers: &'a mpsc::Sender<satellite_message::Message>,
 }
 
 impl Inbound<'_> {
@@ -74,6 +79,11 @@ impl Inbound<'_> {
                     self.on_heartbeat(beat).await?
                 }
                 Some(satellite_message::Message::Goodbye(_)) => return Ok(()),
+                Some(
+                    answer @ (satellite_message::Message::VerifyReply(_)
+                    | satellite_message::Message::VerifyRepaired(_)
+                    | satellite_message::Message::VerifyLedger(_)),
+                ) => self.on_verify_answer(answer),
                 Some(satellite_message::Message::Hello(_)) => {
                     return Err(Error::InvalidArgument(
                         "a session takes one Hello, at its start".into(),
@@ -200,6 +210,17 @@ impl Inbound<'_> {
             self.ctx.notifier.committed(seq);
         }
         Ok(())
+    }
+
+    /// An answer to the integrity check in progress goes to the session's
+    /// verifier; with no check waiting (it gave up), it is dropped.
+    fn on_verify_answer(&self, answer: satellite_message::Message) {
+        if self.verify_answers.try_send(answer).is_err() {
+            tracing::debug!(
+                sync_id = self.identity.sync_id,
+                "dropped an integrity answer no check waits for"
+            );
+        }
     }
 
     /// The satellite is alive; a session that lost its claim ends (`ABORTED`).

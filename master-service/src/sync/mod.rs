@@ -75,6 +75,10 @@ pub struct SyncSettings {
     /// Re-read the change log this often even without a wake-up (a missed
     /// notification then costs at most this long).
     pub poll_fallback: Duration,
+    /// Scheduled integrity checks: how often per site (`None`: off), and
+    /// whether they only report (see `crate::integrity::schedule`).
+    pub verify_every: Option<Duration>,
+    pub verify_report_only: bool,
 }
 
 impl Default for SyncSettings {
@@ -93,6 +97,8 @@ impl Default for SyncSettings {
             downstream_window: 2,
             hello_timeout: Duration::from_secs(30),
             poll_fallback: Duration::from_secs(5),
+            verify_every: None,
+            verify_report_only: false,
         }
     }
 }
@@ -104,6 +110,8 @@ pub struct SyncContext {
     pub notifier: ChangeNotifier,
     pub settings: Arc<SyncSettings>,
     sessions: Arc<Sessions>,
+    /// The integrity checks of this process's sessions.
+    pub(crate) verifiers: Arc<crate::integrity::Verifiers>,
     /// Wrong sync credentials, counted per Sync ID and per source address.
     failures_by_site: Arc<Throttle<u32>>,
     failures_by_source: Arc<Throttle<Option<std::net::IpAddr>>>,
@@ -124,6 +132,7 @@ impl SyncContext {
             notifier,
             settings: Arc::new(settings),
             sessions: site_changes.sessions.clone(),
+            verifiers: site_changes.verifiers.clone(),
             failures_by_site: Arc::new(Throttle::default()),
             failures_by_source: Arc::new(Throttle::default()),
             shutdown: watch::channel(false).0,

@@ -37,9 +37,16 @@ pub(super) struct Sessions {
 #[derive(Clone, Default)]
 pub struct SiteChanges {
     pub(super) sessions: Arc<Sessions>,
+    /// The integrity checks this process's sessions can run.
+    pub(super) verifiers: Arc<crate::integrity::Verifiers>,
 }
 
 impl SiteChanges {
+    /// The integrity checks this process's sessions can run.
+    pub fn verifiers(&self) -> &crate::integrity::Verifiers {
+        &self.verifiers
+    }
+
     /// Site `sync_id` (`None`: every site) changed: its session re-checks.
     pub fn changed(&self, sync_id: Option<u32>) {
         self.sessions.recheck(sync_id);

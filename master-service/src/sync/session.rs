@@ -171,6 +171,40 @@ pub(super) async fn run(
         init_records_done: 0,
     });
     let initialising = start != downstream::Start::Continue;
+    // The integrity checks of this session (see `crate::integrity`). An
+    // interval-mode site due for its scheduled check is told before anything
+    // else is sent, so that it stays until the check has run.
+    let verify_due = !initialising
+        && hello.protocol_version >= storesync_shared::VERIFY_PROTOCOL_VERSION
+        && mode == "interval"
+        && match ctx.settings.verify_every {
+            Some(every) => crate::integrity::schedule::due(&ctx.db, sync_id, every).await,
+            None => false,
+        };
+    if verify_due {
+        let _ = downstream::send(
+            &tx,
+            master_message::Message::VerifyBegin(storesync_shared::proto::v1::VerifyBegin {
+                check_id: 0,
+            }),
+        )
+        .await;
+    }
+    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(4);
+    let (answers_tx, answers_rx) = tokio::sync::mpsc::channel(16);
+    ctx.verifiers.register(sync_id, &session_id, jobs_tx);
+    let verifier = tokio::spawn(
+        crate::integrity::session::SessionVerifier {
+            db: ctx.db.clone(),
+            sync_id,
+            store_id: identity.store_id.clone(),
+            protocol_version: hello.protocol_version,
+            tx: tx.clone(),
+            acked: ack_rx.clone(),
+            due_at_start: verify_due,
+        }
+        .serve(jobs_rx, answers_rx, ctx.settings.verify_report_only),
+    );
     let mut downstream = tokio::spawn(downstream::run(
         ctx.clone(),
         sync_id,
@@ -221,6 +255,7 @@ pub(super) async fn run(
             tx: &tx,
             acks: &ack_tx,
             refused: &refused,
+            verify_answers: &answers_tx,
         }
         .run(inbound);
         tokio::pin!(inbound_half);
@@ -237,6 +272,18 @@ pub(super) async fn run(
     };
     watcher.abort();
     downstream.abort();
+    // A check that just ended (an interval-mode site says Goodbye right
+    // after its last answer) still records its result: the verifier gets no
+    // more jobs or answers, and a bounded wait to finish.
+    ctx.verifiers.unregister(sync_id, &session_id);
+    drop(answers_tx);
+    let mut verifier = verifier;
+    if tokio::time::timeout(std::time::Duration::from_secs(10), &mut verifier)
+        .await
+        .is_err()
+    {
+        verifier.abort();
+    }
     end(&ctx, &span, sync_id, &tx, outcome, refused.get().cloned()).await;
     metrics::session_closed(sync_id);
     ctx.sessions.unregister(sync_id, &session_id);

@@ -29,6 +29,7 @@ mod connect;
 mod handshake;
 pub mod repush;
 mod session;
+mod verify;
 
 use std::time::Duration;
 

@@ -5,7 +5,8 @@
 //! module's doc).
 //!
 //! In interval mode, once the master has caught up, nothing is initialising
-//! and every upstream batch is acknowledged, the satellite says Goodbye.
+//! and every upstream batch is acknowledged, the satellite says Goodbye
+//! (not while the master's integrity check is open, see [`super::verify`]).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use tracing::Instrument;
 
 use super::connect::status_error;
 use super::handshake::Opened;
+use super::verify::Verifier;
 use super::{apply, ClientSettings};
 use crate::entities::outbox as outbox_table;
 use crate::outbox;
@@ -55,6 +57,8 @@ pub(super) struct Session<'a> {
     caught_up: bool,
     /// The master's last `SyncError`: it explains the status that follows.
     master_error: Option<String>,
+    /// The master's integrity check in progress (see [`super::verify`]).
+    verifier: Verifier,
 }
 
 impl<'a> Session<'a> {
@@ -86,6 +90,7 @@ impl<'a> Session<'a> {
             batch_bytes: settings.batch_bytes.min(FIRST_BATCH_BYTES),
             caught_up: false,
             master_error: None,
+            verifier: Verifier::default(),
             welcome,
         };
         (session, inbound)
@@ -109,6 +114,7 @@ impl<'a> Session<'a> {
                 && self.caught_up
                 && !self.initialising
                 && self.in_flight.is_empty()
+                && !self.verifier.is_open()
             {
                 if self.say_goodbye_if_done().await? {
                     wait_closed(&mut inbound, idle_limit).await;
@@ -130,6 +136,24 @@ impl<'a> Session<'a> {
                         Some(master_message::Message::CaughtUp(caught_up)) => self.on_caught_up(caught_up),
                         Some(master_message::Message::Heartbeat(beat)) => self.on_heartbeat(beat),
                         Some(master_message::Message::Error(error)) => self.on_error(error),
+                        Some(master_message::Message::VerifyBegin(begin)) => {
+                            if let Some(answer) = self.verifier.begin(self.db, begin).await {
+                                send(&self.tx, answer).await?;
+                            }
+                        }
+                        Some(master_message::Message::VerifyRequest(request)) => {
+                            let answer = self.verifier.request(self.db, request).await;
+                            send(&self.tx, answer).await?;
+                        }
+                        Some(master_message::Message::VerifyRepair(repair)) => {
+                            let store = self.welcome.store.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+                            let answer = self.verifier.repair(self.db, &store, repair).await;
+                            send(&self.tx, answer).await?;
+                        }
+                        Some(master_message::Message::VerifyEnd(end)) => {
+                            let answer = self.verifier.end(self.db, end).await;
+                            send(&self.tx, answer).await?;
+                        }
                         Some(master_message::Message::Welcome(_)) => {
                             return Err(Error::InvalidArgument("a second Welcome from the master".into()));
                         }

@@ -12,11 +12,14 @@
 //! - [`store_ops`]: a store's rules (invoices move stock, never below zero)
 //!   and its reads; [`store_service`]: the `StoreService` adapter over them,
 //!   with a [`store_service::StoreContext`] for what differs per site.
+//! - [`integrity`]: digests of the synced tables and the stock ledger, for
+//!   the integrity check both sides run.
 //! - [`master_data_read`]: reading items and names (writing is the master's).
 pub mod convert;
 pub mod db;
 pub mod entities;
 pub mod error;
+pub mod integrity;
 pub mod master_data_read;
 pub mod schema;
 pub mod store_ops;

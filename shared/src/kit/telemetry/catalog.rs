@@ -178,8 +178,44 @@ pub const RPC_SERVER_DURATION: MetricDesc = MetricDesc {
     description: "gRPC server call duration to the response headers",
 };
 
+/// Integrity checks run, by site and outcome (VerifyOutcome name). Master.
+pub const INTEGRITY_CHECKED: MetricDesc = MetricDesc {
+    name: "storesync.integrity.checked",
+    unit: "{check}",
+    kind: MetricKind::Counter,
+    description: "Integrity checks run, by outcome",
+};
+
+/// Rows an integrity check found differing between a site and the master. Master.
+pub const INTEGRITY_DIFFERING: MetricDesc = MetricDesc {
+    name: "storesync.integrity.differing",
+    unit: "{record}",
+    kind: MetricKind::Counter,
+    description: "Rows found differing between a site and the master",
+};
+
+/// Rows an integrity check repaired. Master.
+pub const INTEGRITY_REPAIRED: MetricDesc = MetricDesc {
+    name: "storesync.integrity.repaired",
+    unit: "{record}",
+    kind: MetricKind::Counter,
+    description: "Rows repaired by integrity checks",
+};
+
+/// When a site's latest settled integrity check ended (equal or repaired). Master.
+pub const INTEGRITY_LAST_SUCCESS: MetricDesc = MetricDesc {
+    name: "storesync.integrity.last_success",
+    unit: "s",
+    kind: MetricKind::Gauge,
+    description: "Unix time of the site's latest settled integrity check",
+};
+
 /// Everything above.
 pub const ALL: &[MetricDesc] = &[
+    INTEGRITY_CHECKED,
+    INTEGRITY_DIFFERING,
+    INTEGRITY_REPAIRED,
+    INTEGRITY_LAST_SUCCESS,
     SITES_CONNECTED,
     RECORDS_APPLIED,
     BATCH_DURATION,
