@@ -18,6 +18,7 @@ pub mod db;
 pub mod entities;
 pub mod error;
 pub mod master_data_read;
+pub mod requisitions;
 pub mod schema;
 pub mod store_ops;
 pub mod store_service;
