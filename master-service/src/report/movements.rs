@@ -21,6 +21,8 @@ use super::query::{check_store_ids, decode_token, encode_token};
 use crate::error::Result;
 
 /// A statement's placeholders, numbered from the values already bound.
+/// Values must be bound in the order their placeholders appear in the
+/// statement: SQLite's `?` are positional.
 struct Binds {
     backend: DbBackend,
     values: Vec<Value>,
@@ -121,9 +123,10 @@ pub async fn open_requisitions<C: ConnectionTrait>(
     check_store_ids(db, "store_ids", &request.store_ids).await?;
     let backend = db.get_database_backend();
     let mut binds = Binds::new(backend);
+    // Bound in the order they appear in the statement (SQLite's `?`).
+    let response_kind = binds.bind(pb::RequisitionKind::Response.as_str_name());
     let request_kind = binds.bind(pb::RequisitionKind::Request.as_str_name());
     let sent = binds.bind(pb::RequisitionStatus::RequisitionSent.as_str_name());
-    let response_kind = binds.bind(pb::RequisitionKind::Response.as_str_name());
     let finalised = binds.bind(pb::RequisitionStatus::RequisitionFinalised.as_str_name());
     let mut filter = String::new();
     if !request.store_ids.is_empty() {

@@ -103,8 +103,13 @@ pub(crate) async fn check_destination<C: ConnectionTrait>(
 ) -> Result<()> {
     validate::uuid(field, to_store_id)?;
     if to_store_id == store_id {
+        let verb = if field == "to_store_id" {
+            "ship to"
+        } else {
+            "request from"
+        };
         return Err(Error::FailedPrecondition(format!(
-            "{field}: a store cannot ship to or request from itself"
+            "{field}: a store cannot {verb} itself"
         )));
     }
     let found = name::Entity::find_by_id(to_store_id.to_owned())
