@@ -855,20 +855,19 @@ async fn check_requisition_rows<C: ConnectionTrait>(
                             "adds a line to a response requisition".into(),
                         );
                     }
-                    None => {}
-                    Some(before) => {
+                    Some(before)
                         if text(row, "requisition_id") != before.requisition_id
                             || text(row, "item_id") != before.item_id
-                            || (double(row, "requested_quantity") - before.requested_quantity).abs()
-                                > 1e-9
-                        {
-                            return refuse_requisition(
-                                row.id(),
-                                "changes the item, quantity or requisition of a response line"
-                                    .into(),
-                            );
-                        }
+                            || (double(row, "requested_quantity") - before.requested_quantity)
+                                .abs()
+                                > 1e-9 =>
+                    {
+                        return refuse_requisition(
+                            row.id(),
+                            "changes the item, quantity or requisition of a response line".into(),
+                        );
                     }
+                    _ => {}
                 }
             }
             if let Some(id) = deletes.iter().find(|id| existing.contains_key(*id)) {
