@@ -1,7 +1,9 @@
-//! The master's half of transfers: it creates the receiving store's inbound
-//! shipment when an outbound shipment is shipped, keeps the `transfer`
-//! record, and refuses a site's writes of what only it creates. How a row
-//! changes hands is told in `docs/TRANSFERS.md`.
+//! The master's half of transfers and requisitions: it creates the
+//! receiving store's inbound shipment when an outbound shipment is shipped,
+//! keeps the `transfer` record, creates the supplying store's response when
+//! a request is sent ([`follow_requisitions`]), and refuses a site's writes
+//! of what only it creates. How a row changes hands is told in
+//! `docs/TRANSFERS.md`.
 //!
 //! # Invariant: one inbound shipment per outbound, created once
 //! [`follow`] runs in the transaction that stores the shipped outbound (the
@@ -15,6 +17,13 @@
 //! create a second one. The change-log entries handing it over are written
 //! only by the insert that created it.
 //!
+//! # Invariant: one response per request, created once
+//! The same construction: [`follow_requisitions`] runs in the transaction
+//! that stores the SENT request, the response's id is UUIDv5 of the
+//! request's ([`response_id`], a namespace of its own) and its lines' of
+//! the request lines', every row is inserted `ON CONFLICT DO NOTHING`, and
+//! only the insert that created the response writes its change-log entries.
+//!
 //! # Ownership
 //! - The outbound shipment and its lines: the sending store's site, always.
 //! - The inbound shipment and its lines: the master creates them (status
@@ -24,6 +33,14 @@
 //!   PERMISSION_DENIED naming the record) a site that creates an inbound
 //!   shipment or a line of one, deletes one, or changes what links it to the
 //!   outbound (`linked_invoice_id`, kind, the shipped packs, the item).
+//! - A request and its lines: the requesting store's site, always. A
+//!   response and its lines: the master creates them and hands them to the
+//!   supplying store's site, which alone writes them from then on (it
+//!   finalises the response). The master refuses
+//!   ([`check_site_rows`], PERMISSION_DENIED naming the record) a site that
+//!   creates a response or a line of one, deletes one, changes what links a
+//!   response to its request or a shipment to a requisition, or requests
+//!   from itself or from a store outside the sync-with list.
 //! - The `transfer` record: the master only (created with the inbound,
 //!   updated when the receiving site acknowledges the handover and when it
 //!   receives), sent to both stores' sites.
