@@ -384,6 +384,18 @@ pub fn as_json(record: &SyncRecord) -> serde_json::Value {
             "delivered_at_ms": t.delivered_at_ms, "received_at_ms": t.received_at_ms,
             "packs_shipped": t.packs_shipped, "packs_received": t.packs_received,
             "discrepancy": t.discrepancy}}),
+        Some(Record::Requisition(r)) => json!({"requisition": {
+            "id": r.id, "store_id": r.store_id, "kind": r.kind().as_str_name(),
+            "status": r.status().as_str_name(), "other_store_id": r.other_store_id,
+            "requisition_number": r.requisition_number, "reference": r.reference,
+            "created_at_ms": r.created_at_ms, "sent_at_ms": r.sent_at_ms,
+            "finalised_at_ms": r.finalised_at_ms,
+            "linked_requisition_id": r.linked_requisition_id}}),
+        Some(Record::RequisitionLine(l)) => json!({"requisition_line": {
+            "id": l.id, "requisition_id": l.requisition_id, "store_id": l.store_id,
+            "item_id": l.item_id, "requested_quantity": l.requested_quantity,
+            "stock_on_hand": l.stock_on_hand,
+            "average_monthly_consumption": l.average_monthly_consumption}}),
         Some(Record::Deleted(r)) => json!({"deleted": {
             "table": r.table().as_str_name(), "id": r.id}}),
         None => json!({}),

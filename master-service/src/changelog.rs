@@ -117,6 +117,12 @@ fn describe(record: &SyncRecord, for_store: bool) -> Result<(Table, String, bool
         Some(sync_record::Record::Transfer(r)) if for_store => {
             Ok((Table::Transfer, r.id.clone(), false))
         }
+        Some(sync_record::Record::Requisition(r)) if for_store => {
+            Ok((Table::Requisition, r.id.clone(), false))
+        }
+        Some(sync_record::Record::RequisitionLine(r)) if for_store => {
+            Ok((Table::RequisitionLine, r.id.clone(), false))
+        }
         Some(sync_record::Record::Item(item)) => Ok((Table::Item, item.id.clone(), false)),
         Some(sync_record::Record::Name(name)) => Ok((Table::Name, name.id.clone(), false)),
         Some(sync_record::Record::Deleted(r)) if matches!(r.table(), Table::Item | Table::Name) => {

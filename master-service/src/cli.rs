@@ -60,6 +60,26 @@ pub enum Report {
     },
     /// The sync state of every site in the "sync with" list.
     SyncStatus,
+    /// Stock shipped between stores and not yet received, per store pair,
+    /// with the age of the oldest shipment.
+    StockInTransit {
+        /// Only transfers from or to this store (repeatable).
+        #[arg(long = "store-id")]
+        store_ids: Vec<String>,
+    },
+    /// Sent requisitions whose response is not finalised, with units
+    /// requested and supplied.
+    OpenRequisitions {
+        /// Only requisitions of or to this store (repeatable).
+        #[arg(long = "store-id")]
+        store_ids: Vec<String>,
+    },
+    /// Received transfers whose packs received differ from those shipped.
+    ReceiptDiscrepancies {
+        /// Only transfers from or to this store (repeatable).
+        #[arg(long = "store-id")]
+        store_ids: Vec<String>,
+    },
     /// Upstream batches the master refused, most recently refused first:
     /// when, why, which record, how many times the site sent them.
     Rejections {
@@ -272,6 +292,118 @@ pub async fn run_report(
             Ok(rows.render(format, false))
         }
         Report::SyncStatus => sync_status(&mut client, format).await,
+        Report::StockInTransit { store_ids } => {
+            let mut rows = Table::new(&[
+                "from_store",
+                "to_store",
+                "transfers",
+                "packs",
+                "delivered",
+                "oldest_shipped",
+                "oldest_age_hours",
+            ]);
+            let answer = client
+                .stock_in_transit(pb::StockInTransitRequest { store_ids })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            for row in answer.rows {
+                rows.push(vec![
+                    row.from_store_code.into(),
+                    row.to_store_code.into(),
+                    Value::from(row.transfers),
+                    number(row.packs),
+                    Value::from(row.delivered),
+                    time_ms(row.oldest_shipped_at_ms),
+                    number(row.oldest_age_ms as f64 / 3_600_000.0),
+                ]);
+            }
+            Ok(rows.render(format, false))
+        }
+        Report::OpenRequisitions { store_ids } => {
+            let mut rows = Table::new(&[
+                "requesting_store",
+                "supplying_store",
+                "number",
+                "sent",
+                "lines",
+                "units_requested",
+                "units_supplied",
+                "requisition_id",
+                "response_id",
+            ]);
+            let mut request = pb::OpenRequisitionsRequest {
+                store_ids,
+                page_size: PAGE_SIZE,
+                page_token: String::new(),
+            };
+            for page in 1..=MAX_PAGES {
+                let answer = client
+                    .open_requisitions(request.clone())
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                for row in answer.rows {
+                    rows.push(vec![
+                        row.requesting_store_code.into(),
+                        row.supplying_store_code.into(),
+                        Value::from(row.requisition_number),
+                        time_ms(row.sent_at_ms),
+                        Value::from(row.lines),
+                        number(row.units_requested),
+                        number(row.units_supplied),
+                        row.requisition_id.into(),
+                        row.response_id.into(),
+                    ]);
+                }
+                if answer.next_page_token.is_empty() {
+                    break;
+                }
+                progress(page, rows.rows.len());
+                request.page_token = answer.next_page_token;
+            }
+            Ok(rows.render(format, false))
+        }
+        Report::ReceiptDiscrepancies { store_ids } => {
+            let mut rows = Table::new(&[
+                "received",
+                "from_store",
+                "to_store",
+                "packs_shipped",
+                "packs_received",
+                "discrepancy",
+                "transfer_id",
+            ]);
+            let mut request = pb::ReceiptDiscrepanciesRequest {
+                store_ids,
+                page_size: PAGE_SIZE,
+                page_token: String::new(),
+            };
+            for page in 1..=MAX_PAGES {
+                let answer = client
+                    .receipt_discrepancies(request.clone())
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                for row in answer.rows {
+                    rows.push(vec![
+                        time_ms(row.received_at_ms),
+                        row.from_store_code.into(),
+                        row.to_store_code.into(),
+                        number(row.packs_shipped),
+                        number(row.packs_received),
+                        number(row.discrepancy),
+                        row.transfer_id.into(),
+                    ]);
+                }
+                if answer.next_page_token.is_empty() {
+                    break;
+                }
+                progress(page, rows.rows.len());
+                request.page_token = answer.next_page_token;
+            }
+            Ok(rows.render(format, false))
+        }
         Report::Rejections { .. } => unreachable!("answered above"),
     }
 }

@@ -290,6 +290,40 @@ async fn run_with(
         let channel = cli::connect(url, OPERATOR_USER, OPERATOR_PASSWORD).await?;
         wait_drained(site, channel).await?;
     }
+    // Stock between stores: the warehouse supplies CLINIC2, CLINIC3
+    // requisitions from CLINIC2, which supplies part of it.
+    moves(&master_url, &satellite_urls).await?;
+    for (site, url) in SITES.iter().zip(&satellite_urls) {
+        let channel = cli::connect(url, OPERATOR_USER, OPERATOR_PASSWORD).await?;
+        wait_drained(site, channel).await?;
+    }
+    for report in [
+        Report::StockInTransit {
+            store_ids: Vec::new(),
+        },
+        Report::OpenRequisitions {
+            store_ids: Vec::new(),
+        },
+        Report::ReceiptDiscrepancies {
+            store_ids: Vec::new(),
+        },
+    ] {
+        let title = match &report {
+            Report::StockInTransit { .. } => "Stock in transit",
+            Report::OpenRequisitions { .. } => "Open requisitions",
+            _ => "Receipt discrepancies",
+        };
+        let table = crate::cli::run_report(
+            &master_url,
+            OPERATOR_USER,
+            OPERATOR_PASSWORD,
+            report,
+            Format::Table,
+            &ClientTls::default(),
+        )
+        .await?;
+        println!("\n{title}, as the master reports it:\n\n{table}");
+    }
     let today = chrono::Utc::now()
         .date_naive()
         .format("%Y-%m-%d")
@@ -642,6 +676,229 @@ async fn trade(
         written += 1;
     }
     Ok(written)
+}
+
+/// Polls `probe` every half second until it answers, for at most [`STEP_LIMIT`].
+async fn until<T, F, Fut>(what: &str, mut probe: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, String>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(found) = probe().await? {
+            return Ok(found);
+        }
+        if started.elapsed() > STEP_LIMIT {
+            return Err(format!("{what} did not happen within {STEP_LIMIT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The warehouse (CENTRAL, the master's own store) ships to CLINIC2, which
+/// receives it one pack short; CLINIC3 requisitions two items from CLINIC2,
+/// which ships part of the first against the response (left in transit).
+async fn moves(master_url: &str, satellite_urls: &[String]) -> Result<(), String> {
+    let bad = |what: &'static str| {
+        move |status: tonic::Status| format!("{what}: {}", cli::explain(&status))
+    };
+    let connect = |url: String| async move {
+        cli::connect(&url, OPERATOR_USER, OPERATOR_PASSWORD)
+            .await
+            .map(pb::store_service_client::StoreServiceClient::new)
+    };
+    let names = pb::master_data_service_client::MasterDataServiceClient::new(
+        cli::connect(master_url, OPERATOR_USER, OPERATOR_PASSWORD).await?,
+    );
+    let store_id = |code: &'static str| {
+        let mut names = names.clone();
+        async move {
+            names
+                .list_names(pb::ListNamesRequest {
+                    code_prefix: code.into(),
+                    page_size: 1,
+                    ..Default::default()
+                })
+                .await
+                .map_err(bad("finding a store"))?
+                .into_inner()
+                .names
+                .into_iter()
+                .next()
+                .map(|name| name.id)
+                .ok_or_else(|| format!("no store {code}"))
+        }
+    };
+    let clinic2 = store_id("CLINIC2").await?;
+    let clinic3 = store_id("CLINIC3").await?;
+    let mut central = connect(master_url.to_owned()).await?;
+    let mut site2 = connect(satellite_urls[0].clone()).await?;
+    let mut site3 = connect(satellite_urls[1].clone()).await?;
+    let stock_of = |store: &mut pb::store_service_client::StoreServiceClient<OperatorChannel>| {
+        let mut store = store.clone();
+        async move {
+            Ok::<_, String>(
+                store
+                    .list_stock(pb::ListStockRequest {
+                        page_size: 20,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(bad("listing stock"))?
+                    .into_inner()
+                    .stock_lines
+                    .into_iter()
+                    .filter(|line| line.available_number_of_packs >= 5.0)
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+
+    // The warehouse supplies CLINIC2: a draft reserves, shipping takes.
+    let warehouse_stock = stock_of(&mut central).await?;
+    let line = warehouse_stock.first().ok_or("no stock at the warehouse")?;
+    let outbound = central
+        .create_transfer(pb::CreateTransferRequest {
+            to_store_id: clinic2.clone(),
+            reference: "WH-TO-CLINIC2".into(),
+            lines: vec![pb::InvoiceLine {
+                stock_line_id: line.id.clone(),
+                number_of_packs: 5.0,
+                sell_price_per_pack: line.cost_price_per_pack * 1.1,
+                ..Default::default()
+            }],
+            requisition_id: String::new(),
+        })
+        .await
+        .map_err(bad("creating a transfer"))?
+        .into_inner();
+    central
+        .ship_transfer(pb::ShipTransferRequest {
+            id: outbound.id.clone(),
+        })
+        .await
+        .map_err(bad("shipping a transfer"))?;
+    println!(
+        "  CENTRAL shipped 5 packs to CLINIC2 (outbound {})",
+        outbound.id
+    );
+    let inbound = until("CLINIC2's inbound shipment", || {
+        let mut site2 = site2.clone();
+        let outbound_id = outbound.id.clone();
+        async move {
+            Ok(site2
+                .list_transfers(pb::ListTransfersRequest {
+                    direction: pb::TransferDirection::Inbound as i32,
+                    status: pb::InvoiceStatus::Shipped as i32,
+                    ..Default::default()
+                })
+                .await
+                .map_err(bad("listing transfers"))?
+                .into_inner()
+                .transfers
+                .into_iter()
+                .filter_map(|entry| entry.invoice)
+                .find(|invoice| invoice.linked_invoice_id == outbound_id))
+        }
+    })
+    .await?;
+    let full = site2
+        .get_invoice(pb::GetInvoiceRequest {
+            id: inbound.id.clone(),
+        })
+        .await
+        .map_err(bad("reading the inbound shipment"))?
+        .into_inner();
+    site2
+        .receive_transfer(pb::ReceiveTransferRequest {
+            id: inbound.id.clone(),
+            lines: full
+                .lines
+                .iter()
+                .map(|line| pb::ReceivedLine {
+                    line_id: line.id.clone(),
+                    received_number_of_packs: line.number_of_packs - 1.0,
+                })
+                .collect(),
+        })
+        .await
+        .map_err(bad("receiving a transfer"))?;
+    println!("  CLINIC2 received it, one pack short");
+
+    // CLINIC3 requisitions two of CLINIC2's items.
+    let clinic2_stock = stock_of(&mut site2).await?;
+    let wanted: Vec<&pb::StockLine> = clinic2_stock.iter().take(2).collect();
+    if wanted.is_empty() {
+        return Err("no stock at CLINIC2".into());
+    }
+    let request = site3
+        .create_requisition(pb::CreateRequisitionRequest {
+            supplier_store_id: clinic2.clone(),
+            reference: "MONTHLY".into(),
+            lines: wanted
+                .iter()
+                .map(|line| pb::RequisitionLineInput {
+                    item_id: line.item_id.clone(),
+                    requested_quantity: 10.0 * f64::from(line.pack_size),
+                })
+                .collect(),
+        })
+        .await
+        .map_err(bad("creating a requisition"))?
+        .into_inner();
+    site3
+        .send_requisition(pb::SendRequisitionRequest {
+            id: request.id.clone(),
+        })
+        .await
+        .map_err(bad("sending a requisition"))?;
+    println!(
+        "  CLINIC3 sent requisition {} to CLINIC2 ({} lines)",
+        request.requisition_number,
+        request.lines.len()
+    );
+    let response = until("CLINIC2's response requisition", || {
+        let mut site2 = site2.clone();
+        let request_id = request.id.clone();
+        async move {
+            Ok(site2
+                .list_requisitions(pb::ListRequisitionsRequest {
+                    kind: pb::RequisitionKind::Response as i32,
+                    ..Default::default()
+                })
+                .await
+                .map_err(bad("listing requisitions"))?
+                .into_inner()
+                .requisitions
+                .into_iter()
+                .find(|r| r.linked_requisition_id == request_id))
+        }
+    })
+    .await?;
+    let supply = site2
+        .create_transfer(pb::CreateTransferRequest {
+            to_store_id: clinic3.clone(),
+            reference: "REQ-SUPPLY".into(),
+            lines: vec![pb::InvoiceLine {
+                stock_line_id: wanted[0].id.clone(),
+                number_of_packs: 3.0,
+                sell_price_per_pack: wanted[0].cost_price_per_pack * 1.1,
+                ..Default::default()
+            }],
+            requisition_id: response.id.clone(),
+        })
+        .await
+        .map_err(bad("supplying a requisition"))?
+        .into_inner();
+    site2
+        .ship_transfer(pb::ShipTransferRequest {
+            id: supply.id.clone(),
+        })
+        .await
+        .map_err(bad("shipping a transfer"))?;
+    println!("  CLINIC2 shipped 3 packs against it; CLINIC3 has not received them yet");
+    Ok(())
 }
 
 fn print_guide(master_url: &str, satellite_urls: &[String]) {

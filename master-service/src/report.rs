@@ -3,11 +3,14 @@
 //!
 //! The handlers are adapters over one domain function per report:
 //! [`stock::stock_on_hand`], [`stock::expiring_stock`],
-//! [`activity::store_activity`] and [`sync_status`]. [`query`] holds what they
+//! [`activity::store_activity`], [`sync_status`] and, for stock moving
+//! between stores, [`movements::stock_in_transit`],
+//! [`movements::open_requisitions`] and [`movements::receipt_discrepancies`]. [`query`] holds what they
 //! share (sea-query helpers, id-filter checks, page tokens). Reports only
 //! read; they never touch the sync stream's tables except to show its state.
 
 pub mod activity;
+pub mod movements;
 pub mod query;
 pub mod stock;
 
@@ -181,5 +184,32 @@ impl ReportService for ReportApi {
         Ok(Response::new(pb::SyncStatusResponse {
             sites: sync_status(&self.db, self.liveness_ms).await?,
         }))
+    }
+
+    async fn stock_in_transit(
+        &self,
+        request: Request<pb::StockInTransitRequest>,
+    ) -> Result<Response<pb::StockInTransitResponse>, Status> {
+        Ok(Response::new(
+            movements::stock_in_transit(&self.db, request.get_ref()).await?,
+        ))
+    }
+
+    async fn open_requisitions(
+        &self,
+        request: Request<pb::OpenRequisitionsRequest>,
+    ) -> Result<Response<pb::OpenRequisitionsResponse>, Status> {
+        Ok(Response::new(
+            movements::open_requisitions(&self.db, request.get_ref()).await?,
+        ))
+    }
+
+    async fn receipt_discrepancies(
+        &self,
+        request: Request<pb::ReceiptDiscrepanciesRequest>,
+    ) -> Result<Response<pb::ReceiptDiscrepanciesResponse>, Status> {
+        Ok(Response::new(
+            movements::receipt_discrepancies(&self.db, request.get_ref()).await?,
+        ))
     }
 }

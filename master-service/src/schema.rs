@@ -37,6 +37,7 @@ impl MigratorTrait for Migrator {
         migrations.push(Box::new(ChangeTraces));
         migrations.push(Box::new(Transfers));
         migrations.push(Box::new(Integrity));
+        migrations.push(Box::new(Requisitions));
         migrations
     }
 }
@@ -136,6 +137,28 @@ impl MigrationTrait for ChangeTraces {
         run_script(
             manager.get_connection(),
             "ALTER TABLE change_log ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''",
+        )
+        .await
+    }
+}
+
+/// `m0111_requisitions`: the invoice's requisition link and the requisition tables
+/// (`storesync_shared::domain::schema::REQUISITION_TABLES`).
+struct Requisitions;
+
+impl MigrationName for Requisitions {
+    fn name(&self) -> &str {
+        "m0111_requisitions"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for Requisitions {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(
+            manager.get_connection(),
+            storesync_shared::domain::schema::REQUISITION_TABLES,
         )
         .await
     }

@@ -51,7 +51,16 @@ impl StoreContext for MasterStore {
                 _ => None,
             })
             .collect();
-        if let Some(seq) = crate::transfers::follow(txn, &invoices).await? {
+        let requisitions: Vec<String> = records
+            .iter()
+            .filter_map(|record| match &record.record {
+                Some(sync_record::Record::Requisition(requisition)) => Some(requisition.id.clone()),
+                _ => None,
+            })
+            .collect();
+        let responded = crate::transfers::follow_requisitions(txn, &requisitions).await?;
+        let followed = crate::transfers::follow(txn, &invoices).await?;
+        if let Some(seq) = followed.max(responded) {
             if let Ok(mut logged) = self.logged.lock() {
                 *logged = Some(logged.map_or(seq, |s| s.max(seq)));
             }

@@ -1,7 +1,9 @@
-//! The master's half of transfers: it creates the receiving store's inbound
-//! shipment when an outbound shipment is shipped, keeps the `transfer`
-//! record, and refuses a site's writes of what only it creates. How a row
-//! changes hands is told in `docs/TRANSFERS.md`.
+//! The master's half of transfers and requisitions: it creates the
+//! receiving store's inbound shipment when an outbound shipment is shipped,
+//! keeps the `transfer` record, creates the supplying store's response when
+//! a request is sent ([`follow_requisitions`]), and refuses a site's writes
+//! of what only it creates. How a row changes hands is told in
+//! `docs/TRANSFERS.md`.
 //!
 //! # Invariant: one inbound shipment per outbound, created once
 //! [`follow`] runs in the transaction that stores the shipped outbound (the
@@ -15,6 +17,13 @@
 //! create a second one. The change-log entries handing it over are written
 //! only by the insert that created it.
 //!
+//! # Invariant: one response per request, created once
+//! The same construction: [`follow_requisitions`] runs in the transaction
+//! that stores the SENT request, the response's id is UUIDv5 of the
+//! request's ([`response_id`], a namespace of its own) and its lines' of
+//! the request lines', every row is inserted `ON CONFLICT DO NOTHING`, and
+//! only the insert that created the response writes its change-log entries.
+//!
 //! # Ownership
 //! - The outbound shipment and its lines: the sending store's site, always.
 //! - The inbound shipment and its lines: the master creates them (status
@@ -24,20 +33,30 @@
 //!   PERMISSION_DENIED naming the record) a site that creates an inbound
 //!   shipment or a line of one, deletes one, or changes what links it to the
 //!   outbound (`linked_invoice_id`, kind, the shipped packs, the item).
+//! - A request and its lines: the requesting store's site, always. A
+//!   response and its lines: the master creates them and hands them to the
+//!   supplying store's site, which alone writes them from then on (it
+//!   finalises the response). The master refuses
+//!   ([`check_site_rows`], PERMISSION_DENIED naming the record) a site that
+//!   creates a response or a line of one, deletes one, changes what links a
+//!   response to its request or a shipment to a requisition, or requests
+//!   from itself or from a store outside the sync-with list.
 //! - The `transfer` record: the master only (created with the inbound,
 //!   updated when the receiving site acknowledges the handover and when it
 //!   receives), sent to both stores' sites.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Statement};
 use sha1::{Digest, Sha1};
 use storesync_shared::domain::convert::kind_to_str;
-use storesync_shared::domain::entities::{invoice, invoice_line, store, transfer};
-use storesync_shared::domain::store_ops;
+use storesync_shared::domain::entities::{
+    invoice, invoice_line, requisition, requisition_line, store, transfer,
+};
 use storesync_shared::domain::tables::{Row, SyncTable};
 use storesync_shared::domain::validate::now_ms;
+use storesync_shared::domain::{requisitions, store_ops};
 use storesync_shared::proto::v1::{self as pb, sync_record, SyncRecord, Table};
 use storesync_shared::{Error, Result};
 
@@ -166,6 +185,8 @@ async fn hand_over<C: ConnectionTrait>(txn: &C, outbound: &invoice::Model) -> Re
     lines.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     let kind = kind_to_str(pb::InvoiceKind::InboundShipment);
     let now = now_ms();
+    // An outbound supplying a response: the inbound names the request.
+    let answers = answered_request(txn, &outbound.requisition_id).await?;
     let inbound = invoice::Model {
         id: inbound_id(&outbound.id),
         store_id: to_store.to_owned(),
@@ -178,6 +199,7 @@ async fn hand_over<C: ConnectionTrait>(txn: &C, outbound: &invoice::Model) -> Re
         linked_invoice_id: outbound.id.clone(),
         shipped_at_ms: outbound.shipped_at_ms,
         received_at_ms: 0,
+        requisition_id: answers,
     };
     let created = invoice::Entity::insert(invoice::ActiveModel::from(inbound.clone()))
         .on_conflict(
@@ -376,6 +398,9 @@ pub async fn delivered<C: ConnectionTrait>(
 pub struct Refusal {
     pub id: String,
     pub why: String,
+    /// The refused row is about a requisition (its response or link), not
+    /// an inbound shipment.
+    pub requisition: bool,
 }
 
 /// Checks a site's upserts and deletes of `table` (of its store
@@ -399,6 +424,9 @@ pub async fn check_site_rows<C: ConnectionTrait>(
             Some(sea_orm::Value::Double(Some(value))) => *value,
             _ => f64::NAN,
         };
+    if let Some(refusal) = check_requisition_rows(txn, table, upserts, deletes).await? {
+        return Ok(Some(refusal));
+    }
     let inbound_kind = kind_to_str(pb::InvoiceKind::InboundShipment);
     // Only rows about inbound shipments are read back: the check costs a
     // primary-key probe per row sent, and returns (almost) nothing for the
@@ -422,6 +450,12 @@ pub async fn check_site_rows<C: ConnectionTrait>(
                             return refuse(
                                 row.id(),
                                 "changes linked_invoice_id of an inbound shipment",
+                            );
+                        }
+                        if text(row, "requisition_id") != before.requisition_id {
+                            return refuse(
+                                row.id(),
+                                "changes requisition_id of an inbound shipment",
                             );
                         }
                     }
@@ -496,6 +530,15 @@ fn refuse(id: &str, why: &str) -> Result<Option<Refusal>> {
     Ok(Some(Refusal {
         id: id.to_owned(),
         why: why.to_owned(),
+        requisition: false,
+    }))
+}
+
+fn refuse_requisition(id: &str, why: String) -> Result<Option<Refusal>> {
+    Ok(Some(Refusal {
+        id: id.to_owned(),
+        why,
+        requisition: true,
     }))
 }
 
@@ -515,6 +558,413 @@ async fn inbound_invoices<C: ConnectionTrait>(
         .into_iter()
         .map(|row| (row.id.clone(), row))
         .collect())
+}
+
+/// The namespace of response requisition ids (distinct from the inbound
+/// namespace: a request and an outbound never share a derived id).
+const REQUISITION_NAMESPACE: uuid::Uuid = uuid::uuid!("3b8e2f47-91c6-4d0a-b5e3-0c7a6d1f9e24");
+
+/// The id of the response the master creates for request `request_id`.
+pub fn response_id(request_id: &str) -> String {
+    uuid_v5_in(REQUISITION_NAMESPACE, request_id)
+}
+
+/// The id of the response line created for request line `request_line_id`.
+pub fn response_line_id(request_line_id: &str) -> String {
+    uuid_v5_in(REQUISITION_NAMESPACE, request_line_id)
+}
+
+fn uuid_v5_in(namespace: uuid::Uuid, name: &str) -> String {
+    let mut hasher = Sha1::new();
+    hasher.update(namespace.as_bytes());
+    hasher.update(name.as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// The request a response answers (empty when `response_id` is empty or
+/// names no response): what an inbound shipment supplying it links to.
+async fn answered_request<C: ConnectionTrait>(txn: &C, response_id: &str) -> Result<String> {
+    if response_id.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(requisition::Entity::find_by_id(response_id.to_owned())
+        .filter(requisition::Column::Kind.eq(pb::RequisitionKind::Response.as_str_name()))
+        .one(txn)
+        .await?
+        .map(|row| row.linked_requisition_id)
+        .unwrap_or_default())
+}
+
+/// Acts on requisitions just written in `txn` (by a site's batch or the
+/// master's own store): a SENT request gets its response, created once
+/// (see the module invariant; the same keys and `ON CONFLICT DO NOTHING`
+/// as an inbound shipment). Returns the last change-log sequence appended.
+pub async fn follow_requisitions<C: ConnectionTrait>(
+    txn: &C,
+    requisition_ids: &[String],
+) -> Result<Option<u64>> {
+    if requisition_ids.is_empty() {
+        return Ok(None);
+    }
+    let sent = requisition::Entity::find()
+        .filter(requisition::Column::Id.is_in(requisition_ids.iter().cloned()))
+        .filter(requisition::Column::Kind.eq(pb::RequisitionKind::Request.as_str_name()))
+        .filter(
+            requisition::Column::Status.eq(pb::RequisitionStatus::RequisitionSent.as_str_name()),
+        )
+        .all(txn)
+        .await?;
+    let mut last = None;
+    for request in sent {
+        last = create_response(txn, &request).await?.or(last);
+    }
+    Ok(last)
+}
+
+/// Creates the supplying store's response to a sent request, unless it exists.
+async fn create_response<C: ConnectionTrait>(
+    txn: &C,
+    request: &requisition::Model,
+) -> Result<Option<u64>> {
+    let supplier = request.other_store_id.as_str();
+    let stores = sync_ids(txn, &[supplier]).await?;
+    let Some(&supplier_sync) = stores.get(supplier) else {
+        return Err(Error::FailedPrecondition(format!(
+            "requisition {}: requested from {supplier}, which is not a store of the sync-with list",
+            request.id
+        )));
+    };
+    // The supplier's requisition numbers, as its own writes take them.
+    store_ops::lock_store(txn, supplier).await?;
+    let response = requisition::Model {
+        id: response_id(&request.id),
+        store_id: supplier.to_owned(),
+        kind: pb::RequisitionKind::Response.as_str_name().to_owned(),
+        status: pb::RequisitionStatus::RequisitionSent
+            .as_str_name()
+            .to_owned(),
+        other_store_id: request.store_id.clone(),
+        requisition_number: requisitions::next_requisition_number(
+            txn,
+            supplier,
+            pb::RequisitionKind::Response,
+        )
+        .await?,
+        reference: request.reference.clone(),
+        created_at_ms: now_ms(),
+        sent_at_ms: request.sent_at_ms,
+        finalised_at_ms: 0,
+        linked_requisition_id: request.id.clone(),
+    };
+    let created = requisition::Entity::insert(requisition::ActiveModel::from(response.clone()))
+        .on_conflict(
+            OnConflict::column(requisition::Column::Id)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    if created == 0 {
+        return Ok(None);
+    }
+    let mut lines = requisition_line::Entity::find()
+        .filter(requisition_line::Column::RequisitionId.eq(request.id.as_str()))
+        .all(txn)
+        .await?;
+    lines.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let response_lines: Vec<requisition_line::Model> = lines
+        .into_iter()
+        .map(|line| requisition_line::Model {
+            id: response_line_id(&line.id),
+            requisition_id: response.id.clone(),
+            store_id: supplier.to_owned(),
+            ..line
+        })
+        .collect();
+    for line in &response_lines {
+        requisition_line::Entity::insert(requisition_line::ActiveModel::from(line.clone()))
+            .on_conflict(
+                OnConflict::column(requisition_line::Column::Id)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await?;
+    }
+    let mut handover = vec![record(sync_record::Record::Requisition(
+        response.clone().into(),
+    ))];
+    handover.extend(
+        response_lines
+            .into_iter()
+            .map(|line| record(sync_record::Record::RequisitionLine(line.into()))),
+    );
+    let logged = log_for(txn, &[(supplier, supplier_sync)], &handover).await?;
+    tracing::info!(
+        request = %request.id,
+        response = %response.id,
+        from = %request.store_id,
+        to = %supplier,
+        "requisition: response created"
+    );
+    Ok(logged)
+}
+
+/// The requisition half of [`check_site_rows`]: a site may write its
+/// requests and finalise its responses, never create a response or a line
+/// of one, delete one, change what links a response to its request, change
+/// the store a sent request asks, request from itself or from a store
+/// outside the sync-with list, or link a shipment to a requisition other
+/// than an open response of its store to the receiving store.
+async fn check_requisition_rows<C: ConnectionTrait>(
+    txn: &C,
+    table: &dyn SyncTable,
+    upserts: &[Row],
+    deletes: &[String],
+) -> Result<Option<Refusal>> {
+    let text = |row: &Row, column: &str| {
+        table
+            .column_index(column)
+            .and_then(|i| row.text(i))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let double =
+        |row: &Row, column: &str| match table.column_index(column).and_then(|i| row.0.get(i)) {
+            Some(sea_orm::Value::Double(Some(value))) => *value,
+            _ => f64::NAN,
+        };
+    let response_kind = pb::RequisitionKind::Response.as_str_name();
+    let request_kind = pb::RequisitionKind::Request.as_str_name();
+    match table.table() {
+        Table::Requisition => {
+            let ids: Vec<String> = upserts
+                .iter()
+                .map(|row| row.id().to_owned())
+                .chain(deletes.iter().cloned())
+                .collect();
+            let existing: HashMap<String, requisition::Model> = requisition::Entity::find()
+                .filter(requisition::Column::Id.is_in(ids))
+                .all(txn)
+                .await?
+                .into_iter()
+                .map(|row| (row.id.clone(), row))
+                .collect();
+            let asked: Vec<String> = upserts
+                .iter()
+                .filter(|row| !existing.contains_key(row.id()))
+                .map(|row| text(row, "other_store_id"))
+                .collect();
+            let asked: Vec<&str> = asked.iter().map(String::as_str).collect();
+            let stores = sync_ids(txn, &asked).await?;
+            for row in upserts {
+                let kind = text(row, "kind");
+                match existing.get(row.id()) {
+                    Some(before) => {
+                        if kind != before.kind
+                            || text(row, "other_store_id") != before.other_store_id
+                            || text(row, "linked_requisition_id") != before.linked_requisition_id
+                        {
+                            let what = if before.kind == response_kind {
+                                "changes the link of a response requisition (kind, other_store_id or linked_requisition_id)"
+                            } else {
+                                "changes the kind, supplier or link of a request requisition"
+                            };
+                            return refuse_requisition(row.id(), what.into());
+                        }
+                    }
+                    None if kind == response_kind => {
+                        return refuse_requisition(
+                            row.id(),
+                            "creates a response requisition".into(),
+                        );
+                    }
+                    None => {
+                        let other = text(row, "other_store_id");
+                        if kind == request_kind && !text(row, "linked_requisition_id").is_empty() {
+                            return refuse_requisition(
+                                row.id(),
+                                "creates a request requisition with a linked_requisition_id".into(),
+                            );
+                        }
+                        if other == text(row, "store_id") {
+                            return refuse_requisition(
+                                row.id(),
+                                "requests from its own store".into(),
+                            );
+                        }
+                        if !stores.contains_key(&other) {
+                            return refuse_requisition(
+                                row.id(),
+                                format!(
+                                    "requests from {other}, which is not a store of the sync-with list"
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            for id in deletes {
+                if let Some(before) = existing.get(id) {
+                    if before.kind == response_kind
+                        || before.status != pb::RequisitionStatus::RequisitionDraft.as_str_name()
+                    {
+                        return refuse_requisition(
+                            id,
+                            format!("deletes a {} {} requisition", before.status, before.kind),
+                        );
+                    }
+                }
+            }
+        }
+        Table::RequisitionLine => {
+            let ids: Vec<String> = upserts
+                .iter()
+                .map(|row| row.id().to_owned())
+                .chain(deletes.iter().cloned())
+                .collect();
+            let responses = || {
+                sea_orm::sea_query::Query::select()
+                    .column(requisition::Column::Id)
+                    .from(requisition::Entity)
+                    .and_where(requisition::Column::Kind.eq(response_kind))
+                    .to_owned()
+            };
+            let existing: HashMap<String, requisition_line::Model> = if ids.is_empty() {
+                HashMap::new()
+            } else {
+                requisition_line::Entity::find()
+                    .filter(requisition_line::Column::Id.is_in(ids))
+                    .filter(requisition_line::Column::RequisitionId.in_subquery(responses()))
+                    .all(txn)
+                    .await?
+                    .into_iter()
+                    .map(|line| (line.id.clone(), line))
+                    .collect()
+            };
+            let named: Vec<String> = upserts
+                .iter()
+                .map(|row| text(row, "requisition_id"))
+                .collect();
+            let named_responses: HashSet<String> = if named.is_empty() {
+                HashSet::new()
+            } else {
+                requisition::Entity::find()
+                    .filter(requisition::Column::Id.is_in(named))
+                    .filter(requisition::Column::Kind.eq(response_kind))
+                    .all(txn)
+                    .await?
+                    .into_iter()
+                    .map(|row| row.id)
+                    .collect()
+            };
+            for row in upserts {
+                match existing.get(row.id()) {
+                    None if named_responses.contains(&text(row, "requisition_id")) => {
+                        return refuse_requisition(
+                            row.id(),
+                            "adds a line to a response requisition".into(),
+                        );
+                    }
+                    Some(before)
+                        if text(row, "requisition_id") != before.requisition_id
+                            || text(row, "item_id") != before.item_id
+                            || (double(row, "requested_quantity") - before.requested_quantity)
+                                .abs()
+                                > 1e-9 =>
+                    {
+                        return refuse_requisition(
+                            row.id(),
+                            "changes the item, quantity or requisition of a response line".into(),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(id) = deletes.iter().find(|id| existing.contains_key(*id)) {
+                return refuse_requisition(id, "deletes a line of a response requisition".into());
+            }
+        }
+        Table::Invoice => {
+            // Only rows carrying a requisition link, and shipments already
+            // linked, are read back.
+            let linking: Vec<&Row> = upserts
+                .iter()
+                .filter(|row| !text(row, "requisition_id").is_empty())
+                .collect();
+            let ids: Vec<String> = upserts.iter().map(|row| row.id().to_owned()).collect();
+            let before: HashMap<String, invoice::Model> = if ids.is_empty() {
+                HashMap::new()
+            } else {
+                invoice::Entity::find()
+                    .filter(invoice::Column::Id.is_in(ids))
+                    .filter(
+                        sea_orm::Condition::any()
+                            .add(invoice::Column::RequisitionId.ne(""))
+                            .add(
+                                invoice::Column::Id
+                                    .is_in(linking.iter().map(|row| row.id().to_owned())),
+                            ),
+                    )
+                    .all(txn)
+                    .await?
+                    .into_iter()
+                    .map(|row| (row.id.clone(), row))
+                    .collect()
+            };
+            for row in upserts {
+                if let Some(before) = before.get(row.id()) {
+                    if text(row, "requisition_id") != before.requisition_id {
+                        return refuse_requisition(
+                            row.id(),
+                            "changes the requisition_id of a shipment".into(),
+                        );
+                    }
+                }
+            }
+            let named: Vec<String> = linking
+                .iter()
+                .filter(|row| !before.contains_key(row.id()))
+                .map(|row| text(row, "requisition_id"))
+                .collect();
+            let responses: HashMap<String, requisition::Model> = if named.is_empty() {
+                HashMap::new()
+            } else {
+                requisition::Entity::find()
+                    .filter(requisition::Column::Id.is_in(named))
+                    .filter(requisition::Column::Kind.eq(response_kind))
+                    .all(txn)
+                    .await?
+                    .into_iter()
+                    .map(|row| (row.id.clone(), row))
+                    .collect()
+            };
+            for row in linking.iter().filter(|row| !before.contains_key(row.id())) {
+                let requisition_id = text(row, "requisition_id");
+                let fits = text(row, "kind") == kind_to_str(pb::InvoiceKind::OutboundShipment)
+                    && responses.get(&requisition_id).is_some_and(|response| {
+                        response.store_id == text(row, "store_id")
+                            && response.other_store_id == text(row, "name_id")
+                    });
+                if !fits {
+                    return refuse_requisition(
+                        row.id(),
+                        format!(
+                            "links a shipment to requisition {requisition_id}, which is not a response of its store to the receiving store"
+                        ),
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -39,7 +39,30 @@ impl MigratorTrait for Migrator {
         migrations.push(Box::new(DatabaseIdentity));
         migrations.push(Box::new(Resume));
         migrations.push(Box::new(Transfers));
+        migrations.push(Box::new(Requisitions));
         migrations
+    }
+}
+
+/// `m0211_requisitions`: the invoice's requisition link and the requisition tables
+/// (`storesync_shared::domain::schema::REQUISITION_TABLES`).
+struct Requisitions;
+
+impl MigrationName for Requisitions {
+    fn name(&self) -> &str {
+        "m0211_requisitions"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for Requisitions {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(
+            manager.get_connection(),
+            storesync_shared::domain::schema::REQUISITION_TABLES,
+        )
+        .await
     }
 }
 

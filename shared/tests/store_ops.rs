@@ -35,6 +35,12 @@ impl MigrationTrait for TransferTables {
             manager.get_connection(),
             storesync_shared::domain::schema::TRANSFER_TABLES,
         )
+        .await?;
+        // And the requisition link and tables (m0111/m0211).
+        storesync_shared::domain::schema::run_script(
+            manager.get_connection(),
+            storesync_shared::domain::schema::REQUISITION_TABLES,
+        )
         .await
     }
 }
@@ -888,6 +894,7 @@ async fn a_transfer_reserves_moves_its_reservation_ships_and_is_received_once() 
         // Two lines on one stock line add up; more than is left is refused
         // and changes nothing.
         let request = |lines| pb::CreateTransferRequest {
+            requisition_id: String::new(),
             to_store_id: OTHER_STORE.into(),
             reference: "T1".into(),
             lines,

@@ -293,6 +293,7 @@ async fn a_protocol_version_1_satellite_is_held_before_a_transfer_it_cannot_read
             .create_transfer(pb::CreateTransferRequest {
                 to_store_id: clinic.id.clone(),
                 reference: "TO-V1".into(),
+                requisition_id: String::new(),
                 lines: vec![pb::InvoiceLine {
                     stock_line_id: stock[0].id.clone(),
                     number_of_packs: 3.0,

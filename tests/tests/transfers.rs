@@ -99,6 +99,7 @@ async fn the_warehouse_ships_to_a_clinic_that_is_down_and_the_clinic_receives_on
         // A draft reserves: available packs go down, total packs stay.
         let draft = store
             .create_transfer(pb::CreateTransferRequest {
+                requisition_id: String::new(),
                 to_store_id: clinic.id.clone(),
                 reference: "TO-CLINIC-2".into(),
                 lines: vec![take(&stock[0], 10.0, 4.0), take(&stock[1], 20.0, 5.0)],
@@ -126,6 +127,7 @@ async fn the_warehouse_ships_to_a_clinic_that_is_down_and_the_clinic_receives_on
         assert_status(
             store
                 .create_transfer(pb::CreateTransferRequest {
+                    requisition_id: String::new(),
                     to_store_id: clinic.id.clone(),
                     reference: String::new(),
                     lines: vec![take(&stock[0], 39.0, 4.0)],
@@ -178,6 +180,7 @@ async fn the_warehouse_ships_to_a_clinic_that_is_down_and_the_clinic_receives_on
             assert_status(
                 store
                     .create_transfer(pb::CreateTransferRequest {
+                        requisition_id: String::new(),
                         to_store_id: to,
                         reference: String::new(),
                         lines: vec![take(&stock[0], 1.0, 4.0)],
@@ -400,6 +403,7 @@ async fn a_transfer_between_satellites_reaches_an_interval_site_and_the_sender_s
             .stock_lines;
         let outbound = sender_store
             .create_transfer(pb::CreateTransferRequest {
+                requisition_id: String::new(),
                 to_store_id: store_3.id.clone(),
                 reference: "LOAN".into(),
                 lines: vec![take(&stock[0], 10.0, 3.0)],

@@ -79,6 +79,15 @@ pub enum ApplyError {
         why: String,
         sync_id: u32,
     },
+    /// A site created or changed what only the master writes in a
+    /// requisition: a response, its lines, or a link between a shipment or
+    /// a response and a requisition.
+    #[error("{record} (from Sync ID {sync_id}): {why}; only the master creates a response requisition, and a shipment may only supply an open response of its store; nothing of this batch was applied")]
+    RequisitionLink {
+        record: RecordId,
+        why: String,
+        sync_id: u32,
+    },
     /// The batch does not follow what the master has applied.
     #[error("upstream batch out of sequence: it starts at {first_seq} but the master has applied up to {acked}; resend from {}", acked + 1)]
     OutOfSequence { first_seq: u64, acked: u64 },
@@ -127,7 +136,8 @@ impl ApplyError {
             | Self::ForeignReference { record, .. }
             | Self::MasterData { record, .. }
             | Self::OtherStore { record, .. }
-            | Self::TransferLink { record, .. } => Some(record),
+            | Self::TransferLink { record, .. }
+            | Self::RequisitionLink { record, .. } => Some(record),
             Self::InvalidField { record, .. } => record.as_ref(),
             _ => None,
         }
@@ -141,6 +151,7 @@ impl ApplyError {
             | Self::MasterData { .. }
             | Self::OtherStore { .. }
             | Self::TransferLink { .. }
+            | Self::RequisitionLink { .. }
             | Self::SiteRemoved { .. } => tonic::Code::PermissionDenied,
             Self::OutOfSequence { .. } => tonic::Code::FailedPrecondition,
             Self::Replaced { .. } => tonic::Code::Aborted,

@@ -245,6 +245,8 @@ pub async fn apply_records<'t, R>(
     // Invoices the batch wrote: a shipped outbound or a received inbound
     // moves its transfer on, in this transaction (`crate::transfers`).
     let mut invoice_ids: Vec<String> = Vec::new();
+    // Requisitions the batch wrote: a sent request gets its response.
+    let mut requisition_ids: Vec<String> = Vec::new();
     for (table, changes) in tables.iter().zip(changes) {
         if changes.is_empty() {
             continue;
@@ -255,14 +257,27 @@ pub async fn apply_records<'t, R>(
                 .await
                 .map_err(|error| ApplyError::field(error, None))?
         {
-            return Err(ApplyError::TransferLink {
-                record: record_id(*table, refusal.id),
-                why: refusal.why,
-                sync_id: site.sync_id,
+            let record = record_id(*table, refusal.id);
+            let (why, sync_id) = (refusal.why, site.sync_id);
+            return Err(if refusal.requisition {
+                ApplyError::RequisitionLink {
+                    record,
+                    why,
+                    sync_id,
+                }
+            } else {
+                ApplyError::TransferLink {
+                    record,
+                    why,
+                    sync_id,
+                }
             });
         }
         if table.table() == Table::Invoice {
             invoice_ids.extend(latest.upserts.iter().map(|row| row.id().to_owned()));
+        }
+        if table.table() == Table::Requisition {
+            requisition_ids.extend(latest.upserts.iter().map(|row| row.id().to_owned()));
         }
         write::store_rows(
             &txn,
@@ -297,17 +312,21 @@ pub async fn apply_records<'t, R>(
             WriteError::Inconsistent(details) => ApplyError::Internal(details),
         })?;
     }
-    let logged =
-        crate::transfers::follow(&txn, &invoice_ids)
-            .await
-            .map_err(|error| match error {
-                storesync_shared::Error::Database(error) => ApplyError::Database(error),
-                storesync_shared::Error::Internal(details) => ApplyError::Internal(details),
-                other => ApplyError::InvalidField {
-                    message: other.to_string(),
-                    record: None,
-                },
-            })?;
+    let follow_error = |error| match error {
+        storesync_shared::Error::Database(error) => ApplyError::Database(error),
+        storesync_shared::Error::Internal(details) => ApplyError::Internal(details),
+        other => ApplyError::InvalidField {
+            message: other.to_string(),
+            record: None,
+        },
+    };
+    let responded = crate::transfers::follow_requisitions(&txn, &requisition_ids)
+        .await
+        .map_err(follow_error)?;
+    let logged = crate::transfers::follow(&txn, &invoice_ids)
+        .await
+        .map_err(follow_error)?
+        .max(responded);
     site::Entity::update_many()
         .col_expr(site::Column::UpstreamAckedSeq, Expr::value(last))
         .col_expr(

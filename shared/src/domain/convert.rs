@@ -1,6 +1,8 @@
 //! Conversions between stored rows and their protobuf records.
 
-use crate::domain::entities::{invoice, invoice_line, item, name, stock_line, store, transfer};
+use crate::domain::entities::{
+    invoice, invoice_line, item, name, requisition, requisition_line, stock_line, store, transfer,
+};
 use crate::proto::v1 as pb;
 
 impl From<item::Model> for pb::Item {
@@ -152,6 +154,7 @@ impl From<invoice::Model> for pb::Invoice {
             linked_invoice_id: m.linked_invoice_id,
             shipped_at_ms: m.shipped_at_ms,
             received_at_ms: m.received_at_ms,
+            requisition_id: m.requisition_id,
         }
     }
 }
@@ -172,6 +175,7 @@ impl From<pb::Invoice> for invoice::Model {
             linked_invoice_id: p.linked_invoice_id,
             shipped_at_ms: p.shipped_at_ms,
             received_at_ms: p.received_at_ms,
+            requisition_id: p.requisition_id,
         }
     }
 }
@@ -244,6 +248,82 @@ impl From<pb::Transfer> for transfer::Model {
             packs_shipped: p.packs_shipped,
             packs_received: p.packs_received,
             discrepancy: p.discrepancy,
+        }
+    }
+}
+
+/// The stored spelling of a requisition kind.
+pub fn requisition_kind_to_str(kind: pb::RequisitionKind) -> &'static str {
+    kind.as_str_name()
+}
+
+/// The stored spelling of a requisition status.
+pub fn requisition_status_to_str(status: pb::RequisitionStatus) -> &'static str {
+    status.as_str_name()
+}
+
+impl From<requisition::Model> for pb::Requisition {
+    fn from(m: requisition::Model) -> Self {
+        Self {
+            id: m.id,
+            store_id: m.store_id,
+            kind: pb::RequisitionKind::from_str_name(&m.kind).unwrap_or_default() as i32,
+            status: pb::RequisitionStatus::from_str_name(&m.status).unwrap_or_default() as i32,
+            other_store_id: m.other_store_id,
+            requisition_number: m.requisition_number,
+            reference: m.reference,
+            created_at_ms: m.created_at_ms,
+            sent_at_ms: m.sent_at_ms,
+            finalised_at_ms: m.finalised_at_ms,
+            linked_requisition_id: m.linked_requisition_id,
+            lines: Vec::new(),
+        }
+    }
+}
+
+impl From<pb::Requisition> for requisition::Model {
+    fn from(p: pb::Requisition) -> Self {
+        Self {
+            kind: requisition_kind_to_str(p.kind()).to_owned(),
+            status: requisition_status_to_str(p.status()).to_owned(),
+            id: p.id,
+            store_id: p.store_id,
+            other_store_id: p.other_store_id,
+            requisition_number: p.requisition_number,
+            reference: p.reference,
+            created_at_ms: p.created_at_ms,
+            sent_at_ms: p.sent_at_ms,
+            finalised_at_ms: p.finalised_at_ms,
+            linked_requisition_id: p.linked_requisition_id,
+        }
+    }
+}
+
+impl From<requisition_line::Model> for pb::RequisitionLine {
+    fn from(m: requisition_line::Model) -> Self {
+        Self {
+            id: m.id,
+            requisition_id: m.requisition_id,
+            store_id: m.store_id,
+            item_id: m.item_id,
+            requested_quantity: m.requested_quantity,
+            stock_on_hand: m.stock_on_hand,
+            average_monthly_consumption: m.average_monthly_consumption,
+            supplied_quantity: 0.0,
+        }
+    }
+}
+
+impl From<pb::RequisitionLine> for requisition_line::Model {
+    fn from(p: pb::RequisitionLine) -> Self {
+        Self {
+            id: p.id,
+            requisition_id: p.requisition_id,
+            store_id: p.store_id,
+            item_id: p.item_id,
+            requested_quantity: p.requested_quantity,
+            stock_on_hand: p.stock_on_hand,
+            average_monthly_consumption: p.average_monthly_consumption,
         }
     }
 }

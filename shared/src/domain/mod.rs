@@ -21,6 +21,7 @@ pub mod entities;
 pub mod error;
 pub mod integrity;
 pub mod master_data_read;
+pub mod requisitions;
 pub mod schema;
 pub mod store_ops;
 pub mod store_service;

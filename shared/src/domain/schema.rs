@@ -106,6 +106,42 @@ CREATE INDEX transfer_from_store ON transfer (from_store_id);
 CREATE INDEX transfer_to_store ON transfer (to_store_id, delivered_at_ms)
 "#;
 
+/// Requisitions between stores, on every site (the master's
+/// `m0111_requisitions`, the satellite's `m0211_requisitions`): the
+/// invoice's requisition link and the two requisition tables.
+pub const REQUISITION_TABLES: &str = r#"
+ALTER TABLE invoice ADD COLUMN requisition_id TEXT NOT NULL DEFAULT '';
+CREATE INDEX invoice_requisition ON invoice (requisition_id) WHERE requisition_id <> '';
+CREATE TABLE requisition (
+    id TEXT PRIMARY KEY,
+    store_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    other_store_id TEXT NOT NULL,
+    requisition_number BIGINT NOT NULL,
+    reference TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    sent_at_ms BIGINT NOT NULL,
+    finalised_at_ms BIGINT NOT NULL,
+    linked_requisition_id TEXT NOT NULL
+);
+CREATE INDEX requisition_store ON requisition (store_id, created_at_ms);
+CREATE INDEX requisition_open ON requisition (kind, status);
+CREATE INDEX requisition_linked ON requisition (linked_requisition_id) WHERE linked_requisition_id <> '';
+CREATE TABLE requisition_line (
+    id TEXT PRIMARY KEY,
+    requisition_id TEXT NOT NULL,
+    store_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    requested_quantity DOUBLE PRECISION NOT NULL,
+    stock_on_hand DOUBLE PRECISION NOT NULL,
+    average_monthly_consumption DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX requisition_line_requisition ON requisition_line (requisition_id);
+CREATE INDEX transfer_in_transit ON transfer (received_at_ms, from_store_id, to_store_id);
+CREATE INDEX transfer_discrepancy ON transfer (received_at_ms) WHERE discrepancy <> 0
+"#;
+
 // Identifiers are UUID text; dates are ISO text ('' for none) so that both
 // backends compare them the same way; instants are milliseconds since the epoch.
 // There are no foreign keys: records arrive from other sites in batches whose

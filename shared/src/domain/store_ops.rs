@@ -299,6 +299,7 @@ pub async fn create_invoice_with<C: ConnectionTrait>(
         linked_invoice_id: String::new(),
         shipped_at_ms: 0,
         received_at_ms: 0,
+        requisition_id: String::new(),
     };
     // Line ids sorted ascending in line order, so that reading the lines back
     // ordered by id gives them in the order they were sent.

@@ -14,7 +14,7 @@ use crate::kit::server::Operator;
 use crate::proto::v1 as pb;
 use crate::proto::v1::store_service_server::StoreService;
 use crate::proto::v1::SyncRecord;
-use crate::{domain::master_data_read, domain::store_ops, domain::transfers};
+use crate::{domain::master_data_read, domain::requisitions, domain::store_ops, domain::transfers};
 
 /// What a site adds to the store operations.
 #[tonic::async_trait]
@@ -74,6 +74,45 @@ impl<X: StoreContext> StoreServiceImpl<X> {
             "transfer: {what}"
         );
         Ok(invoice)
+    }
+
+    /// Runs one requisition write in a transaction with the site's step,
+    /// and logs it.
+    async fn requisition_write<R, F>(
+        &self,
+        what: &str,
+        request: R,
+        write: F,
+    ) -> Result<pb::Requisition>
+    where
+        F: for<'t> FnOnce(
+            &'t DatabaseTransaction,
+            &'t str,
+            R,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<(pb::Requisition, Vec<SyncRecord>)>>
+                    + Send
+                    + 't,
+            >,
+        >,
+    {
+        let store_id = self.context.store_id().await?;
+        let txn = crate::domain::db::begin(&self.db)
+            .await
+            .map_err(crate::Error::from)?;
+        let (requisition, records) = write(&txn, &store_id, request).await?;
+        self.context.after_write(&txn, &records).await?;
+        txn.commit().await.map_err(crate::Error::from)?;
+        self.context.after_commit().await;
+        tracing::info!(
+            store_id,
+            requisition_id = %requisition.id,
+            status = %requisition.status().as_str_name(),
+            lines = requisition.lines.len(),
+            "requisition: {what}"
+        );
+        Ok(requisition)
     }
 
     pub fn new(db: DatabaseConnection, context: X) -> Self {
@@ -251,6 +290,72 @@ impl<X: StoreContext> StoreService for StoreServiceImpl<X> {
     ) -> Result<Response<pb::ListTransfersResponse>, Status> {
         let store_id = self.context.store_id().await?;
         let answer = transfers::list_transfers(&self.db, &store_id, request.get_ref()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn create_requisition(
+        &self,
+        request: Request<pb::CreateRequisitionRequest>,
+    ) -> Result<Response<pb::Requisition>, Status> {
+        let answer = self
+            .requisition_write(
+                "draft created",
+                request.into_inner(),
+                |txn, store, request| {
+                    Box::pin(requisitions::create_requisition(txn, store, request))
+                },
+            )
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn update_requisition(
+        &self,
+        request: Request<pb::UpdateRequisitionRequest>,
+    ) -> Result<Response<pb::Requisition>, Status> {
+        let answer = self
+            .requisition_write(
+                "draft updated",
+                request.into_inner(),
+                |txn, store, request| {
+                    Box::pin(requisitions::update_requisition(txn, store, request))
+                },
+            )
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn send_requisition(
+        &self,
+        request: Request<pb::SendRequisitionRequest>,
+    ) -> Result<Response<pb::Requisition>, Status> {
+        let answer = self
+            .requisition_write("sent", request.into_inner(), |txn, store, request| {
+                Box::pin(requisitions::send_requisition(txn, store, request))
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn finalise_requisition(
+        &self,
+        request: Request<pb::FinaliseRequisitionRequest>,
+    ) -> Result<Response<pb::Requisition>, Status> {
+        let answer = self
+            .requisition_write("finalised", request.into_inner(), |txn, store, request| {
+                Box::pin(requisitions::finalise_requisition(txn, store, request))
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn list_requisitions(
+        &self,
+        request: Request<pb::ListRequisitionsRequest>,
+    ) -> Result<Response<pb::ListRequisitionsResponse>, Status> {
+        let store_id = self.context.store_id().await?;
+        let answer =
+            requisitions::list_requisitions(&self.db, &store_id, request.get_ref()).await?;
         Ok(Response::new(answer))
     }
 }

@@ -95,30 +95,36 @@ fn check_lines(lines: &[pb::InvoiceLine]) -> Result<Vec<OutLine>> {
 /// sync-with list. A store's name has the store's id and follows its site:
 /// it is created with the site, and deactivated (or deleted) when the site
 /// is removed, so an active store name is a store of the list.
-async fn check_destination<C: ConnectionTrait>(
+pub(crate) async fn check_destination<C: ConnectionTrait>(
     txn: &C,
+    field: &str,
     store_id: &str,
     to_store_id: &str,
 ) -> Result<()> {
-    validate::uuid("to_store_id", to_store_id)?;
+    validate::uuid(field, to_store_id)?;
     if to_store_id == store_id {
-        return Err(Error::FailedPrecondition(
-            "to_store_id: a store cannot ship to itself".into(),
-        ));
+        let verb = if field == "to_store_id" {
+            "ship to"
+        } else {
+            "request from"
+        };
+        return Err(Error::FailedPrecondition(format!(
+            "{field}: a store cannot {verb} itself"
+        )));
     }
     let found = name::Entity::find_by_id(to_store_id.to_owned())
         .one(txn)
         .await?
-        .ok_or_else(|| Error::NotFound(format!("to_store_id: no store has id {to_store_id}")))?;
+        .ok_or_else(|| Error::NotFound(format!("{field}: no store has id {to_store_id}")))?;
     if !found.is_store {
         return Err(Error::FailedPrecondition(format!(
-            "to_store_id: {} ({to_store_id}) is not a store of the network",
+            "{field}: {} ({to_store_id}) is not a store of the network",
             found.code
         )));
     }
     if !found.active {
         return Err(Error::FailedPrecondition(format!(
-            "to_store_id: store {} ({to_store_id}) is not in the sync-with list",
+            "{field}: store {} ({to_store_id}) is not in the sync-with list",
             found.code
         )));
     }
@@ -323,7 +329,16 @@ pub async fn create_transfer<C: ConnectionTrait>(
     validate::optional_text("reference", &request.reference, 256)?;
     let lines = check_lines(&request.lines)?;
     store_ops::lock_store(txn, store_id).await?;
-    check_destination(txn, store_id, &request.to_store_id).await?;
+    check_destination(txn, "to_store_id", store_id, &request.to_store_id).await?;
+    if !request.requisition_id.is_empty() {
+        crate::domain::requisitions::check_supplies(
+            txn,
+            store_id,
+            &request.requisition_id,
+            &request.to_store_id,
+        )
+        .await?;
+    }
     let mut stock =
         stock_lines(txn, store_id, lines.iter().map(|l| l.stock_line_id.clone())).await?;
     let now = store_ops::creation_time(txn, store_id).await?;
@@ -340,6 +355,7 @@ pub async fn create_transfer<C: ConnectionTrait>(
         linked_invoice_id: String::new(),
         shipped_at_ms: 0,
         received_at_ms: 0,
+        requisition_id: request.requisition_id.clone(),
     };
     let new_lines = reserve(store_id, &row.id, lines, &mut stock, now)?;
     write_invoice(txn, &row).await?;

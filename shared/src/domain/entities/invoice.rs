@@ -17,6 +17,9 @@ pub struct Model {
     pub linked_invoice_id: String,
     pub shipped_at_ms: i64,
     pub received_at_ms: i64,
+    /// Requisitions (m0111/m0211): the response an outbound supplies, the
+    /// request an inbound answers; empty otherwise.
+    pub requisition_id: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

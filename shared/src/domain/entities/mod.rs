@@ -6,6 +6,8 @@ pub mod invoice_line;
 pub mod item;
 pub mod name;
 pub mod operator;
+pub mod requisition;
+pub mod requisition_line;
 pub mod setting;
 pub mod stock_line;
 pub mod store;

@@ -41,6 +41,8 @@ mod invoice;
 mod invoice_line;
 mod item;
 mod name;
+mod requisition;
+mod requisition_line;
 mod stock_line;
 mod store;
 mod transfer;
@@ -57,6 +59,8 @@ pub static SYNCED: &[&dyn SyncTable] = &[
     &invoice::Invoice,
     &invoice_line::InvoiceLine,
     &transfer::Transfer,
+    &requisition::Requisition,
+    &requisition_line::RequisitionLine,
 ];
 
 /// Who writes a table's rows, and which sites receive them.

@@ -243,6 +243,8 @@ pub fn table_name(record: &crate::proto::v1::SyncRecord) -> &'static str {
         Some(Record::Invoice(_)) => Table::Invoice,
         Some(Record::InvoiceLine(_)) => Table::InvoiceLine,
         Some(Record::Transfer(_)) => Table::Transfer,
+        Some(Record::Requisition(_)) => Table::Requisition,
+        Some(Record::RequisitionLine(_)) => Table::RequisitionLine,
         Some(Record::Deleted(reference)) => reference.table(),
         None => Table::Unspecified,
     };
@@ -254,6 +256,8 @@ pub fn table_name(record: &crate::proto::v1::SyncRecord) -> &'static str {
         Table::Invoice => "invoice",
         Table::InvoiceLine => "invoice_line",
         Table::Transfer => "transfer",
+        Table::Requisition => "requisition",
+        Table::RequisitionLine => "requisition_line",
         Table::Unspecified => "unspecified",
     }
 }
