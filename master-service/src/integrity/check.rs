@@ -80,10 +80,13 @@ impl Link<'_> {
             message: Some(message),
         };
         self.bytes += message.encoded_len() as u64;
+        let begun = self.round_trips > 0;
         self.tx.send(Ok(message)).await.map_err(|_| {
-            Error::Domain(storesync_shared::Error::Unavailable(
-                "the satellite went away during the check".into(),
-            ))
+            if begun {
+                failed("the satellite went away during the check".into())
+            } else {
+                not_begun()
+            }
         })
     }
 
@@ -93,7 +96,13 @@ impl Link<'_> {
             let next = tokio::time::timeout(ANSWER_TIMEOUT, self.answers.recv())
                 .await
                 .map_err(|_| failed(format!("the site did not answer within {ANSWER_TIMEOUT:?}")))?
-                .ok_or_else(|| failed("the session ended during the check".into()))?;
+                .ok_or_else(|| {
+                    if self.round_trips > 0 {
+                        failed("the session ended during the check".into())
+                    } else {
+                        not_begun()
+                    }
+                })?;
             let id = match &next {
                 satellite_message::Message::VerifyReply(r) => r.check_id,
                 satellite_message::Message::VerifyRepaired(r) => r.check_id,
@@ -115,6 +124,16 @@ impl Link<'_> {
             _ => Err(failed("the site answered out of turn".into())),
         }
     }
+}
+
+/// The session ended before the site answered anything (an interval-mode
+/// site can say Goodbye as the check is asked for): nothing was checked, and
+/// the site is checked at a later session. Reported as not connected.
+fn not_begun() -> Error {
+    Error::Domain(storesync_shared::Error::Unavailable(
+        "the sync session ended before the site began the check; it is checked at a later session"
+            .into(),
+    ))
 }
 
 fn failed(message: String) -> Error {

@@ -133,7 +133,12 @@ impl SessionVerifier {
                 repairs = found.repairs;
             }
             Err(error) => {
-                result.outcome = pb::VerifyOutcome::Failed as i32;
+                result.outcome = match &error {
+                    crate::error::Error::Domain(storesync_shared::Error::Unavailable(_)) => {
+                        pb::VerifyOutcome::NotConnected
+                    }
+                    _ => pb::VerifyOutcome::Failed,
+                } as i32;
                 result.message = error.to_string();
             }
         }
