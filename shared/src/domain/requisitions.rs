@@ -26,9 +26,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Statement};
 
 use crate::domain::convert::{kind_to_str, requisition_kind_to_str, requisition_status_to_str};
 use crate::domain::entities::{item, requisition, requisition_line};
@@ -605,29 +603,15 @@ pub async fn list_requisitions<C: ConnectionTrait>(
             ))
         }
     }
-    if !request.page_token.is_empty() {
-        let (at, id) = request
-            .page_token
-            .split_once('.')
-            .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)))
-            .ok_or_else(|| Error::invalid("page_token", "is not a token this server issued"))?;
-        validate::uuid("page_token", id)?;
-        query = query.filter(
-            sea_orm::Condition::any()
-                .add(requisition::Column::CreatedAtMs.lt(at))
-                .add(
-                    sea_orm::Condition::all()
-                        .add(requisition::Column::CreatedAtMs.eq(at))
-                        .add(requisition::Column::Id.lt(id)),
-                ),
-        );
-    }
-    let mut rows = query
-        .order_by_desc(requisition::Column::CreatedAtMs)
-        .order_by_desc(requisition::Column::Id)
-        .limit(page_size + 1)
-        .all(db)
-        .await?;
+    let mut rows = store_ops::newest_first(
+        query,
+        &request.page_token,
+        requisition::Column::CreatedAtMs,
+        requisition::Column::Id,
+        page_size,
+    )?
+    .all(db)
+    .await?;
     let next_page_token = store_ops::next_token(&mut rows, page_size, |last| {
         format!("{}.{}", last.created_at_ms, last.id)
     });

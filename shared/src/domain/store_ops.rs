@@ -680,29 +680,15 @@ pub async fn list_invoices<C: ConnectionTrait>(
             ))
         }
     }
-    if !request.page_token.is_empty() {
-        let (at, id) = request
-            .page_token
-            .split_once('.')
-            .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)))
-            .ok_or_else(|| Error::invalid("page_token", "is not a token this server issued"))?;
-        validate::uuid("page_token", id)?;
-        query = query.filter(
-            sea_orm::Condition::any()
-                .add(invoice::Column::CreatedAtMs.lt(at))
-                .add(
-                    sea_orm::Condition::all()
-                        .add(invoice::Column::CreatedAtMs.eq(at))
-                        .add(invoice::Column::Id.lt(id)),
-                ),
-        );
-    }
-    let mut rows = query
-        .order_by_desc(invoice::Column::CreatedAtMs)
-        .order_by_desc(invoice::Column::Id)
-        .limit(page_size + 1)
-        .all(db)
-        .await?;
+    let mut rows = newest_first(
+        query,
+        &request.page_token,
+        invoice::Column::CreatedAtMs,
+        invoice::Column::Id,
+        page_size,
+    )?
+    .all(db)
+    .await?;
     let next_page_token = next_token(&mut rows, page_size, |last| {
         format!("{}.{}", last.created_at_ms, last.id)
     });
@@ -714,6 +700,40 @@ pub async fn list_invoices<C: ConnectionTrait>(
 
 /// Drops the look-ahead row of a page fetched with `limit(page_size + 1)` and
 /// returns the token of the next page (empty on the last page).
+/// `query` from `page_token` on (a `"created_at_ms.id"` token of
+/// [`next_token`], empty for the first page), newest first, with one row
+/// more than `page_size` for [`next_token`] to see whether a page follows.
+pub fn newest_first<E, C>(
+    mut query: sea_orm::Select<E>,
+    page_token: &str,
+    created_at: C,
+    id: C,
+    page_size: u64,
+) -> Result<sea_orm::Select<E>>
+where
+    E: EntityTrait,
+    C: ColumnTrait + Copy,
+{
+    if !page_token.is_empty() {
+        let (at, row_id) = page_token
+            .split_once('.')
+            .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)))
+            .ok_or_else(|| Error::invalid("page_token", "is not a token this server issued"))?;
+        validate::uuid("page_token", row_id)?;
+        query = query.filter(
+            sea_orm::Condition::any().add(created_at.lt(at)).add(
+                sea_orm::Condition::all()
+                    .add(created_at.eq(at))
+                    .add(id.lt(row_id)),
+            ),
+        );
+    }
+    Ok(query
+        .order_by_desc(created_at)
+        .order_by_desc(id)
+        .limit(page_size + 1))
+}
+
 pub fn next_token<T>(rows: &mut Vec<T>, page_size: u64, token: impl Fn(&T) -> String) -> String {
     let page_size = usize::try_from(page_size).unwrap_or(usize::MAX);
     if rows.len() > page_size {

@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use crate::domain::convert::kind_to_str;
 use crate::domain::entities::{invoice, invoice_line, name, stock_line, transfer};
@@ -645,29 +645,15 @@ pub async fn list_transfers<C: ConnectionTrait>(
         validate::uuid("other_store_id", &request.other_store_id)?;
         query = query.filter(invoice::Column::NameId.eq(request.other_store_id.as_str()));
     }
-    if !request.page_token.is_empty() {
-        let (at, id) = request
-            .page_token
-            .split_once('.')
-            .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)))
-            .ok_or_else(|| Error::invalid("page_token", "is not a token this server issued"))?;
-        validate::uuid("page_token", id)?;
-        query = query.filter(
-            sea_orm::Condition::any()
-                .add(invoice::Column::CreatedAtMs.lt(at))
-                .add(
-                    sea_orm::Condition::all()
-                        .add(invoice::Column::CreatedAtMs.eq(at))
-                        .add(invoice::Column::Id.lt(id)),
-                ),
-        );
-    }
-    let mut rows = query
-        .order_by_desc(invoice::Column::CreatedAtMs)
-        .order_by_desc(invoice::Column::Id)
-        .limit(page_size + 1)
-        .all(db)
-        .await?;
+    let mut rows = store_ops::newest_first(
+        query,
+        &request.page_token,
+        invoice::Column::CreatedAtMs,
+        invoice::Column::Id,
+        page_size,
+    )?
+    .all(db)
+    .await?;
     let next_page_token = store_ops::next_token(&mut rows, page_size, |last| {
         format!("{}.{}", last.created_at_ms, last.id)
     });
