@@ -57,3 +57,38 @@ pub fn named(result: &pb::SiteVerification) -> BTreeSet<Named> {
         .map(|d| (d.table(), d.id.clone(), d.side()))
         .collect()
 }
+
+/// Like [`settled_check`], but a check that ends otherwise than `Equal` or
+/// `Different` (failed, or still not settled at `limit`) is returned as
+/// `Err` instead of panicking, for a caller that may retry it (an
+/// interval-mode site's session can end while its check runs).
+pub async fn try_settled_check(
+    master: &Master,
+    sync_id: u32,
+    report_only: bool,
+    limit: Duration,
+) -> Result<pb::SiteVerification, pb::SiteVerification> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut answer = master
+            .admin()
+            .await
+            .verify_sites(pb::VerifySitesRequest {
+                sync_ids: vec![sync_id],
+                report_only,
+            })
+            .await
+            .expect("VerifySites")
+            .into_inner();
+        let result = answer.sites.pop().expect("one result per site asked");
+        match result.outcome() {
+            pb::VerifyOutcome::Equal | pb::VerifyOutcome::Different => return Ok(result),
+            pb::VerifyOutcome::NotSettled | pb::VerifyOutcome::NotConnected
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            _ => return Err(result),
+        }
+    }
+}
