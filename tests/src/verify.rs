@@ -61,12 +61,15 @@ pub fn named(result: &pb::SiteVerification) -> BTreeSet<Named> {
 /// Like [`settled_check`], but a check that ends otherwise than `Equal` or
 /// `Different` (failed, or still not settled at `limit`) is returned as
 /// `Err` instead of panicking, for a caller that may retry it (an
-/// interval-mode site's session can end while its check runs).
+/// interval-mode site's session can end while its check runs). Asks again
+/// every `poll` while the site is not connected or the data still moves: an
+/// interval-mode site is connected only for the short session of each sync.
 pub async fn try_settled_check(
     master: &Master,
     sync_id: u32,
     report_only: bool,
     limit: Duration,
+    poll: Duration,
 ) -> Result<pb::SiteVerification, pb::SiteVerification> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -86,7 +89,7 @@ pub async fn try_settled_check(
             pb::VerifyOutcome::NotSettled | pb::VerifyOutcome::NotConnected
                 if tokio::time::Instant::now() < deadline =>
             {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(poll).await;
             }
             _ => return Err(result),
         }
