@@ -32,9 +32,9 @@
 //!   (`--clean`) or into a fresh database the master is pointed at, or the
 //!   SQLite files copied back; the master restarted. Not from a backup
 //!   older than a shipped transfer (`transfer_since_backup`: the receiving
-//!   site's inbound shipment is then refused, a known defect). Databases adopted after
-//!   the backup are adopted again (the restore forgot the adoption), and
-//!   sync credentials set after it are set again;
+//!   site's inbound shipment is then refused, a known defect). Databases
+//!   adopted after the backup are adopted again (the restore forgot the
+//!   adoption), and sync credentials set after it are set again;
 //! - **a site removed and added again** (Sync ID 5, whose store holds no
 //!   data: a removal is refused otherwise): its old database is refused
 //!   plainly, a new one initialises as the new store. The master backups
