@@ -215,3 +215,53 @@ pub async fn send_raw(
         Err(_) => tonic::Status::deadline_exceeded("no answer within 20 s"),
     }
 }
+
+/// Sends `records` at `first_seq` and waits for the master's acknowledgement.
+pub async fn push_acked(
+    session: &mut RawSession,
+    first_seq: u64,
+    records: Vec<pb::SyncRecord>,
+) -> u64 {
+    session.push(first_seq, records).await;
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match session.inbound.message().await {
+                Ok(Some(pb::MasterMessage {
+                    message: Some(pb::master_message::Message::UpstreamAck(ack)),
+                })) => return ack.acked_seq,
+                Ok(Some(_)) => continue,
+                other => panic!("the master did not acknowledge: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("an acknowledgement")
+}
+
+/// Sends `records` as the next batch and returns the status that ends the
+/// stream, with the record the master's `SyncError` names.
+pub async fn push_refused(
+    session: &mut RawSession,
+    first_seq: u64,
+    records: Vec<pb::SyncRecord>,
+) -> (tonic::Status, Option<pb::RecordRef>) {
+    session.push(first_seq, records).await;
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut named = None;
+        loop {
+            match session.inbound.message().await {
+                Ok(Some(pb::MasterMessage {
+                    message: Some(pb::master_message::Message::UpstreamAck(ack)),
+                })) => panic!("the master acknowledged a batch it must refuse: {ack:?}"),
+                Ok(Some(pb::MasterMessage {
+                    message: Some(pb::master_message::Message::Error(error)),
+                })) => named = error.record,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return (status, named),
+            }
+        }
+    })
+    .await
+    .expect("the master answers promptly")
+}

@@ -14,7 +14,7 @@ use storesync_tests::cluster::{
     store_of, Authed, Master, Satellite, SYNC_PASSWORD, SYNC_USER,
 };
 use storesync_tests::master::assert_status;
-use storesync_tests::raw::{hello, open, RawSession};
+use storesync_tests::raw::{hello, open, push_acked, push_refused};
 use storesync_tests::{backends, eventually, TestDb};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -433,52 +433,6 @@ async fn clinic_3_requisitions_from_clinic_2_which_supplies_part_and_every_view_
         assert_store_copies_equal(&db, &clinic_2, LIMIT).await;
         assert_store_copies_equal(&db, &clinic_3, LIMIT).await;
     }
-}
-
-/// Sends `records` at `first_seq` and waits for the master's acknowledgement.
-async fn push_acked(session: &mut RawSession, first_seq: u64, records: Vec<pb::SyncRecord>) -> u64 {
-    session.push(first_seq, records).await;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match session.inbound.message().await {
-                Ok(Some(pb::MasterMessage {
-                    message: Some(pb::master_message::Message::UpstreamAck(ack)),
-                })) => return ack.acked_seq,
-                Ok(Some(_)) => continue,
-                other => panic!("the master did not acknowledge: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("an acknowledgement")
-}
-
-/// Sends `records` as the next batch and returns the status that ends the
-/// stream, with the record the master's `SyncError` names.
-async fn push_refused(
-    session: &mut RawSession,
-    first_seq: u64,
-    records: Vec<pb::SyncRecord>,
-) -> (tonic::Status, Option<pb::RecordRef>) {
-    session.push(first_seq, records).await;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        let mut named = None;
-        loop {
-            match session.inbound.message().await {
-                Ok(Some(pb::MasterMessage {
-                    message: Some(pb::master_message::Message::UpstreamAck(ack)),
-                })) => panic!("the master acknowledged a batch it must refuse: {ack:?}"),
-                Ok(Some(pb::MasterMessage {
-                    message: Some(pb::master_message::Message::Error(error)),
-                })) => named = error.record,
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended without a status"),
-                Err(status) => return (status, named),
-            }
-        }
-    })
-    .await
-    .expect("the master answers promptly")
 }
 
 /// A Hello of a site that has written its outbox up to a far sequence

@@ -13,7 +13,7 @@ use storesync_tests::cluster::{
     store_of, Authed, Master, Satellite, SYNC_PASSWORD, SYNC_USER,
 };
 use storesync_tests::master::assert_status;
-use storesync_tests::raw::{hello, open, RawSession};
+use storesync_tests::raw::{hello, open, push_acked, push_refused};
 use storesync_tests::{backends, eventually, TestDb};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -522,52 +522,6 @@ async fn a_transfer_between_satellites_reaches_an_interval_site_and_the_sender_s
             "the receiver's stock ledger does not account for the receipt: {problems:?}"
         );
     }
-}
-
-/// Sends `records` at `first_seq` and waits for the master's acknowledgement.
-async fn push_acked(session: &mut RawSession, first_seq: u64, records: Vec<pb::SyncRecord>) -> u64 {
-    session.push(first_seq, records).await;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match session.inbound.message().await {
-                Ok(Some(pb::MasterMessage {
-                    message: Some(pb::master_message::Message::UpstreamAck(ack)),
-                })) => return ack.acked_seq,
-                Ok(Some(_)) => continue,
-                other => panic!("the master did not acknowledge: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("an acknowledgement")
-}
-
-/// Sends `records` as the next batch and returns the status that ends the
-/// stream, with the record the master's `SyncError` names.
-async fn push_refused(
-    session: &mut RawSession,
-    first_seq: u64,
-    records: Vec<pb::SyncRecord>,
-) -> (tonic::Status, Option<pb::RecordRef>) {
-    session.push(first_seq, records).await;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        let mut named = None;
-        loop {
-            match session.inbound.message().await {
-                Ok(Some(pb::MasterMessage {
-                    message: Some(pb::master_message::Message::UpstreamAck(ack)),
-                })) => panic!("the master acknowledged a batch it must refuse: {ack:?}"),
-                Ok(Some(pb::MasterMessage {
-                    message: Some(pb::master_message::Message::Error(error)),
-                })) => named = error.record,
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended without a status"),
-                Err(status) => return (status, named),
-            }
-        }
-    })
-    .await
-    .expect("the master answers promptly")
 }
 
 fn invoice_record(invoice: pb::Invoice) -> pb::SyncRecord {
