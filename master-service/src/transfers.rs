@@ -24,6 +24,19 @@
 //! the request lines', every row is inserted `ON CONFLICT DO NOTHING`, and
 //! only the insert that created the response writes its change-log entries.
 //!
+//! # Invariant: across a master restore, the master holds only what it derives
+//! A site's copy of an inbound shipment (a response) the master does not
+//! hold is written only as an update of the row [`follow`]
+//! ([`follow_requisitions`]) creates from the outbound (the request): while
+//! the master does not hold that outbound shipped (request sent) from the
+//! other store to this one, [`set_aside`] leaves a copy with the derived id
+//! out of the batch (applied without it, so the site is not stuck), and any
+//! other copy is refused. Re-created, the row is handed over again, and the
+//! site, which holds it, sends its copy back (`satellite-agent`
+//! `sync::repush::push_back`). A shipment naming a requisition the master
+//! does not hold at all is held (`UNAVAILABLE`, retried) until the request
+//! is back. See `docs/TRANSFERS.md`, "Across a master restore".
+//!
 //! # Ownership
 //! - The outbound shipment and its lines: the sending store's site, always.
 //! - The inbound shipment and its lines: the master creates them (status
@@ -401,6 +414,12 @@ pub struct Refusal {
     /// The refused row is about a requisition (its response or link), not
     /// an inbound shipment.
     pub requisition: bool,
+    /// Not refused for good: the row is a site's copy of what the master
+    /// creates, and what backs it (the outbound shipment, the request, the
+    /// response a shipment supplies) has not reached the master yet, as
+    /// after a restore from an older backup until the other store's site
+    /// re-pushes it. The batch is held: the site sends it again later.
+    pub held: bool,
 }
 
 /// Checks a site's upserts and deletes of `table` (of its store
@@ -531,6 +550,7 @@ fn refuse(id: &str, why: &str) -> Result<Option<Refusal>> {
         id: id.to_owned(),
         why: why.to_owned(),
         requisition: false,
+        held: false,
     }))
 }
 
@@ -539,7 +559,155 @@ fn refuse_requisition(id: &str, why: String) -> Result<Option<Refusal>> {
         id: id.to_owned(),
         why,
         requisition: true,
+        held: false,
     }))
+}
+
+/// A batch held until what backs one of its rows reaches the master.
+fn hold(id: &str, why: String, requisition: bool) -> Result<Option<Refusal>> {
+    Ok(Some(Refusal {
+        id: id.to_owned(),
+        why,
+        requisition,
+        held: true,
+    }))
+}
+
+/// What a site's copy derives from (an outbound shipment, a request), by
+/// id: its store, the store it goes to, and whether it was shipped (sent).
+type Backing = HashMap<String, (String, String, bool)>;
+
+/// Rows of `table` in a site's batch that are the site's copies of what
+/// the master creates and no longer holds, nor can derive yet: an inbound
+/// shipment whose outbound shipment the master does not hold as shipped
+/// from the other store to this one, a response whose request it does not
+/// hold as sent from the other store to this one. That happens only after
+/// the master was restored from a backup older than the shipment (the
+/// request). Such a row is taken out of `upserts` and not written: the
+/// master re-creates it, with the same id, when the other store's site
+/// pushes the outbound (the request) again, and hands it to this site,
+/// which then sends its copy back as an update of it (see
+/// `docs/TRANSFERS.md`, "Across a master restore"). Only a row whose id is
+/// the one the master derives from its link ([`inbound_id`],
+/// [`response_id`]) is set aside; any other row the master does not hold is
+/// left for [`check_site_rows`] to refuse. Returns the ids set aside.
+pub async fn set_aside<C: ConnectionTrait>(
+    txn: &C,
+    table: &dyn SyncTable,
+    upserts: &mut Vec<Row>,
+) -> Result<Vec<String>> {
+    let text = |row: &Row, column: &str| {
+        table
+            .column_index(column)
+            .and_then(|i| row.text(i))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // (row id, its link, its store, the other store) of derived rows.
+    let (kind, link, other, derive): (&str, &str, &str, fn(&str) -> String) = match table.table() {
+        Table::Invoice => (
+            kind_to_str(pb::InvoiceKind::InboundShipment),
+            "linked_invoice_id",
+            "name_id",
+            inbound_id,
+        ),
+        Table::Requisition => (
+            pb::RequisitionKind::Response.as_str_name(),
+            "linked_requisition_id",
+            "other_store_id",
+            response_id,
+        ),
+        _ => return Ok(Vec::new()),
+    };
+    let derived: Vec<(String, String, String, String)> = upserts
+        .iter()
+        .filter(|row| text(row, "kind") == kind)
+        .map(|row| {
+            (
+                row.id().to_owned(),
+                text(row, link),
+                text(row, "store_id"),
+                text(row, other),
+            )
+        })
+        .filter(|(id, linked, _, _)| !linked.is_empty() && derive(linked) == *id)
+        .collect();
+    if derived.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = derived.iter().map(|d| d.0.clone()).collect();
+    let links: Vec<String> = derived.iter().map(|d| d.1.clone()).collect();
+    // Backed: the master holds the row itself, or what it derives it from.
+    let (held, backing): (HashSet<String>, Backing) = if table.table() == Table::Invoice {
+        let held = invoice::Entity::find()
+            .filter(invoice::Column::Id.is_in(ids))
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|row| row.id)
+            .collect();
+        let backing = invoice::Entity::find()
+            .filter(invoice::Column::Id.is_in(links))
+            .filter(invoice::Column::Kind.eq(kind_to_str(pb::InvoiceKind::OutboundShipment)))
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|row| {
+                let shipped = row.status == pb::InvoiceStatus::Shipped.as_str_name();
+                (row.id, (row.store_id, row.name_id, shipped))
+            })
+            .collect();
+        (held, backing)
+    } else {
+        let held = requisition::Entity::find()
+            .filter(requisition::Column::Id.is_in(ids))
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|row| row.id)
+            .collect();
+        let backing = requisition::Entity::find()
+            .filter(requisition::Column::Id.is_in(links))
+            .filter(requisition::Column::Kind.eq(pb::RequisitionKind::Request.as_str_name()))
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|row| {
+                let sent = row.status == pb::RequisitionStatus::RequisitionSent.as_str_name();
+                (row.id, (row.store_id, row.other_store_id, sent))
+            })
+            .collect();
+        (held, backing)
+    };
+    let aside: HashSet<String> = derived
+        .into_iter()
+        .filter(|(id, linked, store, other)| {
+            if held.contains(id) {
+                return false;
+            }
+            match backing.get(linked) {
+                // Shipped (sent): the master created the row with it, so a
+                // copy it does not hold is a forgery, refused by
+                // `check_site_rows`.
+                Some((_, _, true)) => false,
+                // Held unshipped (unsent) from the other store to this one:
+                // its sending site's re-push is on its way. Between other
+                // stores: a forgery, refused.
+                Some((from, to, false)) => from == other && to == store,
+                // Not held at all: a copy the master cannot check yet, or
+                // a forgery. Set aside either way, never written.
+                None => true,
+            }
+        })
+        .map(|d| d.0)
+        .collect();
+    if aside.is_empty() {
+        return Ok(Vec::new());
+    }
+    upserts.retain(|row| !aside.contains(row.id()));
+    let mut aside: Vec<String> = aside.into_iter().collect();
+    aside.sort_unstable();
+    Ok(aside)
 }
 
 /// The inbound shipments among invoices `ids`.
@@ -933,23 +1101,39 @@ async fn check_requisition_rows<C: ConnectionTrait>(
                 .filter(|row| !before.contains_key(row.id()))
                 .map(|row| text(row, "requisition_id"))
                 .collect();
-            let responses: HashMap<String, requisition::Model> = if named.is_empty() {
+            // Every requisition named, of any kind: one the master does not
+            // hold at all holds the batch (see below).
+            let requisitions: HashMap<String, requisition::Model> = if named.is_empty() {
                 HashMap::new()
             } else {
                 requisition::Entity::find()
                     .filter(requisition::Column::Id.is_in(named))
-                    .filter(requisition::Column::Kind.eq(response_kind))
                     .all(txn)
                     .await?
                     .into_iter()
                     .map(|row| (row.id.clone(), row))
                     .collect()
             };
+            let outbound_kind = kind_to_str(pb::InvoiceKind::OutboundShipment);
             for row in linking.iter().filter(|row| !before.contains_key(row.id())) {
                 let requisition_id = text(row, "requisition_id");
-                let fits = text(row, "kind") == kind_to_str(pb::InvoiceKind::OutboundShipment)
-                    && responses.get(&requisition_id).is_some_and(|response| {
-                        response.store_id == text(row, "store_id")
+                let is_outbound = text(row, "kind") == outbound_kind;
+                if is_outbound && !requisitions.contains_key(&requisition_id) {
+                    // A response the master lost in a restore from an older
+                    // backup comes back when the requesting site re-pushes
+                    // its request; a forged id stays held, never let in.
+                    return hold(
+                        row.id(),
+                        format!(
+                            "supplies requisition {requisition_id}, which the master does not hold (restored from an older backup?): held until the requesting store's site sends its request"
+                        ),
+                        true,
+                    );
+                }
+                let fits = is_outbound
+                    && requisitions.get(&requisition_id).is_some_and(|response| {
+                        response.kind == response_kind
+                            && response.store_id == text(row, "store_id")
                             && response.other_store_id == text(row, "name_id")
                     });
                 if !fits {

@@ -2,8 +2,10 @@
 //! and three satellites (two streaming, one on a short interval) behind TCP
 //! proxies; a random workload of store operations, transfers (created and
 //! shipped from a satellite to another, or from the master's own store to a
-//! satellite; pending inbound shipments received, sometimes one line short)
-//! and master-data changes and deletes, interleaved with random faults: `kill -9` of the master or of a
+//! satellite; pending inbound shipments received, sometimes one line short),
+//! requisitions (a satellite requests items from another store and sends
+//! the request; the supplying store ships against its open response, or
+//! finalises it) and master-data changes and deletes, interleaved with random faults: `kill -9` of the master or of a
 //! satellite, links cut mid-stream, satellites paused (SIGSTOP/SIGCONT), PostgreSQL restarted,
 //! power cuts (every satellite, and a SQLite master, keeps its database on the
 //! lazy filesystem of `storesync_tests::lazyfs`, which drops what was not
@@ -30,9 +32,13 @@
 //!   old one started again is refused, and its entries are handed over;
 //! - **the master restored from its backup**: `pg_restore` in place
 //!   (`--clean`) or into a fresh database the master is pointed at, or the
-//!   SQLite files copied back; the master restarted. Not from a backup
-//!   older than a shipped transfer (`transfer_since_backup`: the receiving
-//!   site's inbound shipment is then refused, a known defect). Databases
+//!   SQLite files copied back; the master restarted. Transfers and
+//!   requisitions between satellites made after the backup come back with
+//!   the sites' re-push (`docs/TRANSFERS.md`, "Across a master restore").
+//!   Not from a backup older than a shipment from the master's own store
+//!   (`master_shipped_since_backup`): that store's data lives on the master
+//!   only, so the restore loses the outbound for good while the receiving
+//!   site keeps its inbound shipment. Databases
 //!   adopted after the backup are adopted again (the restore forgot the
 //!   adoption), and sync credentials set after it are set again;
 //! - **a site removed and added again** (Sync ID 5, whose store holds no
@@ -80,7 +86,9 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-use storesync_shared::domain::entities::{invoice, invoice_line, item, stock_line, transfer};
+use storesync_shared::domain::entities::{
+    invoice, invoice_line, item, requisition, requisition_line, stock_line, transfer,
+};
 use storesync_shared::proto::v1 as pb;
 use storesync_tests::cluster::{
     assert_store_copies_equal, create_items, create_trading_partners, database_id, goods_in,
@@ -140,6 +148,14 @@ struct Tally {
     transfers_received: usize,
     transfers_received_short: usize,
     transfers_refused: usize,
+    /// Requests created and sent, shipments supplying a response, responses
+    /// finalised.
+    requisitions_sent: usize,
+    requisitions_supplied: usize,
+    requisitions_finalised: usize,
+    /// Master restores from a backup older than a transfer or a request
+    /// between satellites.
+    master_restores_across_moves: usize,
 }
 
 /// A copy of a satellite's SQLite files, and what it held.
@@ -423,13 +439,17 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
     let mut site_backups: Vec<Option<SiteBackup>> = vec![None, None, None];
     let mut master_backup: Option<MasterBackup> = None;
     let wipe_round = rng.gen_range(0..rounds);
-    // Whether a transfer was shipped since the last master backup. A master
-    // restored from such a backup lost the inbound shipment it created; the
-    // receiving site pushes its copy back and the master refuses it as an
-    // inbound shipment created by a site, so that site stays stuck (a known
-    // defect of transfers across a master restore): until it is fixed, the
-    // master is not restored from a backup older than a shipped transfer.
-    let mut transfer_since_backup = false;
+    // Whether the master's own store shipped since the last master backup.
+    // Its data lives on the master only: a restore from such a backup loses
+    // the outbound for good, while the receiving site keeps its inbound
+    // shipment (no site can push the outbound back). Transfers between
+    // satellites come back with their sites' re-push.
+    let mut master_shipped_since_backup = false;
+    // Shipments, requests sent and supplies between satellites since the
+    // last master backup: what a restore from it must get back.
+    let mut moves_since_backup = 0usize;
+    // Sent requests acknowledged to their client, by requesting Sync ID.
+    let mut requests_sent: HashMap<u32, HashSet<String>> = HashMap::new();
 
     for round in 0..rounds {
         // Some satellites sit behind a slow, lossy link this round: 64 kbit/s,
@@ -444,7 +464,7 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
             proxy.cut_all();
         }
         for step in 0..20 {
-            let choice = rng.gen_range(0..19);
+            let choice = rng.gen_range(0..21);
             match choice {
                 0..=4 => {
                     // A store operation at a random satellite.
@@ -663,7 +683,8 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                         .zip(&database_ids)
                         .map(|(s, id)| (s.sync_id, id.clone()))
                         .collect();
-                    transfer_since_backup = false;
+                    master_shipped_since_backup = false;
+                    moves_since_backup = 0;
                     master_backup = Some(MasterBackup {
                         dir,
                         scratch: scratch.clone(),
@@ -787,13 +808,14 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                     .await;
                     match outcome {
                         Ok(Ok(Some(id))) => {
-                            transfer_since_backup = true;
                             if from == 0 {
+                                master_shipped_since_backup = true;
                                 // The master's own store: its data is the
                                 // master's, which a master restore may set back.
                                 tally.transfers_from_master += 1;
                             } else {
                                 tally.transfers_from_satellites += 1;
+                                moves_since_backup += 1;
                                 acknowledged.entry(from_sync_id).or_default().insert(id);
                             }
                         }
@@ -873,6 +895,166 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                         Ok(Ok(None)) | Err(_) => {}
                     }
                 }
+                19 => {
+                    // A satellite requests one or two items from another
+                    // store of the campaign (a satellite, or the master's
+                    // own store) and sends the request.
+                    let n = rng.gen_range(0..satellites.len());
+                    let mut supplier_n = rng.gen_range(0..satellites.len());
+                    if supplier_n == n {
+                        supplier_n = satellites.len();
+                    }
+                    let supplier_sync_id = satellites.get(supplier_n).map_or(1, |s| s.sync_id);
+                    let supplier_store = store_ids[&supplier_sync_id].clone();
+                    let lines: Vec<pb::RequisitionLineInput> = (0..rng.gen_range(1..3))
+                        .map(|_| pb::RequisitionLineInput {
+                            item_id: trade_items[rng.gen_range(0..trade_items.len())].id.clone(),
+                            requested_quantity: f64::from(rng.gen_range(1..8) * 10),
+                        })
+                        .collect();
+                    // Two lines of one item are one line.
+                    let mut seen = HashSet::new();
+                    let lines: Vec<_> = lines
+                        .into_iter()
+                        .filter(|line| seen.insert(line.item_id.clone()))
+                        .collect();
+                    let mut store = satellites[n].store().await;
+                    let reference = format!("RQ{round}S{step}");
+                    let outcome = tokio::time::timeout(CALL, async {
+                        let draft = store
+                            .create_requisition(pb::CreateRequisitionRequest {
+                                supplier_store_id: supplier_store,
+                                reference,
+                                lines,
+                            })
+                            .await?
+                            .into_inner();
+                        store
+                            .send_requisition(pb::SendRequisitionRequest { id: draft.id })
+                            .await
+                            .map(|sent| sent.into_inner().id)
+                    })
+                    .await;
+                    match outcome {
+                        Ok(Ok(id)) => {
+                            tally.requisitions_sent += 1;
+                            moves_since_backup += 1;
+                            requests_sent
+                                .entry(satellites[n].sync_id)
+                                .or_default()
+                                .insert(id);
+                        }
+                        Ok(Err(status)) => panic!(
+                            "seed {seed}: requisition at satellite {}: {status:?}",
+                            satellites[n].sync_id
+                        ),
+                        Err(_) => {}
+                    }
+                }
+                20 => {
+                    // A supplying store answers one of its open responses:
+                    // ships what it has of the items requested (a transfer
+                    // linked to the response), or finalises it.
+                    let supplier_n = rng.gen_range(0..=satellites.len());
+                    let (mut store, from_sync_id) = match satellites.get(supplier_n) {
+                        Some(satellite) => (satellite.store().await, satellite.sync_id),
+                        None => (master.store().await, 1),
+                    };
+                    let finalise = rng.gen_bool(0.3);
+                    let pick = rng.gen_range(0..1000usize);
+                    let outcome = tokio::time::timeout(CALL, async {
+                        let open: Vec<pb::Requisition> = store
+                            .list_requisitions(pb::ListRequisitionsRequest {
+                                page_size: 1000,
+                                kind: pb::RequisitionKind::Response as i32,
+                                status: pb::RequisitionStatus::RequisitionSent as i32,
+                                ..Default::default()
+                            })
+                            .await?
+                            .into_inner()
+                            .requisitions;
+                        if open.is_empty() {
+                            return Ok(None);
+                        }
+                        let response = &open[pick % open.len()];
+                        if finalise {
+                            store
+                                .finalise_requisition(pb::FinaliseRequisitionRequest {
+                                    id: response.id.clone(),
+                                })
+                                .await?;
+                            return Ok(Some(None));
+                        }
+                        let wanted: HashSet<&str> =
+                            response.lines.iter().map(|l| l.item_id.as_str()).collect();
+                        let stock = store
+                            .list_stock(pb::ListStockRequest {
+                                in_stock_only: true,
+                                page_size: 100,
+                                ..Default::default()
+                            })
+                            .await?
+                            .into_inner()
+                            .stock_lines;
+                        let lines: Vec<pb::InvoiceLine> = stock
+                            .iter()
+                            .filter(|line| wanted.contains(line.item_id.as_str()))
+                            .filter(|line| line.available_number_of_packs >= 1.0)
+                            .take(2)
+                            .map(|line| pb::InvoiceLine {
+                                stock_line_id: line.id.clone(),
+                                number_of_packs: line.available_number_of_packs.min(3.0).floor(),
+                                sell_price_per_pack: 2.0,
+                                ..Default::default()
+                            })
+                            .collect();
+                        if lines.is_empty() {
+                            return Ok(None);
+                        }
+                        let draft = store
+                            .create_transfer(pb::CreateTransferRequest {
+                                requisition_id: response.id.clone(),
+                                to_store_id: response.other_store_id.clone(),
+                                reference: format!("SUPPLY-{}", response.requisition_number),
+                                lines,
+                            })
+                            .await?
+                            .into_inner();
+                        store
+                            .ship_transfer(pb::ShipTransferRequest { id: draft.id })
+                            .await
+                            .map(|shipped| Some(Some(shipped.into_inner().id)))
+                    })
+                    .await;
+                    match outcome {
+                        Ok(Ok(Some(Some(id)))) => {
+                            tally.requisitions_supplied += 1;
+                            if from_sync_id == 1 {
+                                master_shipped_since_backup = true;
+                                tally.transfers_from_master += 1;
+                            } else {
+                                tally.transfers_from_satellites += 1;
+                                moves_since_backup += 1;
+                                acknowledged.entry(from_sync_id).or_default().insert(id);
+                            }
+                        }
+                        Ok(Ok(Some(None))) => tally.requisitions_finalised += 1,
+                        Ok(Err(status)) => {
+                            // FAILED_PRECONDITION: the stock went, or the
+                            // response was finalised meanwhile. The master's
+                            // own store answers UNAVAILABLE while its
+                            // database restarts.
+                            assert!(
+                                status.code() == tonic::Code::FailedPrecondition
+                                    || (from_sync_id == 1
+                                        && status.code() == tonic::Code::Unavailable),
+                                "seed {seed}: supplying a requisition at Sync ID {from_sync_id}: {status:?}"
+                            );
+                            tally.transfers_refused += 1;
+                        }
+                        Ok(Ok(None)) | Err(_) => {}
+                    }
+                }
                 10 if pg_cluster.is_some() && rng.gen_bool(0.25) => {
                     // PostgreSQL itself goes away and comes back under the master.
                     let version = pg_cluster.as_deref().unwrap_or_default();
@@ -894,6 +1076,7 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
         // Quiet: everything reaches everywhere (slow links too); then the checks.
         let expect = Expected {
             acknowledged: &acknowledged,
+            requests_sent: &requests_sent,
             deleted_items: &deleted_items,
             scratch: &scratch,
         };
@@ -983,9 +1166,13 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
                 }
             } else if let Some(backup) = master_backup
                 .as_ref()
-                .filter(|_| kind == 2 && !transfer_since_backup)
+                .filter(|_| kind == 2 && !master_shipped_since_backup)
             {
                 // The master restored from its backup, then restarted.
+                tally.master_restores_across_moves += usize::from(moves_since_backup > 0);
+                eprintln!(
+                    "seed {seed}: the master restored from a backup older than {moves_since_backup} transfers and requests between satellites"
+                );
                 master.process.kill();
                 let _ = db.close().await;
                 let dump = backup.dir.path().join("master.dump");
@@ -1094,6 +1281,7 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
             }
             let expect = Expected {
                 acknowledged: &acknowledged,
+                requests_sent: &requests_sent,
                 deleted_items: &deleted_items,
                 scratch: &scratch,
             };
@@ -1108,6 +1296,8 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
 /// What the checker expects (see the module's docs).
 struct Expected<'a> {
     acknowledged: &'a HashMap<u32, HashSet<String>>,
+    /// Requests whose sending was acknowledged, by requesting Sync ID.
+    requests_sent: &'a HashMap<u32, HashSet<String>>,
     deleted_items: &'a HashSet<String>,
     /// Scratch items known to exist on the master.
     scratch: &'a [pb::Item],
@@ -1121,6 +1311,7 @@ async fn check(
 ) {
     let Expected {
         acknowledged,
+        requests_sent,
         deleted_items,
         scratch,
     } = *expect;
@@ -1215,6 +1406,196 @@ async fn check(
         );
     }
     stock_conserved(db, &invoices, &lines, seed).await;
+    requisitions_agree(db, satellites, requests_sent, seed).await;
+}
+
+/// Requisitions converged and agree on both sides: each satellite's
+/// requisitions and their lines are the master's copies, record by record;
+/// every request whose sending was acknowledged is on the master once, SENT;
+/// each sent request has exactly one response, in the store it asked, with
+/// the same items and quantities, and each response answers a sent request
+/// (a draft has none); and the units supplied, as each end derives them from
+/// the shipments it holds (the requester's inbound, the supplier's shipped
+/// outbound), are the same at both ends.
+async fn requisitions_agree(
+    db: &sea_orm::DatabaseConnection,
+    satellites: &[Satellite],
+    requests_sent: &HashMap<u32, HashSet<String>>,
+    seed: u64,
+) {
+    use storesync_shared::domain::requisitions::supplied;
+    // A response created when its requester drained last still travels to
+    // its supplier's site: each site is compared once it has had the time.
+    for satellite in satellites {
+        let Some(store) = satellite.status().await.store else {
+            continue;
+        };
+        eventually(
+            QUIET,
+            &format!(
+                "seed {seed}: satellite {}'s requisitions to equal the master's copies",
+                satellite.sync_id
+            ),
+            || async {
+                let of_store = || {
+                    requisition::Entity::find()
+                        .filter(requisition::Column::StoreId.eq(store.id.as_str()))
+                };
+                let conn = satellite.db.connect().await;
+                let mut theirs = of_store().all(&conn).await.unwrap();
+                let _ = conn.close().await;
+                let mut ours = of_store().all(db).await.unwrap();
+                theirs.sort_by(|a, b| a.id.cmp(&b.id));
+                ours.sort_by(|a, b| a.id.cmp(&b.id));
+                (ours == theirs).then_some(())
+            },
+        )
+        .await;
+    }
+    let mut all = requisition::Entity::find().all(db).await.unwrap();
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut all_lines = requisition_line::Entity::find().all(db).await.unwrap();
+    all_lines.sort_by(|a, b| a.id.cmp(&b.id));
+    // Each store's own database: a satellite's, or the master's for its own store.
+    let mut local: HashMap<String, sea_orm::DatabaseConnection> = HashMap::new();
+    for satellite in satellites {
+        let Some(store) = satellite.status().await.store else {
+            continue;
+        };
+        let conn = satellite.db.connect().await;
+        let mut theirs = requisition::Entity::find()
+            .filter(requisition::Column::StoreId.eq(store.id.as_str()))
+            .all(&conn)
+            .await
+            .unwrap();
+        theirs.sort_by(|a, b| a.id.cmp(&b.id));
+        let ours: Vec<&requisition::Model> =
+            all.iter().filter(|r| r.store_id == store.id).collect();
+        assert_eq!(
+            ours,
+            theirs.iter().collect::<Vec<_>>(),
+            "seed {seed}: satellite {}'s requisitions differ from the master's copies",
+            satellite.sync_id
+        );
+        let mut their_lines = requisition_line::Entity::find()
+            .filter(requisition_line::Column::StoreId.eq(store.id.as_str()))
+            .all(&conn)
+            .await
+            .unwrap();
+        their_lines.sort_by(|a, b| a.id.cmp(&b.id));
+        let our_lines: Vec<&requisition_line::Model> = all_lines
+            .iter()
+            .filter(|l| l.store_id == store.id)
+            .collect();
+        assert_eq!(
+            our_lines,
+            their_lines.iter().collect::<Vec<_>>(),
+            "seed {seed}: satellite {}'s requisition lines differ from the master's copies",
+            satellite.sync_id
+        );
+        local.insert(store.id, conn);
+    }
+    let by_id: HashMap<&str, &requisition::Model> =
+        all.iter().map(|r| (r.id.as_str(), r)).collect();
+    for (sync_id, ids) in requests_sent {
+        for id in ids {
+            assert!(
+                by_id
+                    .get(id.as_str())
+                    .is_some_and(|r| r.kind == "REQUEST" && r.status == "REQUISITION_SENT"),
+                "seed {seed}: sent request {id} of Sync ID {sync_id} is not on the master as sent"
+            );
+        }
+    }
+    let items_of = |requisition_id: &str| -> HashMap<String, f64> {
+        all_lines
+            .iter()
+            .filter(|l| l.requisition_id == requisition_id)
+            .map(|l| (l.item_id.clone(), l.requested_quantity))
+            .collect()
+    };
+    let mut responses_of: HashMap<&str, Vec<&requisition::Model>> = HashMap::new();
+    for response in all.iter().filter(|r| r.kind == "RESPONSE") {
+        let request = by_id.get(response.linked_requisition_id.as_str());
+        assert!(
+            request.is_some_and(|q| q.kind == "REQUEST"
+                && q.status == "REQUISITION_SENT"
+                && q.store_id == response.other_store_id
+                && q.other_store_id == response.store_id),
+            "seed {seed}: response {} answers no sent request of its store ({:?})",
+            response.id,
+            request
+        );
+        responses_of
+            .entry(response.linked_requisition_id.as_str())
+            .or_default()
+            .push(response);
+    }
+    for request in all.iter().filter(|r| r.kind == "REQUEST") {
+        let responses = responses_of
+            .get(request.id.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if request.status != "REQUISITION_SENT" {
+            assert!(
+                responses.is_empty(),
+                "seed {seed}: {} request {} has a response",
+                request.status,
+                request.id
+            );
+            continue;
+        }
+        assert_eq!(
+            responses.len(),
+            1,
+            "seed {seed}: sent request {} has {} responses",
+            request.id,
+            responses.len()
+        );
+        let response = responses[0];
+        assert_eq!(
+            items_of(&request.id),
+            items_of(&response.id),
+            "seed {seed}: request {} and its response {} ask different items or quantities",
+            request.id,
+            response.id
+        );
+        let at_requester = supplied(
+            local.get(&request.store_id).unwrap_or(db),
+            &request.store_id,
+            std::slice::from_ref(&request.id),
+        )
+        .await
+        .unwrap();
+        let at_supplier = supplied(
+            local.get(&response.store_id).unwrap_or(db),
+            &response.store_id,
+            std::slice::from_ref(&response.id),
+        )
+        .await
+        .unwrap();
+        let by_item = |units: HashMap<(String, String), f64>| -> Vec<(String, i64)> {
+            let mut out: Vec<(String, i64)> = units
+                .into_iter()
+                .map(|((_, item), units)| (item, (units * 1000.0).round() as i64))
+                .collect();
+            out.sort();
+            out
+        };
+        assert_eq!(
+            by_item(at_requester),
+            by_item(at_supplier),
+            "seed {seed}: request {} (store {}) and response {} (store {}) disagree on what was supplied",
+            request.id,
+            request.store_id,
+            response.id,
+            response.store_id
+        );
+    }
+    for (_, conn) in local {
+        // Closed now: a power cut unmounts the satellite's filesystem.
+        let _ = conn.close().await;
+    }
 }
 
 /// Stock is conserved by every transfer, in the master's view: the packs that

@@ -690,3 +690,199 @@ async fn a_resent_shipment_makes_one_inbound_and_a_site_cannot_forge_one() {
         assert_eq!((record.packs_received, record.discrepancy), (6.0, -1.0));
     }
 }
+
+/// What a master restored from a backup older than a shipment does with the
+/// receiving site's copy of the inbound shipment it lost (see
+/// docs/TRANSFERS.md, "Across a master restore"): set aside, never written,
+/// until the sender's outbound is back; then created again with the same
+/// id and updated by the site's copy. A shipment naming a requisition the
+/// master does not hold waits (UNAVAILABLE), nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_inbound_shipment_is_set_aside_until_its_outbound_is_back() {
+    for backend in backends("a_lost_inbound_shipment_is_set_aside_until_its_outbound_is_back") {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        let db = master_db.connect().await;
+        master.add_site(2).await;
+        master.add_site(3).await;
+        let items = create_items(&master, "LOST", 1).await;
+        let store_2 = store_of(&db, 2).await;
+        let store_3 = store_of(&db, 3).await;
+        let outbound = pb::Invoice {
+            id: uuid::Uuid::new_v4().to_string(),
+            store_id: store_2.id.clone(),
+            name_id: store_3.id.clone(),
+            kind: pb::InvoiceKind::OutboundShipment as i32,
+            status: pb::InvoiceStatus::Shipped as i32,
+            invoice_number: 1,
+            created_at_ms: 1,
+            shipped_at_ms: 2,
+            ..Default::default()
+        };
+        let outbound_line = pb::InvoiceLine {
+            id: uuid::Uuid::new_v4().to_string(),
+            invoice_id: outbound.id.clone(),
+            store_id: store_2.id.clone(),
+            item_id: items[0].id.clone(),
+            batch: "L1".into(),
+            expiry_date: "2030-01-31".into(),
+            pack_size: 10,
+            number_of_packs: 7.0,
+            sell_price_per_pack: 2.0,
+            ..Default::default()
+        };
+        let shipment = vec![
+            invoice_record(outbound.clone()),
+            line_record(outbound_line.clone()),
+        ];
+        let mut sender = open(&master.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+            .await
+            .unwrap();
+        let first = sender.welcome.upstream_acked_seq + 1;
+        let sender_acked = push_acked(&mut sender, first, shipment.clone()).await;
+        drop(sender);
+        // The receiving site's copy, received 6 of 7 (as it would hold it).
+        let inbound = inbound_of(&db, &outbound.id).await.pop().unwrap();
+        let inbound_line = invoice_line::Entity::find()
+            .filter(invoice_line::Column::InvoiceId.eq(inbound.id.as_str()))
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut received: pb::Invoice = inbound.clone().into();
+        received.status = pb::InvoiceStatus::Received as i32;
+        received.received_at_ms = 5;
+        received.invoice_number = 42;
+        let mut received_line: pb::InvoiceLine = inbound_line.clone().into();
+        received_line.received_number_of_packs = 6.0;
+        let copy = vec![invoice_record(received.clone()), line_record(received_line)];
+
+        // The master forgets the shipment, as a restore from a backup taken
+        // before it would: outbound, inbound, their lines, the transfer.
+        invoice_line::Entity::delete_many()
+            .filter(
+                invoice_line::Column::Id.is_in([outbound_line.id.clone(), inbound_line.id.clone()]),
+            )
+            .exec(&db)
+            .await
+            .unwrap();
+        invoice::Entity::delete_many()
+            .filter(invoice::Column::Id.is_in([outbound.id.clone(), inbound.id.clone()]))
+            .exec(&db)
+            .await
+            .unwrap();
+        transfer::Entity::delete_by_id(outbound.id.clone())
+            .exec(&db)
+            .await
+            .unwrap();
+
+        // The receiver pushes its copy first: acknowledged, set aside.
+        let mut receiver = open(&master.url(), "3", SYNC_USER, SYNC_PASSWORD, hello(3))
+            .await
+            .unwrap();
+        let first = receiver.welcome.upstream_acked_seq + 1;
+        let receiver_acked = push_acked(&mut receiver, first, copy.clone()).await;
+        drop(receiver);
+        assert!(
+            invoice::Entity::find_by_id(inbound.id.clone())
+                .one(&db)
+                .await
+                .unwrap()
+                .is_none(),
+            "an inbound shipment no outbound backs was written"
+        );
+        assert!(transfer_row(&db, &outbound.id).await.is_none());
+
+        // A shipment supplying a requisition the master does not hold waits,
+        // nothing of its batch applied.
+        let supplying = pb::Invoice {
+            id: uuid::Uuid::new_v4().to_string(),
+            invoice_number: 2,
+            requisition_id: uuid::Uuid::new_v4().to_string(),
+            ..outbound.clone()
+        };
+        // (A raw site's Hello says how far it wrote, as a satellite's does.)
+        let written = |sync_id, last| pb::Hello {
+            upstream_last_seq: last,
+            ..hello(sync_id)
+        };
+        let mut sender = open(
+            &master.url(),
+            "2",
+            SYNC_USER,
+            SYNC_PASSWORD,
+            written(2, sender_acked),
+        )
+        .await
+        .unwrap();
+        let first = sender.welcome.upstream_acked_seq + 1;
+        let (status, named) = push_refused(
+            &mut sender,
+            first,
+            vec![
+                invoice_record(outbound.clone()),
+                invoice_record(supplying.clone()),
+            ],
+        )
+        .await;
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains(&supplying.requisition_id),
+            "{status:?}"
+        );
+        assert_eq!(named.map(|r| r.id), Some(supplying.id.clone()));
+        assert!(invoice::Entity::find_by_id(outbound.id.clone())
+            .one(&db)
+            .await
+            .unwrap()
+            .is_none());
+        drop(sender);
+
+        // The sender's re-push creates the inbound again, same id, and the
+        // receiver's copy updates it: the receipt moves the transfer.
+        let mut sender = open(
+            &master.url(),
+            "2",
+            SYNC_USER,
+            SYNC_PASSWORD,
+            written(2, sender_acked + 2),
+        )
+        .await
+        .unwrap();
+        let first = sender.welcome.upstream_acked_seq + 1;
+        assert!(push_acked(&mut sender, first, shipment).await > sender_acked);
+        drop(sender);
+        let again = inbound_of(&db, &outbound.id).await;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, inbound.id);
+        let mut receiver = open(
+            &master.url(),
+            "3",
+            SYNC_USER,
+            SYNC_PASSWORD,
+            written(3, receiver_acked),
+        )
+        .await
+        .unwrap();
+        let first = receiver.welcome.upstream_acked_seq + 1;
+        push_acked(&mut receiver, first, copy).await;
+        let kept = invoice::Entity::find_by_id(inbound.id.clone())
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (kept.status.as_str(), kept.invoice_number),
+            ("RECEIVED", 42)
+        );
+        let record = transfer_row(&db, &outbound.id).await.unwrap();
+        assert_eq!(
+            (
+                record.packs_shipped,
+                record.packs_received,
+                record.discrepancy
+            ),
+            (7.0, 6.0, -1.0)
+        );
+    }
+}

@@ -88,6 +88,15 @@ pub enum ApplyError {
         why: String,
         sync_id: u32,
     },
+    /// A site's record links to what the master does not hold yet (a
+    /// shipment supplying a response the master lost in a restore from an
+    /// older backup): the batch is held, the site sends it again later.
+    #[error("{record} (from Sync ID {sync_id}): {why}; nothing of this batch was applied, send it again later")]
+    AwaitsLink {
+        record: RecordId,
+        why: String,
+        sync_id: u32,
+    },
     /// The batch does not follow what the master has applied.
     #[error("upstream batch out of sequence: it starts at {first_seq} but the master has applied up to {acked}; resend from {}", acked + 1)]
     OutOfSequence { first_seq: u64, acked: u64 },
@@ -137,7 +146,8 @@ impl ApplyError {
             | Self::MasterData { record, .. }
             | Self::OtherStore { record, .. }
             | Self::TransferLink { record, .. }
-            | Self::RequisitionLink { record, .. } => Some(record),
+            | Self::RequisitionLink { record, .. }
+            | Self::AwaitsLink { record, .. } => Some(record),
             Self::InvalidField { record, .. } => record.as_ref(),
             _ => None,
         }
@@ -154,6 +164,7 @@ impl ApplyError {
             | Self::RequisitionLink { .. }
             | Self::SiteRemoved { .. } => tonic::Code::PermissionDenied,
             Self::OutOfSequence { .. } => tonic::Code::FailedPrecondition,
+            Self::AwaitsLink { .. } => tonic::Code::Unavailable,
             Self::Replaced { .. } => tonic::Code::Aborted,
             Self::InvalidField { .. } => tonic::Code::InvalidArgument,
             Self::Database(sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_)) => {
@@ -169,6 +180,7 @@ impl ApplyError {
             tonic::Code::InvalidArgument => "invalid_argument",
             tonic::Code::PermissionDenied => "permission_denied",
             tonic::Code::FailedPrecondition => "failed_precondition",
+            tonic::Code::Unavailable => "unavailable",
             _ => "internal",
         }
     }
@@ -194,6 +206,7 @@ impl From<ApplyError> for Error {
             tonic::Code::Aborted => Error::Aborted(error.to_string()),
             tonic::Code::InvalidArgument => Error::InvalidArgument(error.to_string()),
             _ => match error {
+                ApplyError::AwaitsLink { .. } => Error::Unavailable(error.to_string()),
                 ApplyError::Database(error) => Error::Database(error),
                 ApplyError::Internal(details) => Error::Internal(details),
                 other => Error::Internal(other.to_string()),

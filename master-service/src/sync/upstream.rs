@@ -18,7 +18,9 @@
 //! [`Owner`] (`storesync_shared::domain::tables`). An inbound shipment is
 //! the receiving store's, but only the master creates it and sets its link
 //! to the outbound: a site forging one or changing that link is refused the
-//! same way (`crate::transfers::check_site_rows`).
+//! same way (`crate::transfers::check_site_rows`). A site's copy of one the
+//! master lost in a restore and cannot derive yet is left out of the batch
+//! (`crate::transfers::set_aside`); it comes back with the handover.
 //!
 //! # Transfers
 //! After the batch's rows are written, in the same transaction, a shipped
@@ -251,7 +253,20 @@ pub async fn apply_records<'t, R>(
         if changes.is_empty() {
             continue;
         }
-        let latest = Latest::of(changes);
+        let mut latest = Latest::of(changes);
+        // A site's copies of rows the master lost in a restore and cannot
+        // derive yet: not written, they come back with the handover.
+        let aside = crate::transfers::set_aside(&txn, *table, &mut latest.upserts)
+            .await
+            .map_err(|error| ApplyError::field(error, None))?;
+        if !aside.is_empty() {
+            tracing::warn!(
+                sync_id = site.sync_id,
+                table = table.name(),
+                rows = ?aside,
+                "rows the master creates and no longer holds (restored from an older backup?) set aside until the other store's site sends what they derive from"
+            );
+        }
         if let Some(refusal) =
             crate::transfers::check_site_rows(&txn, *table, &latest.upserts, &latest.deletes)
                 .await
@@ -259,7 +274,13 @@ pub async fn apply_records<'t, R>(
         {
             let record = record_id(*table, refusal.id);
             let (why, sync_id) = (refusal.why, site.sync_id);
-            return Err(if refusal.requisition {
+            return Err(if refusal.held {
+                ApplyError::AwaitsLink {
+                    record,
+                    why,
+                    sync_id,
+                }
+            } else if refusal.requisition {
                 ApplyError::RequisitionLink {
                     record,
                     why,

@@ -174,7 +174,13 @@ pub async fn apply_with(
                     .into_iter()
                     .filter(|row| table.store_of(row) == Some(own.as_str()))
                     .collect();
+                // Rows this site holds already: the master lost them
+                // (restored from an older backup) and created them again;
+                // this site's copies go back to it.
+                let ids: Vec<String> = rows.iter().map(|row| row.id().to_owned()).collect();
+                let held = super::repush::held_ids(&txn, table, &ids).await?;
                 apply::insert_absent(&txn, table, rows).await?;
+                super::repush::push_back(&txn, table, &held).await?;
             }
             (run, _) => apply::write(&txn, run).await?,
         }

@@ -6,8 +6,9 @@
 //!
 //! # Invariant
 //! In ONE local transaction: the outbox is replaced by every record of this
-//! site's store (the store-owned tables, in the registry's dependency order:
-//! stock lines, then invoices, then their lines) numbered densely from
+//! site's store (the store-owned tables: requisitions and their lines first,
+//! then the registry's dependency order: stock lines, then invoices, then
+//! their lines) numbered densely from
 //! `master_acked + 1`, followed by the deletes still pending in the old
 //! outbox; `upstream_acked_seq` becomes `master_acked`. Local data is not
 //! touched. The master applies the records as whole-row upserts, so records
@@ -16,12 +17,23 @@
 //! A row the site deleted after the backup was taken, and whose delete the
 //! master had acknowledged, is not re-sent as a delete (the site no longer
 //! knows it): the restored master keeps its old copy.
+//!
+//! # Rows the master created for this store
+//! The master may set aside this site's copy of an inbound shipment (a
+//! response) it lost and cannot derive yet (`docs/TRANSFERS.md`, "Across a
+//! master restore"). When the other store's re-push lets it create the row
+//! again, it hands it over; the handover of a row this site already holds
+//! queues this site's copy upstream in the apply's transaction
+//! ([`push_back`]), so the master ends with the site's row (its receipt,
+//! its numbers) and the local row is never overwritten.
 
 use prost::Message;
 use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Alias, Query};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 use storesync_shared::domain::tables::write::{self, Scope};
-use storesync_shared::domain::tables::{self, Owner};
+use storesync_shared::domain::tables::{self, Owner, SyncTable};
+use storesync_shared::proto::v1::Table;
 use storesync_shared::proto::v1::{sync_record, SyncRecord};
 use storesync_shared::{Error, Result};
 
@@ -57,11 +69,7 @@ pub async fn repush_store<C: ConnectionTrait>(
         .exec(txn)
         .await?;
     let mut queued = 0u64;
-    for table in tables::SYNCED
-        .iter()
-        .copied()
-        .filter(|table| matches!(table.owner(), Owner::Store { .. }))
-    {
+    for table in repush_order() {
         let mut after = String::new();
         loop {
             let rows = write::page(txn, table, Scope::Store(store_id), &after, Some(PAGE)).await?;
@@ -88,4 +96,90 @@ pub async fn repush_store<C: ConnectionTrait>(
         "the master has lost changes it had acknowledged (restored from an older backup?): re-pushing this site's whole store"
     );
     Ok(queued)
+}
+
+/// The store-owned tables in the order a re-push sends them: requisitions
+/// first, then the registry's order (stock lines, invoices, their lines).
+/// A request comes before the shipments that may answer it: the master
+/// holds a shipment supplying a response it lost until the request it
+/// answers is back (see `docs/TRANSFERS.md`, "Across a master restore"),
+/// so a site's own shipments never wait behind its requests.
+fn repush_order() -> Vec<&'static dyn SyncTable> {
+    let store_owned = || {
+        tables::SYNCED
+            .iter()
+            .copied()
+            .filter(|table| matches!(table.owner(), Owner::Store { .. }))
+    };
+    let first = |table: &&dyn SyncTable| {
+        matches!(table.table(), Table::Requisition | Table::RequisitionLine)
+    };
+    store_owned()
+        .filter(first)
+        .chain(store_owned().filter(|table| !first(table)))
+        .collect()
+}
+
+/// Which of `ids` this database holds in `table`.
+pub async fn held_ids<C: ConnectionTrait>(
+    txn: &C,
+    table: &dyn SyncTable,
+    ids: &[String],
+) -> Result<Vec<String>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query = Query::select();
+    query
+        .column(Alias::new("id"))
+        .from(Alias::new(table.name()))
+        .and_where(sea_orm::sea_query::Expr::col(Alias::new("id")).is_in(ids.iter().cloned()));
+    let found = txn
+        .query_all(txn.get_database_backend().build(&query))
+        .await?;
+    found
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0).map_err(Error::from))
+        .collect()
+}
+
+/// Queues this site's copies of rows `ids` of `table` upstream, in the
+/// caller's transaction: the master handed them over again, so it had lost
+/// them (restored from a backup older than their creation) and created
+/// them anew from the other store's re-push; this site owns them and its
+/// copy (a receipt, a finalised response, its numbers and times) is the one
+/// the master must hold. The master accepts it as an update of the row it
+/// created (the links agree: both derive from the same outbound or request).
+pub async fn push_back<C: ConnectionTrait>(
+    txn: &C,
+    table: &dyn SyncTable,
+    ids: &[String],
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut query = Query::select();
+    query
+        .columns(table.columns().into_iter().map(|c| Alias::new(c.name)))
+        .from(Alias::new(table.name()))
+        .and_where(sea_orm::sea_query::Expr::col(Alias::new("id")).is_in(ids.iter().cloned()))
+        .order_by(Alias::new("id"), sea_orm::Order::Asc);
+    let rows = txn
+        .query_all(txn.get_database_backend().build(&query))
+        .await?;
+    let records = rows
+        .iter()
+        .map(|row| {
+            Ok(SyncRecord {
+                record: Some(table.record_of(row)?),
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, sea_orm::DbErr>>()?;
+    tracing::warn!(
+        table = table.name(),
+        rows = records.len(),
+        "the master handed over again rows this site holds (restored from an older backup?): sending this site's copies back"
+    );
+    crate::outbox::append(txn, &records).await?;
+    Ok(())
 }
