@@ -42,7 +42,7 @@ enum Scenario {
     Init,
     /// Resident memory: the master with 63 idle satellites, an idle satellite.
     Footprint,
-    /// Bytes per record on the wire, gzip off and on, against JSON.
+    /// Bytes (and CPU) per record on the wire, uncompressed, gzip and deflate, against JSON.
     Wire,
     /// The integrity check of a site with the `init` store: no differences, then some.
     Verify,

@@ -634,13 +634,15 @@ pub async fn footprint(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     Ok(vec![master_rss, satellite_rss, satellite_max])
 }
 
-/// Scenario 6: bytes on the wire per record, each way, gzip off and on,
-/// counted by a proxy between satellite and master; against the same records
-/// encoded as protobuf and as JSON.
+/// Scenario 6: bytes on the wire per record, each way, uncompressed, gzip
+/// (each message alone) and deflate (one stream per session), counted by a
+/// proxy between satellite and master; against the same records encoded as
+/// protobuf and as JSON. Also the CPU both processes spent per record, to
+/// weigh compression's cost on a fast link.
 pub async fn wire(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     let records = sizes.wire_records;
     let mut figures = Vec::new();
-    for compression in ["none", "gzip"] {
+    for compression in ["none", "gzip", "deflate"] {
         let (db, master) = master_with_sites(1, &[]).await;
         let conn = db.connect().await;
         let items: Vec<String> = create_items(&master, "W", 50)
@@ -656,6 +658,11 @@ pub async fn wire(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         let mut agent = satellite.agent().await;
 
         // Downstream: master-data changes.
+        let master_pid = master.process.child.id();
+        let cpu_of = |satellite: &Satellite| {
+            cpu_seconds(master_pid) + cpu_seconds(satellite.process.child.id())
+        };
+        let cpu_before = cpu_of(&satellite);
         let (_, down_before) = proxy.bytes();
         let head = data::master_data_changes(&conn, "W", records).await?;
         wait_for_status(&agent, "the satellite to apply the changes", |s| {
@@ -663,6 +670,7 @@ pub async fn wire(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         })
         .await?;
         let (_, down_after) = proxy.bytes();
+        let down_cpu = cpu_of(&satellite) - cpu_before;
 
         // Upstream: a backlog written while the satellite was stopped.
         anyhow::ensure!(
@@ -679,6 +687,7 @@ pub async fn wire(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         local.close().await?;
         let (up_before, _) = proxy.bytes();
         satellite.start_again();
+        let up_cpu_before = cpu_of(&satellite);
         agent = satellite.agent().await;
         wait_for(
             "the master to acknowledge the backlog",
@@ -692,10 +701,27 @@ pub async fn wire(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         )
         .await?;
         let (up_after, _) = proxy.bytes();
+        let up_cpu = cpu_of(&satellite) - up_cpu_before;
         drop(agent);
         let down = (down_after - down_before) as f64 / records as f64;
         let up = (up_after - up_before) as f64 / backlog.len() as f64;
-        eprintln!("wire {compression}: downstream {down:.1} B/record, upstream {up:.1} B/record");
+        eprintln!("wire {compression}: downstream {down:.1} B/record, upstream {up:.1} B/record; CPU (master + satellite) downstream {:.1} µs/record, upstream {:.1} µs/record", down_cpu * 1e6 / records as f64, up_cpu * 1e6 / backlog.len() as f64);
+        figures.push(
+            Figure::new(
+                "wire",
+                format!("downstream CPU (master + satellite) per record, compression {compression}"),
+                "µs",
+            )
+            .sample(down_cpu * 1e6 / records as f64),
+        );
+        figures.push(
+            Figure::new(
+                "wire",
+                format!("upstream CPU (master + satellite) per record, compression {compression}"),
+                "µs",
+            )
+            .sample(up_cpu * 1e6 / backlog.len() as f64),
+        );
         figures.push(
             Figure::new(
                 "wire",

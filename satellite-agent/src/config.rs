@@ -89,7 +89,11 @@ const SYNC_MODES: &[(&str, SyncMode)] = &[
     ("interval", SyncMode::Interval),
 ];
 const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
-const COMPRESSIONS: &[(&str, bool)] = &[("none", false), ("gzip", true)];
+const COMPRESSIONS: &[(&str, SyncCompression)] = &[
+    ("none", SyncCompression::None),
+    ("gzip", SyncCompression::Gzip),
+    ("deflate", SyncCompression::Deflate),
+];
 
 /// Shows a default by its word in a choice list.
 fn word<T: PartialEq>(choices: &[(&str, T)], value: &T) -> Option<String> {
@@ -121,13 +125,23 @@ impl ShowDefault for MasterUrls {
     }
 }
 
-/// Whether the sync stream is gzip-compressed, shown as its word.
+/// How the sync stream is compressed (fewer bytes for more CPU at both ends).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Gzip(pub bool);
+pub enum SyncCompression {
+    /// Plain messages.
+    #[default]
+    None,
+    /// gRPC's gzip, each message alone, both ways.
+    Gzip,
+    /// One deflate stream per direction for the whole session
+    /// (`Hello.stream_compression`): small messages compress as well as
+    /// large ones. A master too old to accept it gets plain messages.
+    Deflate,
+}
 
-impl ShowDefault for Gzip {
+impl ShowDefault for SyncCompression {
     fn show_default(&self) -> Option<String> {
-        word(COMPRESSIONS, &self.0)
+        word(COMPRESSIONS, self)
     }
 }
 
@@ -235,10 +249,12 @@ storesync_shared::settings! {
         upstream_batch_records: usize = DEFAULT_UPSTREAM_BATCH_RECORDS,
             env "STORESYNC_UPSTREAM_BATCH_RECORDS",
             check number((1, 5000));
-        /// `none` or `gzip`: compress the sync stream both ways.
-        sync_compression: Gzip = Gzip(false),
+        /// `none`, `gzip` (each message alone) or `deflate` (one stream per
+        /// session, across messages; best on slow links): compress the sync
+        /// stream both ways.
+        sync_compression: SyncCompression = SyncCompression::None,
             env "STORESYNC_SYNC_COMPRESSION",
-            check |text| one_of(COMPRESSIONS)(text).map(Gzip);
+            check one_of(COMPRESSIONS);
         /// PEM CA of the master's certificate (https URLs) [default: system roots].
         master_ca: Option<PathBuf> = None,
             env "STORESYNC_MASTER_CA",
@@ -340,9 +356,9 @@ pub struct Config {
     pub sync_interval_override: Option<Duration>,
     /// Largest upstream batch in records (the master's limit still applies).
     pub upstream_batch_records: usize,
-    /// Whether sync messages are gzip-compressed both ways (for slow links:
-    /// fewer bytes for more CPU at both ends).
-    pub sync_compression: bool,
+    /// How sync messages are compressed both ways (for slow links: fewer
+    /// bytes for more CPU at both ends).
+    pub sync_compression: SyncCompression,
     /// CA that signed the master's certificate (https master URLs); the system
     /// roots when unset.
     pub master_ca: Option<PathBuf>,
@@ -459,7 +475,7 @@ impl Config {
                 shutdown_grace: Duration::from_secs(s.shutdown_grace_seconds),
                 sync_interval_override: s.sync_interval_seconds.map(Duration::from_secs),
                 upstream_batch_records: s.upstream_batch_records,
-                sync_compression: s.sync_compression.0,
+                sync_compression: s.sync_compression,
                 master_ca: s.master_ca,
                 master_client_identity,
                 tls,
@@ -517,7 +533,7 @@ mod tests {
         assert_eq!(config.backoff_initial, Duration::from_millis(500));
         assert_eq!(config.backoff_max, Duration::from_secs(30));
         assert_eq!(config.upstream_batch_records, 2000);
-        assert!(!config.sync_compression);
+        assert_eq!(config.sync_compression, SyncCompression::None);
     }
 
     #[test]

@@ -3,16 +3,21 @@
 //! (`tests/contract/v1`, generated in `storesync_tests::frozen`) syncs with the
 //! current master. It initialises, receives a master-data change, pushes a
 //! batch and is acknowledged; the master's newer fields do not disturb it.
+//! It never offers stream compression (Hello 26), so it gets plain messages
+//! (a chunk would be a kind it cannot read, and fail its test); a current
+//! satellite gets chunks only when it offers them.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
+use storesync_shared::kit::stream_compression::{Deflater, Inflater};
 use storesync_shared::proto::v1 as pb;
 use storesync_tests::cluster::{
     create_items, create_trading_partners, goods_in, store_data, store_of, Master, SYNC_PASSWORD,
     SYNC_USER,
 };
 use storesync_tests::frozen::v1 as old;
+use storesync_tests::raw::{hello, open, stock_line};
 use storesync_tests::{backends, TestDb};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -383,5 +388,129 @@ async fn a_protocol_version_1_satellite_is_held_before_a_transfer_it_cannot_read
             status.message().contains("transfer") && status.message().contains("upgrade"),
             "{status:?}"
         );
+    }
+}
+
+/// The messages of `session` up to its CaughtUp, inflating chunks; also
+/// whether any came as a chunk, and whether all after the Welcome did.
+async fn until_caught_up(
+    session: &mut storesync_tests::raw::RawSession,
+    inflater: &mut Inflater,
+) -> (Vec<pb::master_message::Message>, bool, bool) {
+    let (mut got, mut any_chunk, mut all_chunks) = (Vec::new(), false, true);
+    loop {
+        let message = tokio::time::timeout(WAIT, session.inbound.message())
+            .await
+            .expect("the master answers in time")
+            .expect("the stream is healthy")
+            .expect("the stream is open");
+        let messages = match message.message {
+            Some(pb::master_message::Message::Compressed(chunk)) => {
+                any_chunk = true;
+                inflater
+                    .unpack::<pb::MasterMessage>(&chunk.deflate)
+                    .expect("the chunk inflates")
+            }
+            other => {
+                all_chunks = false;
+                vec![pb::MasterMessage { message: other }]
+            }
+        };
+        for message in messages {
+            let message = message.message.expect("a known kind");
+            let done = matches!(message, pb::master_message::Message::CaughtUp(_));
+            got.push(message);
+            if done {
+                return (got, any_chunk, all_chunks);
+            }
+        }
+    }
+}
+
+/// Stream compression (Hello 26, Welcome 22) is used only when the
+/// satellite offers it: a satellite that does not (every older one) gets
+/// today's plain messages; one that offers it gets every message after the
+/// Welcome as chunks of one deflate stream, and its own chunks are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_compression_is_used_only_when_the_satellite_offers_it() {
+    for backend in backends("stream_compression_is_used_only_when_the_satellite_offers_it") {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        master.add_site(2).await;
+        master.add_site(3).await;
+        let items = create_items(&master, "ZIP", 3).await;
+        let db = master_db.connect().await;
+
+        let mut plain = open(&master.url(), "2", SYNC_USER, SYNC_PASSWORD, hello(2))
+            .await
+            .unwrap();
+        assert_eq!(
+            plain.welcome.stream_compression(),
+            pb::StreamCompression::None
+        );
+        let (messages, any_chunk, _) = until_caught_up(&mut plain, &mut Inflater::new(1)).await;
+        assert!(!any_chunk, "no chunk for a satellite that did not offer");
+        assert!(messages
+            .iter()
+            .any(|m| matches!(m, pb::master_message::Message::DownstreamBatch(b) if b.records.len() >= 3)));
+
+        let offering = pb::Hello {
+            stream_compression: pb::StreamCompression::Deflate as i32,
+            ..hello(3)
+        };
+        let mut compressed = open(&master.url(), "3", SYNC_USER, SYNC_PASSWORD, offering)
+            .await
+            .unwrap();
+        assert_eq!(
+            compressed.welcome.stream_compression(),
+            pb::StreamCompression::Deflate
+        );
+        let mut inflater = Inflater::new(storesync_shared::kit::server::MAX_MESSAGE_BYTES);
+        let (messages, _, all_chunks) = until_caught_up(&mut compressed, &mut inflater).await;
+        assert!(all_chunks, "every message after the Welcome is a chunk");
+        assert!(messages
+            .iter()
+            .any(|m| matches!(m, pb::master_message::Message::DownstreamBatch(b) if b.records.len() >= 3)));
+
+        // Upstream in chunks of the satellite's own stream.
+        let store = store_of(&db, 3).await;
+        let mut deflater = Deflater::new();
+        for seq in 1..=2u64 {
+            let batch = pb::SatelliteMessage {
+                message: Some(pb::satellite_message::Message::UpstreamBatch(
+                    pb::UpstreamBatch {
+                        first_seq: seq,
+                        last_seq: seq,
+                        records: vec![stock_line(&store.id, &items[0].id)],
+                        ..Default::default()
+                    },
+                )),
+            };
+            let chunk = deflater.pack(batch);
+            assert!(matches!(
+                chunk.message,
+                Some(pb::satellite_message::Message::Compressed(_))
+            ));
+            compressed.tx.send(chunk).await.unwrap();
+        }
+        let acked = tokio::time::timeout(WAIT, async {
+            loop {
+                let message = compressed.inbound.message().await.unwrap().unwrap();
+                let Some(pb::master_message::Message::Compressed(chunk)) = message.message else {
+                    panic!("a plain message after the Welcome: {message:?}");
+                };
+                for message in inflater.unpack::<pb::MasterMessage>(&chunk.deflate).unwrap() {
+                    if let Some(pb::master_message::Message::UpstreamAck(ack)) = message.message {
+                        if ack.acked_seq == 2 {
+                            return ack;
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .expect("both batches acknowledged");
+        assert_eq!(acked.acked_seq, 2);
+        assert_eq!(store_data(&db, &store.id).await.stock_lines.len(), 2);
     }
 }

@@ -10,7 +10,9 @@
 //!   trickle of writes both ways, streaming and in interval mode. It prints
 //!   how long initialisation took and how many bytes the cuts cost.
 //!   `STORESYNC_SLOW_LINK_RECORDS` sets the store's size (CI: 2,000 stock
-//!   lines; the README's figure: 20,000).
+//!   lines; the README's figure: 20,000), and
+//!   `STORESYNC_SLOW_LINK_COMPRESSION` the satellites' compression
+//!   (`deflate`, one stream per session, by default; `gzip` for comparison).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -241,6 +243,15 @@ fn slow_link_records() -> usize {
         .unwrap_or(2000)
 }
 
+/// The satellites' `STORESYNC_SYNC_COMPRESSION` (see the module doc).
+fn slow_link_compression() -> &'static str {
+    match std::env::var("STORESYNC_SLOW_LINK_COMPRESSION").as_deref() {
+        Ok("gzip") => "gzip",
+        Ok("none") => "none",
+        _ => "deflate",
+    }
+}
+
 /// 64 kbit/s, 300 ms, a cut about every 6 s: a new satellite initialises a
 /// whole store, then keeps in sync both ways, streaming then interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -264,15 +275,17 @@ async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_e
 
         // What one uncut initialisation moves, for the bytes the cuts cost.
         let baseline_proxy = Proxy::start(master.process.addr).await;
-        let gzip = [("STORESYNC_SYNC_COMPRESSION", "gzip")];
+        let compression = slow_link_compression();
+        let gzip = [("STORESYNC_SYNC_COMPRESSION", compression)];
         let mut baseline =
             adopted_satellite(&master, &baseline_proxy.url(), 2, "streaming", &gzip).await;
         baseline.wait_initialised(Duration::from_secs(120)).await;
         let (_, whole) = baseline_proxy.bytes();
         baseline.process.kill();
         // The same over the slow link, uncut: its batches are sized to the
-        // link (about 2 s each), and gzip compresses each message alone, so
-        // it moves more than the fast link's large batches without any cut.
+        // link (about 2 s each); gzip compresses each message alone, so it
+        // moves more than the fast link's large batches without any cut
+        // (deflate's one stream per session does not).
         let uncut_proxy = Proxy::start_throttled(
             master.process.addr,
             Throttle::link(64, Duration::from_millis(300)),
@@ -298,7 +311,7 @@ async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_e
         let (_, moved) = proxy.bytes();
         let resent = moved.saturating_sub(whole);
         eprintln!(
-            "slow link ({records} store records, gzip): initialised in {took:.1?} over {} cuts; \
+            "slow link ({records} store records, {compression}): initialised in {took:.1?} over {} cuts; \
              {moved} bytes down, an uncut initialisation {whole}: {resent} bytes resent ({:.1} %)",
             proxy.scheduled_cuts(),
             resent as f64 * 100.0 / whole as f64

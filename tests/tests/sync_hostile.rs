@@ -1,6 +1,7 @@
 //! Hostile input on the sync stream: garbage, oversized messages, unknown enum
 //! values, malformed ids, absurd quantities, impossible dates, batches out of
-//! sequence and replays. Each gets a precise status, nothing of a bad batch is
+//! sequence and replays, compressed chunks that are corrupt, oversized or
+//! unasked for. Each gets a precise status, nothing of a bad batch is
 //! applied, the master never falls over, and a real satellite keeps syncing
 //! throughout.
 #![allow(clippy::unwrap_used)]
@@ -8,6 +9,7 @@
 use std::time::Duration;
 
 use prost::Message;
+use storesync_shared::kit::stream_compression::Deflater;
 use storesync_shared::proto::v1 as pb;
 use storesync_tests::cluster::{
     assert_store_copies_equal, create_items, create_trading_partners, goods_in, store_data,
@@ -246,6 +248,65 @@ async fn hostile_input_gets_precise_statuses_and_changes_nothing() {
         )
         .await;
         expect(status, tonic::Code::InvalidArgument, "one Hello");
+
+        // Compressed chunks (`StreamCompression`): one in a session that did
+        // not agree on them; then, in sessions that did, a chunk that does
+        // not inflate, one that inflates beyond the message limit, and one
+        // holding a good batch followed by a cut-off message (refused whole:
+        // the good batch is not applied either).
+        let chunk = |deflate: Vec<u8>| {
+            message(pb::satellite_message::Message::Compressed(
+                pb::CompressedChunk { deflate },
+            ))
+        };
+        let status = send_raw(
+            &url,
+            2,
+            SYNC_USER,
+            SYNC_PASSWORD,
+            vec![hello_bytes(), chunk(Deflater::new().deflate(&batch_bytes(1, vec![stock_line(&store, &item)])).unwrap())],
+        )
+        .await;
+        expect(status, tonic::Code::InvalidArgument, "did not agree on stream compression");
+        let offering = message(pb::satellite_message::Message::Hello(pb::Hello {
+            stream_compression: pb::StreamCompression::Deflate as i32,
+            ..hello(2)
+        }));
+        let status = send_raw(
+            &url,
+            2,
+            SYNC_USER,
+            SYNC_PASSWORD,
+            vec![offering.clone(), chunk(vec![0xff; 64])],
+        )
+        .await;
+        expect(status, tonic::Code::InvalidArgument, "does not inflate");
+        let bomb = Deflater::new()
+            .deflate(&vec![0u8; 17 * 1024 * 1024])
+            .unwrap();
+        let status = send_raw(
+            &url,
+            2,
+            SYNC_USER,
+            SYNC_PASSWORD,
+            vec![offering.clone(), chunk(bomb)],
+        )
+        .await;
+        expect(status, tonic::Code::InvalidArgument, "beyond the message limit");
+        let good = pb::SatelliteMessage::decode(&batch_bytes(1, vec![stock_line(&store, &item)])[..])
+            .unwrap()
+            .encode_length_delimited_to_vec();
+        let mut cut_off = good.clone();
+        cut_off.extend_from_slice(&good[..good.len() / 2]);
+        let status = send_raw(
+            &url,
+            2,
+            SYNC_USER,
+            SYNC_PASSWORD,
+            vec![offering, chunk(Deflater::new().deflate(&cut_off).unwrap())],
+        )
+        .await;
+        expect(status, tonic::Code::InvalidArgument, "partial or malformed message");
 
         assert!(
             store_data(&db, &store).await.stock_lines.is_empty(),

@@ -30,9 +30,11 @@ use std::time::Duration;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use storesync_shared::domain::entities::{setting, store};
-use storesync_shared::proto::v1::{satellite_message, Hello, SatelliteMessage, Welcome};
+use storesync_shared::proto::v1::{
+    satellite_message, Hello, SatelliteMessage, StreamCompression, Welcome,
+};
 use storesync_shared::{kit::auth, Error, Result};
-use tonic::Streaming;
+use storesync_shared::kit::stream_compression::Unpacking;
 
 use super::upstream::{sync_id_i32, SiteIdentity};
 use super::SyncContext;
@@ -139,7 +141,7 @@ async fn setting_value(db: &DatabaseConnection, key: &str) -> Result<Option<Stri
 /// protocol version and of the authenticated Sync ID.
 pub(super) async fn read_hello(
     ctx: &SyncContext,
-    inbound: &mut Streaming<SatelliteMessage>,
+    inbound: &mut Unpacking<SatelliteMessage>,
     sync_id: u32,
 ) -> Result<Hello> {
     let first = tokio::time::timeout(ctx.settings.hello_timeout, inbound.message())
@@ -420,6 +422,13 @@ pub(super) async fn welcome(
         min_protocol_version: storesync_shared::MIN_PROTOCOL_VERSION,
         max_protocol_version: storesync_shared::PROTOCOL_VERSION,
         snapshot_resumed,
+        // Offered by the satellite: always taken (see `SyncContext::service`
+        // for why tonic's gzip then stays off).
+        stream_compression: if hello.stream_compression() == StreamCompression::Deflate {
+            StreamCompression::Deflate as i32
+        } else {
+            StreamCompression::None as i32
+        },
     })
 }
 

@@ -22,7 +22,8 @@ use storesync_shared::proto::v1::{
 };
 use storesync_shared::{Error, Result};
 use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming};
+use storesync_shared::kit::stream_compression::Unpacking;
+use tonic::Status;
 use tracing::Instrument;
 
 use super::downstream::{self, Acked, Outbound};
@@ -53,7 +54,7 @@ pub(super) struct Inbound<'a> {
 
 impl Inbound<'_> {
     /// Reads the satellite's messages until it says Goodbye, goes away or errs.
-    pub(super) async fn run(mut self, mut inbound: Streaming<SatelliteMessage>) -> Result<()> {
+    pub(super) async fn run(mut self, mut inbound: Unpacking<SatelliteMessage>) -> Result<()> {
         let idle_limit = self.ctx.settings.heartbeat * 3;
         loop {
             let next = tokio::time::timeout(idle_limit, inbound.message())
@@ -87,6 +88,12 @@ impl Inbound<'_> {
                 Some(satellite_message::Message::Hello(_)) => {
                     return Err(Error::InvalidArgument(
                         "a session takes one Hello, at its start".into(),
+                    ));
+                }
+                // `Unpacking` inflates every chunk; one inside a chunk is refused there.
+                Some(satellite_message::Message::Compressed(_)) => {
+                    return Err(Error::InvalidArgument(
+                        "compressed: a CompressedChunk inside a CompressedChunk".into(),
                     ));
                 }
                 // A kind this master does not know (a newer satellite's), or
@@ -257,6 +264,8 @@ fn inbound_failure(status: &Status) -> Error {
                 status.message()
             ))
         }
+        // A CompressedChunk refused by `Unpacking` (it names what is wrong).
+        tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().to_owned()),
         _ => Error::Unavailable(format!("the stream broke: {}", status.message())),
     }
 }

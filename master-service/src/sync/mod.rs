@@ -46,7 +46,11 @@ use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use storesync_shared::proto::v1::sync_service_server::{SyncService, SyncServiceServer};
-use storesync_shared::proto::v1::{master_message, MasterMessage, SatelliteMessage};
+use futures::StreamExt;
+use storesync_shared::kit::stream_compression::{Deflater, Unpacking};
+use storesync_shared::proto::v1::{
+    master_message, MasterMessage, SatelliteMessage, StreamCompression,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -143,6 +147,12 @@ impl SyncContext {
     /// sends gzip is understood, and one that accepts gzip is answered in it
     /// (`STORESYNC_SYNC_COMPRESSION` on the satellite); others get plain messages.
     /// The size limits apply to the decompressed message.
+    ///
+    /// A satellite that offers `Hello.stream_compression` gets it
+    /// (`storesync_shared::kit::stream_compression`): every message after
+    /// the Welcome travels as a chunk of one deflate stream per direction.
+    /// tonic cannot switch its gzip off per message on a stream, so such a
+    /// satellite asks for no gzip in its headers (nothing is compressed twice).
     pub fn service(&self) -> SyncServiceServer<SyncHandler> {
         SyncServiceServer::new(SyncHandler { ctx: self.clone() })
             .max_decoding_message_size(storesync_shared::kit::server::MAX_MESSAGE_BYTES)
@@ -178,7 +188,9 @@ pub struct SyncHandler {
     ctx: SyncContext,
 }
 
-type MasterStream = ReceiverStream<std::result::Result<MasterMessage, Status>>;
+type MasterStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = std::result::Result<MasterMessage, Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl SyncService for SyncHandler {
@@ -191,12 +203,25 @@ impl SyncService for SyncHandler {
         let ctx = self.ctx.clone();
         let source = request.remote_addr().map(|a| a.ip());
         let (_, identity) = handshake::authenticate(&ctx, source, request.metadata()).await?;
-        let mut inbound = request.into_inner();
+        let mut inbound = Unpacking::new(request.into_inner());
         let hello = handshake::read_hello(&ctx, &mut inbound, identity.sync_id).await?;
         let site = handshake::check_database(&ctx, &identity, &hello).await?;
         let welcome = handshake::welcome(&ctx, &site, &identity, &hello).await?;
+        inbound.inflate(
+            welcome.stream_compression(),
+            storesync_shared::kit::server::MAX_MESSAGE_BYTES,
+        );
         let (tx, rx) = mpsc::channel(16);
         downstream::send(&tx, master_message::Message::Welcome(welcome.clone())).await?;
+        // Compressed as tonic takes each message off the channel, in order:
+        // the Welcome (sent above) stays plain, statuses pass through.
+        let outbound: MasterStream = if welcome.stream_compression() == StreamCompression::Deflate
+        {
+            let mut deflater = Deflater::new();
+            Box::pin(ReceiverStream::new(rx).map(move |item| item.map(|m| deflater.pack(m))))
+        } else {
+            Box::pin(ReceiverStream::new(rx))
+        };
         let start = if welcome.initialising && welcome.snapshot_resumed {
             downstream::Start::ResumeInitialisation(handshake::resume_of(&hello))
         } else if welcome.initialising {
@@ -217,6 +242,6 @@ impl SyncService for SyncHandler {
             inbound,
             tx,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(outbound))
     }
 }

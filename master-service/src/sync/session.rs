@@ -37,7 +37,8 @@ use storesync_shared::proto::v1::{
 };
 use storesync_shared::{Error, Result};
 use tokio::sync::watch;
-use tonic::{Status, Streaming};
+use storesync_shared::kit::stream_compression::Unpacking;
+use tonic::Status;
 
 use super::downstream::{self, Acked, Outbound};
 use super::inbound::Inbound;
@@ -113,7 +114,7 @@ pub(super) async fn run(
     hello: Hello,
     session_id: String,
     start: downstream::Start,
-    inbound: Streaming<SatelliteMessage>,
+    inbound: Unpacking<SatelliteMessage>,
     tx: Outbound,
 ) {
     let sync_id = identity.sync_id;

@@ -63,7 +63,10 @@ pub(super) async fn client(
     let mut client = SyncServiceClient::new(channel)
         .max_decoding_message_size(storesync_shared::kit::server::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(storesync_shared::kit::server::MAX_MESSAGE_BYTES);
-    if settings.compression {
+    // With `Deflate` the session's own stream compresses (negotiated in the
+    // Hello); gzip on top would only spend CPU on compressed bytes, and tonic
+    // cannot turn it off per message, so the headers ask for none.
+    if settings.compression == crate::config::SyncCompression::Gzip {
         client = client
             .send_compressed(tonic::codec::CompressionEncoding::Gzip)
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip);

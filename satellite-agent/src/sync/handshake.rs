@@ -14,15 +14,19 @@ use std::time::Duration;
 
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use storesync_shared::proto::v1::sync_service_client::SyncServiceClient;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use storesync_shared::kit::stream_compression::{Deflater, Unpacking};
 use storesync_shared::proto::v1::{
     master_message, satellite_message, ConnectionState, Hello, MasterMessage, SatelliteMessage,
-    Welcome,
+    StreamCompression, Welcome,
 };
 use storesync_shared::{kit::auth, Error, Result};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::Streaming;
 
 use super::connect::status_error;
 use super::session::send;
@@ -34,7 +38,8 @@ use crate::status::SyncHandle;
 pub(super) struct Opened {
     /// Everything sent to the master goes through here.
     pub(super) tx: mpsc::Sender<SatelliteMessage>,
-    pub(super) inbound: Streaming<MasterMessage>,
+    /// The master's messages, chunks inflated (when the Welcome agreed).
+    pub(super) inbound: Unpacking<MasterMessage>,
     pub(super) welcome: Welcome,
     /// Upstream entries up to here are sent (or acknowledged) already.
     pub(super) sent_seq: u64,
@@ -94,6 +99,11 @@ pub(super) async fn hello(db: &DatabaseConnection, settings: &ClientSettings) ->
             (Some(position), false) => position.epoch.clone(),
             _ => String::new(),
         },
+        stream_compression: if settings.compression == crate::config::SyncCompression::Deflate {
+            StreamCompression::Deflate as i32
+        } else {
+            StreamCompression::None as i32
+        },
     })
 }
 
@@ -116,9 +126,24 @@ pub(super) async fn open(
     interval: &mut u32,
 ) -> Result<Opened> {
     let initialise = hello.needs_initialisation;
+    let offered = hello.stream_compression() == StreamCompression::Deflate;
     let (tx, rx) = mpsc::channel::<SatelliteMessage>(settings.window * 2 + 8);
     send(&tx, satellite_message::Message::Hello(hello)).await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    // Set once the Welcome accepts the offer; only the Hello was sent before
+    // (and it stays plain anyway), so every later message is compressed.
+    let compressing = Arc::new(AtomicBool::new(false));
+    let outbound = ReceiverStream::new(rx).map({
+        let compressing = compressing.clone();
+        let mut deflater = Deflater::new();
+        move |message| {
+            if compressing.load(Ordering::Acquire) {
+                deflater.pack(message)
+            } else {
+                message
+            }
+        }
+    });
+    let mut request = tonic::Request::new(outbound);
     let auth_value = auth::basic_header(&settings.sync_user, &settings.sync_password)
         .parse()
         .map_err(|_| Error::invalid("sync_user", "cannot be sent as a header"))?;
@@ -126,13 +151,23 @@ pub(super) async fn open(
     request
         .metadata_mut()
         .insert("x-sync-id", settings.sync_id.into());
-    let mut inbound = client
-        .sync(request)
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let mut inbound = Unpacking::new(
+        client
+            .sync(request)
+            .await
+            .map_err(status_error)?
+            .into_inner(),
+    );
 
     let welcome = read_welcome(&mut inbound, settings.heartbeat * 3).await?;
+    if offered && welcome.stream_compression() == StreamCompression::Deflate {
+        inbound.inflate(
+            StreamCompression::Deflate,
+            storesync_shared::kit::server::MAX_MESSAGE_BYTES,
+        );
+        compressing.store(true, Ordering::Release);
+        tracing::debug!("the session's messages are compressed as one stream per direction");
+    }
     tracing::info!(session = %welcome.session_id, initialise, "connected to the master");
     handle.set_state(ConnectionState::Connected);
     if welcome.sync_interval_minutes > 0 {
@@ -176,7 +211,7 @@ pub(super) async fn open(
 
 /// The master's first message, which must be a Welcome within `idle_limit`.
 async fn read_welcome(
-    inbound: &mut Streaming<MasterMessage>,
+    inbound: &mut Unpacking<MasterMessage>,
     idle_limit: Duration,
 ) -> Result<Welcome> {
     match tokio::time::timeout(idle_limit, inbound.message()).await {

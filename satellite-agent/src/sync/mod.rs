@@ -65,8 +65,9 @@ pub struct ClientSettings {
     pub window: usize,
     /// TLS towards `https://` master URLs (CA to trust, optional client identity).
     pub tls: Option<tonic::transport::ClientTlsConfig>,
-    /// gzip both ways (the master accepts and answers in kind).
-    pub compression: bool,
+    /// How the stream is compressed both ways (see
+    /// [`crate::config::SyncCompression`]).
+    pub compression: crate::config::SyncCompression,
 }
 
 impl ClientSettings {
@@ -93,7 +94,7 @@ impl ClientSettings {
             batch_bytes: 4 * 1024 * 1024,
             window: 4,
             tls: None,
-            compression: false,
+            compression: crate::config::SyncCompression::None,
         }
     }
 }

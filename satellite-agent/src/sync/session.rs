@@ -21,7 +21,7 @@ use storesync_shared::proto::v1::{
 };
 use storesync_shared::{Error, Result};
 use tokio::sync::mpsc;
-use tonic::Streaming;
+use storesync_shared::kit::stream_compression::Unpacking;
 use tracing::Instrument;
 
 use super::connect::status_error;
@@ -67,7 +67,7 @@ impl<'a> Session<'a> {
         settings: &'a ClientSettings,
         handle: &'a SyncHandle,
         opened: Opened,
-    ) -> (Self, Streaming<MasterMessage>) {
+    ) -> (Self, Unpacking<MasterMessage>) {
         let Opened {
             tx,
             inbound,
@@ -97,7 +97,7 @@ impl<'a> Session<'a> {
     }
 
     /// Exchanges until done (interval) or broken.
-    pub(super) async fn run(mut self, mut inbound: Streaming<MasterMessage>) -> Result<()> {
+    pub(super) async fn run(mut self, mut inbound: Unpacking<MasterMessage>) -> Result<()> {
         let heartbeat_every =
             Duration::from_secs(u64::from(self.welcome.heartbeat_interval_seconds.max(1)));
         let idle_limit = heartbeat_every * 3;
@@ -156,6 +156,10 @@ impl<'a> Session<'a> {
                         }
                         Some(master_message::Message::Welcome(_)) => {
                             return Err(Error::InvalidArgument("a second Welcome from the master".into()));
+                        }
+                        // `Unpacking` inflates every chunk; one inside a chunk is refused there.
+                        Some(master_message::Message::Compressed(_)) => {
+                            return Err(Error::InvalidArgument("a CompressedChunk inside a CompressedChunk from the master".into()));
                         }
                         // A kind this agent does not know (a newer master's): ignored.
                         None => tracing::debug!("ignored a master message of a kind this agent does not know"),
@@ -399,7 +403,7 @@ async fn next_batch(
 /// initialisation, the last downstream acks) are delivered rather than cut
 /// off with the stream. What the master still sends is left for next time
 /// (it was not acknowledged, so it is sent again).
-async fn wait_closed(inbound: &mut Streaming<MasterMessage>, limit: Duration) {
+async fn wait_closed(inbound: &mut Unpacking<MasterMessage>, limit: Duration) {
     let closed = tokio::time::timeout(limit, async {
         while let Ok(Some(_)) = inbound.message().await {}
     })
