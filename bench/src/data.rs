@@ -133,6 +133,68 @@ impl Backlog {
         Ok(last)
     }
 
+    /// Ships the stock of every `every`-th goods-received invoice on to
+    /// `to_store_id` (5 of its 20 packs per line): a transfer created and
+    /// then shipped through the store operations a satellite's StoreService
+    /// runs (`storesync_shared::domain::transfers`), their records appended
+    /// to the outbox in the same (stopped) satellite's database, as its
+    /// StoreService would have. The outbound shipments and their lines join
+    /// the backlog's rows (for `COPY`) and records. Returns the outbox's last
+    /// sequence and the transfers shipped.
+    pub async fn ship_transfers(
+        &mut self,
+        db: &DatabaseConnection,
+        store_id: &str,
+        to_store_id: &str,
+        every: usize,
+    ) -> anyhow::Result<(u64, usize)> {
+        use storesync_shared::domain::transfers;
+        let txn = storesync_shared::domain::db::begin(db).await?;
+        let mut last = 0;
+        let mut shipped = 0;
+        let chosen: Vec<usize> = (0..self.invoices.len()).step_by(every.max(1)).collect();
+        for index in chosen {
+            let lines = self.invoice_lines
+                [index * LINES_PER_INVOICE..(index + 1) * LINES_PER_INVOICE]
+                .iter()
+                .map(|line| pb::InvoiceLine {
+                    stock_line_id: line.stock_line_id.clone(),
+                    number_of_packs: 5.0,
+                    sell_price_per_pack: 4.0,
+                    ..Default::default()
+                })
+                .collect();
+            let (draft, mut records) = transfers::create_transfer(
+                &txn,
+                store_id,
+                pb::CreateTransferRequest {
+                    to_store_id: to_store_id.to_owned(),
+                    reference: format!("BENCH-T{index}"),
+                    lines,
+                    requisition_id: String::new(),
+                },
+            )
+            .await?;
+            let (outbound, more) = transfers::ship_transfer(
+                &txn,
+                store_id,
+                pb::ShipTransferRequest {
+                    id: draft.id.clone(),
+                },
+            )
+            .await?;
+            records.extend(more);
+            last = satellite_agent::outbox::append(&txn, &records).await?;
+            self.records.extend(records);
+            let mut outbound = outbound;
+            self.invoice_lines.append(&mut outbound.lines);
+            self.invoices.push(outbound);
+            shipped += 1;
+        }
+        txn.commit().await?;
+        Ok((last, shipped))
+    }
+
     /// The rows as `COPY … FROM STDIN` text, one buffer per table, for the
     /// scratch tables of [`copy_ceiling`].
     fn copy_text(&self) -> [(String, String); 3] {
@@ -437,6 +499,81 @@ INSERT INTO invoice_line (id, invoice_id, store_id, item_id, stock_line_id, batc
          md5('item' || (1 + g % {items}))::uuid::text, md5('stock' || (1 + g % {stock}))::uuid::text,
          'B' || g, '2027-06-30', 100, 1 + g % 20, 2.5, 4.0
   FROM generate_series(1, {lines}) g;
+ANALYZE
+"#
+    );
+    for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        db.execute(Statement::from_string(
+            DbBackend::Postgres,
+            statement.to_owned(),
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Stock moving between two stores, for the reports on it: `transfers`
+/// transfers from `from_store` to `to_store` (an outbound shipment with 2
+/// lines at the first, its inbound shipment with 2 lines at the second, the
+/// master's transfer record): 3 in 10 in transit, the rest received, 1 in
+/// 10 of those with a discrepancy; and `transfers / 5` requisitions of the
+/// second store from the first (3 lines each), every other one answered by a
+/// response, 1 in 4 responses finalised, and 1 outbound shipment in 10
+/// supplying a response. Made with set-based SQL, as [`seed_store`].
+pub async fn seed_transfers(
+    db: &DatabaseConnection,
+    from_store: &str,
+    to_store: &str,
+    transfers: u64,
+    items: u64,
+) -> anyhow::Result<()> {
+    let requests = (transfers / 5).max(1);
+    let sql = format!(
+        r#"
+INSERT INTO invoice (id, store_id, name_id, kind, status, invoice_number, reference, created_at_ms, linked_invoice_id, shipped_at_ms, received_at_ms, requisition_id)
+  SELECT md5('out' || g)::uuid::text, '{from_store}', '{to_store}', 'OUTBOUND_SHIPMENT', 'SHIPPED', 1000000 + g, 'T' || g,
+         1767225600000 + (g % 365) * 86400000::bigint, '', 1767225600000 + (g % 365) * 86400000::bigint, 0,
+         CASE WHEN g % 10 = 0 AND (g / 10) % 2 = 0 AND g / 10 <= {requests} THEN md5('resp' || (g / 10))::uuid::text ELSE '' END
+  FROM generate_series(1, {transfers}) g;
+INSERT INTO invoice_line (id, invoice_id, store_id, item_id, stock_line_id, batch, expiry_date, pack_size, number_of_packs, cost_price_per_pack, sell_price_per_pack)
+  SELECT md5('outline' || g || '-' || k)::uuid::text, md5('out' || g)::uuid::text, '{from_store}',
+         md5('item' || (1 + (g * 2 + k) % {items}))::uuid::text, md5('stock' || g)::uuid::text, 'T' || g, '2028-06-30', 100, 10, 2.5, 4.0
+  FROM generate_series(1, {transfers}) g, generate_series(0, 1) k;
+INSERT INTO invoice (id, store_id, name_id, kind, status, invoice_number, reference, created_at_ms, linked_invoice_id, shipped_at_ms, received_at_ms, requisition_id)
+  SELECT md5('in' || g)::uuid::text, '{to_store}', '{from_store}', 'INBOUND_SHIPMENT',
+         CASE WHEN g % 10 < 3 THEN 'SHIPPED' ELSE 'RECEIVED' END, 1000000 + g, 'T' || g,
+         1767225600000 + (g % 365) * 86400000::bigint, md5('out' || g)::uuid::text, 1767225600000 + (g % 365) * 86400000::bigint,
+         CASE WHEN g % 10 < 3 THEN 0 ELSE 1767225600000 + (g % 365 + 2) * 86400000::bigint END, ''
+  FROM generate_series(1, {transfers}) g;
+INSERT INTO invoice_line (id, invoice_id, store_id, item_id, stock_line_id, batch, expiry_date, pack_size, number_of_packs, cost_price_per_pack, sell_price_per_pack, received_number_of_packs)
+  SELECT md5('inline' || g || '-' || k)::uuid::text, md5('in' || g)::uuid::text, '{to_store}',
+         md5('item' || (1 + (g * 2 + k) % {items}))::uuid::text, '', 'T' || g, '2028-06-30', 100, 10, 4.0, 0,
+         CASE WHEN g % 10 < 3 THEN 0 WHEN g % 100 = 55 AND k = 0 THEN 9 ELSE 10 END
+  FROM generate_series(1, {transfers}) g, generate_series(0, 1) k;
+INSERT INTO transfer (id, from_store_id, to_store_id, inbound_invoice_id, shipped_at_ms, delivered_at_ms, received_at_ms, packs_shipped, packs_received, discrepancy)
+  SELECT md5('out' || g)::uuid::text, '{from_store}', '{to_store}', md5('in' || g)::uuid::text,
+         1767225600000 + (g % 365) * 86400000::bigint, 1767225600000 + (g % 365) * 86400000::bigint + 60000,
+         CASE WHEN g % 10 < 3 THEN 0 ELSE 1767225600000 + (g % 365 + 2) * 86400000::bigint END,
+         20, CASE WHEN g % 10 < 3 THEN 0 WHEN g % 100 = 55 THEN 19 ELSE 20 END,
+         CASE WHEN g % 10 < 3 THEN 0 WHEN g % 100 = 55 THEN -1 ELSE 0 END
+  FROM generate_series(1, {transfers}) g;
+INSERT INTO requisition (id, store_id, kind, status, other_store_id, requisition_number, reference, created_at_ms, sent_at_ms, finalised_at_ms, linked_requisition_id)
+  SELECT md5('req' || g)::uuid::text, '{to_store}', 'REQUEST', 'REQUISITION_SENT', '{from_store}', g, 'R' || g,
+         1767225600000 + (g % 365) * 86400000::bigint, 1767225600000 + (g % 365) * 86400000::bigint + 1000, 0, ''
+  FROM generate_series(1, {requests}) g;
+INSERT INTO requisition_line (id, requisition_id, store_id, item_id, requested_quantity, stock_on_hand, average_monthly_consumption)
+  SELECT md5('reqline' || g || '-' || k)::uuid::text, md5('req' || g)::uuid::text, '{to_store}',
+         md5('item' || (1 + (g * 3 + k) % {items}))::uuid::text, 1000, 200, 300
+  FROM generate_series(1, {requests}) g, generate_series(0, 2) k;
+INSERT INTO requisition (id, store_id, kind, status, other_store_id, requisition_number, reference, created_at_ms, sent_at_ms, finalised_at_ms, linked_requisition_id)
+  SELECT md5('resp' || g)::uuid::text, '{from_store}', 'RESPONSE', CASE WHEN g % 8 = 0 THEN 'REQUISITION_FINALISED' ELSE 'REQUISITION_SENT' END,
+         '{to_store}', g, 'R' || g, 1767225600000 + (g % 365) * 86400000::bigint, 1767225600000 + (g % 365) * 86400000::bigint + 1000,
+         CASE WHEN g % 8 = 0 THEN 1767225600000 + (g % 365 + 3) * 86400000::bigint ELSE 0 END, md5('req' || g)::uuid::text
+  FROM generate_series(2, {requests}, 2) g;
+INSERT INTO requisition_line (id, requisition_id, store_id, item_id, requested_quantity, stock_on_hand, average_monthly_consumption)
+  SELECT md5('respline' || g || '-' || k)::uuid::text, md5('resp' || g)::uuid::text, '{from_store}',
+         md5('item' || (1 + (g * 3 + k) % {items}))::uuid::text, 1000, 200, 300
+  FROM generate_series(2, {requests}, 2) g, generate_series(0, 2) k;
 ANALYZE
 "#
     );

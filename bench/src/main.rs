@@ -83,6 +83,10 @@ struct Args {
     /// Store records of the store a new satellite initialises.
     #[arg(long, default_value_t = 1_000_000)]
     init_records: u64,
+    /// Transfers between two stores added to the `init` data for the reports
+    /// on them (with a fifth as many requisitions).
+    #[arg(long, default_value_t = 100_000)]
+    init_transfers: u64,
     /// Rows changed at the site in the verify scenario.
     #[arg(long, default_value_t = 100)]
     verify_differing: u64,
@@ -101,6 +105,8 @@ pub struct Sizes {
     pub init_records: u64,
     pub init_items: u64,
     pub init_names: u64,
+    /// Transfers (and a fifth as many requisitions) added for the reports.
+    pub init_transfers: u64,
     /// Idle satellites of the footprint scenario.
     pub footprint_satellites: u32,
     pub wire_records: usize,
@@ -120,6 +126,7 @@ impl Sizes {
                 init_records: 20_000,
                 init_items: 2_000,
                 init_names: 1_000,
+                init_transfers: 500,
                 footprint_satellites: 3,
                 wire_records: 2_000,
                 verify_differing: 10,
@@ -135,6 +142,7 @@ impl Sizes {
             init_records: args.init_records.max(10),
             init_items: 100_000,
             init_names: 50_000,
+            init_transfers: args.init_transfers,
             footprint_satellites: 63,
             wire_records: 20_000,
             verify_differing: args.verify_differing.max(1),

@@ -113,6 +113,10 @@ async fn acked_seqs(db: &DatabaseConnection) -> anyhow::Result<Vec<(i32, i64)>> 
 
 /// Scenario 1: N satellites each with a backlog; records per second until
 /// the master has committed them all, and the same rows through `COPY`.
+/// Then (with 2 or more satellites) the same with transfers mixed in: each
+/// satellite also ships the stock of one goods-received invoice in
+/// [`TRANSFER_EVERY`] on to the next satellite's store, so the master
+/// creates the inbound shipments and transfer records as it commits.
 pub async fn upstream(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     let n = sizes.upstream_satellites;
     let (db, master) = master_with_sites(n, &[]).await;
@@ -134,70 +138,186 @@ pub async fn upstream(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     let mut copy = Figure::new("upstream", "PostgreSQL COPY of the same rows", "rec/s");
     let mut ratio =
         Figure::new("upstream", "upstream / COPY", "ratio").target(Target::AtLeast(0.5));
-    for run in 0..sizes.runs {
-        let mut expected = Vec::new();
-        let mut backlogs = Vec::new();
-        for (satellite, store_id) in satellites.iter_mut().zip(&stores) {
-            anyhow::ensure!(
-                satellite
-                    .process
-                    .terminate(Duration::from_secs(20))
-                    .is_some(),
-                "satellite {} did not stop",
-                satellite.sync_id
-            );
-            let backlog =
-                Backlog::goods_received(store_id, &supplier.id, &items, sizes.upstream_records);
-            let local = satellite.db.connect().await;
-            let last = backlog.write_to_satellite(&local).await?;
-            local.close().await?;
-            expected.push((satellite.sync_id as i32, last as i64));
-            backlogs.push(backlog);
-        }
-        let before =
-            futures::future::try_join_all(stores.iter().map(|s| data::store_counts(&conn, s)))
-                .await?;
-        let total: usize = backlogs.iter().map(Backlog::len).sum();
-        let started = Instant::now();
-        for satellite in &mut satellites {
-            satellite.start_again();
-        }
-        wait_for(
-            "the master to acknowledge every backlog",
-            Duration::from_millis(10),
-            || async {
-                let acked = acked_seqs(&conn).await?;
-                Ok(expected
-                    .iter()
-                    .all(|(id, last)| acked.iter().any(|(s, a)| s == id && a >= last)))
-            },
-        )
-        .await?;
-        let elapsed = started.elapsed();
-        // What was acknowledged is really there.
-        for ((store_id, backlog), before) in stores.iter().zip(&backlogs).zip(&before) {
-            let after = data::store_counts(&conn, store_id).await?;
-            anyhow::ensure!(
-                after
-                    == [
-                        before[0] + backlog.stock_lines.len() as i64,
-                        before[1] + backlog.invoices.len() as i64,
-                        before[2] + backlog.invoice_lines.len() as i64,
-                    ],
-                "store {store_id}: the master's rows {after:?} do not add up after {before:?}"
-            );
-        }
-        data::create_copy_tables(&conn).await?;
-        let copied = data::copy_ceiling(&conn, &backlogs.iter().collect::<Vec<_>>()).await?;
-        let (r, c) = (per_second(total, elapsed), per_second(total, copied));
-        eprintln!(
-            "upstream run {run}: {total} records in {elapsed:.2?} = {r:.0}/s; COPY {copied:.2?} = {c:.0}/s"
-        );
-        rate.samples.push(r);
-        copy.samples.push(c);
-        ratio.samples.push(r / c);
+    let mixed_label = format!("with transfers (1 invoice in {TRANSFER_EVERY} shipped on)");
+    let mut mixed_rate = Figure::new(
+        "upstream",
+        format!("master commit rate, {mixed_label}"),
+        "rec/s",
+    );
+    let mut mixed_ratio = Figure::new("upstream", format!("upstream / COPY, {mixed_label}"), "ratio");
+    let mut transfer_rate = Figure::new(
+        "upstream",
+        "transfers followed (inbound shipment created) per second",
+        "1/s",
+    );
+    let variants: &[bool] = if n >= 2 { &[false, true] } else { &[false] };
+    if n < 2 {
+        eprintln!("upstream: 1 satellite, so no transfers are mixed in (they need a second store)");
     }
-    Ok(vec![rate, copy, ratio])
+    for run in 0..sizes.runs {
+        for &with_transfers in variants {
+            let got = upstream_run(
+                &conn,
+                &mut satellites,
+                &stores,
+                &supplier.id,
+                &items,
+                sizes.upstream_records,
+                with_transfers,
+            )
+            .await?;
+            let (r, c) = (
+                per_second(got.records, got.elapsed),
+                per_second(got.records, got.copied),
+            );
+            eprintln!(
+                "upstream run {run}{}: {} records in {:.2?} = {r:.0}/s; COPY of its rows {:.2?}; {} transfers",
+                if with_transfers { " (transfers mixed in)" } else { "" },
+                got.records,
+                got.elapsed,
+                got.copied,
+                got.transfers
+            );
+            if with_transfers {
+                mixed_rate.samples.push(r);
+                mixed_ratio.samples.push(r / c);
+                transfer_rate
+                    .samples
+                    .push(got.transfers as f64 / got.elapsed.as_secs_f64());
+            } else {
+                rate.samples.push(r);
+                copy.samples.push(c);
+                ratio.samples.push(r / c);
+            }
+        }
+    }
+    let mut figures = vec![rate, copy, ratio];
+    if n >= 2 {
+        figures.extend([mixed_rate, mixed_ratio, transfer_rate]);
+    }
+    Ok(figures)
+}
+
+/// One goods-received invoice in this many is shipped on as a transfer in
+/// the upstream scenario's mixed runs.
+const TRANSFER_EVERY: usize = 5;
+
+/// What one upstream run measured.
+struct UpstreamRun {
+    /// Outbox records the satellites sent.
+    records: usize,
+    /// Until the master acknowledged every one (process start included).
+    elapsed: Duration,
+    /// `COPY` of the backlogs' final rows (a stock line sent three times is
+    /// copied once; the ratio compares the two times).
+    copied: Duration,
+    transfers: usize,
+}
+
+/// Stops the satellites, writes a backlog into each (with transfers to the
+/// next satellite's store when `with_transfers`), starts them, waits until
+/// the master has acknowledged every backlog, checks the rows, and loads the
+/// same rows with `COPY`.
+async fn upstream_run(
+    conn: &DatabaseConnection,
+    satellites: &mut [Satellite],
+    stores: &[String],
+    supplier_id: &str,
+    items: &[String],
+    records: usize,
+    with_transfers: bool,
+) -> anyhow::Result<UpstreamRun> {
+    let mut expected = Vec::new();
+    let mut backlogs = Vec::new();
+    let mut shipped = Vec::new();
+    for (index, (satellite, store_id)) in satellites.iter_mut().zip(stores).enumerate() {
+        anyhow::ensure!(
+            satellite
+                .process
+                .terminate(Duration::from_secs(20))
+                .is_some(),
+            "satellite {} did not stop",
+            satellite.sync_id
+        );
+        let mut backlog = Backlog::goods_received(store_id, supplier_id, items, records);
+        let local = satellite.db.connect().await;
+        let mut last = backlog.write_to_satellite(&local).await?;
+        let mut transfers = 0;
+        if with_transfers {
+            let to = &stores[(index + 1) % stores.len()];
+            (last, transfers) = backlog
+                .ship_transfers(&local, store_id, to, TRANSFER_EVERY)
+                .await?;
+        }
+        local.close().await?;
+        expected.push((satellite.sync_id as i32, last as i64));
+        backlogs.push(backlog);
+        shipped.push(transfers);
+    }
+    let before =
+        futures::future::try_join_all(stores.iter().map(|s| data::store_counts(conn, s))).await?;
+    let transfers_before = count_transfers(conn).await?;
+    let total: usize = backlogs.iter().map(Backlog::len).sum();
+    let started = Instant::now();
+    for satellite in satellites.iter_mut() {
+        satellite.start_again();
+    }
+    wait_for(
+        "the master to acknowledge every backlog",
+        Duration::from_millis(10),
+        || async {
+            let acked = acked_seqs(conn).await?;
+            Ok(expected
+                .iter()
+                .all(|(id, last)| acked.iter().any(|(s, a)| s == id && a >= last)))
+        },
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    // What was acknowledged is really there: each store's own rows, and the
+    // inbound shipments (one invoice, 10 lines each) the master created for
+    // the transfers the previous store shipped to it.
+    for (index, ((store_id, backlog), before)) in
+        stores.iter().zip(&backlogs).zip(&before).enumerate()
+    {
+        let inbound = shipped[(index + stores.len() - 1) % stores.len()] as i64;
+        let after = data::store_counts(conn, store_id).await?;
+        let wanted = [
+            before[0] + backlog.stock_lines.len() as i64,
+            before[1] + backlog.invoices.len() as i64 + inbound,
+            before[2] + backlog.invoice_lines.len() as i64 + inbound * 10,
+        ];
+        anyhow::ensure!(
+            after == wanted,
+            "store {store_id}: the master holds {after:?} rows, not {wanted:?} (before: {before:?})"
+        );
+    }
+    let transfers: usize = shipped.iter().sum();
+    let transfers_after = count_transfers(conn).await?;
+    anyhow::ensure!(
+        transfers_after == transfers_before + transfers as i64,
+        "the master holds {transfers_after} transfers, not {transfers_before} + {transfers}"
+    );
+    data::create_copy_tables(conn).await?;
+    let copied = data::copy_ceiling(conn, &backlogs.iter().collect::<Vec<_>>()).await?;
+    Ok(UpstreamRun {
+        records: total,
+        elapsed,
+        copied,
+        transfers,
+    })
+}
+
+/// The master's transfer records.
+async fn count_transfers(conn: &DatabaseConnection) -> anyhow::Result<i64> {
+    let row = conn
+        .query_one(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT COUNT(*) AS n FROM transfer",
+        ))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("count of transfers"))?;
+    Ok(row.try_get("", "n")?)
 }
 
 /// Agent clients made once (a poll must not open a connection).
@@ -504,6 +624,57 @@ pub async fn init_and_reports(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         drop(satellite);
     }
 
+    // Stock moving to and from another store, for the reports on it (after
+    // the initialisations: the satellite's row counts above are of the
+    // store data set alone).
+    let other = master.add_site(3).await.store.expect("store").id;
+    let seeding = Instant::now();
+    data::seed_transfers(&conn, &store_id, &other, sizes.init_transfers, sizes.init_items).await?;
+    eprintln!(
+        "init: seeded {} transfers and {} requisitions in {:.1?}",
+        sizes.init_transfers,
+        (sizes.init_transfers / 5).max(1),
+        seeding.elapsed()
+    );
+    // The reports read what was seeded: 3 transfers in 10 in transit, 1 in
+    // 100 received short.
+    let mut client = master.reports().await;
+    let in_transit = client
+        .stock_in_transit(pb::StockInTransitRequest::default())
+        .await?
+        .into_inner();
+    let want = (1..=sizes.init_transfers).filter(|g| g % 10 < 3).count() as u64;
+    anyhow::ensure!(
+        in_transit.rows.iter().map(|r| r.transfers).sum::<u64>() == want,
+        "StockInTransit shows {:?}, not {want} transfers",
+        in_transit.rows
+    );
+    let short = client
+        .receipt_discrepancies(pb::ReceiptDiscrepanciesRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let want = (1..=sizes.init_transfers).filter(|g| g % 100 == 55).count();
+    anyhow::ensure!(
+        short.rows.len() == want.min(1000),
+        "ReceiptDiscrepancies lists {} transfers on its first page, not {}",
+        short.rows.len(),
+        want.min(1000)
+    );
+    let open = client
+        .open_requisitions(pb::OpenRequisitionsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(
+        !open.rows.is_empty() && open.rows.iter().all(|r| r.lines == 3),
+        "OpenRequisitions lists {} requests (each should have 3 lines)",
+        open.rows.len()
+    );
     let mut figures = vec![ready, peak, master_peak];
     figures.extend(reports(sizes, &master).await?);
     Ok(figures)
@@ -571,6 +742,25 @@ async fn reports(sizes: &Sizes, master: &Master) -> anyhow::Result<Vec<Figure>> 
         "ExpiringStock, before 2026-04-01, first page",
         client.expiring_stock(pb::ExpiringStockRequest {
             before: "2026-04-01".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+    );
+    let transfers = sizes.init_transfers;
+    time!(
+        format!("StockInTransit, {transfers} transfers"),
+        client.stock_in_transit(pb::StockInTransitRequest::default())
+    );
+    time!(
+        "OpenRequisitions, first page",
+        client.open_requisitions(pb::OpenRequisitionsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+    );
+    time!(
+        "ReceiptDiscrepancies, first page",
+        client.receipt_discrepancies(pb::ReceiptDiscrepanciesRequest {
             page_size: 1000,
             ..Default::default()
         })
