@@ -566,6 +566,12 @@ pub struct VerifyArgs {
     /// Name the differences, change nothing.
     #[arg(long)]
     pub report_only: bool,
+    /// Wait up to this many seconds for each site's result (at most 3600);
+    /// a site not checked by then is shown QUEUED (checked at its next
+    /// session). Without it, only a site connected to this master process is
+    /// checked now.
+    #[arg(long = "wait", value_name = "SECONDS", default_value_t = 0)]
+    pub wait_seconds: u32,
 }
 
 /// Runs `AdminService.VerifySites` against the master at `url` and returns
@@ -586,6 +592,7 @@ pub async fn run_verify(
         .verify_sites(pb::VerifySitesRequest {
             sync_ids: if args.all { Vec::new() } else { args.sites },
             report_only: args.report_only,
+            wait_seconds: args.wait_seconds,
         })
         .await
         .map_err(|status| cli::explain(&status))?
