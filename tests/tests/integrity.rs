@@ -524,7 +524,9 @@ async fn edit_invoice_at_site(satellite: &Satellite, id: &str, reference: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interval_mode_site_checked_on_demand_is_checked_at_its_next_session() {
-    for backend in backends("an_interval_mode_site_checked_on_demand_is_checked_at_its_next_session") {
+    for backend in
+        backends("an_interval_mode_site_checked_on_demand_is_checked_at_its_next_session")
+    {
         let master_db = TestDb::new(backend);
         let master = Master::start(&master_db, &[NO_SCHEDULE]);
         master.add_site(2).await;
@@ -547,7 +549,11 @@ async fn an_interval_mode_site_checked_on_demand_is_checked_at_its_next_session(
         edit_invoice_at_site(&satellite, &invoice, "edited while away").await;
         let queued = check_waiting_none(&master, 2, false).await;
         assert_eq!(queued.outcome(), pb::VerifyOutcome::Queued, "{queued:?}");
-        assert!(queued.message.contains("next session"), "{}", queued.message);
+        assert!(
+            queued.message.contains("next session"),
+            "{}",
+            queued.message
+        );
         let status = site_status(&master, 2).await;
         assert!(status.check_queued_at_ms > 0, "{status:?}");
         assert_eq!(status.check_attempts, 0);
@@ -587,9 +593,13 @@ async fn an_interval_mode_site_checked_on_demand_is_checked_at_its_next_session(
         assert_eq!(report.outcome(), pb::VerifyOutcome::Different, "{report:?}");
         assert_eq!(
             named(&report),
-            [(pb::Table::Invoice, invoice.clone(), pb::DifferenceSide::BothDiffer)]
-                .into_iter()
-                .collect()
+            [(
+                pb::Table::Invoice,
+                invoice.clone(),
+                pb::DifferenceSide::BothDiffer
+            )]
+            .into_iter()
+            .collect()
         );
         let repaired = settled_check(&master, 2, false, Duration::from_secs(120)).await;
         assert_eq!(repaired.rows_repaired, 1, "{repaired:?}");
@@ -601,7 +611,11 @@ async fn an_interval_mode_site_checked_on_demand_is_checked_at_its_next_session(
 }
 
 /// `VerifySites` for `sync_id` without waiting.
-async fn check_waiting_none(master: &Master, sync_id: u32, report_only: bool) -> pb::SiteVerification {
+async fn check_waiting_none(
+    master: &Master,
+    sync_id: u32,
+    report_only: bool,
+) -> pb::SiteVerification {
     master
         .admin()
         .await
@@ -644,9 +658,13 @@ async fn a_check_asked_of_a_replica_without_the_session_is_run_by_the_other() {
     let queued = check_waiting_none(&m2, 2, true).await;
     assert_eq!(queued.outcome(), pb::VerifyOutcome::Queued, "{queued:?}");
     // With a wait, replica 2 reads the result replica 1 wrote.
-    let expected = [(pb::Table::Invoice, invoice.clone(), pb::DifferenceSide::BothDiffer)]
-        .into_iter()
-        .collect();
+    let expected = [(
+        pb::Table::Invoice,
+        invoice.clone(),
+        pb::DifferenceSide::BothDiffer,
+    )]
+    .into_iter()
+    .collect();
     let report = settled_check(&m2, 2, true, WAIT).await;
     assert_eq!(named(&report), expected, "{report:?}");
     let repaired = settled_check(&m2, 2, false, WAIT).await;
@@ -730,9 +748,13 @@ async fn a_check_cut_by_a_link_cut_runs_again_at_the_next_session() {
         assert_eq!(result.outcome(), pb::VerifyOutcome::Different, "{result:?}");
         assert_eq!(
             named(&result),
-            [(pb::Table::Invoice, invoice.clone(), pb::DifferenceSide::BothDiffer)]
-                .into_iter()
-                .collect()
+            [(
+                pb::Table::Invoice,
+                invoice.clone(),
+                pb::DifferenceSide::BothDiffer
+            )]
+            .into_iter()
+            .collect()
         );
         assert_eq!(site_status(&master, 2).await.check_queued_at_ms, 0);
         let _ = db.close().await;

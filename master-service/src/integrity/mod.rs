@@ -266,11 +266,9 @@ pub async fn due_in_session(
     scheduled_report_only: bool,
 ) -> bool {
     let requested = match (interval, every) {
-        (true, Some(every)) => {
-            schedule::request_if_due(db, sync_id, every, scheduled_report_only)
-                .await
-                .map(|request| request.is_some())
-        }
+        (true, Some(every)) => schedule::request_if_due(db, sync_id, every, scheduled_report_only)
+            .await
+            .map(|request| request.is_some()),
         _ => record::next_request(db, sync_id)
             .await
             .map(|request| request.is_some()),

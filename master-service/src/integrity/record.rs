@@ -399,9 +399,7 @@ pub async fn begin_attempt(db: &DatabaseConnection, request: &Request) -> Result
         .value(Alias::new("attempts"), col("attempts").add(1))
         .and_where(col("id").eq(request.id))
         .and_where(col("finished_at_ms").eq(0));
-    let done = db
-        .execute(db.get_database_backend().build(&update))
-        .await?;
+    let done = db.execute(db.get_database_backend().build(&update)).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -413,8 +411,7 @@ pub async fn attempt_cut(db: &DatabaseConnection, request: &Request, why: &str) 
         .value(Alias::new("message"), why)
         .and_where(col("id").eq(request.id))
         .and_where(col("finished_at_ms").eq(0));
-    db.execute(db.get_database_backend().build(&update))
-        .await?;
+    db.execute(db.get_database_backend().build(&update)).await?;
     Ok(())
 }
 
@@ -437,8 +434,7 @@ pub async fn finish(
         .value(Alias::new("result"), result.encode_to_vec())
         .and_where(col("id").eq(request.id))
         .and_where(col("finished_at_ms").eq(0));
-    db.execute(db.get_database_backend().build(&update))
-        .await?;
+    db.execute(db.get_database_backend().build(&update)).await?;
     Ok(())
 }
 
@@ -468,5 +464,9 @@ pub async fn result_of(
     let bytes: Option<Vec<u8>> = row.try_get_by_index(8)?;
     pb::SiteVerification::decode(bytes.unwrap_or_default().as_slice())
         .map(Ok)
-        .map_err(|e| Error::internal(format!("integrity request {id}: its result does not decode: {e}")))
+        .map_err(|e| {
+            Error::internal(format!(
+                "integrity request {id}: its result does not decode: {e}"
+            ))
+        })
 }

@@ -69,8 +69,8 @@ impl SessionVerifier {
     ) {
         let mut announced = self.announced;
         // An old satellite's requests are answered at once (nothing is sent).
-        let mut caught_up = !self.initialising
-            || self.protocol_version < storesync_shared::VERIFY_PROTOCOL_VERSION;
+        let mut caught_up =
+            !self.initialising || self.protocol_version < storesync_shared::VERIFY_PROTOCOL_VERSION;
         let mut first = true;
         loop {
             if !first {
