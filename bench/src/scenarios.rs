@@ -1038,6 +1038,7 @@ pub async fn verify(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
                 .verify_sites(pb::VerifySitesRequest {
                     sync_ids: vec![2],
                     report_only,
+                    wait_seconds: 0,
                 })
                 .await?
                 .into_inner();

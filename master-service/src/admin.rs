@@ -272,6 +272,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             &request.sync_ids,
             request.report_only,
             &operator,
+            request.wait_seconds,
         )
         .await?;
         Ok(Response::new(pb::VerifySitesResponse { sites }))

@@ -490,6 +490,8 @@ async fn sync_status(
         "oldest_pending_s",
         "init",
         "version",
+        "last_check",
+        "check_queued",
         "last_error",
     ]);
     for site in sites {
@@ -507,6 +509,22 @@ async fn sync_status(
             format!("{}/{}", site.init_records_done, site.init_records_total)
         } else {
             String::new()
+        };
+        // The latest integrity check (outcome and when), and one requested
+        // and not yet run (since when, with the attempts a session's end cut).
+        let last_check = if site.last_check_at_ms > 0 {
+            format!(
+                "{} {}",
+                site.last_check_outcome,
+                text_of(&time_ms(site.last_check_at_ms))
+            )
+        } else {
+            String::new()
+        };
+        let check_queued = match (site.check_queued_at_ms, site.check_attempts) {
+            (0, _) => String::new(),
+            (at, 0) => text_of(&time_ms(at)),
+            (at, attempts) => format!("{} ({attempts} cut)", text_of(&time_ms(at))),
         };
         let last_error = if site.last_error.is_empty() {
             String::new()
@@ -531,6 +549,8 @@ async fn sync_status(
             (site.downstream_oldest_pending_age_ms / 1000).into(),
             init.into(),
             site.agent_version.into(),
+            last_check.into(),
+            check_queued.into(),
             last_error.into(),
         ]);
     }
@@ -566,6 +586,12 @@ pub struct VerifyArgs {
     /// Name the differences, change nothing.
     #[arg(long)]
     pub report_only: bool,
+    /// Wait up to this many seconds for each site's result (at most 3600);
+    /// a site not checked by then is shown QUEUED (checked at its next
+    /// session). Without it, only a site connected to this master process is
+    /// checked now.
+    #[arg(long = "wait", value_name = "SECONDS", default_value_t = 0)]
+    pub wait_seconds: u32,
 }
 
 /// Runs `AdminService.VerifySites` against the master at `url` and returns
@@ -586,6 +612,7 @@ pub async fn run_verify(
         .verify_sites(pb::VerifySitesRequest {
             sync_ids: if args.all { Vec::new() } else { args.sites },
             report_only: args.report_only,
+            wait_seconds: args.wait_seconds,
         })
         .await
         .map_err(|status| cli::explain(&status))?

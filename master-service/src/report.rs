@@ -69,6 +69,7 @@ pub async fn sync_status(
     let head = changelog::head(db).await?;
     let refusals = crate::sync::refusals::counts(db).await?;
     let checks = crate::integrity::record::latest(db).await?;
+    let queued = crate::integrity::record::queued(db).await?;
     let now = now_ms();
     let mut rows = Vec::with_capacity(sites.len());
     for site in sites {
@@ -125,16 +126,28 @@ pub async fn sync_status(
             refusals: refusals.get(&site.sync_id).map_or(0, |r| r.0),
             last_refusal_at_ms: refusals.get(&site.sync_id).map_or(0, |r| r.1),
             protocol_version: status.map_or(0, |s| u32::try_from(s.protocol_version).unwrap_or(0)),
-            ..check_fields(checks.get(&u32::try_from(site.sync_id).unwrap_or(0)))
+            ..check_fields(
+                checks.get(&u32::try_from(site.sync_id).unwrap_or(0)),
+                queued.get(&u32::try_from(site.sync_id).unwrap_or(0)),
+            )
         });
     }
     Ok(rows)
 }
 
-/// The fields of a site's latest integrity check (`None`: never checked).
-fn check_fields(latest: Option<&crate::integrity::record::Latest>) -> pb::SiteSyncStatus {
+/// The fields of a site's latest integrity check (`None`: never checked)
+/// and of the check requested of it, if any.
+fn check_fields(
+    latest: Option<&crate::integrity::record::Latest>,
+    queued: Option<&crate::integrity::record::Request>,
+) -> pb::SiteSyncStatus {
+    let queued = pb::SiteSyncStatus {
+        check_queued_at_ms: queued.map_or(0, |r| r.requested_at_ms),
+        check_attempts: queued.map_or(0, |r| r.attempts),
+        ..Default::default()
+    };
     let Some(latest) = latest else {
-        return pb::SiteSyncStatus::default();
+        return queued;
     };
     pb::SiteSyncStatus {
         last_check_at_ms: latest.finished_at_ms,
@@ -144,7 +157,7 @@ fn check_fields(latest: Option<&crate::integrity::record::Latest>) -> pb::SiteSy
         last_check_rows_repaired: latest.rows_repaired,
         last_check_ledger_problems: latest.ledger_problems,
         last_check_message: latest.message.clone(),
-        ..Default::default()
+        ..queued
     }
 }
 

@@ -38,6 +38,7 @@ impl MigratorTrait for Migrator {
         migrations.push(Box::new(Transfers));
         migrations.push(Box::new(Integrity));
         migrations.push(Box::new(Requisitions));
+        migrations.push(Box::new(IntegrityRequests));
         migrations
     }
 }
@@ -302,6 +303,28 @@ impl MigrationTrait for Integrity {
         run_script(
             manager.get_connection(),
             crate::integrity::record::MIGRATION,
+        )
+        .await
+    }
+}
+
+/// `integrity_request`: integrity checks requested and their results, run by
+/// whichever process holds the site's session (see `crate::integrity::record`).
+struct IntegrityRequests;
+
+impl MigrationName for IntegrityRequests {
+    fn name(&self) -> &str {
+        "m0121_integrity_requests"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for IntegrityRequests {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(
+            manager.get_connection(),
+            crate::integrity::record::REQUESTS_MIGRATION,
         )
         .await
     }

@@ -1,7 +1,8 @@
 //! The product's own integrity check, as tests (and the fault campaign) call
-//! it: `AdminService.VerifySites` on a running master, retried while the
-//! data is still moving, and its differences as a set to compare with a
-//! record-by-record comparison.
+//! it: `AdminService.VerifySites` on a running master, waiting for the
+//! result (the check runs at the site's session, on whichever replica holds
+//! it), asked again while the data is still moving, and its differences as a
+//! set to compare with a record-by-record comparison.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,6 +14,28 @@ use crate::cluster::Master;
 /// One difference as the check names it: (table, id, side).
 pub type Named = (pb::Table, String, pb::DifferenceSide);
 
+/// Asks for a check of `sync_id` and waits up to `wait` for its result
+/// (`QUEUED` when it did not come).
+pub async fn check_waiting(
+    master: &Master,
+    sync_id: u32,
+    report_only: bool,
+    wait: Duration,
+) -> pb::SiteVerification {
+    let mut answer = master
+        .admin()
+        .await
+        .verify_sites(pb::VerifySitesRequest {
+            sync_ids: vec![sync_id],
+            report_only,
+            wait_seconds: u32::try_from(wait.as_secs()).unwrap_or(3600).clamp(1, 3600),
+        })
+        .await
+        .expect("VerifySites")
+        .into_inner();
+    answer.sites.pop().expect("one result per site asked")
+}
+
 /// Runs the check of `sync_id` until it settles (at most `limit`) and
 /// returns its result; panics if it fails or never settles.
 pub async fn settled_check(
@@ -23,22 +46,11 @@ pub async fn settled_check(
 ) -> pb::SiteVerification {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let mut answer = master
-            .admin()
-            .await
-            .verify_sites(pb::VerifySitesRequest {
-                sync_ids: vec![sync_id],
-                report_only,
-            })
-            .await
-            .expect("VerifySites")
-            .into_inner();
-        let result = answer.sites.pop().expect("one result per site asked");
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let result = check_waiting(master, sync_id, report_only, left).await;
         match result.outcome() {
             pb::VerifyOutcome::Equal | pb::VerifyOutcome::Different => return result,
-            pb::VerifyOutcome::NotSettled | pb::VerifyOutcome::NotConnected
-                if tokio::time::Instant::now() < deadline =>
-            {
+            pb::VerifyOutcome::NotSettled if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             other => panic!(

@@ -68,10 +68,16 @@
 //! figures are those of the lines, and no inbound or record lacks its
 //! shipped outbound.
 //!
-//! The product's own integrity check (`VerifySites`) is not run here yet: a
-//! check asked right after the links are cut can land on a session that
-//! then ends, and an interval-mode site's session (a few milliseconds) ends
-//! before an on-demand check completes.
+//! **The product's own integrity check** (`VerifySites`, report-only, with a
+//! wait, through `storesync_tests::verify`) runs for every site at the end of
+//! every round, once it has quiesced (links at full speed, every check above
+//! passed), and must agree with a record-by-record comparison of the site's
+//! store data and the master's copy, read right after it, both ways: every
+//! differing row named (none missed), and nothing named that the comparison
+//! does not find (none invented). The check is a request the site's session
+//! runs (the interval-mode site stays connected for it; a check cut by a
+//! session's end runs again at the next), so it must end EQUAL or DIFFERENT;
+//! `NOT_SETTLED` (data still moving) is asked again, at most 5 times.
 //!
 //! `STORESYNC_CAMPAIGN_SEED` replays a campaign; `STORESYNC_CAMPAIGN_ROUNDS`
 //! lengthens it (CI runs 2 rounds); `STORESYNC_CAMPAIGN_BACKEND=sqlite` runs the
@@ -92,11 +98,11 @@ use storesync_shared::domain::entities::{
 use storesync_shared::proto::v1 as pb;
 use storesync_tests::cluster::{
     assert_store_copies_equal, create_items, create_trading_partners, database_id, goods_in,
-    goods_out, store_data, store_of, wait_master_data_equal, Master, Satellite,
+    goods_out, store_data, store_of, wait_master_data_equal, Master, Satellite, StoreData,
 };
 use storesync_tests::lazyfs::{CutReport, LazyFs};
 use storesync_tests::proxy::{Proxy, Throttle};
-use storesync_tests::{backends, eventually, Backend, TestDb};
+use storesync_tests::{backends, eventually, verify, Backend, TestDb};
 
 const QUIET: Duration = Duration::from_secs(90);
 /// The Sync ID of the empty site that is removed and added again.
@@ -156,6 +162,10 @@ struct Tally {
     /// Master restores from a backup older than a transfer or a request
     /// between satellites.
     master_restores_across_moves: usize,
+    /// Runs of the product's integrity check that agreed with the
+    /// record-by-record comparison, and those asked again as NOT_SETTLED.
+    integrity_checks: usize,
+    integrity_not_settled: usize,
 }
 
 /// A copy of a satellite's SQLite files, and what it held.
@@ -1288,6 +1298,7 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
             check(&db, &satellites, &expect, seed).await;
             wait_master_data_equal(&db, &readded, QUIET).await;
         }
+        integrity_check_agrees(&master, &db, &satellites, &readded, seed, &mut tally).await;
         eprintln!("round {round} of seed {seed} checked: {tally:?}");
     }
     eprintln!("*** fault campaign seed {seed}: {rounds} rounds, {tally:?}, failures found: 0 ***");
@@ -1708,6 +1719,116 @@ async fn stock_conserved(
             "seed {seed}: transfer record {id} has no shipped outbound"
         );
     }
+}
+
+/// The product's own integrity check (`VerifySites`, report-only, waiting
+/// for the result) agrees with the record-by-record comparison, for every
+/// site, both ways: each store row that differs between the master's copy
+/// and the site (read once the check has answered) is named by the check,
+/// each store row the check names differs, and the check names something
+/// exactly when the comparison finds a difference. Called at the end of a
+/// round, once it has quiesced: a check that does not end EQUAL or
+/// DIFFERENT is a failure, except NOT_SETTLED, asked again at most 5 times.
+async fn integrity_check_agrees(
+    master: &Master,
+    db: &sea_orm::DatabaseConnection,
+    satellites: &[Satellite],
+    readded: &Satellite,
+    seed: u64,
+    tally: &mut Tally,
+) {
+    const WAIT: Duration = Duration::from_secs(120);
+    for satellite in satellites.iter().chain([readded]) {
+        let sync_id = satellite.sync_id;
+        let mut result = None;
+        for _ in 0..5 {
+            let answer = verify::check_waiting(master, sync_id, true, WAIT).await;
+            match answer.outcome() {
+                pb::VerifyOutcome::Equal | pb::VerifyOutcome::Different => {
+                    result = Some(answer);
+                    break;
+                }
+                pb::VerifyOutcome::NotSettled => {
+                    eprintln!(
+                        "seed {seed}: the check of Sync ID {sync_id} did not settle ({}); again",
+                        answer.message
+                    );
+                    tally.integrity_not_settled += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => panic!(
+                    "seed {seed}: the check of Sync ID {sync_id} ended {other:?} after the round quiesced: {}",
+                    answer.message
+                ),
+            }
+        }
+        let result = result.unwrap_or_else(|| {
+            panic!("seed {seed}: the check of Sync ID {sync_id} did not settle in 5 attempts")
+        });
+        tally.integrity_checks += 1;
+        let named = verify::named(&result);
+        let named_ids: HashSet<String> = named.iter().map(|(_, id, _)| id.clone()).collect();
+        let named_store: HashSet<String> = named
+            .iter()
+            .filter(|(table, _, _)| {
+                matches!(
+                    table,
+                    pb::Table::StockLine | pb::Table::Invoice | pb::Table::InvoiceLine
+                )
+            })
+            .map(|(_, id, _)| id.clone())
+            .collect();
+        let store_id = satellite
+            .status()
+            .await
+            .store
+            .expect("satellite reports its store")
+            .id;
+        let local = satellite.db.connect().await;
+        let theirs = store_data(&local, &store_id).await;
+        let _ = local.close().await;
+        let ours = store_data(db, &store_id).await;
+        let differing = differing_ids(&ours, &theirs);
+        assert!(
+            differing.is_subset(&named_ids),
+            "seed {seed}: site {sync_id}: the check missed {:?} (it named {named:?})",
+            differing.difference(&named_ids).collect::<Vec<_>>()
+        );
+        assert!(
+            named_store.is_subset(&differing),
+            "seed {seed}: site {sync_id}: the check named {:?}, equal in the comparison",
+            named_store.difference(&differing).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            named.is_empty(),
+            differing.is_empty(),
+            "seed {seed}: site {sync_id}: the check named {named:?}, the comparison finds {differing:?}"
+        );
+    }
+}
+
+/// The ids of the store rows that differ between two reads of one store's
+/// data (on one side only, or different).
+fn differing_ids(a: &StoreData, b: &StoreData) -> HashSet<String> {
+    fn by_id<T: PartialEq>(a: &[T], b: &[T], id: impl Fn(&T) -> &str, out: &mut HashSet<String>) {
+        let left: HashMap<&str, &T> = a.iter().map(|r| (id(r), r)).collect();
+        let right: HashMap<&str, &T> = b.iter().map(|r| (id(r), r)).collect();
+        for (key, row) in &left {
+            if right.get(key) != Some(row) {
+                out.insert((*key).to_owned());
+            }
+        }
+        for key in right.keys() {
+            if !left.contains_key(key) {
+                out.insert((*key).to_owned());
+            }
+        }
+    }
+    let mut out = HashSet::new();
+    by_id(&a.stock_lines, &b.stock_lines, |r| &r.id, &mut out);
+    by_id(&a.invoices, &b.invoices, |r| &r.id, &mut out);
+    by_id(&a.invoice_lines, &b.invoice_lines, |r| &r.id, &mut out);
+    out
 }
 
 /// Waits (at most [`QUIET`]) until `satellite`'s store data equals the

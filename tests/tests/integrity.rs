@@ -19,8 +19,9 @@ use storesync_tests::cluster::{
     SYNC_USER,
 };
 use storesync_tests::frozen::v1 as old;
+use storesync_tests::proxy::Proxy;
 use storesync_tests::verify::{named, settled_check};
-use storesync_tests::{backends, cli_output, TestDb};
+use storesync_tests::{backends, cli_output, eventually, Backend, TestDb};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -327,6 +328,7 @@ async fn sites_that_cannot_be_checked_say_why() {
             .verify_sites(pb::VerifySitesRequest {
                 sync_ids: vec![99],
                 report_only: true,
+                wait_seconds: 0,
             })
             .await
             .unwrap_err();
@@ -340,12 +342,27 @@ async fn sites_that_cannot_be_checked_say_why() {
             .verify_sites(pb::VerifySitesRequest {
                 sync_ids: vec![2, 5],
                 report_only: true,
+                wait_seconds: 0,
             })
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::NotFound);
         assert!(
             status.message().contains("sync_ids[1]"),
+            "{}",
+            status.message()
+        );
+        let status = admin
+            .verify_sites(pb::VerifySitesRequest {
+                sync_ids: vec![2],
+                report_only: true,
+                wait_seconds: 3601,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("wait_seconds"),
             "{}",
             status.message()
         );
@@ -397,12 +414,13 @@ async fn sites_that_cannot_be_checked_say_why() {
                     .verify_sites(pb::VerifySitesRequest {
                         sync_ids: Vec::new(),
                         report_only: false,
+                        wait_seconds: 0,
                     })
                     .await
                     .unwrap()
                     .into_inner()
                     .sites;
-                (sites[0].outcome() != pb::VerifyOutcome::NotConnected).then_some(sites)
+                (sites[0].outcome() != pb::VerifyOutcome::Queued).then_some(sites)
             }
         })
         .await;
@@ -411,8 +429,13 @@ async fn sites_that_cannot_be_checked_say_why() {
             outcomes,
             vec![
                 (2, pb::VerifyOutcome::CannotVerifyVersion),
-                (3, pb::VerifyOutcome::NotConnected)
+                (3, pb::VerifyOutcome::Queued)
             ]
+        );
+        assert!(
+            results[1].message.contains("next session"),
+            "{}",
+            results[1].message
         );
         assert!(
             results[0].message.contains("cannot verify: version"),
@@ -469,5 +492,271 @@ async fn an_interval_mode_site_is_checked_on_schedule_during_its_session() {
             status.last_check_message
         );
         assert!(status.last_check_rows_compared >= 2);
+    }
+}
+
+/// A site's line of `SyncStatus`.
+async fn site_status(master: &Master, sync_id: u32) -> pb::SiteSyncStatus {
+    master
+        .reports()
+        .await
+        .sync_status(pb::SyncStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sites
+        .into_iter()
+        .find(|s| s.sync_id == sync_id)
+        .unwrap()
+}
+
+/// Changes invoice `id`'s reference in `satellite`'s SQLite file, behind
+/// the product's back.
+async fn edit_invoice_at_site(satellite: &Satellite, id: &str, reference: &str) {
+    let local = satellite.db.connect().await;
+    execute(
+        &local,
+        &format!("UPDATE invoice SET reference = '{reference}' WHERE id = '{id}'"),
+    )
+    .await;
+    let _ = local.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_mode_site_checked_on_demand_is_checked_at_its_next_session() {
+    for backend in
+        backends("an_interval_mode_site_checked_on_demand_is_checked_at_its_next_session")
+    {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[NO_SCHEDULE]);
+        master.add_site(2).await;
+        let items = create_items(&master, "IVL", 2).await;
+        let (supplier, _) = create_trading_partners(&master, "IVL").await;
+        let mut satellite = Satellite::start(
+            &master.url(),
+            2,
+            "interval",
+            &[("STORESYNC_SYNC_INTERVAL_SECONDS", "2")],
+        );
+        satellite.wait_initialised(WAIT).await;
+        let db = master_db.connect().await;
+        let received = goods_in(&mut satellite.store().await, &supplier, &items, 4.0, "IVL").await;
+        let invoice = received.invoice.unwrap().id;
+        assert_store_copies_equal(&db, &satellite, WAIT).await;
+
+        // The site is away: the check is queued, and SyncStatus shows it.
+        satellite.process.kill();
+        edit_invoice_at_site(&satellite, &invoice, "edited while away").await;
+        let queued = check_waiting_none(&master, 2, false).await;
+        assert_eq!(queued.outcome(), pb::VerifyOutcome::Queued, "{queued:?}");
+        assert!(
+            queued.message.contains("next session"),
+            "{}",
+            queued.message
+        );
+        let status = site_status(&master, 2).await;
+        assert!(status.check_queued_at_ms > 0, "{status:?}");
+        assert_eq!(status.check_attempts, 0);
+
+        // Back: its next session stays until the check has run; the
+        // difference is named and repaired by the site's version.
+        satellite.start_again();
+        let status = eventually(
+            Duration::from_secs(90),
+            "the queued check to run at the site's next session",
+            || async {
+                let status = site_status(&master, 2).await;
+                (status.check_queued_at_ms == 0 && status.last_check_at_ms >= queued.started_at_ms)
+                    .then_some(status)
+            },
+        )
+        .await;
+        assert_eq!(
+            (
+                status.last_check_outcome.as_str(),
+                status.last_check_rows_differing,
+                status.last_check_rows_repaired
+            ),
+            ("DIFFERENT", 1, 1),
+            "{}",
+            status.last_check_message
+        );
+        let local = assert_store_copies_equal(&db, &satellite, WAIT).await;
+        assert!(local
+            .invoices
+            .iter()
+            .any(|i| i.id == invoice && i.reference == "edited while away"));
+
+        // Asked with a wait while it syncs every 2 s: the result comes back.
+        edit_invoice_at_site(&satellite, &invoice, "edited again").await;
+        let report = settled_check(&master, 2, true, Duration::from_secs(120)).await;
+        assert_eq!(report.outcome(), pb::VerifyOutcome::Different, "{report:?}");
+        assert_eq!(
+            named(&report),
+            [(
+                pb::Table::Invoice,
+                invoice.clone(),
+                pb::DifferenceSide::BothDiffer
+            )]
+            .into_iter()
+            .collect()
+        );
+        let repaired = settled_check(&master, 2, false, Duration::from_secs(120)).await;
+        assert_eq!(repaired.rows_repaired, 1, "{repaired:?}");
+        assert_store_copies_equal(&db, &satellite, WAIT).await;
+        let clean = settled_check(&master, 2, true, Duration::from_secs(120)).await;
+        assert_eq!(clean.outcome(), pb::VerifyOutcome::Equal, "{clean:?}");
+        let _ = db.close().await;
+    }
+}
+
+/// `VerifySites` for `sync_id` without waiting.
+async fn check_waiting_none(
+    master: &Master,
+    sync_id: u32,
+    report_only: bool,
+) -> pb::SiteVerification {
+    master
+        .admin()
+        .await
+        .verify_sites(pb::VerifySitesRequest {
+            sync_ids: vec![sync_id],
+            report_only,
+            wait_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sites
+        .pop()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_asked_of_a_replica_without_the_session_is_run_by_the_other() {
+    if !backends("a_check_asked_of_a_replica_without_the_session_is_run_by_the_other")
+        .contains(&Backend::Postgres)
+    {
+        eprintln!("*** SKIPPED `a_check_asked_of_a_replica_without_the_session_is_run_by_the_other`: several master replicas need PostgreSQL (set TEST_DATABASE_URL) ***");
+        return;
+    }
+    let master_db = TestDb::new(Backend::Postgres);
+    let m1 = Master::start(&master_db, &[NO_SCHEDULE]);
+    let m2 = Master::start(&master_db, &[NO_SCHEDULE]);
+    m1.add_site(2).await;
+    let items = create_items(&m1, "REP", 2).await;
+    let (supplier, _) = create_trading_partners(&m1, "REP").await;
+    let satellite = Satellite::start(&m1.url(), 2, "streaming", &[]);
+    satellite.wait_initialised(WAIT).await;
+    let db = master_db.connect().await;
+    let received = goods_in(&mut satellite.store().await, &supplier, &items, 4.0, "REP").await;
+    let invoice = received.invoice.unwrap().id;
+    assert_store_copies_equal(&db, &satellite, WAIT).await;
+    edit_invoice_at_site(&satellite, &invoice, "edited behind replica 1").await;
+
+    // Replica 2 does not hold the session: without a wait it queues the check.
+    let queued = check_waiting_none(&m2, 2, true).await;
+    assert_eq!(queued.outcome(), pb::VerifyOutcome::Queued, "{queued:?}");
+    // With a wait, replica 2 reads the result replica 1 wrote.
+    let expected = [(
+        pb::Table::Invoice,
+        invoice.clone(),
+        pb::DifferenceSide::BothDiffer,
+    )]
+    .into_iter()
+    .collect();
+    let report = settled_check(&m2, 2, true, WAIT).await;
+    assert_eq!(named(&report), expected, "{report:?}");
+    let repaired = settled_check(&m2, 2, false, WAIT).await;
+    assert_eq!(named(&repaired), expected, "{repaired:?}");
+    assert_eq!(repaired.rows_repaired, 1, "{repaired:?}");
+    let local = assert_store_copies_equal(&db, &satellite, WAIT).await;
+    assert!(local
+        .invoices
+        .iter()
+        .any(|i| i.id == invoice && i.reference == "edited behind replica 1"));
+    let clean = settled_check(&m2, 2, false, WAIT).await;
+    assert_eq!(clean.outcome(), pb::VerifyOutcome::Equal, "{clean:?}");
+    assert_eq!(site_status(&m1, 2).await.check_queued_at_ms, 0);
+    let _ = db.close().await;
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_cut_by_a_link_cut_runs_again_at_the_next_session() {
+    for backend in backends("a_check_cut_by_a_link_cut_runs_again_at_the_next_session") {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[NO_SCHEDULE]);
+        master.add_site(2).await;
+        let items = create_items(&master, "CUT", 2).await;
+        let (supplier, _) = create_trading_partners(&master, "CUT").await;
+        let proxy = Proxy::start(master.process.addr).await;
+        let satellite = Satellite::start(&proxy.url(), 2, "streaming", &[]);
+        satellite.wait_initialised(WAIT).await;
+        let db = master_db.connect().await;
+        let received = goods_in(&mut satellite.store().await, &supplier, &items, 4.0, "CUT").await;
+        let invoice = received.invoice.unwrap().id;
+        assert_store_copies_equal(&db, &satellite, WAIT).await;
+        edit_invoice_at_site(&satellite, &invoice, "edited before the cut").await;
+
+        // The site stops answering; the check begins; the link is cut.
+        let pid = satellite.process.child.id();
+        signal(pid, "STOP");
+        let mut admin = master.admin().await;
+        let waiting = tokio::spawn({
+            async move {
+                admin
+                    .verify_sites(pb::VerifySitesRequest {
+                        sync_ids: vec![2],
+                        report_only: true,
+                        wait_seconds: 180,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .sites
+                    .pop()
+                    .unwrap()
+            }
+        });
+        eventually(WAIT, "an attempt of the check to begin", || async {
+            (site_status(&master, 2).await.check_attempts >= 1).then_some(())
+        })
+        .await;
+        proxy.cut_all();
+        eventually(WAIT, "the master to see the session end", || async {
+            (!site_status(&master, 2).await.connected).then_some(())
+        })
+        .await;
+        let status = site_status(&master, 2).await;
+        assert!(
+            status.check_queued_at_ms > 0 && status.check_attempts == 1,
+            "the cut check stays requested: {status:?}"
+        );
+
+        // The site comes back: the check runs at its next session.
+        signal(pid, "CONT");
+        let result = tokio::time::timeout(Duration::from_secs(200), waiting)
+            .await
+            .expect("VerifySites answers within its wait")
+            .unwrap();
+        assert_eq!(result.outcome(), pb::VerifyOutcome::Different, "{result:?}");
+        assert_eq!(
+            named(&result),
+            [(
+                pb::Table::Invoice,
+                invoice.clone(),
+                pb::DifferenceSide::BothDiffer
+            )]
+            .into_iter()
+            .collect()
+        );
+        assert_eq!(site_status(&master, 2).await.check_queued_at_ms, 0);
+        let _ = db.close().await;
     }
 }

@@ -83,7 +83,7 @@ impl Link<'_> {
         let begun = self.round_trips > 0;
         self.tx.send(Ok(message)).await.map_err(|_| {
             if begun {
-                failed("the satellite went away during the check".into())
+                cut("the satellite went away during the check")
             } else {
                 not_begun()
             }
@@ -98,7 +98,7 @@ impl Link<'_> {
                 .map_err(|_| failed(format!("the site did not answer within {ANSWER_TIMEOUT:?}")))?
                 .ok_or_else(|| {
                     if self.round_trips > 0 {
-                        failed("the session ended during the check".into())
+                        cut("the session ended during the check")
                     } else {
                         not_begun()
                     }
@@ -128,12 +128,15 @@ impl Link<'_> {
 
 /// The session ended before the site answered anything (an interval-mode
 /// site can say Goodbye as the check is asked for): nothing was checked, and
-/// the site is checked at a later session. Reported as not connected.
+/// the site is checked at a later session.
 fn not_begun() -> Error {
-    Error::Domain(storesync_shared::Error::Unavailable(
-        "the sync session ended before the site began the check; it is checked at a later session"
-            .into(),
-    ))
+    cut("the sync session ended before the site began the check")
+}
+
+/// The session ended during the check: `UNAVAILABLE`, which leaves its
+/// request requested for the next session (see `super::session`).
+fn cut(why: &str) -> Error {
+    Error::Domain(storesync_shared::Error::Unavailable(why.to_owned()))
 }
 
 fn failed(message: String) -> Error {
@@ -175,7 +178,9 @@ fn scope_of<'s>(table: &dyn SyncTable, store_id: &'s str) -> Scope<'s> {
     }
 }
 
-/// Runs one check (see the module doc).
+/// Runs one check (see the module doc). A check that fails otherwise than
+/// by the end of the session is ended at the site too (`VerifyEnd`), so that
+/// an interval-mode site does not stay for it.
 pub async fn run(
     db: &DatabaseConnection,
     link: &mut Link<'_>,
@@ -183,7 +188,29 @@ pub async fn run(
     store_id: &str,
     report_only: bool,
 ) -> Result<Found> {
-    let check_id = u64::try_from(now_ms()).unwrap_or(1) ^ u64::from(rand_tag());
+    let check_id = (u64::try_from(now_ms()).unwrap_or(1) ^ u64::from(rand_tag())).max(1);
+    let ran = run_check(db, link, check_id, sync_id, store_id, report_only).await;
+    if let Err(error) = &ran {
+        if !matches!(
+            error,
+            Error::Domain(storesync_shared::Error::Unavailable(_))
+        ) {
+            let _ = link
+                .send(master_message::Message::VerifyEnd(VerifyEnd { check_id }))
+                .await;
+        }
+    }
+    ran
+}
+
+async fn run_check(
+    db: &DatabaseConnection,
+    link: &mut Link<'_>,
+    check_id: u64,
+    sync_id: u32,
+    store_id: &str,
+    report_only: bool,
+) -> Result<Found> {
     let mut found = Found::default();
     let Some(begun) = settle(db, link, check_id, sync_id, store_id).await? else {
         found.message = format!(

@@ -5,6 +5,17 @@
 //! as JSON); `SyncStatus` shows the latest per site. Each repaired row is one
 //! audit entry (`integrity_repair`: table, id, what was done, before and
 //! after), written in the same transaction as the check's row.
+//!
+//! `integrity_request` (migration `m0121_integrity_requests`) keeps the
+//! checks requested (by an operator or the schedule) until one of the site's
+//! sessions, on any master process, has run them, and then their result: a
+//! caller on another replica reads it there.
+//!
+//! # Invariant
+//! A request is finished once, with the result of an attempt that ended
+//! (EQUAL, DIFFERENT, NOT_SETTLED, CANNOT_VERIFY_VERSION, FAILED), or FAILED
+//! when [`MAX_ATTEMPTS`] attempts have begun and none ended; an attempt cut
+//! by the end of the session leaves it requested.
 
 use std::collections::HashMap;
 
@@ -13,7 +24,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 use storesync_shared::proto::v1 as pb;
 
 use crate::audit;
-use crate::error::Result;
+use storesync_shared::domain::validate::now_ms;
+
+use crate::error::{Error, Result};
 
 /// The migration's statements (see `crate::schema`).
 pub const MIGRATION: &str = r#"
@@ -194,4 +207,266 @@ pub async fn last_checked<C: ConnectionTrait>(db: &C, sync_id: u32) -> Result<i6
         Some(row) => row.try_get_by_index::<Option<i64>>(0)?.unwrap_or(0),
         None => 0,
     })
+}
+
+/// The statements of migration `m0121_integrity_requests` (see `crate::schema`).
+///
+/// One row per check requested (by an operator or the schedule); the process
+/// that holds the site's session runs it and writes its result here.
+/// `finished_at_ms` 0: still requested. `attempts`: attempts begun (a session
+/// that ended during one leaves the request as it was, with `message` saying
+/// why). `result`: the encoded `SiteVerification`, once finished.
+pub const REQUESTS_MIGRATION: &str = r#"
+CREATE TABLE integrity_request (
+    id {serial_pk},
+    sync_id INTEGER NOT NULL,
+    requested_at_ms BIGINT NOT NULL,
+    report_only BOOLEAN NOT NULL,
+    actor TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    finished_at_ms BIGINT NOT NULL,
+    outcome TEXT NOT NULL,
+    result {blob}
+);
+CREATE INDEX integrity_request_site ON integrity_request (sync_id, finished_at_ms, id)
+"#;
+
+/// Attempts a request gets before it ends FAILED (each cut by the end of the
+/// site's session, or by the end of the master process).
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// A check requested and not yet finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub id: i64,
+    pub sync_id: u32,
+    pub requested_at_ms: i64,
+    pub report_only: bool,
+    /// Who asked (the audit's actor of its repairs).
+    pub actor: String,
+    /// Attempts begun so far.
+    pub attempts: u32,
+    /// Why the last attempt did not finish.
+    pub message: String,
+}
+
+fn requests() -> Alias {
+    Alias::new("integrity_request")
+}
+
+fn col(name: &str) -> Expr {
+    Expr::col(Alias::new(name))
+}
+
+const REQUEST_COLUMNS: [&str; 7] = [
+    "id",
+    "sync_id",
+    "requested_at_ms",
+    "report_only",
+    "actor",
+    "attempts",
+    "message",
+];
+
+fn request_of(row: &sea_orm::QueryResult) -> storesync_shared::Result<Request> {
+    let sync_id: i32 = row.try_get_by_index(1)?;
+    let attempts: i32 = row.try_get_by_index(5)?;
+    Ok(Request {
+        id: row.try_get_by_index(0)?,
+        sync_id: u32::try_from(sync_id).unwrap_or(0),
+        requested_at_ms: row.try_get_by_index(2)?,
+        report_only: row.try_get_by_index(3)?,
+        actor: row.try_get_by_index(4)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        message: row.try_get_by_index(6)?,
+    })
+}
+
+/// Requests a check of `sync_id`. A request of the same kind that no
+/// attempt has begun yet stands for this one too (its result is newer than
+/// both); otherwise a new one is recorded.
+pub async fn request(
+    db: &DatabaseConnection,
+    sync_id: u32,
+    report_only: bool,
+    actor: &str,
+) -> Result<Request> {
+    let mut waiting = Query::select();
+    waiting
+        .from(requests())
+        .columns(REQUEST_COLUMNS.map(Alias::new))
+        .and_where(col("sync_id").eq(i64::from(sync_id)))
+        .and_where(col("finished_at_ms").eq(0))
+        .and_where(col("attempts").eq(0))
+        .and_where(col("report_only").eq(report_only))
+        .order_by(Alias::new("id"), sea_orm::sea_query::Order::Asc)
+        .limit(1);
+    let backend = db.get_database_backend();
+    if let Some(row) = db.query_one(backend.build(&waiting)).await? {
+        return Ok(request_of(&row)?);
+    }
+    let requested_at_ms = now_ms();
+    let mut insert = Query::insert();
+    insert
+        .into_table(requests())
+        .columns(
+            [
+                "sync_id",
+                "requested_at_ms",
+                "report_only",
+                "actor",
+                "attempts",
+                "message",
+                "finished_at_ms",
+                "outcome",
+            ]
+            .map(Alias::new),
+        )
+        .values_panic([
+            i64::from(sync_id).into(),
+            requested_at_ms.into(),
+            report_only.into(),
+            actor.into(),
+            0i32.into(),
+            "".into(),
+            0i64.into(),
+            "".into(),
+        ])
+        .returning_col(Alias::new("id"));
+    let row = db
+        .query_one(backend.build(&insert))
+        .await?
+        .ok_or_else(|| Error::internal("the new integrity request has no id"))?;
+    Ok(Request {
+        id: row.try_get_by_index(0)?,
+        sync_id,
+        requested_at_ms,
+        report_only,
+        actor: actor.to_owned(),
+        attempts: 0,
+        message: String::new(),
+    })
+}
+
+/// The oldest unfinished request of each site (`None`: every site).
+async fn pending(
+    db: &impl ConnectionTrait,
+    sync_id: Option<u32>,
+) -> storesync_shared::Result<Vec<Request>> {
+    let mut query = Query::select();
+    query
+        .from(requests())
+        .columns(REQUEST_COLUMNS.map(Alias::new))
+        .and_where(col("finished_at_ms").eq(0))
+        .order_by(Alias::new("id"), sea_orm::sea_query::Order::Asc);
+    if let Some(sync_id) = sync_id {
+        query.and_where(col("sync_id").eq(i64::from(sync_id)));
+    }
+    let rows = db
+        .query_all(db.get_database_backend().build(&query))
+        .await?;
+    let mut oldest: Vec<Request> = Vec::new();
+    for row in rows {
+        let request = request_of(&row)?;
+        if !oldest.iter().any(|r| r.sync_id == request.sync_id) {
+            oldest.push(request);
+        }
+    }
+    Ok(oldest)
+}
+
+/// The oldest unfinished request of `sync_id`.
+pub async fn next_request(db: &DatabaseConnection, sync_id: u32) -> Result<Option<Request>> {
+    Ok(pending(db, Some(sync_id)).await?.pop())
+}
+
+/// Each site's oldest unfinished request, for `SyncStatus`.
+pub async fn queued<C: ConnectionTrait>(db: &C) -> storesync_shared::Result<HashMap<u32, Request>> {
+    Ok(pending(db, None)
+        .await?
+        .into_iter()
+        .map(|r| (r.sync_id, r))
+        .collect())
+}
+
+/// Counts an attempt of `request` as begun; false when it has finished
+/// meanwhile (another session ran it).
+pub async fn begin_attempt(db: &DatabaseConnection, request: &Request) -> Result<bool> {
+    let mut update = Query::update();
+    update
+        .table(requests())
+        .value(Alias::new("attempts"), col("attempts").add(1))
+        .and_where(col("id").eq(request.id))
+        .and_where(col("finished_at_ms").eq(0));
+    let done = db.execute(db.get_database_backend().build(&update)).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// An attempt of `request` was cut (`why`): it stays requested.
+pub async fn attempt_cut(db: &DatabaseConnection, request: &Request, why: &str) -> Result<()> {
+    let mut update = Query::update();
+    update
+        .table(requests())
+        .value(Alias::new("message"), why)
+        .and_where(col("id").eq(request.id))
+        .and_where(col("finished_at_ms").eq(0));
+    db.execute(db.get_database_backend().build(&update)).await?;
+    Ok(())
+}
+
+/// `request` finished with `result` (a request finished already stays as it was).
+pub async fn finish(
+    db: &DatabaseConnection,
+    request: &Request,
+    result: &pb::SiteVerification,
+) -> Result<()> {
+    use prost::Message;
+    let mut update = Query::update();
+    update
+        .table(requests())
+        .value(
+            Alias::new("finished_at_ms"),
+            result.finished_at_ms.max(request.requested_at_ms).max(1),
+        )
+        .value(Alias::new("outcome"), result.outcome().as_str_name())
+        .value(Alias::new("message"), result.message.clone())
+        .value(Alias::new("result"), result.encode_to_vec())
+        .and_where(col("id").eq(request.id))
+        .and_where(col("finished_at_ms").eq(0));
+    db.execute(db.get_database_backend().build(&update)).await?;
+    Ok(())
+}
+
+/// Request `id` as it stands: its result once finished (`Err`: still
+/// requested, with its state).
+pub async fn result_of(
+    db: &DatabaseConnection,
+    id: i64,
+) -> Result<std::result::Result<pb::SiteVerification, Request>> {
+    use prost::Message;
+    let mut query = Query::select();
+    query
+        .from(requests())
+        .columns(REQUEST_COLUMNS.map(Alias::new))
+        .column(Alias::new("finished_at_ms"))
+        .column(Alias::new("result"))
+        .and_where(col("id").eq(id));
+    let row = db
+        .query_one(db.get_database_backend().build(&query))
+        .await?
+        .ok_or_else(|| Error::internal(format!("integrity request {id} is missing")))?;
+    let request = request_of(&row)?;
+    let finished_at_ms: i64 = row.try_get_by_index(7)?;
+    if finished_at_ms == 0 {
+        return Ok(Err(request));
+    }
+    let bytes: Option<Vec<u8>> = row.try_get_by_index(8)?;
+    pb::SiteVerification::decode(bytes.unwrap_or_default().as_slice())
+        .map(Ok)
+        .map_err(|e| {
+            Error::internal(format!(
+                "integrity request {id}: its result does not decode: {e}"
+            ))
+        })
 }

@@ -1,9 +1,13 @@
 //! The periodic integrity check: every `verify_interval_minutes` (default
-//! hourly), each site with a live session on this process whose last settled
-//! check is older than that is checked, one site at a time (a check reads the
-//! site's whole data once on each side, so they are not run side by side).
-//! A site in interval mode is checked during its session when it is due (see
-//! `crate::sync::session`). Each replica checks the sites connected to it.
+//! hourly) a check is requested for each site whose last settled check is
+//! older than that and that has none requested yet. This process's schedule
+//! requests the checks of the sites connected to it, one site at a time (it
+//! waits for each result: a check reads the site's whole data once on each
+//! side, so they are not run side by side); a
+//! site in interval mode is requested at the start of its session, where the
+//! Welcome tells it to stay for the check (`crate::sync::handshake`). A
+//! request is recorded in the database, so each site is checked once
+//! whichever replica holds its session.
 
 use std::time::Duration;
 
@@ -29,19 +33,51 @@ pub async fn due(db: &sea_orm::DatabaseConnection, sync_id: u32, every: Duration
     }
 }
 
+/// Requests a scheduled check of `sync_id` if it is due and none is
+/// requested yet; returns the site's oldest request, if any.
+pub async fn request_if_due(
+    db: &sea_orm::DatabaseConnection,
+    sync_id: u32,
+    every: Duration,
+    report_only: bool,
+) -> crate::error::Result<Option<record::Request>> {
+    if let Some(request) = record::next_request(db, sync_id).await? {
+        return Ok(Some(request));
+    }
+    if !due(db, sync_id, every).await {
+        return Ok(None);
+    }
+    let request = record::request(db, sync_id, report_only, ACTOR).await?;
+    tracing::info!(sync_id, "scheduled integrity check requested");
+    Ok(Some(request))
+}
+
 /// Runs the schedule until the task is aborted.
 pub async fn run(state: AppState, every: Duration, report_only: bool) {
     let tick = every.min(SCHEDULE_TICK);
     loop {
         tokio::time::sleep(tick).await;
-        for sync_id in state.site_changes.verifiers().live() {
-            if due(&state.db, sync_id, every).await {
-                let result = state
-                    .site_changes
-                    .verifiers()
-                    .run(sync_id, report_only, ACTOR)
-                    .await;
-                tracing::info!(sync_id, outcome = ?result.outcome(), "scheduled integrity check");
+        let verifiers = state.site_changes.verifiers();
+        for sync_id in verifiers.live() {
+            match request_if_due(&state.db, sync_id, every, report_only).await {
+                Ok(Some(request)) => {
+                    verifiers.nudge(sync_id);
+                    let until = super::Until::SessionHere(
+                        tokio::time::Instant::now() + super::CHECK_TIMEOUT,
+                    );
+                    match super::wait_for(&state.db, verifiers, &request, until).await {
+                        Ok(result) => {
+                            tracing::info!(sync_id, outcome = ?result.outcome(), "scheduled integrity check");
+                        }
+                        Err(error) => {
+                            tracing::warn!(sync_id, %error, "could not read a scheduled integrity check");
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(sync_id, %error, "could not request a scheduled integrity check");
+                }
             }
         }
     }

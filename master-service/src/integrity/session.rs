@@ -1,27 +1,40 @@
 //! The verifier of one sync session: a task beside the session's two halves
-//! that runs the checks asked of it ([`super::Job`]), one at a time, over the
-//! session's stream, and records each result.
+//! that runs the site's requested checks ([`super::record::Request`]), one at
+//! a time, over the session's stream, and records each result. It looks for
+//! requests when the session starts (once the site is initialised), when
+//! nudged, and every [`REQUEST_POLL`].
 //!
 //! # Invariant
 //! A satellite older than `storesync_shared::VERIFY_PROTOCOL_VERSION` is
-//! never sent an integrity message: every job is answered
+//! never sent an integrity message: every request is answered
 //! `CANNOT_VERIFY_VERSION` without touching the stream.
+//!
+//! A satellite told by the Welcome that a check is due (it stays in interval
+//! mode) is released: once the requests found at the start have run, a
+//! `VerifyEnd` with check id 0 follows, whatever they ended with.
+//!
+//! An attempt cut by the end of the session (the stream gone before the
+//! check ended) leaves its request requested, for the next session; only an
+//! attempt that ended finishes it (see `super::record`).
 
 use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use storesync_shared::domain::validate::now_ms;
-use storesync_shared::proto::v1::{self as pb, satellite_message};
+use storesync_shared::proto::v1::{self as pb, master_message, satellite_message};
 use tokio::sync::{mpsc, watch};
 
 use super::check::{self, Link};
-use super::{record, Job};
+use super::record::{self, Request};
 use crate::metrics;
 use crate::sync::downstream::{Acked, Outbound};
 
 /// Most differences listed in one result (each about 60 bytes: well under
 /// the message limit).
 pub const MAX_LISTED: usize = 20_000;
+
+/// How often a session looks for checks requested through another process.
+pub const REQUEST_POLL: Duration = Duration::from_secs(3);
 
 /// What a session's verifier needs.
 pub struct SessionVerifier {
@@ -31,37 +44,155 @@ pub struct SessionVerifier {
     pub protocol_version: u32,
     pub tx: Outbound,
     pub acked: watch::Receiver<Acked>,
-    /// A scheduled check is due at the session's start (see `schedule`).
-    pub due_at_start: bool,
+    /// The Welcome said a check is due (the satellite stays until released).
+    pub announced: bool,
+    /// The session sends a snapshot first: checks wait until the site has
+    /// caught up with the change log.
+    pub initialising: bool,
+}
+
+/// How one attempt went.
+enum Attempt {
+    /// It ended: the request is finished with this result.
+    Ended,
+    /// The session ended during it.
+    Cut,
 }
 
 impl SessionVerifier {
-    /// Runs the jobs that arrive until the session ends.
+    /// Runs the site's requested checks until the session ends (`answers`
+    /// closed) or the verifier is unregistered (`nudges` closed).
     pub async fn serve(
         self,
-        mut jobs: mpsc::Receiver<Job>,
+        mut nudges: mpsc::Receiver<()>,
         mut answers: mpsc::Receiver<satellite_message::Message>,
-        scheduled_report_only: bool,
     ) {
-        if self.due_at_start {
-            let result = self
-                .check(&mut answers, scheduled_report_only, super::schedule::ACTOR)
-                .await;
-            tracing::info!(sync_id = self.sync_id, outcome = ?result.outcome(), "scheduled integrity check at the start of an interval-mode session");
-        }
-        while let Some(job) = jobs.recv().await {
-            let result = self.check(&mut answers, job.report_only, &job.actor).await;
-            let _ = job.reply.send(result);
+        let mut announced = self.announced;
+        // An old satellite's requests are answered at once (nothing is sent).
+        let mut caught_up =
+            !self.initialising || self.protocol_version < storesync_shared::VERIFY_PROTOCOL_VERSION;
+        let mut first = true;
+        loop {
+            if !first {
+                let tick = if caught_up {
+                    REQUEST_POLL
+                } else {
+                    Duration::from_millis(500)
+                };
+                tokio::select! {
+                    nudge = nudges.recv() => if nudge.is_none() { return },
+                    answer = answers.recv() => match answer {
+                        // An answer of an abandoned check: dropped.
+                        Some(_) => continue,
+                        None => return,
+                    },
+                    () = tokio::time::sleep(tick) => {}
+                }
+            }
+            first = false;
+            if !caught_up {
+                caught_up = match crate::changelog::head(&self.db).await {
+                    Ok(head) => self.acked.borrow().cursor >= head,
+                    Err(_) => false,
+                };
+                if !caught_up {
+                    continue;
+                }
+            }
+            if !self.run_requested(&mut answers).await {
+                return;
+            }
+            if announced {
+                announced = false;
+                let _ = self
+                    .tx
+                    .send(Ok(pb::MasterMessage {
+                        message: Some(master_message::Message::VerifyEnd(pb::VerifyEnd {
+                            check_id: 0,
+                        })),
+                    }))
+                    .await;
+            }
         }
     }
 
-    /// One check, recorded (when it reached the site) and counted.
+    /// Runs every check requested of the site, oldest first; false when the
+    /// session ended during one.
+    async fn run_requested(
+        &self,
+        answers: &mut mpsc::Receiver<satellite_message::Message>,
+    ) -> bool {
+        loop {
+            let request = match record::next_request(&self.db, self.sync_id).await {
+                Ok(Some(request)) => request,
+                Ok(None) => return true,
+                Err(error) => {
+                    tracing::warn!(sync_id = self.sync_id, %error, "could not read the requested integrity checks");
+                    return true;
+                }
+            };
+            match self.attempt(answers, &request).await {
+                Ok(Attempt::Ended) => {}
+                Ok(Attempt::Cut) => return false,
+                Err(error) => {
+                    tracing::warn!(sync_id = self.sync_id, request = request.id, %error, "could not record an integrity check");
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// One attempt of `request`: run, then finished, or left requested if
+    /// the session ended during it.
+    async fn attempt(
+        &self,
+        answers: &mut mpsc::Receiver<satellite_message::Message>,
+        request: &Request,
+    ) -> crate::error::Result<Attempt> {
+        if request.attempts >= record::MAX_ATTEMPTS {
+            let now = now_ms();
+            let result = pb::SiteVerification {
+                sync_id: self.sync_id,
+                outcome: pb::VerifyOutcome::Failed as i32,
+                message: format!(
+                    "the check was cut {} times by the end of the site's session (last: {}); ask again",
+                    request.attempts,
+                    if request.message.is_empty() { "the master process ended" } else { &request.message }
+                ),
+                started_at_ms: now,
+                finished_at_ms: now,
+                report_only: request.report_only,
+                ..Default::default()
+            };
+            record::save(&self.db, &result, &[], &request.actor).await?;
+            record::finish(&self.db, request, &result).await?;
+            metrics::integrity_checked(self.sync_id, &result);
+            return Ok(Attempt::Ended);
+        }
+        if !record::begin_attempt(&self.db, request).await? {
+            return Ok(Attempt::Ended);
+        }
+        let (result, repairs) = self.check(answers, request.report_only).await;
+        if result.outcome() == pb::VerifyOutcome::NotConnected {
+            tracing::info!(sync_id = self.sync_id, request = request.id, attempt = request.attempts + 1, why = %result.message, "integrity check cut by the end of the session; it runs again at the next session");
+            record::attempt_cut(&self.db, request, &result.message).await?;
+            return Ok(Attempt::Cut);
+        }
+        if result.outcome() != pb::VerifyOutcome::CannotVerifyVersion {
+            record::save(&self.db, &result, &repairs, &request.actor).await?;
+        }
+        record::finish(&self.db, request, &result).await?;
+        metrics::integrity_checked(self.sync_id, &result);
+        Ok(Attempt::Ended)
+    }
+
+    /// One check, with the repairs to audit. `NOT_CONNECTED`: the session
+    /// ended before the check did.
     async fn check(
         &self,
         answers: &mut mpsc::Receiver<satellite_message::Message>,
         report_only: bool,
-        actor: &str,
-    ) -> pb::SiteVerification {
+    ) -> (pb::SiteVerification, Vec<[String; 5]>) {
         let started_at_ms = now_ms();
         let started = std::time::Instant::now();
         let mut result = pb::SiteVerification {
@@ -78,8 +209,7 @@ impl SessionVerifier {
                 storesync_shared::VERIFY_PROTOCOL_VERSION
             );
             result.finished_at_ms = now_ms();
-            metrics::integrity_checked(self.sync_id, &result);
-            return result;
+            return (result, Vec::new());
         }
         // Answers of an earlier, abandoned check are dropped.
         while answers.try_recv().is_ok() {}
@@ -154,11 +284,7 @@ impl SessionVerifier {
             took_ms = started.elapsed().as_millis() as u64,
             "integrity check"
         );
-        if let Err(error) = record::save(&self.db, &result, &repairs, actor).await {
-            tracing::warn!(sync_id = self.sync_id, %error, "could not record the integrity check");
-        }
-        metrics::integrity_checked(self.sync_id, &result);
-        result
+        (result, repairs)
     }
 }
 

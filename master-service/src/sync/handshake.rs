@@ -398,6 +398,18 @@ pub(super) async fn welcome(
                 false
             }
         };
+    // A check due in this session: the satellite stays for it (interval mode).
+    let integrity_check_due = !hello.needs_initialisation
+        && !resync_master_data
+        && hello.protocol_version >= storesync_shared::VERIFY_PROTOCOL_VERSION
+        && crate::integrity::due_in_session(
+            db,
+            identity.sync_id,
+            hello.mode() == storesync_shared::proto::v1::SyncMode::Interval,
+            ctx.settings.verify_every,
+            ctx.settings.verify_report_only,
+        )
+        .await;
     let interval = setting_value(db, "sync_interval_minutes")
         .await?
         .and_then(|v| v.parse().ok())
@@ -429,6 +441,7 @@ pub(super) async fn welcome(
         } else {
             StreamCompression::None as i32
         },
+        integrity_check_due,
     })
 }
 

@@ -237,7 +237,7 @@ impl SyncService for SyncHandler {
             ctx,
             identity,
             hello,
-            welcome.session_id,
+            (welcome.session_id, welcome.integrity_check_due),
             start,
             inbound,
             tx,

@@ -112,7 +112,7 @@ pub(super) async fn run(
     ctx: SyncContext,
     identity: SiteIdentity,
     hello: Hello,
-    session_id: String,
+    (session_id, integrity_check_due): (String, bool),
     start: downstream::Start,
     inbound: Unpacking<SatelliteMessage>,
     tx: Outbound,
@@ -172,28 +172,11 @@ pub(super) async fn run(
         init_records_done: 0,
     });
     let initialising = start != downstream::Start::Continue;
-    // The integrity checks of this session (see `crate::integrity`). An
-    // interval-mode site due for its scheduled check is told before anything
-    // else is sent, so that it stays until the check has run.
-    let verify_due = !initialising
-        && hello.protocol_version >= storesync_shared::VERIFY_PROTOCOL_VERSION
-        && mode == "interval"
-        && match ctx.settings.verify_every {
-            Some(every) => crate::integrity::schedule::due(&ctx.db, sync_id, every).await,
-            None => false,
-        };
-    if verify_due {
-        let _ = downstream::send(
-            &tx,
-            master_message::Message::VerifyBegin(storesync_shared::proto::v1::VerifyBegin {
-                check_id: 0,
-            }),
-        )
-        .await;
-    }
-    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(4);
+    // The integrity checks requested of this site (see `crate::integrity`);
+    // the Welcome told the satellite whether one is due now.
+    let (nudges_tx, nudges_rx) = tokio::sync::mpsc::channel(1);
     let (answers_tx, answers_rx) = tokio::sync::mpsc::channel(16);
-    ctx.verifiers.register(sync_id, &session_id, jobs_tx);
+    ctx.verifiers.register(sync_id, &session_id, nudges_tx);
     let verifier = tokio::spawn(
         crate::integrity::session::SessionVerifier {
             db: ctx.db.clone(),
@@ -202,9 +185,10 @@ pub(super) async fn run(
             protocol_version: hello.protocol_version,
             tx: tx.clone(),
             acked: ack_rx.clone(),
-            due_at_start: verify_due,
+            announced: integrity_check_due,
+            initialising,
         }
-        .serve(jobs_rx, answers_rx, ctx.settings.verify_report_only),
+        .serve(nudges_rx, answers_rx),
     );
     let mut downstream = tokio::spawn(downstream::run(
         ctx.clone(),
@@ -275,8 +259,8 @@ pub(super) async fn run(
     downstream.abort();
     // A check that just ended (an interval-mode site says Goodbye right
     // after its last answer) still records its result: the verifier gets no
-    // more jobs or answers, and a bounded wait to finish.
-    ctx.verifiers.unregister(sync_id, &session_id);
+    // more answers, and a bounded wait to finish; it stays registered until
+    // then, so that a caller waiting on this process sees it end.
     drop(answers_tx);
     let mut verifier = verifier;
     if tokio::time::timeout(std::time::Duration::from_secs(10), &mut verifier)
@@ -285,6 +269,7 @@ pub(super) async fn run(
     {
         verifier.abort();
     }
+    ctx.verifiers.unregister(sync_id, &session_id);
     end(&ctx, &span, sync_id, &tx, outcome, refused.get().cloned()).await;
     metrics::session_closed(sync_id);
     ctx.sessions.unregister(sync_id, &session_id);

@@ -90,7 +90,7 @@ impl<'a> Session<'a> {
             batch_bytes: settings.batch_bytes.min(FIRST_BATCH_BYTES),
             caught_up: false,
             master_error: None,
-            verifier: Verifier::default(),
+            verifier: Verifier::announced(welcome.integrity_check_due),
             welcome,
         };
         (session, inbound)

@@ -14,6 +14,11 @@
 //!   by the normal exactly-once path (the site's version wins).
 //! - `VerifyEnd`: the read is dropped; the answer is the stock ledger check.
 //!
+//! A check announced by the Welcome (`integrity_check_due`) or by a
+//! `VerifyBegin` with check id 0 counts as open from the start of the
+//! session, so that an interval-mode site stays until the master has ended it
+//! (a `VerifyEnd` with check id 0 releases it without a check).
+//!
 //! # Ownership
 //! The check never deletes a store row, and never re-sends a row the master
 //! would refuse (of another store, or failing the table's checks): it is
@@ -43,6 +48,14 @@ impl Verifier {
     /// A check is open: in interval mode the session stays until it ends.
     pub(super) fn is_open(&self) -> bool {
         self.check.is_some()
+    }
+
+    /// The Welcome said a check is due in this session
+    /// (`integrity_check_due`): it counts as open until the master ends it.
+    pub(super) fn announced(due: bool) -> Self {
+        Self {
+            check: due.then(|| (0, HashMap::new())),
+        }
     }
 
     /// Reads every synced table and answers with their whole-range digests.
@@ -154,9 +167,14 @@ impl Verifier {
         }
     }
 
-    /// Ends the check; answers with this site's stock ledger check.
+    /// Ends the check; answers with this site's stock ledger check. Check
+    /// id 0 only releases an announced check (none ran): answered with no
+    /// ledger.
     pub(super) async fn end(&mut self, db: &DatabaseConnection, end: VerifyEnd) -> Message {
         self.check = None;
+        if end.check_id == 0 {
+            return Message::VerifyLedger(VerifyLedger::default());
+        }
         match integrity::ledger(db, None).await {
             Ok((problems, problems_total)) => Message::VerifyLedger(VerifyLedger {
                 check_id: end.check_id,
