@@ -474,17 +474,12 @@ pub async fn seed_store(
     items: u64,
     names: u64,
 ) -> anyhow::Result<()> {
+    seed_master_data(db, items, names).await?;
     let stock = records * 3 / 10;
     let invoices = records / 10;
     let lines = records - stock - invoices;
     let sql = format!(
         r#"
-INSERT INTO item (id, code, name, unit, default_pack_size, active, updated_at_ms)
-  SELECT md5('item' || g)::uuid::text, 'I' || lpad(g::text, 6, '0'), 'Medicine ' || g || ' mg tablet', 'tab', 100, true, 0
-  FROM generate_series(1, {items}) g;
-INSERT INTO name (id, code, name, is_customer, is_supplier, is_store, active, updated_at_ms)
-  SELECT md5('name' || g)::uuid::text, 'N' || lpad(g::text, 6, '0'), 'Partner ' || g, g % 2 = 0, g % 2 = 1, false, true, 0
-  FROM generate_series(1, {names}) g;
 INSERT INTO stock_line (id, store_id, item_id, batch, expiry_date, pack_size, available_number_of_packs, total_number_of_packs, cost_price_per_pack, sell_price_per_pack, updated_at_ms)
   SELECT md5('stock' || g)::uuid::text, '{store_id}', md5('item' || (1 + g % {items}))::uuid::text,
          'B' || g, to_char(date '2026-01-01' + (g % 1500), 'YYYY-MM-DD'), 100, g % 50, g % 50 + 10, 2.5, 4.0, 0
@@ -512,11 +507,40 @@ ANALYZE
     Ok(())
 }
 
+/// `items` items and `names` names on the master (the master data of the
+/// initialisation data set), made with set-based SQL.
+pub async fn seed_master_data(
+    db: &DatabaseConnection,
+    items: u64,
+    names: u64,
+) -> anyhow::Result<()> {
+    let sql = format!(
+        r#"
+INSERT INTO item (id, code, name, unit, default_pack_size, active, updated_at_ms)
+  SELECT md5('item' || g)::uuid::text, 'I' || lpad(g::text, 6, '0'), 'Medicine ' || g || ' mg tablet', 'tab', 100, true, 0
+  FROM generate_series(1, {items}) g;
+INSERT INTO name (id, code, name, is_customer, is_supplier, is_store, active, updated_at_ms)
+  SELECT md5('name' || g)::uuid::text, 'N' || lpad(g::text, 6, '0'), 'Partner ' || g, g % 2 = 0, g % 2 = 1, false, true, 0
+  FROM generate_series(1, {names}) g;
+ANALYZE item;
+ANALYZE name
+"#
+    );
+    for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        db.execute(Statement::from_string(
+            DbBackend::Postgres,
+            statement.to_owned(),
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// Stock moving between two stores, for the reports on it: `transfers`
 /// transfers from `from_store` to `to_store` (an outbound shipment with 2
 /// lines at the first, its inbound shipment with 2 lines at the second, the
 /// master's transfer record): 3 in 10 in transit, the rest received, 1 in
-/// 10 of those with a discrepancy; and `transfers / 5` requisitions of the
+/// 100 of all received one pack short; and `transfers / 5` requisitions of the
 /// second store from the first (3 lines each), every other one answered by a
 /// response, 1 in 4 responses finalised, and 1 outbound shipment in 10
 /// supplying a response. Made with set-based SQL, as [`seed_store`].
@@ -585,6 +609,18 @@ ANALYZE
         .await?;
     }
     Ok(())
+}
+
+/// Rows of `table` in `db` (every row, whatever its store).
+pub async fn count_all(db: &DatabaseConnection, table: &str) -> anyhow::Result<i64> {
+    let row = db
+        .query_one(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM {table}"),
+        ))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("count of {table}"))?;
+    Ok(row.try_get("", "n")?)
 }
 
 /// Rows of `table` for `store_id` in `db`.

@@ -20,7 +20,8 @@
 //! - `report`: figures, medians, the table and the JSON
 //! - `data`: backlogs, master-data changes, the initialisation data set, COPY
 //! - `procs`: memory of the processes under test
-//! - `scenarios`: the eight scenarios (`verify`: the integrity check)
+//! - `scenarios`: the nine scenarios (`verify`: the integrity check,
+//!   `init-many`: the master's memory while many sites initialise at once)
 
 mod data;
 mod procs;
@@ -46,6 +47,8 @@ enum Scenario {
     Wire,
     /// The integrity check of a site with the `init` store: no differences, then some.
     Verify,
+    /// Master memory while many new satellites initialise at once (and one alone).
+    InitMany,
     /// Every scenario.
     All,
 }
@@ -90,6 +93,9 @@ struct Args {
     /// Rows changed at the site in the verify scenario.
     #[arg(long, default_value_t = 100)]
     verify_differing: u64,
+    /// New satellites started together in the init-many scenario.
+    #[arg(long, default_value_t = 63)]
+    init_many_satellites: u32,
 }
 
 /// Sizes of one invocation.
@@ -111,6 +117,8 @@ pub struct Sizes {
     pub footprint_satellites: u32,
     pub wire_records: usize,
     pub verify_differing: u64,
+    /// New satellites started together in the init-many scenario.
+    pub init_many_satellites: u32,
 }
 
 impl Sizes {
@@ -130,6 +138,7 @@ impl Sizes {
                 footprint_satellites: 3,
                 wire_records: 2_000,
                 verify_differing: 10,
+                init_many_satellites: 3,
             };
         }
         Self {
@@ -146,6 +155,7 @@ impl Sizes {
             footprint_satellites: 63,
             wire_records: 20_000,
             verify_differing: args.verify_differing.max(1),
+            init_many_satellites: args.init_many_satellites.clamp(1, 63),
         }
     }
 }
@@ -189,6 +199,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Footprint,
             Scenario::Wire,
             Scenario::Verify,
+            Scenario::InitMany,
         ]
     } else {
         args.scenarios.clone()
@@ -220,6 +231,7 @@ fn main() -> anyhow::Result<()> {
                 Scenario::Footprint => scenarios::footprint(&sizes).await,
                 Scenario::Wire => scenarios::wire(&sizes).await,
                 Scenario::Verify => scenarios::verify(&sizes).await,
+                Scenario::InitMany => scenarios::init_many(&sizes).await,
                 Scenario::All => unreachable!("expanded above"),
             }
         })?;

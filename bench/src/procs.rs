@@ -23,3 +23,10 @@ pub fn resident_mib(pid: u32) -> f64 {
 pub fn peak_resident_mib(pid: u32) -> f64 {
     status_mib(pid, "VmHWM:")
 }
+
+/// Resets the peak (`VmHWM`) to the resident memory now, so that a later
+/// [`peak_resident_mib`] is the peak of what came after (`/proc/<pid>/clear_refs`,
+/// value 5). False when the kernel refused.
+pub fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}

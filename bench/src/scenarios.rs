@@ -1129,3 +1129,73 @@ pub async fn verify(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         diff_trips,
     ])
 }
+
+/// Scenario `init-many`: the master's peak resident memory while new sites
+/// initialise from it, one alone and then `init_many_satellites` started
+/// together (every Sync ID by default), each on a master holding
+/// `init_items` items and `init_names` names; and the time until the last
+/// is initialised. The peak is reset (`/proc/<pid>/clear_refs`) after the
+/// sites are added, so that it is the initialisations' own.
+pub async fn init_many(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let many = sizes.init_many_satellites;
+    let mut figures = Vec::new();
+    for (count, target) in [(1, 64.0), (many, 256.0)] {
+        let mut peak = Figure::new(
+            "init-many",
+            format!("master peak resident, {count} new satellite(s) at once"),
+            "MiB",
+        )
+        .target(Target::Below(target));
+        let mut last = Figure::new(
+            "init-many",
+            format!(
+                "{count} new satellite(s), {} items + {} names: until the last is initialised",
+                sizes.init_items, sizes.init_names
+            ),
+            "s",
+        );
+        for run in 0..sizes.runs {
+            let (db, master) = master_with_sites(count, &[]).await;
+            let conn = db.connect().await;
+            data::seed_master_data(&conn, sizes.init_items, sizes.init_names).await?;
+            let expected = [
+                data::count_all(&conn, "item").await?,
+                data::count_all(&conn, "name").await?,
+            ];
+            let pid = master.process.child.id();
+            let before = resident_mib(pid);
+            anyhow::ensure!(
+                crate::procs::reset_peak(pid),
+                "could not reset the master's peak resident memory (/proc/{pid}/clear_refs)"
+            );
+            let started = Instant::now();
+            let satellites = start_satellites(&master.url(), count, &[]).await;
+            let elapsed = started.elapsed();
+            let master_peak = peak_resident_mib(pid);
+            // What was timed really happened: every site holds all master data.
+            for satellite in &satellites {
+                let local = satellite.db.connect().await;
+                let got = [
+                    data::count_all(&local, "item").await?,
+                    data::count_all(&local, "name").await?,
+                ];
+                local.close().await?;
+                anyhow::ensure!(
+                    got == expected,
+                    "satellite {} holds {got:?} items and names, the master {expected:?}",
+                    satellite.sync_id
+                );
+            }
+            eprintln!(
+                "init-many {count} run {run}: all initialised after {elapsed:.2?}; master resident {before:.1} MiB before, peak {master_peak:.1} MiB"
+            );
+            peak.samples.push(master_peak);
+            last.samples.push(elapsed.as_secs_f64());
+            drop(satellites);
+            drop(master);
+        }
+        figures.push(peak);
+        figures.push(last);
+    }
+    Ok(figures)
+}

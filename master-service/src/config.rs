@@ -156,6 +156,12 @@ storesync_shared::settings! {
         downstream_batch_records: usize = 10_000,
             env "STORESYNC_DOWNSTREAM_BATCH_RECORDS",
             check number((1, 100_000));
+        /// Snapshot batches all initialising sites hold in memory at once
+        /// (about 3 MiB each): bounds the master's memory while many sites
+        /// initialise together.
+        snapshot_batches_in_flight: usize = 16,
+            env "STORESYNC_SNAPSHOT_BATCHES_IN_FLIGHT",
+            check number((1, 1_000));
         /// PEM certificate chain: serve TLS only (with --tls-key).
         tls_cert: Option<PathBuf> = None,
             env "STORESYNC_TLS_CERT",
@@ -235,6 +241,8 @@ pub struct Config {
     pub changelog_prune_seconds: u64,
     /// Records per downstream batch.
     pub downstream_batch_records: usize,
+    /// Snapshot batches all initialising sites hold in memory at once.
+    pub snapshot_batches_in_flight: usize,
     /// Minutes between scheduled integrity checks of a site (0: off).
     pub verify_interval_minutes: u64,
     /// Scheduled integrity checks only report.
@@ -354,6 +362,7 @@ impl Config {
                 heartbeat_seconds: s.heartbeat_seconds,
                 changelog_prune_seconds: s.changelog_prune_seconds,
                 downstream_batch_records: s.downstream_batch_records,
+                snapshot_batches_in_flight: s.snapshot_batches_in_flight,
                 verify_interval_minutes: s.verify_interval_minutes,
                 verify_report_only: s.verify_report_only,
                 tls,

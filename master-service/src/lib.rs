@@ -117,6 +117,7 @@ pub async fn serve(
         sync::SyncSettings {
             heartbeat: Duration::from_secs(state.config.heartbeat_seconds),
             downstream_batch_records: state.config.downstream_batch_records,
+            snapshot_batches_in_flight: state.config.snapshot_batches_in_flight,
             verify_every: verify_every(&state.config),
             verify_report_only: state.config.verify_report_only,
             ..sync::SyncSettings::default()

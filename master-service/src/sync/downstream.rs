@@ -18,18 +18,30 @@
 //!   the satellite is upgraded.
 //! - A snapshot holds the change log from its cursor (`retention`) from
 //!   before its first batch is sent until its last is acknowledged.
-//! - The snapshot's master data and its cursor come from ONE database snapshot
-//!   (a repeatable-read transaction on PostgreSQL; a transaction on SQLite's one
-//!   connection): the records are exactly the state after that cursor, so the
-//!   changes replayed after it apply cleanly in order.
+//! - The snapshot's master data is a copy of ONE database state, at the copy's
+//!   cursor (see `shared_snapshot`; shared by the snapshots that start near
+//!   it), and the change log is replayed from that cursor: the records are
+//!   exactly the state after it, so the changes replayed after it apply
+//!   cleanly in order (codes stay unique at every step). The log is held from
+//!   that cursor (or an earlier one) before anything is sent.
+//! - The store's data is read in pages by id, each page at the state of its
+//!   own read, all at or after the replay cursor: entries are whole rows and
+//!   deletes, so the replay brings every row to the latest state. A store row
+//!   may name an item or name newer than the master data sent (created after
+//!   the copy's cursor): the replay brings it; the satellite does not refuse
+//!   a row whose item is not there yet.
 //! - The satellite stores each batch's end cursor in the same transaction as its
 //!   records and acknowledges; at most `window` batches are unacknowledged.
+//! - Memory: a snapshot batch holds one of the process's
+//!   `snapshot_batches_in_flight` slots from when its rows are read until it
+//!   is acknowledged, so the snapshots of all sites together hold at most
+//!   that many batches (plus one copy of master data, shared).
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use prost::Message;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IsolationLevel};
+use sea_orm::{DatabaseConnection, EntityTrait};
 use storesync_shared::domain::entities::store;
 use storesync_shared::domain::tables::write::{self, Scope};
 use storesync_shared::domain::tables::{self, Owner, SyncTable};
@@ -39,9 +51,10 @@ use storesync_shared::proto::v1::{
     SyncRecord, Table,
 };
 use storesync_shared::{Error, Result};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tracing::Instrument;
 
+use super::shared_snapshot::MasterData;
 use super::{status, SyncContext};
 use crate::changelog;
 
@@ -304,39 +317,51 @@ fn start_of<'r>(
     }
 }
 
-/// Master data as of one change-log cursor, read in one database snapshot
-/// (from the resume position, if any): the cursor and the records, each with
-/// its table and id.
-async fn master_data_snapshot(
-    db: &DatabaseConnection,
+/// Whether the change log still holds every entry after `cursor`.
+async fn log_holds_after(db: &DatabaseConnection, cursor: u64) -> Result<bool> {
+    Ok(match changelog::oldest(db).await? {
+        // The log is pruned from its start only: no gap after its oldest.
+        Some(oldest) => oldest <= cursor.saturating_add(1),
+        None => changelog::head(db).await? <= cursor,
+    })
+}
+
+/// The records of `copy` a snapshot sends, as ranges of its positions: every
+/// master-data table of `tables_in_order` not sent whole before the cut of
+/// `resume`; the table of the cut from after its last record (or whole again
+/// when the copy no longer holds that record: rows resent are only
+/// rewritten).
+fn master_ranges(
+    copy: &MasterData,
     tables_in_order: &[&dyn SyncTable],
     resume: Option<&Resume>,
-) -> Result<(u64, Vec<(Table, String, SyncRecord)>)> {
-    let isolation = (db.get_database_backend() == DbBackend::Postgres)
-        .then_some(IsolationLevel::RepeatableRead);
-    let txn = storesync_shared::domain::db::begin_with_config(db, isolation, None).await?;
-    let head = changelog::head(&txn).await?;
-    let mut records = Vec::new();
-    for table in tables_in_order {
-        if table.owner() != Owner::Master {
-            continue;
+) -> Vec<std::ops::Range<usize>> {
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut n = 0;
+    while n < copy.len() {
+        let table = copy.get(n).0;
+        let mut end = n;
+        while end < copy.len() && copy.get(end).0 == table {
+            end += 1;
         }
-        let Some(after) = start_of(tables_in_order, *table, resume) else {
-            continue;
-        };
-        for row in write::page(&txn, *table, Scope::All, after, None).await? {
-            let id: String = row.try_get_by_index(0)?;
-            records.push((
-                table.table(),
-                id,
-                SyncRecord {
-                    record: Some(table.record_of(&row)?),
-                },
-            ));
+        let start = tables_in_order
+            .iter()
+            .find(|t| t.table() == table)
+            .and_then(|t| start_of(tables_in_order, *t, resume));
+        match start {
+            None => {}
+            Some("") => ranges.push(n..end),
+            Some(after) => {
+                let from = copy
+                    .position_after(table, after)
+                    .filter(|from| (n..=end).contains(from))
+                    .unwrap_or(n);
+                ranges.push(from..end);
+            }
         }
+        n = end;
     }
-    txn.commit().await?;
-    Ok((head, records))
+    ranges
 }
 
 /// Sends the snapshot for a site's initialisation (or, `master_only`, its
@@ -345,8 +370,8 @@ async fn master_data_snapshot(
 /// same way after a cut.
 ///
 /// A `resume`d snapshot continues after the record the satellite holds,
-/// read from a new database snapshot at cursor C2 >= the first session's
-/// cursor C; the change log is then replayed from C, not C2. Entries are
+/// read from a copy of master data (and store pages) at cursor C2 >= the
+/// first session's cursor C; the change log is then replayed from C, not C2. Entries are
 /// whole rows and deletes, so replaying C..C2 over rows already at C2 ends
 /// with every row as it is at C2 and the rows sent before the cut brought up
 /// to date. The log is held from C by the first session's hold
@@ -361,15 +386,56 @@ async fn send_snapshot(
     resume: Option<&Resume>,
 ) -> Result<u64> {
     let db = &ctx.db;
-    if resume.is_none() {
-        // Hold the log from the head as it is now (the snapshot's cursor will be
-        // at or after it), durably, before anything is read or sent.
-        let hold = changelog::head(db).await?;
-        status::snapshot_started(db, sync_id, hold).await?;
-    }
     let tables_in_order = snapshot_tables(master_only);
-    let (head, master_records) = master_data_snapshot(db, &tables_in_order, resume).await?;
-    let replay_from = resume.map_or(head, |r| r.cursor);
+    let wants_master_data = tables_in_order.iter().any(|table| {
+        table.owner() == Owner::Master && start_of(&tables_in_order, *table, resume).is_some()
+    });
+    // The master data (a shared copy at one cursor, see `shared_snapshot`)
+    // and the cursor the change log is replayed from.
+    let (master_data, replay_from) = match resume {
+        None => {
+            let head = changelog::head(db).await?;
+            // A copy at most a batch of entries behind the head is sent with
+            // that much more to replay rather than read again.
+            let lag = ctx.settings.downstream_batch_records as u64;
+            let reused = ctx.master_data.reusable(head.saturating_sub(lag)).await;
+            // Hold the log from the copy's cursor or the head as it is now
+            // (a new copy's cursor will be at or after it), durably, before
+            // anything is read or sent.
+            let hold = reused.as_ref().map_or(head, |copy| copy.cursor.min(head));
+            status::snapshot_started(db, sync_id, hold).await?;
+            let copy = match reused {
+                // A reused copy's entries were held by the sessions sending
+                // it; still there now that this hold is recorded, they stay.
+                // (Pruned in between, the replay finds the gap and the site
+                // re-synchronises its master data; see `run`.)
+                Some(copy) if log_holds_after(db, copy.cursor).await? => copy,
+                _ => {
+                    ctx.master_data
+                        .at_least(db, &tables_in_order, head)
+                        .await?
+                }
+            };
+            let cursor = copy.cursor;
+            (Some(copy), cursor)
+        }
+        Some(resume) if wants_master_data => (
+            Some(
+                ctx.master_data
+                    .at_least(db, &tables_in_order, resume.cursor)
+                    .await?,
+            ),
+            resume.cursor,
+        ),
+        Some(resume) => (None, resume.cursor),
+    };
+    let head = master_data.as_ref().map_or(replay_from, |copy| copy.cursor);
+    // The records of the copy this snapshot sends: each table not sent
+    // before a cut, from after the record the satellite holds.
+    let master_records: Vec<std::ops::Range<usize>> = match &master_data {
+        None => Vec::new(),
+        Some(copy) => master_ranges(copy, &tables_in_order, resume),
+    };
     let replay_tag = changelog::tag_at(db, replay_from).await?.unwrap_or(0);
     if store::Entity::find_by_id(store_id.to_owned())
         .one(db)
@@ -381,7 +447,11 @@ async fn send_snapshot(
         )));
     }
     let done_before = resume.map_or(0, |r| r.records_done);
-    let mut total = done_before + master_records.len() as u64;
+    let mut total = done_before
+        + master_records
+            .iter()
+            .map(|range| range.len() as u64)
+            .sum::<u64>();
     for table in &tables_in_order {
         if table.owner() == Owner::Master {
             continue;
@@ -419,10 +489,17 @@ async fn send_snapshot(
         last: None,
         rate: LinkRate::new(ctx.settings.downstream_batch_bytes),
         batches: VecDeque::new(),
+        slot: None,
     };
-    for (table, id, record) in master_records {
-        sender.push(table, id, record).await?;
+    if let Some(copy) = &master_data {
+        for n in master_records.into_iter().flatten() {
+            let (table, id, encoded) = copy.get(n);
+            let record = SyncRecord::decode(encoded)
+                .map_err(|e| Error::Internal(format!("a shared master-data record: {e}")))?;
+            sender.push(table, id.to_owned(), record).await?;
+        }
     }
+    drop(master_data);
     // Store data in pages by id, so a large store never sits in memory whole.
     let page = ctx.settings.downstream_batch_records as u64;
     for table in &tables_in_order {
@@ -449,6 +526,8 @@ async fn send_store_rows(
 ) -> Result<()> {
     let mut after = after.to_owned();
     loop {
+        // The page's rows are the next batch: read under its slot.
+        sender.take_slot().await?;
         let rows = write::page(
             &sender.ctx.db,
             table,
@@ -554,12 +633,45 @@ struct SnapshotSender<'a> {
     /// Table and id of the last record pushed.
     last: Option<(Table, String)>,
     rate: LinkRate,
-    /// Unacknowledged batches: records done at their end, bytes, when sent.
-    batches: VecDeque<(u64, usize, std::time::Instant)>,
+    /// Unacknowledged batches: records done at their end, bytes, when sent,
+    /// and the slot each holds (see [`SnapshotSender::take_slot`]).
+    batches: VecDeque<(u64, usize, std::time::Instant, OwnedSemaphorePermit)>,
+    /// The slot of the batch being gathered.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl SnapshotSender<'_> {
+    /// Takes one of the process's snapshot batch slots for the next batch,
+    /// unless it holds one: every snapshot batch from the moment its rows are
+    /// read until it is acknowledged holds one, so that the snapshots of many
+    /// sites at once hold at most `snapshot_batches_in_flight` batches in
+    /// memory, whatever their number. Waiting, the satellite is sent
+    /// heartbeats (its session stays up).
+    async fn take_slot(&mut self) -> Result<()> {
+        if self.slot.is_some() {
+            return Ok(());
+        }
+        let slots = self.ctx.snapshot_slots.clone();
+        let acquire = slots.acquire_owned();
+        tokio::pin!(acquire);
+        let mut heartbeat = tokio::time::interval(self.ctx.settings.heartbeat);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                permit = &mut acquire => {
+                    let permit = permit.map_err(|_| Error::Unavailable("shutting down".into()))?;
+                    self.slot = Some(permit);
+                    return Ok(());
+                }
+                _ = heartbeat.tick() => {
+                    send(self.tx, master_message::Message::Heartbeat(Heartbeat { sent_at_ms: now_ms(), upstream_backlog: 0 })).await?;
+                }
+            }
+        }
+    }
+
     async fn push(&mut self, table: Table, id: String, record: SyncRecord) -> Result<()> {
+        self.take_slot().await?;
         self.pending_bytes += record.encoded_len() + 16;
         self.pending.push(record);
         self.last = Some((table, id));
@@ -578,7 +690,7 @@ impl SnapshotSender<'_> {
         // The link starts on a batch when the one before it is through (or
         // when it is sent, if the link was idle).
         let mut link_free_at: Option<std::time::Instant> = None;
-        while let Some(&(end, bytes, sent_at)) = self.batches.front() {
+        while let Some(&(end, bytes, sent_at, _)) = self.batches.front() {
             if end > done {
                 break;
             }
@@ -620,6 +732,11 @@ impl SnapshotSender<'_> {
                 }
             }
         }
+        self.take_slot().await?;
+        let slot = self
+            .slot
+            .take()
+            .ok_or_else(|| Error::Internal("a snapshot batch without its slot".into()))?;
         let records = std::mem::take(&mut self.pending);
         let bytes = std::mem::take(&mut self.pending_bytes);
         self.sent += records.len() as u64;
@@ -628,7 +745,7 @@ impl SnapshotSender<'_> {
             self.total = self.sent;
         }
         self.batches
-            .push_back((self.sent, bytes, std::time::Instant::now()));
+            .push_back((self.sent, bytes, std::time::Instant::now(), slot));
         // What a slow link's resend after a cut is made of, for diagnosis:
         // each batch's size as sized to the link.
         tracing::debug!(

@@ -38,6 +38,7 @@ pub mod refusals;
 mod registry;
 pub mod retention;
 mod session;
+pub mod shared_snapshot;
 pub mod status;
 pub mod upstream;
 
@@ -74,6 +75,9 @@ pub struct SyncSettings {
     pub downstream_batch_bytes: usize,
     /// Unacknowledged downstream batches allowed in flight.
     pub downstream_window: usize,
+    /// Snapshot batches held in memory at once by all sessions together
+    /// (gathered, sent or unacknowledged; see `downstream`).
+    pub snapshot_batches_in_flight: usize,
     /// How long to wait for the Hello.
     pub hello_timeout: Duration,
     /// Re-read the change log this often even without a wake-up (a missed
@@ -99,6 +103,10 @@ impl Default for SyncSettings {
             downstream_batch_records: 10_000,
             downstream_batch_bytes: 4 * 1024 * 1024,
             downstream_window: 2,
+            // A 10,000-record batch of master data is about 1 MiB encoded and
+            // 3 MiB decoded: this bounds what initialising sites hold at once
+            // (they share two cores, so more at once is not faster).
+            snapshot_batches_in_flight: 16,
             hello_timeout: Duration::from_secs(30),
             poll_fallback: Duration::from_secs(5),
             verify_every: None,
@@ -114,6 +122,10 @@ pub struct SyncContext {
     pub notifier: ChangeNotifier,
     pub settings: Arc<SyncSettings>,
     sessions: Arc<Sessions>,
+    /// The copy of master data new snapshots send (see `shared_snapshot`).
+    pub(crate) master_data: Arc<shared_snapshot::Latest>,
+    /// Slots of snapshot batches, `settings.snapshot_batches_in_flight`.
+    pub(crate) snapshot_slots: Arc<tokio::sync::Semaphore>,
     /// The integrity checks of this process's sessions.
     pub(crate) verifiers: Arc<crate::integrity::Verifiers>,
     /// Wrong sync credentials, counted per Sync ID and per source address.
@@ -134,7 +146,11 @@ impl SyncContext {
         Self {
             db,
             notifier,
+            snapshot_slots: Arc::new(tokio::sync::Semaphore::new(
+                settings.snapshot_batches_in_flight.max(1),
+            )),
             settings: Arc::new(settings),
+            master_data: Arc::default(),
             sessions: site_changes.sessions.clone(),
             verifiers: site_changes.verifiers.clone(),
             failures_by_site: Arc::new(Throttle::default()),
