@@ -457,7 +457,7 @@ pub fn receive<'t>(
     let mut record = Some(record);
     for table in tables {
         let Some(current) = record.take() else { break };
-        // Called for every checked field, failing or not: one allocation.
+        // Called only for a record that fails a check (`SyncTable::receive`).
         let field = |name: &str| format!("upstream record {seq}: {}.{name}", table.name());
         match table.receive(current, &field) {
             Ok(received) => {
