@@ -145,6 +145,7 @@ impl Inbound<'_> {
                 return Err(error.into());
             }
         };
+        let apply_us = started.elapsed().as_micros() as u64;
         if let Some(seq) = applied.logged {
             ctx.notifier.committed(seq);
         }
@@ -154,6 +155,7 @@ impl Inbound<'_> {
             first,
             last,
             applied = applied.applied,
+            apply_us,
             "upstream batch applied"
         );
         downstream::send(

@@ -40,7 +40,10 @@
 //! PostgreSQL one array-bound upsert per table that also checks ownership and
 //! the table's references; on SQLite queries that check them first and
 //! `shared::upsert`'s statements. Both
-//! run on this module's one sea-orm transaction.
+//! run on this module's one sea-orm transaction. Tables are written in the
+//! registry's order (an invoice before its lines), so a reference to a row
+//! the batch itself wrote is known to be the store's and is not looked up
+//! (`write::Written`).
 
 use std::collections::HashSet;
 
@@ -249,6 +252,8 @@ pub async fn apply_records<'t, R>(
     let mut invoice_ids: Vec<String> = Vec::new();
     // Requisitions the batch wrote: a sent request gets its response.
     let mut requisition_ids: Vec<String> = Vec::new();
+    // Rows upserted so far: the store's own, so naming one needs no look-up.
+    let mut written = write::Written::default();
     for (table, changes) in tables.iter().zip(changes) {
         if changes.is_empty() {
             continue;
@@ -307,6 +312,7 @@ pub async fn apply_records<'t, R>(
             &site.store_id,
             latest.upserts,
             latest.deletes,
+            &mut written,
         )
         .await
         .map_err(|error| match error {
@@ -472,7 +478,7 @@ pub fn receive<'t>(
     let mut record = Some(record);
     for table in tables {
         let Some(current) = record.take() else { break };
-        // Called for every checked field, failing or not: one allocation.
+        // Called only for a record that fails a check (`SyncTable::receive`).
         let field = |name: &str| format!("upstream record {seq}: {}.{name}", table.name());
         match table.receive(current, &field) {
             Ok(received) => {

@@ -182,15 +182,24 @@ impl<'a> Session<'a> {
     async fn fill_window(&mut self) -> Result<()> {
         let settings = self.settings;
         while !self.initialising && self.in_flight.len() < settings.window {
+            let started = std::time::Instant::now();
             let Some(mut batch) =
                 next_batch(self.db, self.sent_seq, self.batch_records, self.batch_bytes).await?
             else {
                 break;
             };
+            let bytes = batch.encoded_len();
+            tracing::debug!(
+                records = batch.records.len(),
+                bytes,
+                in_flight = self.in_flight.len(),
+                read_us = started.elapsed().as_micros() as u64,
+                "upstream batch read"
+            );
             self.sent_seq = batch.last_seq;
             self.in_flight.push_back(batch.last_seq);
             self.in_flight_bytes
-                .push_back((batch.encoded_len(), std::time::Instant::now()));
+                .push_back((bytes, std::time::Instant::now()));
             // One trace per batch: the master's apply becomes a child of this span.
             let span = tracing::info_span!(parent: None, "sync.upstream.push", otel.kind = "producer", sync_id = settings.sync_id, first_seq = batch.first_seq, last_seq = batch.last_seq, records = batch.records.len());
             batch.trace_context = storesync_shared::kit::telemetry::propagation::inject(&span);
@@ -306,7 +315,13 @@ impl<'a> Session<'a> {
     /// The master committed upstream entries up to `ack.acked_seq`: they leave
     /// the outbox and the window.
     async fn on_upstream_ack(&mut self, ack: UpstreamAck) -> Result<()> {
+        let started = std::time::Instant::now();
         apply::upstream_acked(self.db, ack.acked_seq).await?;
+        tracing::debug!(
+            acked_seq = ack.acked_seq,
+            commit_us = started.elapsed().as_micros() as u64,
+            "upstream ack recorded"
+        );
         while self
             .in_flight
             .front()

@@ -14,7 +14,10 @@
 //!   each of the table's references adds a `NOT EXISTS` that leaves a row
 //!   naming another store's row unwritten and uncounted. Its `OFFSET 0` keeps
 //!   it a per-row look-up of the named id in its primary key (the planner may
-//!   not turn it into a join that reads the whole named table). Fewer
+//!   not turn it into a join that reads the whole named table). A row naming
+//!   a row the same transaction has already upserted for the site ([`Written`])
+//!   skips that look-up (a bound `bool[]` says which): that row is the site's
+//!   store's, or the batch would have been refused. Fewer
 //!   affected rows than sent means one of the two, named by queries that run
 //!   only then (a reference first).
 //! - SQLite (the portable path) checks references and ownership with
@@ -22,13 +25,13 @@
 //!
 //! Everything runs on the caller's sea-orm connection or transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::Order;
 use sea_orm::sea_query::{Alias, Expr, Func, Query, SelectStatement};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, Value};
 
-use super::{Row, SyncTable};
+use super::{Reference, Row, SyncTable};
 
 /// How a database is written, chosen once from its connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +71,26 @@ impl From<DbErr> for WriteError {
     }
 }
 
+/// The ids one transaction has upserted so far for a site, by table: every
+/// one is a row of the site's store (an upsert that met another store's row
+/// refused the batch), so a reference to one of them is known to be the
+/// store's own and needs no look-up. Rows only ever change store by being
+/// deleted and created again, which no other writer can do to a row this
+/// transaction holds locked.
+#[derive(Debug, Default)]
+pub struct Written(HashMap<&'static str, HashSet<String>>);
+
+impl Written {
+    /// Whether `id` of `table` was upserted for the site in this transaction.
+    pub fn has(&self, table: &str, id: &str) -> bool {
+        self.0.get(table).is_some_and(|ids| ids.contains(id))
+    }
+
+    fn add(&mut self, table: &'static str, ids: impl IntoIterator<Item = String>) {
+        self.0.entry(table).or_default().extend(ids);
+    }
+}
+
 /// Ids per `IN (…)` list on the portable path.
 const IDS_PER_QUERY: usize = 500;
 
@@ -77,7 +100,9 @@ const IDS_PER_QUERY: usize = 500;
 /// upsert whose [`super::Reference`]s name a row of another store (`tables`
 /// resolves the referenced tables), refuses the lot; the caller's transaction
 /// must then roll back. A refusal for a reference takes precedence over one
-/// for an id.
+/// for an id. `written` holds the ids upserted before in the same
+/// transaction for the same site (a reference to one is not looked up) and
+/// gets this call's.
 pub async fn store_rows<C: ConnectionTrait>(
     db: &C,
     tables: &[&dyn SyncTable],
@@ -85,6 +110,7 @@ pub async fn store_rows<C: ConnectionTrait>(
     store_id: &str,
     upserts: Vec<Row>,
     deletes: Vec<String>,
+    written: &mut Written,
 ) -> Result<(), WriteError> {
     let Some(store_column) = table.owner().store_column() else {
         return Err(WriteError::Inconsistent(format!(
@@ -109,21 +135,33 @@ pub async fn store_rows<C: ConnectionTrait>(
                 let sent = upserts.len() as u64;
                 // Kept for naming a refused row (the rows move into the statement).
                 let rows_named = references_and_ids(table, &upserts);
-                let written = db
+                let affected = db
                     .execute(unnest_upsert(
                         tables,
                         table,
                         store_column,
                         store_id,
                         upserts,
+                        written,
                     ))
                     .await?
                     .rows_affected();
-                if written != sent {
-                    return Err(
-                        refused(db, tables, table, store_column, store_id, &rows_named).await?,
-                    );
+                if affected != sent {
+                    return Err(refused(
+                        db,
+                        tables,
+                        table,
+                        store_column,
+                        store_id,
+                        &rows_named,
+                        written,
+                    )
+                    .await?);
                 }
+                written.add(
+                    table.name(),
+                    rows_named.iter().map(|row| row.id().to_owned()),
+                );
             }
             if !deletes.is_empty() {
                 let ids: Vec<&str> = deletes.iter().map(String::as_str).collect();
@@ -143,7 +181,9 @@ pub async fn store_rows<C: ConnectionTrait>(
             }
         }
         Backend::Portable => {
-            if let Some(found) = foreign_reference(db, tables, table, store_id, &upserts).await? {
+            if let Some(found) =
+                foreign_reference(db, tables, table, store_id, &upserts, written).await?
+            {
                 return Err(WriteError::Reference(found));
             }
             let ids: Vec<&str> = upserts
@@ -154,7 +194,9 @@ pub async fn store_rows<C: ConnectionTrait>(
             if let Some(foreign) = find_foreign(db, table, store_column, store_id, &ids).await? {
                 return Err(foreign);
             }
+            let upserted: Vec<String> = upserts.iter().map(|row| row.id().to_owned()).collect();
             crate::domain::upsert::rows(db, table, upserts).await?;
+            written.add(table.name(), upserted);
             for chunk in deletes.chunks(IDS_PER_QUERY) {
                 let mut delete = Query::delete();
                 delete
@@ -199,8 +241,9 @@ async fn refused<C: ConnectionTrait>(
     store_column: &str,
     store_id: &str,
     rows: &[Row],
+    written: &Written,
 ) -> Result<WriteError, DbErr> {
-    if let Some(found) = foreign_reference(db, tables, table, store_id, rows).await? {
+    if let Some(found) = foreign_reference(db, tables, table, store_id, rows, written).await? {
         return Ok(WriteError::Reference(found));
     }
     let ids: Vec<&str> = rows.iter().map(Row::id).collect();
@@ -218,21 +261,36 @@ async fn refused<C: ConnectionTrait>(
 /// The upsert of `rows` (each of `store_id`) as column arrays; see the
 /// module docs. The owner column is bound once, as `store_id`, not as an
 /// array; each of the table's references adds a `NOT EXISTS` that leaves a
-/// row naming another store's row unwritten (and uncounted).
+/// row naming another store's row unwritten (and uncounted), skipped (by a
+/// `bool[]` of its own) for a row naming a row in `written`.
 fn unnest_upsert(
     tables: &[&dyn SyncTable],
     table: &dyn SyncTable,
     store_column: &str,
     store_id: &str,
     rows: Vec<Row>,
+    written: &Written,
 ) -> Statement {
     let columns = table.columns();
     let store_index = columns.iter().position(|c| c.name == store_column);
     let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
-    // Parameters: one array per column but the owner column, then the store.
+    // The references checked: the named table, its owner column, and the
+    // referencing column's index.
+    let checked: Vec<(&Reference, &dyn SyncTable, &str, usize)> = table
+        .references()
+        .iter()
+        .filter_map(|reference| {
+            let target = *tables.iter().find(|t| t.name() == reference.table)?;
+            let target_store = target.owner().store_column()?;
+            let index = table.column_index(reference.column)?;
+            Some((reference, target, target_store, index))
+        })
+        .collect();
+    // Parameters: one array per column but the owner column, one `bool[]`
+    // per checked reference, then the store.
     let store_param = format!(
         "${}::text",
-        columns.len() + 1 - usize::from(store_index.is_some())
+        columns.len() + checked.len() + 1 - usize::from(store_index.is_some())
     );
     let mut arrays = Vec::new();
     let mut aliases = Vec::new();
@@ -250,19 +308,25 @@ fn unnest_upsert(
             selected.push(format!("u.{name}"));
         }
     }
-    let guards: Vec<String> = table
-        .references()
-        .iter()
-        .filter_map(|reference| {
-            let target = tables.iter().find(|t| t.name() == reference.table)?;
-            let target_store = target.owner().store_column()?;
-            Some(format!(
-                "NOT EXISTS (SELECT 1 FROM \"{}\" r WHERE r.id = u.\"{}\" AND r.\"{target_store}\" <> {store_param} OFFSET 0)",
-                target.name(),
-                reference.column
-            ))
-        })
-        .collect();
+    // Each checked reference: a look-up, and a `bool[]` saying which rows
+    // name a row already known to be the store's (and skip it).
+    let mut guards: Vec<String> = Vec::new();
+    let mut known: Vec<Vec<bool>> = Vec::new();
+    for (reference, target, target_store, index) in checked {
+        let alias = format!("\"known {}\"", reference.column);
+        arrays.push(format!("${}::bool[]", arrays.len() + 1));
+        aliases.push(alias.clone());
+        guards.push(format!(
+            "(u.{alias} OR NOT EXISTS (SELECT 1 FROM \"{}\" r WHERE r.id = u.\"{}\" AND r.\"{target_store}\" <> {store_param} OFFSET 0))",
+            target.name(),
+            reference.column
+        ));
+        known.push(
+            rows.iter()
+                .map(|row| row.text(index).is_some_and(|id| written.has(target.name(), id)))
+                .collect(),
+        );
+    }
     let set: Vec<String> = names
         .iter()
         .skip(1)
@@ -300,6 +364,12 @@ fn unnest_upsert(
         .filter(|(index, _)| Some(*index) != store_index)
         .map(|(_, (c, column))| Value::Array(c.kind.array_type(), Some(Box::new(column))))
         .collect();
+    values.extend(known.into_iter().map(|flags| {
+        Value::Array(
+            sea_orm::sea_query::ArrayType::Bool,
+            Some(Box::new(flags.into_iter().map(Value::from).collect())),
+        )
+    }));
     values.push(store_id.into());
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
@@ -342,13 +412,14 @@ pub struct ForeignReference {
 /// whose [`super::Reference`]s name a row of another store, if any. `tables`
 /// resolves the referenced tables. A reference to a row that does not exist
 /// (yet) is not this check's business: the row, when it comes, is checked
-/// for its own store.
+/// for its own store. Nor is one to a row in `written` (the store's own).
 pub async fn foreign_reference<C: ConnectionTrait>(
     db: &C,
     tables: &[&dyn SyncTable],
     table: &dyn SyncTable,
     store_id: &str,
     rows: &[Row],
+    written: &Written,
 ) -> Result<Option<ForeignReference>, DbErr> {
     for reference in table.references() {
         let (Some(target), Some(index)) = (
@@ -363,7 +434,10 @@ pub async fn foreign_reference<C: ConnectionTrait>(
         // Each named id once, with the first row naming it.
         let mut named: HashMap<&str, &str> = HashMap::new();
         for row in rows {
-            if let Some(id) = row.text(index).filter(|id| !id.is_empty()) {
+            if let Some(id) = row
+                .text(index)
+                .filter(|id| !id.is_empty() && !written.has(target.name(), id))
+            {
                 named.entry(id).or_insert(row.id());
             }
         }
