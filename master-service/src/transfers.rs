@@ -161,8 +161,8 @@ async fn log_for<C: ConnectionTrait>(
         if u32::try_from(*sync_id).ok() == Some(MASTER_SYNC_ID) {
             continue;
         }
-        for entry in records {
-            last = Some(changelog::append_for_store(txn, entry, store_id).await?);
+        if let Some(seq) = changelog::append_many_for_store(txn, records, store_id).await? {
+            last = Some(seq);
         }
     }
     Ok(last)
@@ -494,27 +494,27 @@ pub async fn check_site_rows<C: ConnectionTrait>(
                 .map(|row| row.id().to_owned())
                 .chain(deletes.iter().cloned())
                 .collect();
-            // Lines sent that are already lines of an inbound shipment.
-            let existing: HashMap<String, invoice_line::Model> = if ids.is_empty() {
-                HashMap::new()
+            // Lines sent that are already lines of an inbound shipment: the
+            // lines by key, then their invoices by key (a subquery on the
+            // invoice's kind would let the planner scan every invoice).
+            let lines: Vec<invoice_line::Model> = if ids.is_empty() {
+                Vec::new()
             } else {
                 invoice_line::Entity::find()
                     .filter(invoice_line::Column::Id.is_in(ids))
-                    .filter(
-                        invoice_line::Column::InvoiceId.in_subquery(
-                            sea_orm::sea_query::Query::select()
-                                .column(invoice::Column::Id)
-                                .from(invoice::Entity)
-                                .and_where(invoice::Column::Kind.eq(inbound_kind))
-                                .to_owned(),
-                        ),
-                    )
                     .all(txn)
                     .await?
-                    .into_iter()
-                    .map(|line| (line.id.clone(), line))
-                    .collect()
             };
+            let of_lines = inbound_invoices(
+                txn,
+                lines.iter().map(|line| line.invoice_id.clone()).collect(),
+            )
+            .await?;
+            let existing: HashMap<String, invoice_line::Model> = lines
+                .into_iter()
+                .filter(|line| of_lines.contains_key(&line.invoice_id))
+                .map(|line| (line.id.clone(), line))
+                .collect();
             // Inbound shipments the lines sent name.
             let named: Vec<String> = upserts.iter().map(|row| text(row, "invoice_id")).collect();
             let inbound = inbound_invoices(txn, named).await?;
@@ -715,6 +715,8 @@ async fn inbound_invoices<C: ConnectionTrait>(
     txn: &C,
     ids: Vec<String>,
 ) -> Result<HashMap<String, invoice::Model>> {
+    // Each id once: a batch's lines name their few invoices many times over.
+    let ids: std::collections::BTreeSet<String> = ids.into_iter().collect();
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
