@@ -39,6 +39,7 @@ impl MigratorTrait for Migrator {
         migrations.push(Box::new(Integrity));
         migrations.push(Box::new(Requisitions));
         migrations.push(Box::new(IntegrityRequests));
+        migrations.push(Box::new(InvoiceNumbers));
         migrations
     }
 }
@@ -325,6 +326,28 @@ impl MigrationTrait for IntegrityRequests {
         run_script(
             manager.get_connection(),
             crate::integrity::record::REQUESTS_MIGRATION,
+        )
+        .await
+    }
+}
+
+/// `m0112_invoice_numbers`: the index that finds a store's next invoice number
+/// (`storesync_shared::domain::schema::INVOICE_NUMBER_INDEX`).
+struct InvoiceNumbers;
+
+impl MigrationName for InvoiceNumbers {
+    fn name(&self) -> &str {
+        "m0112_invoice_numbers"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
+impl MigrationTrait for InvoiceNumbers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_script(
+            manager.get_connection(),
+            storesync_shared::domain::schema::INVOICE_NUMBER_INDEX,
         )
         .await
     }

@@ -142,6 +142,14 @@ CREATE INDEX transfer_in_transit ON transfer (received_at_ms, from_store_id, to_
 CREATE INDEX transfer_discrepancy ON transfer (received_at_ms) WHERE discrepancy <> 0
 "#;
 
+/// The next invoice number of a store and kind is the highest plus one
+/// (`store_ops::next_invoice_number`, on every invoice a store creates and
+/// every inbound shipment the master creates): one index probe with this
+/// index, a scan of the store's invoices without it. On every site (the
+/// master's `m0112_invoice_numbers`, the satellite's `m0212_invoice_numbers`).
+pub const INVOICE_NUMBER_INDEX: &str =
+    "CREATE INDEX invoice_store_kind_number ON invoice (store_id, kind, invoice_number)";
+
 // Identifiers are UUID text; dates are ISO text ('' for none) so that both
 // backends compare them the same way; instants are milliseconds since the epoch.
 // There are no foreign keys: records arrive from other sites in batches whose
