@@ -176,12 +176,15 @@ pub async fn create_invoice_with<C: ConnectionTrait>(
     let stock: HashMap<String, stock_line::Model> = if wanted_stock.is_empty() {
         HashMap::new()
     } else {
+        // By key only, the store checked here: with `store_id = ?` in the
+        // statement SQLite's planner takes the (store_id, item_id) index and
+        // reads every stock line of the store.
         stock_line::Entity::find()
-            .filter(stock_line::Column::StoreId.eq(store_id))
             .filter(stock_line::Column::Id.is_in(wanted_stock.iter().copied()))
             .all(txn)
             .await?
             .into_iter()
+            .filter(|line| line.store_id == store_id)
             .map(|line| (line.id.clone(), line))
             .collect()
     };

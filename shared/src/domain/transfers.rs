@@ -177,12 +177,14 @@ async fn stock_lines<C: ConnectionTrait>(
     if ids.is_empty() {
         return Ok(BTreeMap::new());
     }
+    // By key only, the store checked here (see `store_ops::create_invoice_with`:
+    // SQLite would otherwise read every stock line of the store).
     Ok(stock_line::Entity::find()
-        .filter(stock_line::Column::StoreId.eq(store_id))
         .filter(stock_line::Column::Id.is_in(ids))
         .all(txn)
         .await?
         .into_iter()
+        .filter(|line| line.store_id == store_id)
         .map(|line| (line.id.clone(), line))
         .collect())
 }
