@@ -144,7 +144,11 @@ pub async fn upstream(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         format!("master commit rate, {mixed_label}"),
         "rec/s",
     );
-    let mut mixed_ratio = Figure::new("upstream", format!("upstream / COPY, {mixed_label}"), "ratio");
+    let mut mixed_ratio = Figure::new(
+        "upstream",
+        format!("upstream / COPY, {mixed_label}"),
+        "ratio",
+    );
     let mut transfer_rate = Figure::new(
         "upstream",
         "transfers followed (inbound shipment created) per second",
@@ -629,7 +633,14 @@ pub async fn init_and_reports(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     // store data set alone).
     let other = master.add_site(3).await.store.expect("store").id;
     let seeding = Instant::now();
-    data::seed_transfers(&conn, &store_id, &other, sizes.init_transfers, sizes.init_items).await?;
+    data::seed_transfers(
+        &conn,
+        &store_id,
+        &other,
+        sizes.init_transfers,
+        sizes.init_items,
+    )
+    .await?;
     eprintln!(
         "init: seeded {} transfers and {} requisitions in {:.1?}",
         sizes.init_transfers,
@@ -899,7 +910,9 @@ pub async fn wire(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         figures.push(
             Figure::new(
                 "wire",
-                format!("downstream CPU (master + satellite) per record, compression {compression}"),
+                format!(
+                    "downstream CPU (master + satellite) per record, compression {compression}"
+                ),
                 "µs",
             )
             .sample(down_cpu * 1e6 / records as f64),

@@ -93,17 +93,19 @@ pub async fn append_many_for_store<C: ConnectionTrait>(
         .iter()
         .zip(described)
         .zip(first..)
-        .map(|((record, (table, record_id, deleted)), seq)| change_log::ActiveModel {
-            seq: Set(seq),
-            table_name: Set(table.as_str_name().to_owned()),
-            record_id: Set(record_id),
-            deleted: Set(deleted),
-            payload: Set(record.encode_to_vec()),
-            changed_at_ms: Set(now),
-            tag: Set(new_tag()),
-            traceparent: Set(traceparent.clone()),
-            store_id: Set(Some(store_id.to_owned())),
-        })
+        .map(
+            |((record, (table, record_id, deleted)), seq)| change_log::ActiveModel {
+                seq: Set(seq),
+                table_name: Set(table.as_str_name().to_owned()),
+                record_id: Set(record_id),
+                deleted: Set(deleted),
+                payload: Set(record.encode_to_vec()),
+                changed_at_ms: Set(now),
+                tag: Set(new_tag()),
+                traceparent: Set(traceparent.clone()),
+                store_id: Set(Some(store_id.to_owned())),
+            },
+        )
         .collect();
     // SQLite binds at most 32,766 values: 9 columns, well under in chunks of 500.
     let mut entries = entries.into_iter().peekable();
@@ -113,8 +115,12 @@ pub async fn append_many_for_store<C: ConnectionTrait>(
             .exec_without_returning(txn)
             .await?;
     }
-    crate::sync::cluster::notify(txn, crate::sync::cluster::CHANGES_CHANNEL, &last.to_string())
-        .await?;
+    crate::sync::cluster::notify(
+        txn,
+        crate::sync::cluster::CHANGES_CHANNEL,
+        &last.to_string(),
+    )
+    .await?;
     u64::try_from(last)
         .map(Some)
         .map_err(|_| Error::Internal(format!("negative change-log sequence {last}")))

@@ -450,9 +450,9 @@ async fn stream_compression_is_used_only_when_the_satellite_offers_it() {
         );
         let (messages, any_chunk, _) = until_caught_up(&mut plain, &mut Inflater::new(1)).await;
         assert!(!any_chunk, "no chunk for a satellite that did not offer");
-        assert!(messages
-            .iter()
-            .any(|m| matches!(m, pb::master_message::Message::DownstreamBatch(b) if b.records.len() >= 3)));
+        assert!(messages.iter().any(
+            |m| matches!(m, pb::master_message::Message::DownstreamBatch(b) if b.records.len() >= 3)
+        ));
 
         let offering = pb::Hello {
             stream_compression: pb::StreamCompression::Deflate as i32,
@@ -468,9 +468,9 @@ async fn stream_compression_is_used_only_when_the_satellite_offers_it() {
         let mut inflater = Inflater::new(storesync_shared::kit::server::MAX_MESSAGE_BYTES);
         let (messages, _, all_chunks) = until_caught_up(&mut compressed, &mut inflater).await;
         assert!(all_chunks, "every message after the Welcome is a chunk");
-        assert!(messages
-            .iter()
-            .any(|m| matches!(m, pb::master_message::Message::DownstreamBatch(b) if b.records.len() >= 3)));
+        assert!(messages.iter().any(
+            |m| matches!(m, pb::master_message::Message::DownstreamBatch(b) if b.records.len() >= 3)
+        ));
 
         // Upstream in chunks of the satellite's own stream.
         let store = store_of(&db, 3).await;
@@ -499,7 +499,10 @@ async fn stream_compression_is_used_only_when_the_satellite_offers_it() {
                 let Some(pb::master_message::Message::Compressed(chunk)) = message.message else {
                     panic!("a plain message after the Welcome: {message:?}");
                 };
-                for message in inflater.unpack::<pb::MasterMessage>(&chunk.deflate).unwrap() {
+                for message in inflater
+                    .unpack::<pb::MasterMessage>(&chunk.deflate)
+                    .unwrap()
+                {
                     if let Some(pb::master_message::Message::UpstreamAck(ack)) = message.message {
                         if ack.acked_seq == 2 {
                             return ack;

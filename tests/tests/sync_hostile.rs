@@ -264,10 +264,21 @@ async fn hostile_input_gets_precise_statuses_and_changes_nothing() {
             2,
             SYNC_USER,
             SYNC_PASSWORD,
-            vec![hello_bytes(), chunk(Deflater::new().deflate(&batch_bytes(1, vec![stock_line(&store, &item)])).unwrap())],
+            vec![
+                hello_bytes(),
+                chunk(
+                    Deflater::new()
+                        .deflate(&batch_bytes(1, vec![stock_line(&store, &item)]))
+                        .unwrap(),
+                ),
+            ],
         )
         .await;
-        expect(status, tonic::Code::InvalidArgument, "did not agree on stream compression");
+        expect(
+            status,
+            tonic::Code::InvalidArgument,
+            "did not agree on stream compression",
+        );
         let offering = message(pb::satellite_message::Message::Hello(pb::Hello {
             stream_compression: pb::StreamCompression::Deflate as i32,
             ..hello(2)
@@ -292,10 +303,15 @@ async fn hostile_input_gets_precise_statuses_and_changes_nothing() {
             vec![offering.clone(), chunk(bomb)],
         )
         .await;
-        expect(status, tonic::Code::InvalidArgument, "beyond the message limit");
-        let good = pb::SatelliteMessage::decode(&batch_bytes(1, vec![stock_line(&store, &item)])[..])
-            .unwrap()
-            .encode_length_delimited_to_vec();
+        expect(
+            status,
+            tonic::Code::InvalidArgument,
+            "beyond the message limit",
+        );
+        let good =
+            pb::SatelliteMessage::decode(&batch_bytes(1, vec![stock_line(&store, &item)])[..])
+                .unwrap()
+                .encode_length_delimited_to_vec();
         let mut cut_off = good.clone();
         cut_off.extend_from_slice(&good[..good.len() / 2]);
         let status = send_raw(
@@ -306,7 +322,11 @@ async fn hostile_input_gets_precise_statuses_and_changes_nothing() {
             vec![offering, chunk(Deflater::new().deflate(&cut_off).unwrap())],
         )
         .await;
-        expect(status, tonic::Code::InvalidArgument, "partial or malformed message");
+        expect(
+            status,
+            tonic::Code::InvalidArgument,
+            "partial or malformed message",
+        );
 
         assert!(
             store_data(&db, &store).await.stock_lines.is_empty(),

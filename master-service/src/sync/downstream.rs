@@ -410,11 +410,7 @@ async fn send_snapshot(
                 // (Pruned in between, the replay finds the gap and the site
                 // re-synchronises its master data; see `run`.)
                 Some(copy) if log_holds_after(db, copy.cursor).await? => copy,
-                _ => {
-                    ctx.master_data
-                        .at_least(db, &tables_in_order, head)
-                        .await?
-                }
+                _ => ctx.master_data.at_least(db, &tables_in_order, head).await?,
             };
             let cursor = copy.cursor;
             (Some(copy), cursor)

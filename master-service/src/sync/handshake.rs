@@ -30,11 +30,11 @@ use std::time::Duration;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use storesync_shared::domain::entities::{setting, store};
+use storesync_shared::kit::stream_compression::Unpacking;
 use storesync_shared::proto::v1::{
     satellite_message, Hello, SatelliteMessage, StreamCompression, Welcome,
 };
 use storesync_shared::{kit::auth, Error, Result};
-use storesync_shared::kit::stream_compression::Unpacking;
 
 use super::upstream::{sync_id_i32, SiteIdentity};
 use super::SyncContext;

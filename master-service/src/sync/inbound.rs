@@ -16,13 +16,13 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use storesync_shared::kit::stream_compression::Unpacking;
 use storesync_shared::proto::v1::{
     master_message, satellite_message, DownstreamAck, Heartbeat, RecordRef, SatelliteMessage,
     UpstreamAck, UpstreamBatch,
 };
 use storesync_shared::{Error, Result};
 use tokio::sync::{mpsc, watch};
-use storesync_shared::kit::stream_compression::Unpacking;
 use tonic::Status;
 use tracing::Instrument;
 

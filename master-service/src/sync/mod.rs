@@ -45,10 +45,10 @@ pub mod upstream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::DatabaseConnection;
-use storesync_shared::proto::v1::sync_service_server::{SyncService, SyncServiceServer};
 use futures::StreamExt;
+use sea_orm::DatabaseConnection;
 use storesync_shared::kit::stream_compression::{Deflater, Unpacking};
+use storesync_shared::proto::v1::sync_service_server::{SyncService, SyncServiceServer};
 use storesync_shared::proto::v1::{
     master_message, MasterMessage, SatelliteMessage, StreamCompression,
 };
@@ -231,8 +231,7 @@ impl SyncService for SyncHandler {
         downstream::send(&tx, master_message::Message::Welcome(welcome.clone())).await?;
         // Compressed as tonic takes each message off the channel, in order:
         // the Welcome (sent above) stays plain, statuses pass through.
-        let outbound: MasterStream = if welcome.stream_compression() == StreamCompression::Deflate
-        {
+        let outbound: MasterStream = if welcome.stream_compression() == StreamCompression::Deflate {
             let mut deflater = Deflater::new();
             Box::pin(ReceiverStream::new(rx).map(move |item| item.map(|m| deflater.pack(m))))
         } else {

@@ -32,12 +32,12 @@ use std::sync::OnceLock;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use storesync_shared::domain::entities::setting;
 
+use storesync_shared::kit::stream_compression::Unpacking;
 use storesync_shared::proto::v1::{
     master_message, Hello, MasterMessage, RecordRef, SatelliteMessage, SyncError, SyncMode,
 };
 use storesync_shared::{Error, Result};
 use tokio::sync::watch;
-use storesync_shared::kit::stream_compression::Unpacking;
 use tonic::Status;
 
 use super::downstream::{self, Acked, Outbound};

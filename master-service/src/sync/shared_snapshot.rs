@@ -95,8 +95,7 @@ impl MasterData {
             .encode(&mut self.records)
             .map_err(|e| storesync_shared::Error::Internal(format!("encoding: {e}")))?;
         self.ids.push_str(id);
-        self.index
-            .push((table, self.records.len(), self.ids.len()));
+        self.index.push((table, self.records.len(), self.ids.len()));
         Ok(())
     }
 

@@ -13,9 +13,9 @@
 use std::time::Duration;
 
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
-use storesync_shared::proto::v1::sync_service_client::SyncServiceClient;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use storesync_shared::proto::v1::sync_service_client::SyncServiceClient;
 
 use futures::StreamExt;
 use storesync_shared::kit::stream_compression::{Deflater, Unpacking};

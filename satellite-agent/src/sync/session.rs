@@ -14,6 +14,7 @@ use std::time::Duration;
 use prost::Message;
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use storesync_shared::domain::validate::now_ms;
+use storesync_shared::kit::stream_compression::Unpacking;
 use storesync_shared::proto::v1::{
     master_message, satellite_message, CaughtUp, DownstreamAck, DownstreamBatch, Goodbye,
     Heartbeat, MasterMessage, SatelliteMessage, SyncError, SyncMode, UpstreamAck, UpstreamBatch,
@@ -21,7 +22,6 @@ use storesync_shared::proto::v1::{
 };
 use storesync_shared::{Error, Result};
 use tokio::sync::mpsc;
-use storesync_shared::kit::stream_compression::Unpacking;
 use tracing::Instrument;
 
 use super::connect::status_error;

@@ -187,7 +187,8 @@ impl Inflater {
     /// The messages `chunk` holds, all or none (see the module invariant);
     /// the error says what is wrong with it.
     pub fn unpack<M: Chunked>(&mut self, chunk: &[u8]) -> std::result::Result<Vec<M>, String> {
-        let mut out: Vec<u8> = Vec::with_capacity(chunk.len().saturating_mul(4).max(1024).min(self.limit + 1));
+        let mut out: Vec<u8> =
+            Vec::with_capacity(chunk.len().saturating_mul(4).max(1024).min(self.limit + 1));
         let mut input = chunk;
         loop {
             if out.len() == out.capacity() {

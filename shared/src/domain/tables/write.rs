@@ -323,7 +323,10 @@ fn unnest_upsert(
         ));
         known.push(
             rows.iter()
-                .map(|row| row.text(index).is_some_and(|id| written.has(target.name(), id)))
+                .map(|row| {
+                    row.text(index)
+                        .is_some_and(|id| written.has(target.name(), id))
+                })
                 .collect(),
         );
     }
