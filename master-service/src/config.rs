@@ -144,6 +144,11 @@ storesync_shared::settings! {
         verify_interval_minutes: u64 = 60,
             env "STORESYNC_VERIFY_INTERVAL_MINUTES",
             check number((0, 10_080));
+        /// Days the integrity check history (checks and finished requests)
+        /// is kept; each site's latest check always stays.
+        integrity_history_days: u64 = 90,
+            env "STORESYNC_INTEGRITY_HISTORY_DAYS",
+            check number((1, 36_500));
         /// Scheduled integrity checks only report (true) or also repair (false).
         verify_report_only: bool = false,
             env "STORESYNC_VERIFY_REPORT_ONLY",
@@ -247,6 +252,8 @@ pub struct Config {
     pub verify_interval_minutes: u64,
     /// Scheduled integrity checks only report.
     pub verify_report_only: bool,
+    /// Days the integrity check history is kept.
+    pub integrity_history_days: u64,
     /// TLS certificate and key (PEM) of the gRPC server; both or neither.
     pub tls: Option<TlsFiles>,
     /// Log line format.
@@ -365,6 +372,7 @@ impl Config {
                 snapshot_batches_in_flight: s.snapshot_batches_in_flight,
                 verify_interval_minutes: s.verify_interval_minutes,
                 verify_report_only: s.verify_report_only,
+                integrity_history_days: s.integrity_history_days,
                 tls,
                 log_format: s.log_format,
             })

@@ -130,6 +130,11 @@ pub async fn serve(
             Duration::from_secs(state.config.changelog_prune_seconds),
         )),
         tokio::spawn(watch_database(db.clone(), health.clone())),
+        tokio::spawn(integrity::record::run_pruning(
+            db.clone(),
+            Duration::from_secs(state.config.integrity_history_days.saturating_mul(86_400)),
+            Duration::from_secs(3_600),
+        )),
     ];
     if let Some(every) = verify_every(&state.config) {
         background.push(tokio::spawn(integrity::schedule::run(

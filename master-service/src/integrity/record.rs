@@ -11,6 +11,11 @@
 //! sessions, on any master process, has run them, and then their result: a
 //! caller on another replica reads it there.
 //!
+//! Both are pruned ([`prune`], every hour): checks and finished requests
+//! that ended more than `integrity_history_days` ago go, except each site's
+//! latest check, which `SyncStatus` shows and the schedule reads. The audit
+//! of repairs (`audit_log`) is kept.
+//!
 //! # Invariant
 //! A request is finished once, with the result of an attempt that ended
 //! (EQUAL, DIFFERENT, NOT_SETTLED, CANNOT_VERIFY_VERSION, FAILED), or FAILED
@@ -469,4 +474,49 @@ pub async fn result_of(
                 "integrity request {id}: its result does not decode: {e}"
             ))
         })
+}
+
+/// Deletes the checks and the finished requests that ended before
+/// `before_ms`, except each site's latest check; returns how many of each.
+/// Unfinished requests stay whatever their age (they are still to run).
+pub async fn prune<C: ConnectionTrait>(db: &C, before_ms: i64) -> Result<(u64, u64)> {
+    let backend = db.get_database_backend();
+    let mut newest = Query::select();
+    newest
+        .from(Alias::new("integrity_check"))
+        .expr(Func::max(Expr::col(Alias::new("id"))))
+        .group_by_col(Alias::new("sync_id"));
+    let mut checks = Query::delete();
+    checks
+        .from_table(Alias::new("integrity_check"))
+        .and_where(col("finished_at_ms").lt(before_ms))
+        .and_where(col("id").not_in_subquery(newest));
+    let checks = db.execute(backend.build(&checks)).await?.rows_affected();
+    let mut finished = Query::delete();
+    finished
+        .from_table(requests())
+        .and_where(col("finished_at_ms").gt(0))
+        .and_where(col("finished_at_ms").lt(before_ms));
+    let finished = db.execute(backend.build(&finished)).await?.rows_affected();
+    Ok((checks, finished))
+}
+
+/// Prunes the history older than `keep` every `every` until the task is aborted.
+pub async fn run_pruning(
+    db: DatabaseConnection,
+    keep: std::time::Duration,
+    every: std::time::Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let before_ms =
+            now_ms().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+        match prune(&db, before_ms).await {
+            Ok((0, 0)) => {}
+            Ok((checks, requests)) => {
+                tracing::info!(checks, requests, "pruned integrity check history")
+            }
+            Err(error) => tracing::warn!(%error, "could not prune the integrity check history"),
+        }
+    }
 }
