@@ -19,9 +19,10 @@
 //!   by `AdminService.AdoptDatabase`) and the tag of its acknowledged upstream
 //!   entry (`site.upstream_acked_tag`, moved with `upstream_acked_seq`).
 
-use sea_orm::DbErr;
 use sea_orm_migration::prelude::*;
-use storesync_shared::domain::schema::{common_migrations, run_script};
+use storesync_shared::domain::schema::{
+    common_migrations, Script, INVOICE_NUMBER_INDEX, REQUISITION_TABLES, TRANSFER_TABLES,
+};
 
 /// Runs every pending migration of the master.
 pub struct Migrator;
@@ -29,169 +30,57 @@ pub struct Migrator;
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let mut migrations = common_migrations();
-        migrations.push(Box::new(MasterTables));
-        migrations.push(Box::new(ChangelogEpoch));
-        migrations.push(Box::new(DatabaseIdentity));
-        migrations.push(Box::new(Refusals));
-        migrations.push(Box::new(ProtocolVersion));
-        migrations.push(Box::new(ChangeTraces));
-        migrations.push(Box::new(Transfers));
-        migrations.push(Box::new(Integrity));
-        migrations.push(Box::new(Requisitions));
-        migrations.push(Box::new(IntegrityRequests));
-        migrations.push(Box::new(InvoiceNumbers));
+        migrations.extend([
+            Script::boxed("m0101_master_tables", &[MASTER_TABLES]),
+            Script::boxed("m0102_changelog_epoch", &[CHANGELOG_EPOCH]),
+            Script::boxed("m0103_database_identity", &[DATABASE_IDENTITY]),
+            // `refusal`: the upstream batches the master refused, per site
+            // (see `sync::refusals`), one row per batch and reason, with how
+            // often it came.
+            Script::boxed("m0104_refusals", &[REFUSALS]),
+            // `site_status.protocol_version`: the protocol each site speaks,
+            // for the operator planning upgrades (`SyncStatus`).
+            Script::boxed("m0105_protocol_version", &[PROTOCOL_VERSION]),
+            // `change_log.traceparent`: the trace of the write behind each
+            // entry, so a downstream batch's span links to the writes it carries.
+            Script::boxed("m0106_change_log_traceparent", &[CHANGE_TRACES]),
+            // The common transfer columns and table (`TRANSFER_TABLES`) and the
+            // change log's target store: an entry with a `store_id` (a store
+            // row handed over to its site, a transfer record) is sent only to
+            // the site hosting that store.
+            Script::boxed("m0110_transfers", &[TRANSFER_TABLES, CHANGE_LOG_STORE]),
+            // `integrity_check`: each site's integrity checks (see
+            // `crate::integrity::record`).
+            Script::boxed("m0120_integrity", &[crate::integrity::record::MIGRATION]),
+            // The invoice's requisition link and the requisition tables.
+            Script::boxed("m0111_requisitions", &[REQUISITION_TABLES]),
+            // `integrity_request`: checks requested and their results, run by
+            // whichever process holds the site's session.
+            Script::boxed(
+                "m0121_integrity_requests",
+                &[crate::integrity::record::REQUESTS_MIGRATION],
+            ),
+            // The index that finds a store's next invoice number.
+            Script::boxed("m0112_invoice_numbers", &[INVOICE_NUMBER_INDEX]),
+        ]);
         migrations
     }
 }
 
-struct MasterTables;
+const PROTOCOL_VERSION: &str =
+    "ALTER TABLE site_status ADD COLUMN protocol_version INTEGER NOT NULL DEFAULT 0";
 
-impl MigrationName for MasterTables {
-    fn name(&self) -> &str {
-        "m0101_master_tables"
-    }
-}
+const CHANGE_TRACES: &str =
+    "ALTER TABLE change_log ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''";
 
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for MasterTables {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(manager.get_connection(), MASTER_TABLES).await
-    }
-}
-
-struct DatabaseIdentity;
-
-impl MigrationName for DatabaseIdentity {
-    fn name(&self) -> &str {
-        "m0103_database_identity"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for DatabaseIdentity {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(manager.get_connection(), DATABASE_IDENTITY).await
-    }
-}
+const CHANGE_LOG_STORE: &str = "ALTER TABLE change_log ADD COLUMN store_id TEXT;
+CREATE INDEX change_log_store_record ON change_log (store_id, record_id)";
 
 /// Sites from before have no owner yet: their next database to connect becomes it.
 const DATABASE_IDENTITY: &str = r#"
 ALTER TABLE site ADD COLUMN database_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE site ADD COLUMN upstream_acked_tag BIGINT NOT NULL DEFAULT 0
 "#;
-
-/// `refusal`: the upstream batches the master refused, per site (see
-/// `sync::refusals`), one row per batch and reason, with how often it came.
-struct Refusals;
-
-impl MigrationName for Refusals {
-    fn name(&self) -> &str {
-        "m0104_refusals"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for Refusals {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(manager.get_connection(), REFUSALS).await
-    }
-}
-
-/// `site_status.protocol_version`: the protocol each site speaks, for the
-/// operator planning upgrades (`SyncStatus`).
-struct ProtocolVersion;
-
-impl MigrationName for ProtocolVersion {
-    fn name(&self) -> &str {
-        "m0105_protocol_version"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for ProtocolVersion {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(
-            manager.get_connection(),
-            "ALTER TABLE site_status ADD COLUMN protocol_version INTEGER NOT NULL DEFAULT 0",
-        )
-        .await
-    }
-}
-
-/// `change_log.traceparent`: the trace of the write behind each entry, so a
-/// downstream batch's span links to the writes it carries.
-struct ChangeTraces;
-
-impl MigrationName for ChangeTraces {
-    fn name(&self) -> &str {
-        "m0106_change_log_traceparent"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for ChangeTraces {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(
-            manager.get_connection(),
-            "ALTER TABLE change_log ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''",
-        )
-        .await
-    }
-}
-
-/// `m0111_requisitions`: the invoice's requisition link and the requisition tables
-/// (`storesync_shared::domain::schema::REQUISITION_TABLES`).
-struct Requisitions;
-
-impl MigrationName for Requisitions {
-    fn name(&self) -> &str {
-        "m0111_requisitions"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for Requisitions {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(
-            manager.get_connection(),
-            storesync_shared::domain::schema::REQUISITION_TABLES,
-        )
-        .await
-    }
-}
-
-/// `m0110_transfers`: the common transfer columns and table
-/// (`storesync_shared::domain::schema::TRANSFER_TABLES`) and the change log's
-/// target store: an entry with a `store_id` (a store row handed over to its
-/// site, a transfer record) is sent only to the site hosting that store.
-struct Transfers;
-
-impl MigrationName for Transfers {
-    fn name(&self) -> &str {
-        "m0110_transfers"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for Transfers {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        run_script(db, storesync_shared::domain::schema::TRANSFER_TABLES).await?;
-        run_script(
-            db,
-            "ALTER TABLE change_log ADD COLUMN store_id TEXT;
-             CREATE INDEX change_log_store_record ON change_log (store_id, record_id)",
-        )
-        .await
-    }
-}
 
 const REFUSALS: &str = r#"
 CREATE TABLE refusal (
@@ -258,22 +147,6 @@ CREATE TABLE counter (
 INSERT INTO counter (name, value) VALUES ('change_log', 0)
 "#;
 
-struct ChangelogEpoch;
-
-impl MigrationName for ChangelogEpoch {
-    fn name(&self) -> &str {
-        "m0102_changelog_epoch"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for ChangelogEpoch {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(manager.get_connection(), CHANGELOG_EPOCH).await
-    }
-}
-
 // Entries written before this migration keep tag 0, as do the cursors of
 // satellites that applied them: they match. The epoch row is created at start
 // (`changelog::ensure_epoch`), where a UUID can be made on either backend.
@@ -287,68 +160,3 @@ CREATE TABLE changelog_epoch (
     started_at_ms BIGINT NOT NULL
 )
 "#;
-
-/// `integrity_check`: each site's integrity checks (see `crate::integrity::record`).
-struct Integrity;
-
-impl MigrationName for Integrity {
-    fn name(&self) -> &str {
-        "m0120_integrity"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for Integrity {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(
-            manager.get_connection(),
-            crate::integrity::record::MIGRATION,
-        )
-        .await
-    }
-}
-
-/// `integrity_request`: integrity checks requested and their results, run by
-/// whichever process holds the site's session (see `crate::integrity::record`).
-struct IntegrityRequests;
-
-impl MigrationName for IntegrityRequests {
-    fn name(&self) -> &str {
-        "m0121_integrity_requests"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for IntegrityRequests {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(
-            manager.get_connection(),
-            crate::integrity::record::REQUESTS_MIGRATION,
-        )
-        .await
-    }
-}
-
-/// `m0112_invoice_numbers`: the index that finds a store's next invoice number
-/// (`storesync_shared::domain::schema::INVOICE_NUMBER_INDEX`).
-struct InvoiceNumbers;
-
-impl MigrationName for InvoiceNumbers {
-    fn name(&self) -> &str {
-        "m0112_invoice_numbers"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for InvoiceNumbers {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(
-            manager.get_connection(),
-            storesync_shared::domain::schema::INVOICE_NUMBER_INDEX,
-        )
-        .await
-    }
-}

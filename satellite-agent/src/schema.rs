@@ -24,7 +24,10 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter};
 use sea_orm_migration::prelude::*;
-use storesync_shared::domain::schema::{common_migrations, run_script};
+use storesync_shared::domain::schema::{
+    common_migrations, run_script, Script, INVOICE_NUMBER_INDEX, REQUISITION_TABLES,
+    TRANSFER_TABLES,
+};
 
 use crate::entities::sync_state;
 
@@ -34,74 +37,19 @@ pub struct Migrator;
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let mut migrations = common_migrations();
-        migrations.push(Box::new(SatelliteTables));
-        migrations.push(Box::new(Resync));
-        migrations.push(Box::new(DatabaseIdentity));
-        migrations.push(Box::new(Resume));
-        migrations.push(Box::new(Transfers));
-        migrations.push(Box::new(Requisitions));
-        migrations.push(Box::new(InvoiceNumbers));
+        migrations.extend([
+            Script::boxed("m0201_satellite_tables", &[SATELLITE_TABLES]),
+            Script::boxed("m0202_resync", &[RESYNC]),
+            Box::new(DatabaseIdentity),
+            Script::boxed("m0204_resume", &[RESUME]),
+            // The common transfer columns and table.
+            Script::boxed("m0210_transfers", &[TRANSFER_TABLES]),
+            // The invoice's requisition link and the requisition tables.
+            Script::boxed("m0211_requisitions", &[REQUISITION_TABLES]),
+            // The index that finds a store's next invoice number.
+            Script::boxed("m0212_invoice_numbers", &[INVOICE_NUMBER_INDEX]),
+        ]);
         migrations
-    }
-}
-
-/// `m0211_requisitions`: the invoice's requisition link and the requisition tables
-/// (`storesync_shared::domain::schema::REQUISITION_TABLES`).
-struct Requisitions;
-
-impl MigrationName for Requisitions {
-    fn name(&self) -> &str {
-        "m0211_requisitions"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for Requisitions {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(
-            manager.get_connection(),
-            storesync_shared::domain::schema::REQUISITION_TABLES,
-        )
-        .await
-    }
-}
-
-/// `m0210_transfers`: the common transfer columns and table
-/// (`storesync_shared::domain::schema::TRANSFER_TABLES`).
-struct Transfers;
-
-impl MigrationName for Transfers {
-    fn name(&self) -> &str {
-        "m0210_transfers"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for Transfers {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(
-            manager.get_connection(),
-            storesync_shared::domain::schema::TRANSFER_TABLES,
-        )
-        .await
-    }
-}
-
-struct SatelliteTables;
-
-impl MigrationName for SatelliteTables {
-    fn name(&self) -> &str {
-        "m0201_satellite_tables"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for SatelliteTables {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(manager.get_connection(), SATELLITE_TABLES).await
     }
 }
 
@@ -163,22 +111,6 @@ CREATE TABLE sync_state (
 INSERT INTO sync_state VALUES (1, 0, 0, 0, FALSE, '', '', '', 0, 0, 0, '')
 "#;
 
-struct Resync;
-
-impl MigrationName for Resync {
-    fn name(&self) -> &str {
-        "m0202_resync"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for Resync {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(manager.get_connection(), RESYNC).await
-    }
-}
-
 const RESYNC: &str = r#"
 ALTER TABLE sync_state ADD COLUMN downstream_tag BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE sync_state ADD COLUMN changelog_epoch TEXT NOT NULL DEFAULT '';
@@ -188,22 +120,6 @@ CREATE TABLE resync_seen (
     PRIMARY KEY (table_name, id)
 )
 "#;
-
-struct Resume;
-
-impl MigrationName for Resume {
-    fn name(&self) -> &str {
-        "m0204_resume"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for Resume {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(manager.get_connection(), RESUME).await
-    }
-}
 
 const RESUME: &str = r#"
 CREATE TABLE snapshot_resume (
@@ -215,25 +131,3 @@ CREATE TABLE snapshot_resume (
     records_done BIGINT NOT NULL
 )
 "#;
-
-/// `m0212_invoice_numbers`: the index that finds a store's next invoice number
-/// (`storesync_shared::domain::schema::INVOICE_NUMBER_INDEX`).
-struct InvoiceNumbers;
-
-impl MigrationName for InvoiceNumbers {
-    fn name(&self) -> &str {
-        "m0212_invoice_numbers"
-    }
-}
-
-#[sea_orm_migration::async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for InvoiceNumbers {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(
-            manager.get_connection(),
-            storesync_shared::domain::schema::INVOICE_NUMBER_INDEX,
-        )
-        .await
-    }
-}

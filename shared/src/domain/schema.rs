@@ -33,22 +33,39 @@ pub async fn run_script<C: ConnectionTrait>(db: &C, script: &str) -> Result<(), 
 
 /// The migrations of the common tables, oldest first.
 pub fn common_migrations() -> Vec<Box<dyn MigrationTrait>> {
-    vec![Box::new(CommonTables)]
+    vec![Script::boxed("m0001_common_tables", &[COMMON_TABLES])]
 }
 
-struct CommonTables;
+/// A migration that only runs fixed scripts, in order ([`run_script`]): most
+/// of the master's and the satellite's migrations. One that must compute
+/// something (a UUID, say) implements `MigrationTrait` itself.
+pub struct Script {
+    name: &'static str,
+    scripts: &'static [&'static str],
+}
 
-impl MigrationName for CommonTables {
+impl Script {
+    /// Migration `name` (its row in `seaql_migrations`: never rename one that
+    /// has shipped) running `scripts`.
+    pub fn boxed(name: &'static str, scripts: &'static [&'static str]) -> Box<dyn MigrationTrait> {
+        Box::new(Self { name, scripts })
+    }
+}
+
+impl MigrationName for Script {
     fn name(&self) -> &str {
-        "m0001_common_tables"
+        self.name
     }
 }
 
 #[sea_orm_migration::async_trait::async_trait]
 #[allow(elided_lifetimes_in_paths)] // the trait is declared with the elided form
-impl MigrationTrait for CommonTables {
+impl MigrationTrait for Script {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run_script(manager.get_connection(), COMMON_TABLES).await
+        for script in self.scripts {
+            run_script(manager.get_connection(), script).await?;
+        }
+        Ok(())
     }
 }
 
