@@ -19,6 +19,15 @@ pub fn resident_mib(pid: u32) -> f64 {
     status_mib(pid, "VmRSS:")
 }
 
+/// The part of [`resident_mib`] that is anonymous memory: heap, stacks,
+/// buffers (`RssAnon`). The rest is file-backed (`RssFile`): the pages of the
+/// binary's code and read-only data the process has touched, shared with
+/// every process running the same file and dropped first under memory
+/// pressure; it grows with the binary.
+pub fn anonymous_mib(pid: u32) -> f64 {
+    status_mib(pid, "RssAnon:")
+}
+
 /// Peak resident memory since the process started.
 pub fn peak_resident_mib(pid: u32) -> f64 {
     status_mib(pid, "VmHWM:")

@@ -14,7 +14,7 @@ use storesync_tests::proxy::Proxy;
 use storesync_tests::{Backend, TestDb};
 
 use crate::data::{self, Backlog};
-use crate::procs::{peak_resident_mib, resident_mib};
+use crate::procs::{anonymous_mib, peak_resident_mib, resident_mib};
 use crate::report::{ms, Figure, Target};
 use crate::Sizes;
 
@@ -817,8 +817,27 @@ pub async fn footprint(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     )
     .target(Target::Below(20.0));
     let mut satellite_max = Figure::new("footprint", "idle satellite resident (largest)", "MiB");
+    // Of those: heap, stacks and buffers; the rest is the binary's own
+    // pages (see `procs::anonymous_mib`).
+    let mut master_anon = Figure::new(
+        "footprint",
+        format!("master anonymous (heap etc.), {count} idle satellites"),
+        "MiB",
+    );
+    let mut satellite_anon = Figure::new(
+        "footprint",
+        "idle satellite anonymous (median of all)",
+        "MiB",
+    );
     for _ in 0..5 {
         master_rss.samples.push(resident_mib(pid));
+        master_anon.samples.push(anonymous_mib(pid));
+        let mut anon: Vec<f64> = satellites
+            .iter()
+            .map(|s| anonymous_mib(s.process.child.id()))
+            .collect();
+        anon.sort_by(f64::total_cmp);
+        satellite_anon.samples.push(anon[anon.len() / 2]);
         let mut all: Vec<f64> = satellites
             .iter()
             .map(|s| resident_mib(s.process.child.id()))
@@ -832,7 +851,13 @@ pub async fn footprint(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         "footprint: master peak so far {:.1} MiB",
         peak_resident_mib(pid)
     );
-    Ok(vec![master_rss, satellite_rss, satellite_max])
+    Ok(vec![
+        master_rss,
+        master_anon,
+        satellite_rss,
+        satellite_anon,
+        satellite_max,
+    ])
 }
 
 /// Scenario 6: bytes on the wire per record, each way, uncompressed, gzip
