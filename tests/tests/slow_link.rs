@@ -323,6 +323,37 @@ async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_e
             moved.saturating_sub(uncut_slow),
             moved.saturating_sub(uncut_slow) / proxy.scheduled_cuts().max(1)
         );
+        // What the cuts cost is made of: the bytes each direction's reader
+        // saw, by kind, against the same link uncut.
+        let (cut, plain) = (proxy.down_tally(), uncut_proxy.down_tally());
+        let per_record = plain.batch_bytes as f64 / plain.batch_records.max(1) as f64;
+        let overhead =
+            |t: &storesync_tests::proxy::DownTally| t.http2_bytes + t.other_message_bytes;
+        eprintln!(
+            "  split: records resent {} bytes (messages cut short {} bytes, {} records delivered twice); \
+             reconnect overhead {} bytes (HTTP/2 {} and handshake/heartbeats/acks {} over {} links, uncut {} and {} over {} links); \
+             batches compressed worse {} bytes ({} over {} records, uncut {} over {})",
+            cut.cut_short_bytes + (cut.records_twice as f64 * per_record) as u64,
+            cut.cut_short_bytes,
+            cut.records_twice,
+            overhead(&cut).saturating_sub(overhead(&plain)),
+            cut.http2_bytes,
+            cut.other_message_bytes,
+            cut.links,
+            plain.http2_bytes,
+            plain.other_message_bytes,
+            plain.links,
+            cut.batch_bytes.saturating_sub(plain.batch_bytes),
+            cut.batch_bytes,
+            cut.batch_records,
+            plain.batch_bytes,
+            plain.batch_records,
+        );
+        assert_eq!(
+            plain.total(),
+            uncut_slow,
+            "the reader accounts for every byte of the uncut link"
+        );
         assert!(
             proxy.scheduled_cuts() >= 1,
             "the link was cut during initialisation"
