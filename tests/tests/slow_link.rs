@@ -283,9 +283,9 @@ async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_e
         let (_, whole) = baseline_proxy.bytes();
         baseline.process.kill();
         // The same over the slow link, uncut: its batches are sized to the
-        // link (about 2 s each); gzip compresses each message alone, so it
+        // link (about 1 s each); gzip compresses each message alone, so it
         // moves more than the fast link's large batches without any cut
-        // (deflate's one stream per session does not).
+        // (deflate's one stream per session much less).
         let uncut_proxy = Proxy::start_throttled(
             master.process.addr,
             Throttle::link(64, Duration::from_millis(300)),
