@@ -8,7 +8,9 @@
 //! - over 64 kbit/s with 300 ms latency and a cut every few seconds, a new
 //!   satellite initialises a whole store and then stays in sync under a
 //!   trickle of writes both ways, streaming and in interval mode. It prints
-//!   how long initialisation took and how many bytes the cuts cost.
+//!   how long initialisation took, how many bytes the cuts cost, and what
+//!   of (the proxy's [`storesync_tests::proxy::DownTally`]: messages cut
+//!   short, records delivered twice, reconnection, worse compression).
 //!   `STORESYNC_SLOW_LINK_RECORDS` sets the store's size (CI: 2,000 stock
 //!   lines; the README's figure: 20,000), and
 //!   `STORESYNC_SLOW_LINK_COMPRESSION` the satellites' compression
