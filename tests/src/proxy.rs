@@ -72,6 +72,8 @@ pub struct Proxy {
     throttle: Arc<Mutex<Option<Throttle>>>,
     /// Links cut by the throttle's schedule.
     scheduled_cuts: Arc<AtomicU64>,
+    /// What the bytes towards the satellites were.
+    down_tally: Arc<Mutex<DownTally>>,
 }
 
 impl Proxy {
@@ -149,6 +151,9 @@ impl Proxy {
             refusing.clone(),
         );
         let (up, down) = (bytes_up.clone(), bytes_down.clone());
+        let down_tally = Arc::new(Mutex::new(DownTally::default()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let tally = down_tally.clone();
         tokio::spawn(async move {
             let mut stop_rx = stop_rx;
             loop {
@@ -165,6 +170,7 @@ impl Proxy {
                 let link_throttle = *slow.lock().expect("throttle lock");
                 let (c, n, stop_rx) = (c.clone(), n.clone(), stop_rx.clone());
                 let counters = (up.clone(), down.clone());
+                let reader = DownReader::new(tally.clone(), seen.clone());
                 let mut drop_rx = drop_rx.clone();
                 drop_rx.mark_unchanged();
                 tokio::spawn(async move {
@@ -172,7 +178,7 @@ impl Proxy {
                         let _ = inbound.set_nodelay(true);
                         let _ = outbound.set_nodelay(true);
                         tokio::select! {
-                            () = link(inbound, outbound, c, n, counters, stop_rx, link_throttle) => {}
+                            () = link(inbound, outbound, c, n, counters, stop_rx, link_throttle, reader) => {}
                             _ = drop_rx.changed() => {}
                         }
                     }
@@ -191,7 +197,15 @@ impl Proxy {
             bytes_down,
             throttle,
             scheduled_cuts: Arc::new(AtomicU64::new(0)),
+            down_tally,
         }
+    }
+
+    /// What the bytes delivered towards the satellites so far were (see
+    /// [`DownTally`]); a link still open counts its message in progress as
+    /// not yet delivered.
+    pub fn down_tally(&self) -> DownTally {
+        *self.down_tally.lock().expect("tally lock")
     }
 
     /// Bytes forwarded so far towards the target and back from it.
@@ -239,6 +253,7 @@ impl Drop for Proxy {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn link(
     inbound: TcpStream,
     outbound: TcpStream,
@@ -247,12 +262,19 @@ async fn link(
     (bytes_up, bytes_down): (Arc<AtomicU64>, Arc<AtomicU64>),
     mut stop: watch::Receiver<bool>,
     throttle: Option<Throttle>,
+    mut reader: DownReader,
 ) {
     let (mut in_read, mut in_write) = inbound.into_split();
     let (mut out_read, mut out_write) = outbound.into_split();
     if let Some(throttle) = throttle {
-        let up = slow_pump(&mut in_read, &mut out_write, throttle, &bytes_up);
-        let down = slow_pump(&mut out_read, &mut in_write, throttle, &bytes_down);
+        let up = slow_pump(&mut in_read, &mut out_write, throttle, &bytes_up, None);
+        let down = slow_pump(
+            &mut out_read,
+            &mut in_write,
+            throttle,
+            &bytes_down,
+            Some(&mut reader),
+        );
         tokio::select! {
             _ = up => {}
             _ = down => {}
@@ -260,8 +282,22 @@ async fn link(
         }
         return;
     }
-    let up = pump(&mut in_read, &mut out_write, &cut_after, &cuts, &bytes_up);
-    let down = pump(&mut out_read, &mut in_write, &cut_after, &cuts, &bytes_down);
+    let up = pump(
+        &mut in_read,
+        &mut out_write,
+        &cut_after,
+        &cuts,
+        &bytes_up,
+        None,
+    );
+    let down = pump(
+        &mut out_read,
+        &mut in_write,
+        &cut_after,
+        &cuts,
+        &bytes_down,
+        Some(&mut reader),
+    );
     tokio::select! {
         _ = up => {}
         _ = down => {}
@@ -273,8 +309,13 @@ async fn link(
 /// after another at the link's rate, each is delivered `latency` after it
 /// left, and only a few seconds of data wait inside the link (the sender
 /// then waits, as on a modem with a small buffer).
-async fn slow_pump<R, W>(from: &mut R, to: &mut W, throttle: Throttle, forwarded: &AtomicU64)
-where
+async fn slow_pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    throttle: Throttle,
+    forwarded: &AtomicU64,
+    mut tally: Option<&mut DownReader>,
+) where
     R: AsyncReadExt + Unpin,
     W: AsyncWriteExt + Unpin,
 {
@@ -319,6 +360,9 @@ where
                 return;
             }
             forwarded.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            if let Some(tally) = tally.as_deref_mut() {
+                tally.feed(&bytes);
+            }
         }
     };
     tokio::select! {
@@ -333,6 +377,9 @@ where
             return;
         }
         forwarded.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if let Some(tally) = tally.as_deref_mut() {
+            tally.feed(&bytes);
+        }
     }
 }
 
@@ -343,6 +390,7 @@ async fn pump<R, W>(
     cut_after: &AtomicU64,
     cuts: &AtomicU64,
     forwarded: &AtomicU64,
+    mut reader: Option<&mut DownReader>,
 ) where
     R: AsyncReadExt + Unpin,
     W: AsyncWriteExt + Unpin,
@@ -369,5 +417,206 @@ async fn pump<R, W>(
             return;
         }
         forwarded.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(reader) = reader.as_deref_mut() {
+            reader.feed(&buffer[..n]);
+        }
+    }
+}
+
+/// What the bytes a proxy delivered towards the satellites were, summed over
+/// its links (see [`Proxy::down_tally`]): the downstream is read as HTTP/2
+/// frames carrying gRPC messages, whose kind is read from each message
+/// (inflating gzip messages and the session's deflate chunks), so that a
+/// slow link's cost of cuts can be split into what it is made of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DownTally {
+    /// Links opened.
+    pub links: u64,
+    /// Snapshot and change batches delivered whole: their bytes (gRPC
+    /// prefix and message) and records.
+    pub batch_bytes: u64,
+    pub batch_records: u64,
+    /// Records of whole batches that an earlier whole batch had delivered
+    /// already (initialisation progress ranges seen twice).
+    pub records_twice: u64,
+    /// Every other whole message: Welcome, heartbeats, acks, CaughtUp, …
+    pub other_message_bytes: u64,
+    /// HTTP/2 itself: frame headers and every frame that is not DATA
+    /// (settings, headers, window updates, pings, trailers).
+    pub http2_bytes: u64,
+    /// Bytes of a message (or frame) a link's end cut short: sent, never
+    /// usable.
+    pub cut_short_bytes: u64,
+}
+
+impl DownTally {
+    /// Every byte counted.
+    pub fn total(&self) -> u64 {
+        self.batch_bytes + self.other_message_bytes + self.http2_bytes + self.cut_short_bytes
+    }
+}
+
+/// One gRPC stream's messages being put together from DATA frames.
+struct GrpcStream {
+    buffer: Vec<u8>,
+    inflater: storesync_shared::kit::stream_compression::Inflater,
+}
+
+/// Reads one link's downstream bytes as they are delivered.
+struct DownReader {
+    totals: Arc<Mutex<DownTally>>,
+    /// Initialisation progress ranges (records_done before, after) delivered.
+    seen: Arc<Mutex<Vec<(u64, u64)>>>,
+    /// The frame being read: header bytes so far, then its payload.
+    header: Vec<u8>,
+    payload: Vec<u8>,
+    streams: std::collections::HashMap<u32, GrpcStream>,
+}
+
+impl DownReader {
+    fn new(totals: Arc<Mutex<DownTally>>, seen: Arc<Mutex<Vec<(u64, u64)>>>) -> Self {
+        totals.lock().expect("tally lock").links += 1;
+        Self {
+            totals,
+            seen,
+            header: Vec::with_capacity(9),
+            payload: Vec::new(),
+            streams: std::collections::HashMap::new(),
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.header.len() < 9 {
+                let take = (9 - self.header.len()).min(bytes.len());
+                self.header.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                continue;
+            }
+            let length = (usize::from(self.header[0]) << 16)
+                | (usize::from(self.header[1]) << 8)
+                | usize::from(self.header[2]);
+            let take = (length - self.payload.len()).min(bytes.len());
+            self.payload.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.payload.len() == length {
+                self.frame();
+            }
+        }
+    }
+
+    /// A whole frame has arrived.
+    fn frame(&mut self) {
+        let header = std::mem::take(&mut self.header);
+        let payload = std::mem::take(&mut self.payload);
+        let (kind, flags) = (header[3], header[4]);
+        let stream = u32::from_be_bytes([header[5] & 0x7f, header[6], header[7], header[8]]);
+        let mut tally = self.totals.lock().expect("tally lock");
+        tally.http2_bytes += 9;
+        if kind != 0 {
+            tally.http2_bytes += payload.len() as u64;
+            return;
+        }
+        // DATA: strip padding, then put the stream's messages together.
+        let data = if flags & 0x8 != 0 && !payload.is_empty() {
+            let pad = usize::from(payload[0]);
+            tally.http2_bytes += 1 + pad as u64;
+            payload[1..payload.len().saturating_sub(pad)].to_vec()
+        } else {
+            payload
+        };
+        drop(tally);
+        let grpc = self.streams.entry(stream).or_insert_with(|| GrpcStream {
+            buffer: Vec::new(),
+            inflater: storesync_shared::kit::stream_compression::Inflater::new(
+                storesync_shared::kit::server::MAX_MESSAGE_BYTES,
+            ),
+        });
+        grpc.buffer.extend_from_slice(&data);
+        loop {
+            if grpc.buffer.len() < 5 {
+                break;
+            }
+            let length = u32::from_be_bytes([
+                grpc.buffer[1],
+                grpc.buffer[2],
+                grpc.buffer[3],
+                grpc.buffer[4],
+            ]) as usize;
+            if grpc.buffer.len() < 5 + length {
+                break;
+            }
+            let message: Vec<u8> = grpc.buffer.drain(..5 + length).collect();
+            let body = if message[0] == 1 {
+                let mut plain = Vec::new();
+                let mut gunzip = flate2::read::GzDecoder::new(&message[5..]);
+                match std::io::Read::read_to_end(&mut gunzip, &mut plain) {
+                    Ok(_) => plain,
+                    Err(_) => Vec::new(),
+                }
+            } else {
+                message[5..].to_vec()
+            };
+            let (records, progress) = classify(&body, &mut grpc.inflater);
+            let mut tally = self.totals.lock().expect("tally lock");
+            match records {
+                Some(records) => {
+                    tally.batch_bytes += message.len() as u64;
+                    tally.batch_records += records;
+                    if let Some((from, to)) = progress {
+                        let mut seen = self.seen.lock().expect("tally lock");
+                        let twice: u64 = seen
+                            .iter()
+                            .map(|&(a, b)| to.min(b).saturating_sub(from.max(a)))
+                            .sum();
+                        tally.records_twice += twice;
+                        seen.push((from, to));
+                    }
+                }
+                None => tally.other_message_bytes += message.len() as u64,
+            }
+        }
+    }
+}
+
+/// A batch's record count and, for a snapshot batch, the progress range it
+/// covers; None for any other message.
+fn classify(
+    body: &[u8],
+    inflater: &mut storesync_shared::kit::stream_compression::Inflater,
+) -> (Option<u64>, Option<(u64, u64)>) {
+    use prost::Message;
+    use storesync_shared::proto::v1::{master_message, MasterMessage};
+    let Ok(message) = MasterMessage::decode(body) else {
+        return (None, None);
+    };
+    let messages = match message.message {
+        Some(master_message::Message::Compressed(chunk)) => inflater
+            .unpack::<MasterMessage>(&chunk.deflate)
+            .unwrap_or_default(),
+        _ => vec![message],
+    };
+    for message in messages {
+        if let Some(master_message::Message::DownstreamBatch(batch)) = message.message {
+            let records = batch.records.len() as u64;
+            let progress = batch
+                .initialisation
+                .map(|p| (p.records_done.saturating_sub(records), p.records_done));
+            return (Some(records), progress);
+        }
+    }
+    (None, None)
+}
+
+impl Drop for DownReader {
+    fn drop(&mut self) {
+        let short = self.header.len()
+            + self.payload.len()
+            + self
+                .streams
+                .values()
+                .map(|stream| stream.buffer.len())
+                .sum::<usize>();
+        self.totals.lock().expect("tally lock").cut_short_bytes += short as u64;
     }
 }

@@ -517,3 +517,193 @@ async fn stream_compression_is_used_only_when_the_satellite_offers_it() {
         assert_eq!(store_data(&db, &store.id).await.stock_lines.len(), 2);
     }
 }
+
+/// A master from before stream compression, in front of this one: it relays
+/// every session to the real master, but the Hello it passes on has no field
+/// 26 (a master that does not know the field drops it when it decodes the
+/// Hello), so the Welcome the satellite gets has no field 22. It counts the
+/// messages that crossed it and every `CompressedChunk` either way.
+#[derive(Clone)]
+struct OldMaster {
+    master: String,
+    /// Drop Hello field 26 (false: relay untouched, to watch a session).
+    strip: bool,
+    seen: std::sync::Arc<std::sync::Mutex<Relayed>>,
+}
+
+#[derive(Debug, Default)]
+struct Relayed {
+    offered: u32,
+    welcomes_with_compression: u32,
+    up: u32,
+    down: u32,
+    chunks_up: u32,
+    chunks_down: u32,
+}
+
+#[tonic::async_trait]
+impl pb::sync_service_server::SyncService for OldMaster {
+    type SyncStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::MasterMessage, tonic::Status>> + Send>,
+    >;
+
+    async fn sync(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::SatelliteMessage>>,
+    ) -> Result<tonic::Response<Self::SyncStream>, tonic::Status> {
+        use futures::StreamExt;
+        let (metadata, _, mut from_satellite) = request.into_parts();
+        let (tx, rx) = mpsc::channel::<pb::SatelliteMessage>(64);
+        let (seen, strip) = (self.seen.clone(), self.strip);
+        tokio::spawn(async move {
+            while let Ok(Some(mut message)) = from_satellite.message().await {
+                {
+                    let mut seen = seen.lock().unwrap();
+                    seen.up += 1;
+                    match &mut message.message {
+                        Some(pb::satellite_message::Message::Hello(hello)) => {
+                            if hello.stream_compression() == pb::StreamCompression::Deflate {
+                                seen.offered += 1;
+                            }
+                            if strip {
+                                hello.stream_compression = 0;
+                            }
+                        }
+                        Some(pb::satellite_message::Message::Compressed(_)) => seen.chunks_up += 1,
+                        _ => {}
+                    }
+                }
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_shared(self.master.clone())
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        *request.metadata_mut() = metadata;
+        let from_master = pb::sync_service_client::SyncServiceClient::new(channel)
+            .max_decoding_message_size(storesync_shared::kit::server::MAX_MESSAGE_BYTES)
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .sync(request)
+            .await?
+            .into_inner();
+        let seen = self.seen.clone();
+        Ok(tonic::Response::new(Box::pin(from_master.map(
+            move |message| {
+                if let Ok(message) = &message {
+                    let mut seen = seen.lock().unwrap();
+                    seen.down += 1;
+                    match &message.message {
+                        Some(pb::master_message::Message::Welcome(welcome))
+                            if welcome.stream_compression != 0 =>
+                        {
+                            seen.welcomes_with_compression += 1;
+                        }
+                        Some(pb::master_message::Message::Compressed(_)) => seen.chunks_down += 1,
+                        _ => {}
+                    }
+                }
+                message
+            },
+        ))))
+    }
+}
+
+impl OldMaster {
+    /// Serves on an ephemeral loopback port in front of `master`; returns
+    /// its URL.
+    async fn start(master: &Master, strip: bool) -> (String, Self) {
+        let relay = Self {
+            master: master.url(),
+            strip,
+            seen: Default::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // gRPC's gzip as the master offers it (a gzip satellite asks for it).
+        let service = pb::sync_service_server::SyncServiceServer::new(relay.clone())
+            .max_decoding_message_size(storesync_shared::kit::server::MAX_MESSAGE_BYTES)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (format!("http://{addr}"), relay)
+    }
+}
+
+/// A satellite set to compress its sessions (`deflate`) works with a master
+/// that does not know stream compression: it offers it in the Hello, the
+/// Welcome has no field 22, and both sides speak plain messages all session
+/// long (initialisation, master data down, store data up). And a satellite
+/// that does not offer it (every older one; here `gzip`, gRPC's own) gets
+/// plain messages from this master and sends plain ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_compression_falls_back_to_plain_messages_with_a_peer_that_does_not_know_it() {
+    for backend in backends(
+        "stream_compression_falls_back_to_plain_messages_with_a_peer_that_does_not_know_it",
+    ) {
+        let master_db = TestDb::new(backend);
+        let master = Master::start(&master_db, &[]);
+        let db = master_db.connect().await;
+        let items = create_items(&master, "OLDM", 20).await;
+        let (supplier, _) = create_trading_partners(&master, "OM").await;
+
+        for (sync_id, compression, strip) in [(2, "deflate", true), (3, "gzip", false)] {
+            master.add_site(sync_id).await;
+            let (url, relay) = OldMaster::start(&master, strip).await;
+            let satellite = storesync_tests::cluster::Satellite::start(
+                &url,
+                sync_id,
+                "streaming",
+                &[("STORESYNC_SYNC_COMPRESSION", compression)],
+            );
+            satellite.wait_initialised(Duration::from_secs(60)).await;
+            create_items(&master, &format!("OLDM{sync_id}"), 2).await;
+            goods_in(
+                &mut satellite.store().await,
+                &supplier,
+                &items[..2],
+                4.0,
+                &format!("OLDMASTER{sync_id}"),
+            )
+            .await;
+            storesync_tests::cluster::wait_master_data_equal(
+                &db,
+                &satellite,
+                Duration::from_secs(60),
+            )
+            .await;
+            storesync_tests::cluster::assert_store_copies_equal(
+                &db,
+                &satellite,
+                Duration::from_secs(60),
+            )
+            .await;
+            let seen = relay.seen.lock().unwrap();
+            eprintln!("{compression} satellite, relayed: {seen:?}");
+            assert_eq!(
+                seen.offered > 0,
+                compression == "deflate",
+                "only the deflate satellite offers"
+            );
+            assert_eq!(seen.welcomes_with_compression, 0, "no Welcome agrees");
+            assert_eq!(
+                (seen.chunks_up, seen.chunks_down),
+                (0, 0),
+                "plain messages both ways"
+            );
+            assert!(
+                seen.up > 3 && seen.down > 3,
+                "the sessions went through the relay: {seen:?}"
+            );
+        }
+    }
+}

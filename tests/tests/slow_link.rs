@@ -8,7 +8,9 @@
 //! - over 64 kbit/s with 300 ms latency and a cut every few seconds, a new
 //!   satellite initialises a whole store and then stays in sync under a
 //!   trickle of writes both ways, streaming and in interval mode. It prints
-//!   how long initialisation took and how many bytes the cuts cost.
+//!   how long initialisation took, how many bytes the cuts cost, and what
+//!   of (the proxy's [`storesync_tests::proxy::DownTally`]: messages cut
+//!   short, records delivered twice, reconnection, worse compression).
 //!   `STORESYNC_SLOW_LINK_RECORDS` sets the store's size (CI: 2,000 stock
 //!   lines; the README's figure: 20,000), and
 //!   `STORESYNC_SLOW_LINK_COMPRESSION` the satellites' compression
@@ -283,9 +285,9 @@ async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_e
         let (_, whole) = baseline_proxy.bytes();
         baseline.process.kill();
         // The same over the slow link, uncut: its batches are sized to the
-        // link (about 2 s each); gzip compresses each message alone, so it
+        // link (about 1 s each); gzip compresses each message alone, so it
         // moves more than the fast link's large batches without any cut
-        // (deflate's one stream per session does not).
+        // (deflate's one stream per session much less).
         let uncut_proxy = Proxy::start_throttled(
             master.process.addr,
             Throttle::link(64, Duration::from_millis(300)),
@@ -322,6 +324,37 @@ async fn a_new_site_initialises_and_keeps_in_sync_over_a_slow_link_that_is_cut_e
             uncut_slow.saturating_sub(whole),
             moved.saturating_sub(uncut_slow),
             moved.saturating_sub(uncut_slow) / proxy.scheduled_cuts().max(1)
+        );
+        // What the cuts cost is made of: the bytes each direction's reader
+        // saw, by kind, against the same link uncut.
+        let (cut, plain) = (proxy.down_tally(), uncut_proxy.down_tally());
+        let per_record = plain.batch_bytes as f64 / plain.batch_records.max(1) as f64;
+        let overhead =
+            |t: &storesync_tests::proxy::DownTally| t.http2_bytes + t.other_message_bytes;
+        eprintln!(
+            "  split: records resent {} bytes (messages cut short {} bytes, {} records delivered twice); \
+             reconnect overhead {} bytes (HTTP/2 {} and handshake/heartbeats/acks {} over {} links, uncut {} and {} over {} links); \
+             batches compressed worse {} bytes ({} over {} records, uncut {} over {})",
+            cut.cut_short_bytes + (cut.records_twice as f64 * per_record) as u64,
+            cut.cut_short_bytes,
+            cut.records_twice,
+            overhead(&cut).saturating_sub(overhead(&plain)),
+            cut.http2_bytes,
+            cut.other_message_bytes,
+            cut.links,
+            plain.http2_bytes,
+            plain.other_message_bytes,
+            plain.links,
+            cut.batch_bytes.saturating_sub(plain.batch_bytes),
+            cut.batch_bytes,
+            cut.batch_records,
+            plain.batch_bytes,
+            plain.batch_records,
+        );
+        assert_eq!(
+            plain.total(),
+            uncut_slow,
+            "the reader accounts for every byte of the uncut link"
         );
         assert!(
             proxy.scheduled_cuts() >= 1,
