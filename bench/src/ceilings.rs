@@ -1,16 +1,17 @@
 //! Ceilings for the satellite's figures: the same rows bulk-inserted into a
 //! scratch SQLite file, as fast as SQLite takes them on this machine.
 //!
-//! The scratch file is created as a satellite creates its own (the
-//! satellite's connection settings, `storesync_shared::domain::db::connect`:
-//! WAL, `synchronous=FULL`, its page cache and checkpoint interval; and the
-//! satellite's migrations), so its tables, keys and indexes are the
-//! satellite's. The rows are read from the satellite's own file after it
-//! applied them (the very rows it wrote, not generated again) and inserted
-//! with plain multi-row `INSERT`s of a fixed size (each size prepared once,
-//! then found in the connection's statement cache), in ONE transaction,
-//! committed durably. Reading them is not timed; beginning, inserting,
-//! building indexes and committing is.
+//! The scratch file is opened with the satellite's connection settings
+//! (`storesync_shared::domain::db::connect`: WAL, `synchronous=FULL`, its
+//! page cache and checkpoint interval) and given the satellite's schema as
+//! its migrations made it: every table and index definition copied from the
+//! satellite's own file (`sqlite_master`), so the tables, keys and indexes
+//! are those of the satellite binary under test. The rows are read from the
+//! satellite's own file after it applied them (the very rows it wrote, not
+//! generated again) and inserted with plain multi-row `INSERT`s of a fixed
+//! size (each size prepared once, then found in the connection's statement
+//! cache), in ONE transaction, committed durably. Reading them is not timed;
+//! beginning, inserting, building indexes and committing is.
 
 use std::time::{Duration, Instant};
 
@@ -34,12 +35,22 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// A new file, opened and migrated exactly as the satellite opens its own.
-    pub async fn new() -> anyhow::Result<Self> {
+    /// A new file, opened as the satellite opens its own, with the schema of
+    /// the satellite's file `source`.
+    pub async fn like(source: &DatabaseConnection) -> anyhow::Result<Self> {
         let file = TestDb::new(Backend::Sqlite);
-        let db = satellite_agent::handover::open(&file.url())
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let db = storesync_shared::domain::db::connect(&file.url(), 1).await?;
+        let schema = source
+            .query_all(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' \
+                 ORDER BY type = 'index', rowid",
+            ))
+            .await?;
+        for definition in schema {
+            let sql: String = definition.try_get_by_index(0)?;
+            db.execute_unprepared(&sql).await?;
+        }
         Ok(Self { _file: file, db })
     }
 }
@@ -148,7 +159,7 @@ pub async fn master_data_insert(
 /// [`PAGE`] rows, between inserts) is not timed. Returns the rows and the
 /// time taken.
 pub async fn bulk_load(source: &DatabaseConnection) -> anyhow::Result<(usize, Duration)> {
-    let scratch = Scratch::new().await?;
+    let scratch = Scratch::like(source).await?;
     for (index, _) in storesync_shared::domain::schema::store_data_indexes() {
         scratch
             .db

@@ -357,9 +357,11 @@ pub async fn downstream(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
             last = last.target(Target::Below(60_000.0));
         }
         // One satellite against a bulk insert of the same rows (see `ceilings`).
-        let ceiling = if fanout == 1 {
+        let mut ceiling = if fanout == 1 {
+            // The schema of the satellite's own file (see `ceilings`).
+            let local = satellites[0].db.connect().await;
             Some((
-                crate::ceilings::Scratch::new().await?,
+                crate::ceilings::Scratch::like(&local).await?,
                 Figure::new(
                     "downstream",
                     "bulk insert of the same rows, satellite schema (ceiling)",
@@ -371,7 +373,6 @@ pub async fn downstream(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         } else {
             None
         };
-        let mut ceiling = ceiling;
         let mut together = Figure::new(
             "downstream",
             format!("records applied per second, {fanout} satellite(s) together"),
