@@ -20,9 +20,12 @@
 //! - `report`: figures, medians, the table and the JSON
 //! - `data`: backlogs, master-data changes, the initialisation data set, COPY
 //! - `procs`: memory of the processes under test
+//! - `ceilings`: the satellite's ceilings: the same rows bulk-inserted into a
+//!   scratch SQLite file of the satellite's schema
 //! - `scenarios`: the nine scenarios (`verify`: the integrity check,
 //!   `init-many`: the master's memory while many sites initialise at once)
 
+mod ceilings;
 mod data;
 mod procs;
 mod report;

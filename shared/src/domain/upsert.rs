@@ -5,6 +5,9 @@
 //! row twice, and unique columns (item and name codes) are checked row by row,
 //! so a run of records is cut into statements wherever an id repeats: the rows
 //! land in exactly the order they were sent, each state valid when it was made.
+//! On SQLite the update is skipped for a row already as sent (`DO UPDATE …
+//! WHERE` some column differs): a resend or a master-data resync writes no
+//! page for rows it does not change.
 //!
 //! On SQLite the statements are written here rather than by sea-query, in a
 //! few fixed sizes (`SQLITE_ROWS` rows, then powers of two for the rest of a
@@ -232,6 +235,13 @@ mod sqlite {
                 .map(|c| format!("\"{c}\" = excluded.\"{c}\""))
                 .collect();
             sql.push_str(&set.join(", "));
+            // A row already as sent is left alone: no page of it or of its
+            // indexes is written again (a resend, a master-data resync).
+            let changed: Vec<String> = update
+                .iter()
+                .map(|c| format!("\"{table}\".\"{c}\" IS NOT excluded.\"{c}\""))
+                .collect();
+            let _ = write!(sql, " WHERE {}", changed.join(" OR "));
         }
         sql
     }
@@ -299,5 +309,58 @@ mod tests {
         assert!(stored[2..]
             .iter()
             .all(|r| r.updated_at_ms == 2 && r.code == r.id.replace('i', "C")));
+    }
+
+    /// Rows sent again as they are stored are not rewritten on SQLite; a
+    /// row that differs in one column is.
+    #[tokio::test]
+    async fn unchanged_rows_are_not_rewritten() {
+        let db = crate::domain::db::connect("sqlite::memory:", 1)
+            .await
+            .unwrap();
+        db.execute_unprepared(
+            "CREATE TABLE item (id TEXT PRIMARY KEY, code TEXT NOT NULL UNIQUE, name TEXT NOT NULL, \
+             unit TEXT NOT NULL, default_pack_size INTEGER NOT NULL, active BOOLEAN NOT NULL, \
+             updated_at_ms BIGINT NOT NULL); \
+             CREATE TABLE rewrites (n INTEGER NOT NULL); INSERT INTO rewrites VALUES (0); \
+             CREATE TRIGGER item_rewritten AFTER UPDATE ON item BEGIN UPDATE rewrites SET n = n + 1; END;",
+        )
+        .await
+        .unwrap();
+        let rows: Vec<item::Model> = (0..200)
+            .map(|n| item(&format!("i{n:03}"), &format!("C{n:03}"), 1))
+            .collect();
+        let rewrites = |db: sea_orm::DatabaseConnection| async move {
+            let row = db
+                .query_one(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Sqlite,
+                    "SELECT n FROM rewrites",
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get_by_index::<i64>(0).unwrap()
+        };
+        super::all::<item::Entity, _>(&db, rows.clone(), |r| &r.id)
+            .await
+            .unwrap();
+        // The same rows again: nothing is rewritten.
+        super::all::<item::Entity, _>(&db, rows.clone(), |r| &r.id)
+            .await
+            .unwrap();
+        assert_eq!(rewrites(db.clone()).await, 0);
+        // One row changed in one column (a boolean): that row only.
+        let mut again = rows;
+        again[7].active = false;
+        super::all::<item::Entity, _>(&db, again, |r| &r.id)
+            .await
+            .unwrap();
+        assert_eq!(rewrites(db.clone()).await, 1);
+        let stored = item::Entity::find_by_id("i007".to_owned())
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!stored.active);
     }
 }
