@@ -67,6 +67,7 @@ use storesync_shared::domain::convert::kind_to_str;
 use storesync_shared::domain::entities::{
     invoice, invoice_line, requisition, requisition_line, store, transfer,
 };
+use storesync_shared::domain::tables::write::one_of;
 use storesync_shared::domain::tables::{Row, SyncTable};
 use storesync_shared::domain::validate::now_ms;
 use storesync_shared::domain::{requisitions, store_ops};
@@ -119,7 +120,11 @@ pub async fn follow<C: ConnectionTrait>(txn: &C, invoice_ids: &[String]) -> Resu
         return Ok(None);
     }
     let found = invoice::Entity::find()
-        .filter(invoice::Column::Id.is_in(invoice_ids.iter().cloned()))
+        .filter(one_of(
+            txn,
+            invoice::Column::Id,
+            invoice_ids.iter().cloned(),
+        ))
         .filter(invoice::Column::Kind.is_in([
             kind_to_str(pb::InvoiceKind::OutboundShipment),
             kind_to_str(pb::InvoiceKind::InboundShipment),
@@ -141,7 +146,11 @@ pub async fn follow<C: ConnectionTrait>(txn: &C, invoice_ids: &[String]) -> Resu
 /// Sync IDs of stores, by store id.
 async fn sync_ids<C: ConnectionTrait>(txn: &C, ids: &[&str]) -> Result<HashMap<String, i32>> {
     Ok(store::Entity::find()
-        .filter(store::Column::Id.is_in(ids.iter().map(|id| (*id).to_owned())))
+        .filter(one_of(
+            txn,
+            store::Column::Id,
+            ids.iter().map(|id| (*id).to_owned()),
+        ))
         .all(txn)
         .await?
         .into_iter()
@@ -501,7 +510,7 @@ pub async fn check_site_rows<C: ConnectionTrait>(
                 Vec::new()
             } else {
                 invoice_line::Entity::find()
-                    .filter(invoice_line::Column::Id.is_in(ids))
+                    .filter(one_of(txn, invoice_line::Column::Id, ids))
                     .all(txn)
                     .await?
             };
@@ -640,14 +649,14 @@ pub async fn set_aside<C: ConnectionTrait>(
     // Backed: the master holds the row itself, or what it derives it from.
     let (held, backing): (HashSet<String>, Backing) = if table.table() == Table::Invoice {
         let held = invoice::Entity::find()
-            .filter(invoice::Column::Id.is_in(ids))
+            .filter(one_of(txn, invoice::Column::Id, ids))
             .all(txn)
             .await?
             .into_iter()
             .map(|row| row.id)
             .collect();
         let backing = invoice::Entity::find()
-            .filter(invoice::Column::Id.is_in(links))
+            .filter(one_of(txn, invoice::Column::Id, links))
             .filter(invoice::Column::Kind.eq(kind_to_str(pb::InvoiceKind::OutboundShipment)))
             .all(txn)
             .await?
@@ -660,14 +669,14 @@ pub async fn set_aside<C: ConnectionTrait>(
         (held, backing)
     } else {
         let held = requisition::Entity::find()
-            .filter(requisition::Column::Id.is_in(ids))
+            .filter(one_of(txn, requisition::Column::Id, ids))
             .all(txn)
             .await?
             .into_iter()
             .map(|row| row.id)
             .collect();
         let backing = requisition::Entity::find()
-            .filter(requisition::Column::Id.is_in(links))
+            .filter(one_of(txn, requisition::Column::Id, links))
             .filter(requisition::Column::Kind.eq(pb::RequisitionKind::Request.as_str_name()))
             .all(txn)
             .await?
@@ -721,7 +730,7 @@ async fn inbound_invoices<C: ConnectionTrait>(
         return Ok(HashMap::new());
     }
     Ok(invoice::Entity::find()
-        .filter(invoice::Column::Id.is_in(ids))
+        .filter(one_of(txn, invoice::Column::Id, ids))
         .filter(invoice::Column::Kind.eq(kind_to_str(pb::InvoiceKind::InboundShipment)))
         .all(txn)
         .await?
@@ -783,7 +792,11 @@ pub async fn follow_requisitions<C: ConnectionTrait>(
         return Ok(None);
     }
     let sent = requisition::Entity::find()
-        .filter(requisition::Column::Id.is_in(requisition_ids.iter().cloned()))
+        .filter(one_of(
+            txn,
+            requisition::Column::Id,
+            requisition_ids.iter().cloned(),
+        ))
         .filter(requisition::Column::Kind.eq(pb::RequisitionKind::Request.as_str_name()))
         .filter(
             requisition::Column::Status.eq(pb::RequisitionStatus::RequisitionSent.as_str_name()),
@@ -920,7 +933,7 @@ async fn check_requisition_rows<C: ConnectionTrait>(
                 .chain(deletes.iter().cloned())
                 .collect();
             let existing: HashMap<String, requisition::Model> = requisition::Entity::find()
-                .filter(requisition::Column::Id.is_in(ids))
+                .filter(one_of(txn, requisition::Column::Id, ids))
                 .all(txn)
                 .await?
                 .into_iter()
@@ -1010,7 +1023,7 @@ async fn check_requisition_rows<C: ConnectionTrait>(
                 HashMap::new()
             } else {
                 requisition_line::Entity::find()
-                    .filter(requisition_line::Column::Id.is_in(ids))
+                    .filter(one_of(txn, requisition_line::Column::Id, ids))
                     .filter(requisition_line::Column::RequisitionId.in_subquery(responses()))
                     .all(txn)
                     .await?
@@ -1026,7 +1039,7 @@ async fn check_requisition_rows<C: ConnectionTrait>(
                 HashSet::new()
             } else {
                 requisition::Entity::find()
-                    .filter(requisition::Column::Id.is_in(named))
+                    .filter(one_of(txn, requisition::Column::Id, named))
                     .filter(requisition::Column::Kind.eq(response_kind))
                     .all(txn)
                     .await?
@@ -1073,14 +1086,15 @@ async fn check_requisition_rows<C: ConnectionTrait>(
                 HashMap::new()
             } else {
                 invoice::Entity::find()
-                    .filter(invoice::Column::Id.is_in(ids))
+                    .filter(one_of(txn, invoice::Column::Id, ids))
                     .filter(
                         sea_orm::Condition::any()
                             .add(invoice::Column::RequisitionId.ne(""))
-                            .add(
-                                invoice::Column::Id
-                                    .is_in(linking.iter().map(|row| row.id().to_owned())),
-                            ),
+                            .add(one_of(
+                                txn,
+                                invoice::Column::Id,
+                                linking.iter().map(|row| row.id().to_owned()),
+                            )),
                     )
                     .all(txn)
                     .await?
@@ -1109,7 +1123,7 @@ async fn check_requisition_rows<C: ConnectionTrait>(
                 HashMap::new()
             } else {
                 requisition::Entity::find()
-                    .filter(requisition::Column::Id.is_in(named))
+                    .filter(one_of(txn, requisition::Column::Id, named))
                     .all(txn)
                     .await?
                     .into_iter()

@@ -516,8 +516,11 @@ fn admit<'t>(
     let Change::Upsert(row) = &incoming.change else {
         return Ok(incoming);
     };
-    validate::uuid(&format!("upstream record {seq}: {}.id", table.name()), id)
-        .map_err(|error| ApplyError::field(error, None))?;
+    // The field's path is made only for an id that fails.
+    if !validate::is_uuid(id) {
+        validate::uuid(&format!("upstream record {seq}: {}.id", table.name()), id)
+            .map_err(|error| ApplyError::field(error, None))?;
+    }
     let store = table.store_of(row).unwrap_or_default();
     if store != site.store_id {
         return Err(ApplyError::OtherStore {

@@ -53,6 +53,9 @@ pub(super) struct Session<'a> {
     /// Bytes per upstream batch now: sized to what the link moves (see
     /// [`upstream_batch_bytes`]).
     batch_bytes: usize,
+    /// An upstream batch of this session was acknowledged: until then the
+    /// window is one batch, so the first measures the link on its own.
+    link_measured: bool,
     /// The master has sent everything it has (CaughtUp).
     caught_up: bool,
     /// The master's last `SyncError`: it explains the status that follows.
@@ -88,6 +91,7 @@ impl<'a> Session<'a> {
             in_flight: VecDeque::new(),
             in_flight_bytes: VecDeque::new(),
             batch_bytes: settings.batch_bytes.min(FIRST_BATCH_BYTES),
+            link_measured: false,
             caught_up: false,
             master_error: None,
             verifier: Verifier::announced(welcome.integrity_check_due),
@@ -181,7 +185,13 @@ impl<'a> Session<'a> {
     /// the outbox.
     async fn fill_window(&mut self) -> Result<()> {
         let settings = self.settings;
-        while !self.initialising && self.in_flight.len() < settings.window {
+        // One batch alone until the first ack has measured the link.
+        let window = if self.link_measured {
+            settings.window
+        } else {
+            1
+        };
+        while !self.initialising && self.in_flight.len() < window {
             let started = std::time::Instant::now();
             let Some(mut batch) =
                 next_batch(self.db, self.sent_seq, self.batch_records, self.batch_bytes).await?
@@ -334,7 +344,9 @@ impl<'a> Session<'a> {
                     self.settings.batch_bytes,
                     bytes,
                     sent_at.elapsed(),
+                    !self.link_measured,
                 );
+                self.link_measured = true;
             }
         }
         self.handle.set_synced();
@@ -364,18 +376,41 @@ const FIRST_BATCH_BYTES: usize = 32 * 1024;
 
 /// The size of the next upstream batches after one of `bytes` was
 /// acknowledged `took` after it was sent: what the link moves in about two
-/// seconds (at most four times the current size, at least 8 KiB, at most
-/// `max`), so that a slow link still gets each batch and its ack through
-/// well within the idle limit. A batch well under the current size (a
-/// trickle) says little about the link and changes nothing.
-fn upstream_batch_bytes(current: usize, max: usize, bytes: usize, took: Duration) -> usize {
+/// seconds (at least 8 KiB, at most `max`), so that a slow link still gets
+/// each batch and its ack through well within the idle limit. A batch well
+/// under the current size (a trickle) says little about the link and
+/// changes nothing.
+///
+/// The session's `first` batch went alone (a window of one), so its time is
+/// the link's and the master's apply with nothing queued before it: the size
+/// goes straight to what it shows (a fast link: full batches from the second
+/// on, where a fourfold growth per ack sent four batches of 32 KiB and four
+/// of 128 KiB first, each read from 2,000 outbox entries). Later batches
+/// share the window, so one measurement moves the size at most fourfold.
+fn upstream_batch_bytes(
+    current: usize,
+    max: usize,
+    bytes: usize,
+    took: Duration,
+    first: bool,
+) -> usize {
     if bytes < current / 2 {
         return current;
     }
     let fits = (bytes as f64 / took.as_secs_f64().max(0.001) * 2.0) as usize;
-    fits.min(current.saturating_mul(4))
-        .clamp((8 * 1024).min(max), max)
+    let fits = if first {
+        fits
+    } else {
+        fits.min(current.saturating_mul(4))
+    };
+    fits.clamp((8 * 1024).min(max), max)
 }
+
+/// At most the bytes the smallest outbox entry takes in a batch (a deleted
+/// row's reference: its table and a 36-character id, about 50 with the
+/// framing counted in [`next_batch`]): a batch of `max_bytes` reads no more
+/// entries than could fit.
+const MIN_ENTRY_BYTES: usize = 48;
 
 /// The next upstream batch after `after_seq`, bounded by records and bytes.
 async fn next_batch(
@@ -384,7 +419,9 @@ async fn next_batch(
     max_records: usize,
     max_bytes: usize,
 ) -> Result<Option<UpstreamBatch>> {
-    let entries = outbox::read_after(db, after_seq, max_records as u64).await?;
+    // A small batch reads few entries, not `max_records` to send a tenth.
+    let read = max_records.min(max_bytes / MIN_ENTRY_BYTES + 1);
+    let entries = outbox::read_after(db, after_seq, read as u64).await?;
     let Some(first) = entries.first() else {
         return Ok(None);
     };
@@ -440,4 +477,50 @@ pub(super) async fn send(
     })
     .await
     .map_err(|_| Error::Unavailable("the stream to the master closed".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 4 * 1024 * 1024;
+
+    #[test]
+    fn the_first_batch_sizes_the_next_to_the_link_at_once() {
+        // 32 KiB acknowledged after 10 ms: 3.3 MB/s, 6.5 MB in two seconds.
+        let fast = upstream_batch_bytes(
+            FIRST_BATCH_BYTES,
+            MAX,
+            FIRST_BATCH_BYTES,
+            Duration::from_millis(10),
+            true,
+        );
+        assert_eq!(fast, MAX);
+        // The same on a later batch grows fourfold at most.
+        let later = upstream_batch_bytes(
+            FIRST_BATCH_BYTES,
+            MAX,
+            FIRST_BATCH_BYTES,
+            Duration::from_millis(10),
+            false,
+        );
+        assert_eq!(later, 4 * FIRST_BATCH_BYTES);
+    }
+
+    #[test]
+    fn a_slow_link_keeps_batches_to_two_seconds_of_it() {
+        // 32 KiB in 4 s (64 kbit/s): 16 KiB in two seconds.
+        let slow = upstream_batch_bytes(
+            FIRST_BATCH_BYTES,
+            MAX,
+            FIRST_BATCH_BYTES,
+            Duration::from_secs(4),
+            true,
+        );
+        assert_eq!(slow, FIRST_BATCH_BYTES / 2);
+        // A trickle says nothing about the link.
+        let trickle =
+            upstream_batch_bytes(FIRST_BATCH_BYTES, MAX, 1_000, Duration::from_secs(4), true);
+        assert_eq!(trickle, FIRST_BATCH_BYTES);
+    }
 }

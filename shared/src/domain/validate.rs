@@ -5,13 +5,26 @@ use crate::domain::error::{Error, Result};
 
 /// A canonical UUID (any version), as text.
 pub fn uuid(field: &str, value: &str) -> Result<()> {
-    match uuid::Uuid::parse_str(value) {
-        Ok(parsed) if parsed.hyphenated().to_string() == value.to_ascii_lowercase() => Ok(()),
-        _ => Err(Error::invalid(
-            field,
-            format!("must be a UUID such as 2f1c7a4e-0000-4000-8000-000000000000, got {value:?}"),
-        )),
+    if is_uuid(value) {
+        return Ok(());
     }
+    Err(Error::invalid(
+        field,
+        format!("must be a UUID such as 2f1c7a4e-0000-4000-8000-000000000000, got {value:?}"),
+    ))
+}
+
+/// Whether `value` is a canonical UUID: hyphenated, in either case. Checked
+/// without allocating (it runs for every id of every record a site sends).
+pub fn is_uuid(value: &str) -> bool {
+    let Ok(parsed) = uuid::Uuid::parse_str(value) else {
+        return false;
+    };
+    let mut canonical = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    parsed
+        .hyphenated()
+        .encode_lower(&mut canonical)
+        .eq_ignore_ascii_case(value)
 }
 
 /// A new record id: a time-ordered UUID (version 7) as text.
@@ -77,7 +90,15 @@ pub fn date(field: &str, value: &str, optional: bool) -> Result<()> {
         )
     })?;
     let year = chrono::Datelike::year(&parsed);
-    if !(1900..=2199).contains(&year) || parsed.format("%Y-%m-%d").to_string() != value {
+    // Written as it would be formatted back (`YYYY-MM-DD`, zero-padded; the
+    // parse accepts `2027-6-3`), checked without formatting.
+    let bytes = value.as_bytes();
+    let canonical = bytes.len() == 10
+        && bytes.iter().enumerate().all(|(index, byte)| match index {
+            4 | 7 => *byte == b'-',
+            _ => byte.is_ascii_digit(),
+        });
+    if !(1900..=2199).contains(&year) || !canonical {
         return Err(Error::invalid(
             field,
             format!("{value:?} is out of range (1900-01-01 to 2199-12-31)"),
@@ -140,11 +161,22 @@ mod tests {
         assert!(date("d", "2027-02-30", false).is_err());
         assert!(date("d", "9999-01-01", false).is_err());
         assert!(date("d", "2027-2-3", false).is_err());
+        assert!(date("d", "2027-02-3", false).is_err());
+        assert!(date("d", " 2027-02-28", false).is_err());
+        assert!(date("d", "2027/02/28", false).is_err());
+        assert!(date("d", "1899-12-31", false).is_err());
+        assert!(date("d", "2199-12-31", false).is_ok());
     }
 
     #[test]
     fn uuids_must_be_canonical_and_errors_name_the_field() {
         assert!(uuid("x", "2f1c7a4e-0000-4000-8000-000000000000").is_ok());
+        assert!(uuid("x", "2F1C7A4E-0000-4000-8000-00000000000A").is_ok());
+        // Other forms the parser accepts are not canonical.
+        assert!(uuid("x", "2f1c7a4e000040008000000000000000").is_err());
+        assert!(uuid("x", "{2f1c7a4e-0000-4000-8000-000000000000}").is_err());
+        assert!(uuid("x", "urn:uuid:2f1c7a4e-0000-4000-8000-000000000000").is_err());
+        assert!(uuid("x", "").is_err());
         let err = uuid("item.id", "nope").expect_err("rejects");
         assert!(err.to_string().starts_with("item.id:"), "{err}");
     }

@@ -28,8 +28,8 @@
 use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::Order;
-use sea_orm::sea_query::{Alias, Expr, Func, Query, SelectStatement};
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, Value};
+use sea_orm::sea_query::{Alias, Expr, Func, PgFunc, Query, SelectStatement, SimpleExpr};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, Value};
 
 use super::{Reference, Row, SyncTable};
 
@@ -49,6 +49,30 @@ impl Backend {
             DbBackend::Postgres => Self::Postgres,
             _ => Self::Portable,
         }
+    }
+}
+
+/// `column` is one of `ids`, as one condition of a sea-orm query on `db`.
+///
+/// On PostgreSQL `column = ANY($n)` with the ids bound as ONE `text[]`: one
+/// statement text whatever their number (prepared once per connection, where
+/// an `IN ($1, …, $n)` list is a new statement to parse and plan for every
+/// count), and planned as a probe of the column's index per id (a long `IN`
+/// list of literals let the planner choose a scan of the whole table).
+/// Elsewhere (SQLite) an `IN (…)` list. Each id is kept once.
+pub fn one_of<C, Col>(db: &C, column: Col, ids: impl IntoIterator<Item = String>) -> SimpleExpr
+where
+    C: ConnectionTrait,
+    Col: ColumnTrait,
+{
+    let mut ids: Vec<String> = ids.into_iter().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    match Backend::of(db) {
+        Backend::Postgres => {
+            Expr::col(column.as_column_ref()).eq(PgFunc::any(Expr::val(text_array(ids))))
+        }
+        Backend::Portable => column.is_in(ids),
     }
 }
 
