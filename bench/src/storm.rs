@@ -192,6 +192,9 @@ async fn storm_run(
             "store {store_id}: the master holds {after:?} rows, not {wanted:?} (before: {before:?})"
         );
     }
+    eprintln!(
+        "storm: {total} records acknowledged {elapsed:.2?} after the satellites started; master peak {peak_mib:.1} MiB (resident {before_mib:.1} MiB before); rows checked"
+    );
     data::create_copy_tables(conn).await?;
     let copied = data::copy_ceiling(conn, &backlogs.iter().collect::<Vec<_>>()).await?;
     Ok(StormRun {
