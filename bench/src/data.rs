@@ -285,6 +285,8 @@ pub async fn copy_ceiling(
 ) -> anyhow::Result<std::time::Duration> {
     let pool = db.get_postgres_connection_pool().clone();
     let texts: Vec<[(String, String); 3]> = backlogs.iter().map(|b| b.copy_text()).collect();
+    // As many at once as the pool has connections (a waiter would time out).
+    let at_once = pool.options().get_max_connections().max(1) as usize;
     let started = std::time::Instant::now();
     let copies = texts.into_iter().map(|tables| {
         let pool = pool.clone();
@@ -298,7 +300,12 @@ pub async fn copy_ceiling(
             anyhow::Ok(())
         }
     });
-    for result in futures::future::join_all(copies).await {
+    use futures::StreamExt;
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(copies)
+        .buffer_unordered(at_once)
+        .collect()
+        .await;
+    for result in results {
         result?;
     }
     Ok(started.elapsed())

@@ -24,12 +24,15 @@
 //!   scratch SQLite file of the satellite's schema
 //! - `scenarios`: the nine scenarios (`verify`: the integrity check,
 //!   `init-many`: the master's memory while many sites initialise at once)
+//! - `storm`: the reconnect storm (the master restarted, every site's
+//!   backlog sent at once)
 
 mod ceilings;
 mod data;
 mod procs;
 mod report;
 mod scenarios;
+mod storm;
 
 use clap::{Parser, ValueEnum};
 
@@ -52,6 +55,8 @@ enum Scenario {
     Verify,
     /// Master memory while many new satellites initialise at once (and one alone).
     InitMany,
+    /// The master restarted while every site holds a backlog; all reconnect at once.
+    Storm,
     /// Every scenario.
     All,
 }
@@ -99,6 +104,12 @@ struct Args {
     /// New satellites started together in the init-many scenario.
     #[arg(long, default_value_t = 63)]
     init_many_satellites: u32,
+    /// Sites of the storm scenario.
+    #[arg(long, default_value_t = 63)]
+    storm_satellites: u32,
+    /// Unsent records each site of the storm scenario holds.
+    #[arg(long, default_value_t = 20_000)]
+    storm_records: usize,
 }
 
 /// Sizes of one invocation.
@@ -122,6 +133,9 @@ pub struct Sizes {
     pub verify_differing: u64,
     /// New satellites started together in the init-many scenario.
     pub init_many_satellites: u32,
+    /// Sites of the storm scenario, each holding `storm_records` unsent records.
+    pub storm_satellites: u32,
+    pub storm_records: usize,
 }
 
 impl Sizes {
@@ -142,6 +156,8 @@ impl Sizes {
                 wire_records: 2_000,
                 verify_differing: 10,
                 init_many_satellites: 3,
+                storm_satellites: 3,
+                storm_records: 1_000,
             };
         }
         Self {
@@ -159,6 +175,8 @@ impl Sizes {
             wire_records: 20_000,
             verify_differing: args.verify_differing.max(1),
             init_many_satellites: args.init_many_satellites.clamp(1, 63),
+            storm_satellites: args.storm_satellites.clamp(1, 63),
+            storm_records: args.storm_records.max(1),
         }
     }
 }
@@ -203,6 +221,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Wire,
             Scenario::Verify,
             Scenario::InitMany,
+            Scenario::Storm,
         ]
     } else {
         args.scenarios.clone()
@@ -235,6 +254,7 @@ fn main() -> anyhow::Result<()> {
                 Scenario::Wire => scenarios::wire(&sizes).await,
                 Scenario::Verify => scenarios::verify(&sizes).await,
                 Scenario::InitMany => scenarios::init_many(&sizes).await,
+                Scenario::Storm => storm::storm(&sizes).await,
                 Scenario::All => unreachable!("expanded above"),
             }
         })?;

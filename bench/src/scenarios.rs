@@ -23,7 +23,7 @@ type Agent = pb::agent_service_client::AgentServiceClient<Authed>;
 /// How long any one wait may take before the scenario fails.
 const PATIENCE: Duration = Duration::from_secs(600);
 
-fn per_second(records: usize, elapsed: Duration) -> f64 {
+pub(crate) fn per_second(records: usize, elapsed: Duration) -> f64 {
     records as f64 / elapsed.as_secs_f64()
 }
 
@@ -39,7 +39,7 @@ fn with_defaults<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
 }
 
 /// A master on a fresh PostgreSQL database with sites `2..=satellites + 1`.
-async fn master_with_sites(satellites: u32, extra: &[(&str, &str)]) -> (TestDb, Master) {
+pub(crate) async fn master_with_sites(satellites: u32, extra: &[(&str, &str)]) -> (TestDb, Master) {
     let db = TestDb::new(Backend::Postgres);
     let master = Master::start(&db, &with_defaults(extra));
     for sync_id in 2..=satellites + 1 {
@@ -49,7 +49,11 @@ async fn master_with_sites(satellites: u32, extra: &[(&str, &str)]) -> (TestDb, 
 }
 
 /// Starts satellites `2..=count + 1` and waits until each is initialised.
-async fn start_satellites(master_url: &str, count: u32, extra: &[(&str, &str)]) -> Vec<Satellite> {
+pub(crate) async fn start_satellites(
+    master_url: &str,
+    count: u32,
+    extra: &[(&str, &str)],
+) -> Vec<Satellite> {
     let satellites: Vec<Satellite> = (2..=count + 1)
         .map(|sync_id| Satellite::start(master_url, sync_id, "streaming", &with_defaults(extra)))
         .collect();
@@ -60,7 +64,11 @@ async fn start_satellites(master_url: &str, count: u32, extra: &[(&str, &str)]) 
 }
 
 /// Polls `check` every `every` until it holds; fails after [`PATIENCE`].
-async fn wait_for<F, Fut>(what: &str, every: Duration, mut check: F) -> anyhow::Result<()>
+pub(crate) async fn wait_for<F, Fut>(
+    what: &str,
+    every: Duration,
+    mut check: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
@@ -94,7 +102,7 @@ async fn wait_for_status(
 }
 
 /// Each site's acknowledged upstream sequence on the master.
-async fn acked_seqs(db: &DatabaseConnection) -> anyhow::Result<Vec<(i32, i64)>> {
+pub(crate) async fn acked_seqs(db: &DatabaseConnection) -> anyhow::Result<Vec<(i32, i64)>> {
     let rows = db
         .query_all(Statement::from_string(
             DbBackend::Postgres,
@@ -508,11 +516,11 @@ pub async fn latency(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     let mut satellite_data = measured.master_data().await;
     let mut satellite_store = measured.store().await;
     let mut down = (
-        Figure::new("latency", "master -> satellite p50", "ms"),
+        Figure::new("latency", "master -> satellite p50", "ms").target(Target::Below(2.0)),
         Figure::new("latency", "master -> satellite p99", "ms").target(Target::Below(5.0)),
     );
     let mut up = (
-        Figure::new("latency", "satellite -> master p50", "ms"),
+        Figure::new("latency", "satellite -> master p50", "ms").target(Target::Below(2.0)),
         Figure::new("latency", "satellite -> master p99", "ms").target(Target::Below(5.0)),
     );
     let warmup = 20;
