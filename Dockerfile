@@ -10,9 +10,9 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p master-service -p satellite-agent \
+    cargo build --profile dist --locked -p master-service -p satellite-agent \
     && mkdir -p /out \
-    && cp target/release/master-service target/release/satellite-agent /out/
+    && cp target/dist/master-service target/dist/satellite-agent /out/
 
 # glibc and libgcc only, no shell, runs as uid 65532 ("nonroot").
 FROM gcr.io/distroless/cc-debian12:nonroot
