@@ -109,6 +109,7 @@ impl Inbound<'_> {
 
     /// Applies an upstream batch in order and acknowledges it.
     async fn on_upstream_batch(&self, batch: UpstreamBatch) -> Result<()> {
+        let received = Instant::now();
         let (ctx, identity, session_id, tx) = (self.ctx, self.identity, self.session_id, self.tx);
         let sync_id = identity.sync_id;
         if batch.records.len() > ctx.settings.max_batch_records as usize {
@@ -163,6 +164,7 @@ impl Inbound<'_> {
             master_message::Message::UpstreamAck(UpstreamAck {
                 acked_seq: applied.acked_seq,
                 applied: applied.applied,
+                held_micros: u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX),
             }),
         )
         .await?;

@@ -48,8 +48,13 @@ pub(super) struct Session<'a> {
     sent_seq: u64,
     /// Last sequence of each unacknowledged upstream batch, in order.
     in_flight: VecDeque<u64>,
-    /// Bytes and send time of each unacknowledged batch (as `in_flight`).
-    in_flight_bytes: VecDeque<(usize, std::time::Instant)>,
+    /// Bytes and send time of each unacknowledged batch (as `in_flight`),
+    /// and [`Self::master_held`] when it was sent.
+    in_flight_bytes: VecDeque<(usize, std::time::Instant, Duration)>,
+    /// The time the master says it held this session's batches so far
+    /// (`UpstreamAck.held_micros`): what of a batch's round trip was the
+    /// master's, not the link's.
+    master_held: Duration,
     /// Bytes per upstream batch now: sized to what the link moves (see
     /// [`upstream_batch_bytes`]).
     batch_bytes: usize,
@@ -90,6 +95,7 @@ impl<'a> Session<'a> {
             sent_seq,
             in_flight: VecDeque::new(),
             in_flight_bytes: VecDeque::new(),
+            master_held: Duration::ZERO,
             batch_bytes: settings.batch_bytes.min(FIRST_BATCH_BYTES),
             link_measured: false,
             caught_up: false,
@@ -209,7 +215,7 @@ impl<'a> Session<'a> {
             self.sent_seq = batch.last_seq;
             self.in_flight.push_back(batch.last_seq);
             self.in_flight_bytes
-                .push_back((bytes, std::time::Instant::now()));
+                .push_back((bytes, std::time::Instant::now(), self.master_held));
             // One trace per batch: the master's apply becomes a child of this span.
             let span = tracing::info_span!(parent: None, "sync.upstream.push", otel.kind = "producer", sync_id = settings.sync_id, first_seq = batch.first_seq, last_seq = batch.last_seq, records = batch.records.len());
             batch.trace_context = storesync_shared::kit::telemetry::propagation::inject(&span);
@@ -332,18 +338,26 @@ impl<'a> Session<'a> {
             commit_us = started.elapsed().as_micros() as u64,
             "upstream ack recorded"
         );
+        self.master_held += Duration::from_micros(ack.held_micros);
         while self
             .in_flight
             .front()
             .is_some_and(|last| *last <= ack.acked_seq)
         {
             self.in_flight.pop_front();
-            if let Some((bytes, sent_at)) = self.in_flight_bytes.pop_front() {
+            if let Some((bytes, sent_at, held_before)) = self.in_flight_bytes.pop_front() {
+                // The link's part of the round trip: without the time the
+                // master held this batch and the ones ahead of it in the
+                // window since it was sent (a busy master, as in a
+                // reconnect storm, is not a slow link: sized to the ack's
+                // delay, batches stayed at a few hundred records and the
+                // master's cost per batch held the storm back).
+                let link = link_time(sent_at.elapsed(), self.master_held - held_before);
                 self.batch_bytes = upstream_batch_bytes(
                     self.batch_bytes,
                     self.settings.batch_bytes,
                     bytes,
-                    sent_at.elapsed(),
+                    link,
                     !self.link_measured,
                 );
                 self.link_measured = true;
@@ -375,7 +389,9 @@ impl<'a> Session<'a> {
 const FIRST_BATCH_BYTES: usize = 32 * 1024;
 
 /// The size of the next upstream batches after one of `bytes` was
-/// acknowledged `took` after it was sent: what the link moves in about two
+/// acknowledged `took` after it was sent, the time the master says it held
+/// batches meanwhile taken out (`UpstreamAck.held_micros`, see
+/// `on_upstream_ack`): what the link moves in about two
 /// seconds (at least 8 KiB, at most `max`), so that a slow link still gets
 /// each batch and its ack through well within the idle limit. A batch well
 /// under the current size (a trickle) says little about the link and
@@ -404,6 +420,13 @@ fn upstream_batch_bytes(
         fits.min(current.saturating_mul(4))
     };
     fits.clamp((8 * 1024).min(max), max)
+}
+
+/// The link's part of a batch's `round_trip`: without the time the master
+/// held batches of this session (this one and those ahead of it in the
+/// window) since it was sent.
+fn link_time(round_trip: Duration, held_since_sent: Duration) -> Duration {
+    round_trip.saturating_sub(held_since_sent)
 }
 
 /// At most the bytes the smallest outbox entry takes in a batch (a deleted
@@ -522,5 +545,36 @@ mod tests {
         let trickle =
             upstream_batch_bytes(FIRST_BATCH_BYTES, MAX, 1_000, Duration::from_secs(4), true);
         assert_eq!(trickle, FIRST_BATCH_BYTES);
+    }
+
+    #[test]
+    fn a_busy_master_is_not_a_slow_link() {
+        // A full window on a loopback link to a master busy with 62 other
+        // sites: 400 KiB acknowledged 3 s after it was sent, of which the
+        // master held this batch and the three ahead of it 2.99 s.
+        let round_trip = Duration::from_secs(3);
+        let held = Duration::from_millis(2_990);
+        let link = link_time(round_trip, held);
+        assert_eq!(link, Duration::from_millis(10));
+        let sized = upstream_batch_bytes(400 * 1024, MAX, 400 * 1024, link, false);
+        assert_eq!(
+            sized,
+            4 * 400 * 1024,
+            "sized to the link: growing (fourfold an ack) to full batches"
+        );
+        // Sized to the whole round trip, as before the master said how long
+        // it held them (and as with a master that does not say: 0), the
+        // batches shrink to what 3 s of ack delay suggests.
+        let by_round_trip = upstream_batch_bytes(
+            400 * 1024,
+            MAX,
+            400 * 1024,
+            link_time(round_trip, Duration::ZERO),
+            false,
+        );
+        assert!(by_round_trip < 300 * 1024, "{by_round_trip}");
+        // More held than the round trip (its start overlapped an apply
+        // already running) is no time at all, not a negative one.
+        assert_eq!(link_time(held, round_trip), Duration::ZERO);
     }
 }
