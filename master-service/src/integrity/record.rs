@@ -147,13 +147,18 @@ fn count(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// The latest check of every site that has one.
-pub async fn latest<C: ConnectionTrait>(db: &C) -> storesync_shared::Result<HashMap<u32, Latest>> {
+/// The id of each site's latest check.
+fn newest_check_ids() -> sea_orm::sea_query::SelectStatement {
     let mut newest = Query::select();
     newest
         .from(Alias::new("integrity_check"))
         .expr(Func::max(Expr::col(Alias::new("id"))))
         .group_by_col(Alias::new("sync_id"));
+    newest
+}
+
+/// The latest check of every site that has one.
+pub async fn latest<C: ConnectionTrait>(db: &C) -> storesync_shared::Result<HashMap<u32, Latest>> {
     let mut query = Query::select();
     query
         .from(Alias::new("integrity_check"))
@@ -170,7 +175,7 @@ pub async fn latest<C: ConnectionTrait>(db: &C) -> storesync_shared::Result<Hash
             ]
             .map(Alias::new),
         )
-        .and_where(Expr::col(Alias::new("id")).in_subquery(newest));
+        .and_where(Expr::col(Alias::new("id")).in_subquery(newest_check_ids()));
     let rows = db
         .query_all(db.get_database_backend().build(&query))
         .await?;
@@ -481,16 +486,11 @@ pub async fn result_of(
 /// Unfinished requests stay whatever their age (they are still to run).
 pub async fn prune<C: ConnectionTrait>(db: &C, before_ms: i64) -> Result<(u64, u64)> {
     let backend = db.get_database_backend();
-    let mut newest = Query::select();
-    newest
-        .from(Alias::new("integrity_check"))
-        .expr(Func::max(Expr::col(Alias::new("id"))))
-        .group_by_col(Alias::new("sync_id"));
     let mut checks = Query::delete();
     checks
         .from_table(Alias::new("integrity_check"))
         .and_where(col("finished_at_ms").lt(before_ms))
-        .and_where(col("id").not_in_subquery(newest));
+        .and_where(col("id").not_in_subquery(newest_check_ids()));
     let checks = db.execute(backend.build(&checks)).await?.rows_affected();
     let mut finished = Query::delete();
     finished
