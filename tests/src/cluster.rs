@@ -708,11 +708,18 @@ pub async fn wait_master_data_equal(
             return;
         }
         if tokio::time::Instant::now() > deadline {
+            let ids = |items: &[item::Model]| -> std::collections::BTreeSet<String> {
+                items.iter().map(|i| i.id.clone()).collect()
+            };
+            let (want, have) = (ids(&expected.0), ids(&actual.0));
             assert_eq!(
                 actual.0.len(),
                 expected.0.len(),
-                "satellite {}: item count differs from the master after {limit:?}",
-                satellite.sync_id
+                "satellite {}: item count differs from the master after {limit:?}; \
+                 missing on the satellite: {:?}; only on the satellite: {:?}",
+                satellite.sync_id,
+                want.difference(&have).collect::<Vec<_>>(),
+                have.difference(&want).collect::<Vec<_>>(),
             );
             assert_eq!(
                 actual, expected,

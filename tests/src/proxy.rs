@@ -353,7 +353,7 @@ async fn slow_pump<R, W>(
             }
         }
     };
-    let writer = async {
+    let writer = async move {
         while let Some((at, bytes)) = rx.recv().await {
             tokio::time::sleep_until(at).await;
             if to.write_all(&bytes).await.is_err() {
@@ -365,22 +365,12 @@ async fn slow_pump<R, W>(
             }
         }
     };
-    tokio::select! {
-        _ = reader => {
-            // Deliver what is still on the wire, then end.
-        }
-        _ = writer => return,
-    }
-    while let Some((at, bytes)) = rx.recv().await {
-        tokio::time::sleep_until(at).await;
-        if to.write_all(&bytes).await.is_err() {
-            return;
-        }
-        forwarded.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if let Some(tally) = tally.as_deref_mut() {
-            tally.feed(&bytes);
-        }
-    }
+    // Both run to their end: when the sender's side closes, what is still on
+    // the wire is delivered in order (the reader drops its end of the queue,
+    // which ends the writer once it is empty). Never drop the writer while the
+    // reader ends: a chunk it holds would be lost while later ones arrive, a
+    // hole in the middle of a TCP stream that no real link makes.
+    tokio::join!(reader, writer);
 }
 
 /// Copies until EOF, an error, or the cut budget runs out (then cuts mid-buffer).
