@@ -263,6 +263,7 @@ async fn initialise(db: &DatabaseConnection, store_records: u64) -> (u64, Durati
                 }),
                 trace_context: Default::default(),
                 end_tag: 0,
+                after_cursor: None,
             };
             let started = Instant::now();
             satellite_agent::sync::apply::apply_batch(db, batch, Some(&store()), 0, 0)
@@ -350,6 +351,7 @@ async fn changes(db: &DatabaseConnection) -> (u64, Duration) {
             initialisation: None,
             trace_context: Default::default(),
             end_tag: 0,
+            after_cursor: Some(cursor - 1),
         };
         let started = Instant::now();
         satellite_agent::sync::apply::apply_batch(db, batch, Some(&store()), 0, 0)

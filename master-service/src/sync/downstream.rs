@@ -204,6 +204,13 @@ pub async fn run(
                 // One trace per batch, started when it is sent (changes of many
                 // writes share a batch); each satellite's apply is its child,
                 // and it links to the writes it carries.
+                tracing::debug!(
+                    sync_id,
+                    from = cursor + 1,
+                    end_cursor = end,
+                    records = records.len(),
+                    "downstream batch sent"
+                );
                 let span = tracing::info_span!(parent: None, "sync.downstream.send", otel.kind = "producer", sync_id, end_cursor = end, records = records.len());
                 storesync_shared::kit::telemetry::propagation::add_links(
                     &span,
@@ -219,6 +226,7 @@ pub async fn run(
                         initialisation: None,
                         trace_context,
                         end_tag,
+                        after_cursor: Some(cursor),
                     }),
                 )
                 .instrument(span)
@@ -781,6 +789,7 @@ impl SnapshotSender<'_> {
                 }),
                 trace_context,
                 end_tag,
+                after_cursor: None,
             }),
         )
         .instrument(span)

@@ -19,6 +19,15 @@
 //! The cursor moves with the tag of the entry it names and the master's
 //! change-log epoch (`Hello.cursor_tag`, `Hello.changelog_epoch`).
 //!
+//! # Invariant: batches continue the cursor
+//! A change-log batch names the cursor it continues from
+//! (`DownstreamBatch.after_cursor`). One that does not continue from the
+//! cursor held here is refused whole and the session ends: the next session
+//! resumes from the cursor held, so a batch lost on the way is sent again,
+//! never skipped. (The stream's own transport delivers in order, so this
+//! should not happen; the check makes a hole loud instead of silent. Masters
+//! older than the field leave it unset, and nothing is checked.)
+//!
 //! # Master-data resync
 //! When the master's Welcome says `resync_master_data`, a snapshot of master
 //! data (and the store row) follows. Each batch upserts its records, first
@@ -152,7 +161,8 @@ pub async fn apply_with(
             .await?
             .ok_or_else(|| Error::Internal("sync_state row is missing".into()))?;
         own_store = Some(state.store_id.clone());
-        if u64::try_from(state.downstream_cursor).unwrap_or(0) >= batch.end_cursor {
+        let held = u64::try_from(state.downstream_cursor).unwrap_or(0);
+        if held >= batch.end_cursor {
             // Already applied (a resend after a lost ack): nothing to do.
             txn.commit().await?;
             return Ok(BatchApplied {
@@ -160,6 +170,18 @@ pub async fn apply_with(
                 initialised: false,
                 resynced: false,
             });
+        }
+        // A batch that does not continue from the cursor held here: one went
+        // missing on the way. Nothing of it is applied; the session ends and
+        // the next one resumes from the cursor held (see the module docs).
+        if let Some(after) = batch.after_cursor {
+            if after != held {
+                return Err(Error::Unavailable(format!(
+                    "downstream_batch.after_cursor: the batch continues after change-log entry {after}, \
+                     but this site holds the entries up to {held}: a batch went missing on the way; \
+                     the session ends and resumes from {held}"
+                )));
+            }
         }
     }
     for run in runs {

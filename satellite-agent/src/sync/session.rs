@@ -270,6 +270,12 @@ impl<'a> Session<'a> {
         let span = tracing::info_span!(parent: None, "sync.downstream.apply", otel.kind = "consumer", sync_id = settings.sync_id, end_cursor, records = batch.records.len());
         storesync_shared::kit::telemetry::propagation::set_parent(&span, &batch.trace_context);
         let tables = crate::metrics::tables_of(&batch.records);
+        tracing::debug!(
+            end_cursor,
+            records = batch.records.len(),
+            snapshot = progress.is_some(),
+            "downstream batch received"
+        );
         let started = std::time::Instant::now();
         let applied = apply::apply_with(
             db,
@@ -285,6 +291,11 @@ impl<'a> Session<'a> {
         .instrument(span)
         .await?;
         crate::metrics::downstream_applied(settings.sync_id, &tables, applied.records, started);
+        tracing::debug!(
+            end_cursor,
+            applied = applied.records,
+            "downstream batch applied"
+        );
         if let Some(progress) = &progress {
             handle.set_initialising(progress.records_done, progress.records_total);
             if progress.records_done == progress.records_total
