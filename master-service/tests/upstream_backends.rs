@@ -74,16 +74,62 @@ fn id(pool: &str, n: usize) -> String {
     format!("2f1c7a4e-0000-4000-8000-{pool}{n:011}")
 }
 
+/// Texts that a PostgreSQL array literal must quote or escape (the upsert
+/// binds each column as one; see `tables::write::unnest_upsert`).
+const AWKWARD_TEXTS: &[&str] = &[
+    "",
+    " ",
+    "NULL",
+    "null",
+    "a,b",
+    "{x}",
+    "}",
+    "say \"hi\"",
+    "back\\slash",
+    "\\\"",
+    " lead and trail ",
+    "tab\there",
+    "line\nbreak",
+    "Paracétamol 500 mg — 药",
+];
+
+/// Numbers (within the checked ranges) that must read back as the same `f64`.
+const AWKWARD_NUMBERS: &[f64] = &[
+    0.1,
+    0.0,
+    1.0 / 3.0,
+    1e-300,
+    123_456_789.123_456_79,
+    999_999_999.999_999_9,
+    f64::MIN_POSITIVE,
+    2.5e-7,
+];
+
+fn awkward_text(rng: &mut StdRng, plain: String) -> String {
+    if rng.gen_ratio(1, 3) {
+        AWKWARD_TEXTS[rng.gen_range(0..AWKWARD_TEXTS.len())].to_owned()
+    } else {
+        plain
+    }
+}
+
 fn record(rng: &mut StdRng, store_id: &str, pool: &str) -> pb::SyncRecord {
     use pb::sync_record::Record;
     let n = rng.gen_range(0..6);
-    let value = f64::from(rng.gen_range(0..1000)) / 4.0;
+    let value = if rng.gen_ratio(1, 4) {
+        AWKWARD_NUMBERS[rng.gen_range(0..AWKWARD_NUMBERS.len())]
+    } else {
+        f64::from(rng.gen_range(0..1000)) / 4.0
+    };
     let record = match rng.gen_range(0..7) {
         0 | 1 => Record::StockLine(pb::StockLine {
             id: id(pool, n),
             store_id: store_id.into(),
             item_id: id("9", 1),
-            batch: format!("B{}", rng.gen_range(0..100)),
+            batch: {
+                let plain = format!("B{}", rng.gen_range(0..100));
+                awkward_text(rng, plain)
+            },
             expiry_date: "2028-01-31".into(),
             pack_size: rng.gen_range(1..20),
             available_number_of_packs: value,
@@ -99,7 +145,10 @@ fn record(rng: &mut StdRng, store_id: &str, pool: &str) -> pb::SyncRecord {
             kind: rng.gen_range(1..=3),
             status: rng.gen_range(1..=2),
             invoice_number: rng.gen_range(0..i64::MAX),
-            reference: format!("ref {}", rng.gen_range(0..100)),
+            reference: {
+                let plain = format!("ref {}", rng.gen_range(0..100));
+                awkward_text(rng, plain)
+            },
             created_at_ms: rng.gen_range(0..i64::MAX),
             lines: Vec::new(),
             ..Default::default()
