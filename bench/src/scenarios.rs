@@ -101,6 +101,22 @@ async fn wait_for_status(
     .await
 }
 
+/// Waits until the master has acknowledged, for each `(sync_id, last)` of
+/// `expected`, that site's outbox up to `last`; polls every `poll`.
+pub(crate) async fn wait_all_acked(
+    conn: &DatabaseConnection,
+    expected: &[(i32, i64)],
+    poll: Duration,
+) -> anyhow::Result<()> {
+    wait_for("the master to acknowledge every backlog", poll, || async {
+        let acked = acked_seqs(conn).await?;
+        Ok(expected
+            .iter()
+            .all(|(id, last)| acked.iter().any(|(s, a)| s == id && a >= last)))
+    })
+    .await
+}
+
 /// Each site's acknowledged upstream sequence on the master.
 pub(crate) async fn acked_seqs(db: &DatabaseConnection) -> anyhow::Result<Vec<(i32, i64)>> {
     let rows = db
@@ -274,17 +290,7 @@ async fn upstream_run(
     for satellite in satellites.iter_mut() {
         satellite.start_again();
     }
-    wait_for(
-        "the master to acknowledge every backlog",
-        Duration::from_millis(10),
-        || async {
-            let acked = acked_seqs(conn).await?;
-            Ok(expected
-                .iter()
-                .all(|(id, last)| acked.iter().any(|(s, a)| s == id && a >= last)))
-        },
-    )
-    .await?;
+    wait_all_acked(conn, &expected, Duration::from_millis(10)).await?;
     let elapsed = started.elapsed();
     // What was acknowledged is really there: each store's own rows, and the
     // inbound shipments (one invoice, 10 lines each) the master created for

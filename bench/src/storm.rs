@@ -15,7 +15,7 @@ use storesync_tests::cluster::{create_items, create_trading_partners, Master, Sa
 use crate::data::{self, Backlog};
 use crate::procs::{peak_resident_mib, reset_peak, resident_mib};
 use crate::report::{Figure, Target};
-use crate::scenarios::{acked_seqs, master_with_sites, per_second, start_satellites, wait_for};
+use crate::scenarios::{master_with_sites, per_second, start_satellites, wait_all_acked};
 use crate::Sizes;
 
 /// PostgreSQL connections of the benchmark's own pool (the checks and the
@@ -165,17 +165,7 @@ async fn storm_run(
 
     let started = Instant::now();
     all_at_once(satellites, Satellite::start_again);
-    wait_for(
-        "the master to acknowledge every backlog",
-        Duration::from_millis(20),
-        || async {
-            let acked = acked_seqs(conn).await?;
-            Ok(expected
-                .iter()
-                .all(|(id, last)| acked.iter().any(|(s, a)| s == id && a >= last)))
-        },
-    )
-    .await?;
+    wait_all_acked(conn, &expected, Duration::from_millis(20)).await?;
     let elapsed = started.elapsed();
     let peak_mib = peak_resident_mib(pid);
 
