@@ -6,36 +6,16 @@
 //! (no `after_cursor`) is applied as before.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{item, satellite_db, store};
+
 use satellite_agent::entities::sync_state;
 use satellite_agent::sync::apply::apply_batch;
 use sea_orm::{DatabaseConnection, EntityTrait};
-use sea_orm_migration::MigratorTrait;
 use storesync_shared::domain::entities::item;
 use storesync_shared::proto::v1::{self as pb, sync_record::Record, SyncRecord};
 use storesync_shared::Error;
-
-fn item(id: &str, code: &str) -> SyncRecord {
-    SyncRecord {
-        record: Some(Record::Item(pb::Item {
-            id: id.into(),
-            code: code.into(),
-            name: format!("Item {code}"),
-            unit: "tab".into(),
-            default_pack_size: 10,
-            active: true,
-            updated_at_ms: 1,
-        })),
-    }
-}
-
-fn store() -> pb::Store {
-    pb::Store {
-        id: "store-2".into(),
-        code: "S2".into(),
-        name: "Store 2".into(),
-        sync_id: 2,
-    }
-}
 
 fn batch(
     records: Vec<SyncRecord>,
@@ -75,13 +55,7 @@ async fn item_ids(db: &DatabaseConnection) -> Vec<String> {
 #[tokio::test]
 async fn a_batch_that_skips_entries_is_refused_and_nothing_of_it_is_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-    let db = storesync_shared::domain::db::connect(&url, 1)
-        .await
-        .unwrap();
-    satellite_agent::schema::Migrator::up(&db, None)
-        .await
-        .unwrap();
+    let db = satellite_db(&dir).await;
     // Initialised at cursor 10.
     let init = pb::DownstreamBatch {
         records: vec![SyncRecord {

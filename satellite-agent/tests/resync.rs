@@ -4,35 +4,15 @@
 //! epoch stored with the last batch.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{item, satellite_db, store};
+
 use satellite_agent::entities::sync_state;
 use satellite_agent::sync::apply::{apply_batch, apply_with, start_resync, Applying};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Statement};
-use sea_orm_migration::MigratorTrait;
 use storesync_shared::domain::entities::item;
 use storesync_shared::proto::v1::{self as pb, sync_record::Record, SyncRecord};
-
-fn item(id: &str, code: &str) -> SyncRecord {
-    SyncRecord {
-        record: Some(Record::Item(pb::Item {
-            id: id.into(),
-            code: code.into(),
-            name: format!("Item {code}"),
-            unit: "tab".into(),
-            default_pack_size: 10,
-            active: true,
-            updated_at_ms: 1,
-        })),
-    }
-}
-
-fn store() -> pb::Store {
-    pb::Store {
-        id: "store-2".into(),
-        code: "S2".into(),
-        name: "Store 2".into(),
-        sync_id: 2,
-    }
-}
 
 async fn items(db: &DatabaseConnection) -> Vec<(String, String)> {
     let mut all: Vec<(String, String)> = item::Entity::find()
@@ -78,13 +58,7 @@ fn snapshot(
 #[tokio::test]
 async fn resync_frees_codes_removes_orphans_and_keeps_store_data() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-    let db = storesync_shared::domain::db::connect(&url, 1)
-        .await
-        .unwrap();
-    satellite_agent::schema::Migrator::up(&db, None)
-        .await
-        .unwrap();
+    let db = satellite_db(&dir).await;
 
     // Initialised from a snapshot holding items x (code X1) and y (Y1), then a
     // store-data row of its own that names x.
