@@ -267,20 +267,26 @@ mod tests {
         }
     }
 
+    /// An in-memory SQLite database with the item table, then `more` (SQL).
+    async fn item_table(more: &str) -> sea_orm::DatabaseConnection {
+        let db = crate::domain::db::connect("sqlite::memory:", 1)
+            .await
+            .unwrap();
+        db.execute_unprepared(&format!(
+            "CREATE TABLE item (id TEXT PRIMARY KEY, code TEXT NOT NULL UNIQUE, name TEXT NOT NULL, \
+             unit TEXT NOT NULL, default_pack_size INTEGER NOT NULL, active BOOLEAN NOT NULL, \
+             updated_at_ms BIGINT NOT NULL); {more}"
+        ))
+        .await
+        .unwrap();
+        db
+    }
+
     /// Codes traded within one batch and ids repeated across statement
     /// boundaries end as the last version of each record, on SQLite.
     #[tokio::test]
     async fn repeated_ids_and_traded_codes_end_as_sent_last() {
-        let db = crate::domain::db::connect("sqlite::memory:", 1)
-            .await
-            .unwrap();
-        db.execute_unprepared(
-            "CREATE TABLE item (id TEXT PRIMARY KEY, code TEXT NOT NULL UNIQUE, name TEXT NOT NULL, \
-             unit TEXT NOT NULL, default_pack_size INTEGER NOT NULL, active BOOLEAN NOT NULL, \
-             updated_at_ms BIGINT NOT NULL)",
-        )
-        .await
-        .unwrap();
+        let db = item_table("").await;
         // 300 items (more than one statement's rows), each sent three times.
         let mut rows: Vec<item::Model> = Vec::new();
         for version in 0..3 {
@@ -315,18 +321,11 @@ mod tests {
     /// row that differs in one column is.
     #[tokio::test]
     async fn unchanged_rows_are_not_rewritten() {
-        let db = crate::domain::db::connect("sqlite::memory:", 1)
-            .await
-            .unwrap();
-        db.execute_unprepared(
-            "CREATE TABLE item (id TEXT PRIMARY KEY, code TEXT NOT NULL UNIQUE, name TEXT NOT NULL, \
-             unit TEXT NOT NULL, default_pack_size INTEGER NOT NULL, active BOOLEAN NOT NULL, \
-             updated_at_ms BIGINT NOT NULL); \
-             CREATE TABLE rewrites (n INTEGER NOT NULL); INSERT INTO rewrites VALUES (0); \
+        let db = item_table(
+            "CREATE TABLE rewrites (n INTEGER NOT NULL); INSERT INTO rewrites VALUES (0); \
              CREATE TRIGGER item_rewritten AFTER UPDATE ON item BEGIN UPDATE rewrites SET n = n + 1; END;",
         )
-        .await
-        .unwrap();
+        .await;
         let rows: Vec<item::Model> = (0..200)
             .map(|n| item(&format!("i{n:03}"), &format!("C{n:03}"), 1))
             .collect();
