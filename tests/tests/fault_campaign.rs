@@ -109,6 +109,42 @@ const QUIET: Duration = Duration::from_secs(90);
 const READDED: u32 = 5;
 const CALL: Duration = Duration::from_secs(10);
 
+/// The campaign's last steps, said again when it fails: the failure's message
+/// alone does not say what the campaign had just done.
+static TRAIL: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// Records (and prints) what the campaign does next.
+fn trail(what: String) {
+    eprintln!("campaign: {what}");
+    let mut trail = TRAIL.lock().unwrap();
+    if trail.len() == 12 {
+        trail.pop_front();
+    }
+    trail.push_back(what);
+}
+
+/// What a step of a round does, by the choice drawn for it.
+fn step_name(choice: u32) -> &'static str {
+    match choice {
+        0..=4 => "a store operation",
+        5 | 6 => "master data changed",
+        7 => "a satellite killed",
+        8 => "a link cut",
+        9 => "a satellite paused",
+        12 => "a power cut",
+        13 => "a satellite backup",
+        14 => "a master backup",
+        15 => "a site disabled and enabled",
+        16 => "new sync credentials",
+        17 => "a transfer shipped",
+        18 => "a shipment received",
+        19 => "a requisition sent",
+        20 => "a requisition answered",
+        _ => "the master killed",
+    }
+}
+
 #[derive(Default, Debug)]
 struct Tally {
     operations: usize,
@@ -363,6 +399,29 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     eprintln!("*** fault campaign: seed {seed}, {rounds} rounds (replay: STORESYNC_CAMPAIGN_SEED={seed}) ***");
+    // Run as a task of its own so that a failure's message is said again
+    // last, after the backtrace and the logs of the teardown that bury it.
+    let Err(failure) = tokio::spawn(campaign(seed, rounds)).await else {
+        return;
+    };
+    let Ok(panic) = failure.try_into_panic() else {
+        panic!("seed {seed}: the campaign was cancelled");
+    };
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(a panic without a message)");
+    let last: Vec<String> = TRAIL.lock().unwrap().iter().cloned().collect();
+    eprintln!(
+        "*** fault campaign FAILED: {message}\n*** its last steps: {}\n*** replay: STORESYNC_CAMPAIGN_SEED={seed} STORESYNC_CAMPAIGN_ROUNDS={rounds}",
+        last.join("; ")
+    );
+    std::panic::resume_unwind(panic);
+}
+
+/// The campaign itself (see the module's docs).
+async fn campaign(seed: u64, rounds: usize) {
     let backend = match std::env::var("STORESYNC_CAMPAIGN_BACKEND").as_deref() {
         Ok("sqlite") => Backend::Sqlite,
         _ => *backends("seeded_fault_campaign_loses_nothing_and_lets_nothing_in")
@@ -475,6 +534,7 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
         }
         for step in 0..20 {
             let choice = rng.gen_range(0..21);
+            trail(format!("round {round} step {step}: {}", step_name(choice)));
             match choice {
                 0..=4 => {
                     // A store operation at a random satellite.
@@ -1084,6 +1144,7 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
         }
 
         // Quiet: everything reaches everywhere (slow links too); then the checks.
+        trail(format!("round {round}: quiet, checked"));
         let expect = Expected {
             acknowledged: &acknowledged,
             requests_sent: &requests_sent,
@@ -1099,6 +1160,10 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
         }
         if round == wipe_round {
             let n = rng.gen_range(0..satellites.len());
+            trail(format!(
+                "round {round}: Sync ID {} given a new disk",
+                satellites[n].sync_id
+            ));
             satellites[n].replace_disk(&master).await;
             database_ids[n] = database_id(&satellites[n].db).await;
             tally.wipes += 1;
@@ -1108,6 +1173,15 @@ async fn seeded_fault_campaign_loses_nothing_and_lets_nothing_in() {
         // At most one operator-scale fault per round, once quiet.
         if rng.gen_bool(0.4) {
             let kind = rng.gen_range(0..4);
+            trail(format!(
+                "round {round}: operator-scale fault {kind} ({})",
+                [
+                    "a satellite restored from its backup, if it has one",
+                    "a replacement machine",
+                    "the master restored from its backup, if nothing shipped since",
+                    "the empty site removed and added again",
+                ][kind]
+            ));
             let restorable: Vec<usize> = (0..satellites.len())
                 .filter(|n| site_backups[*n].is_some())
                 .collect();
