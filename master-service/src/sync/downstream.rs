@@ -129,6 +129,7 @@ pub async fn run(
     // Unacknowledged batches: end cursor, bytes, when sent.
     let mut in_flight: VecDeque<(u64, usize, std::time::Instant)> = VecDeque::new();
     let mut rate = LinkRate::new(settings.downstream_batch_bytes);
+    let mut entry_size = EntrySize::default();
     let mut caught_up_at: Option<u64> = None;
     // The entry an older site waits before (see below), once logged.
     let mut held_logged: Option<i64> = None;
@@ -148,9 +149,10 @@ pub async fn run(
             link_free_at = Some(now);
         }
         if in_flight.len() < settings.downstream_window {
-            let mut entries =
-                changelog::read_after(&ctx.db, cursor, settings.downstream_batch_records as u64)
-                    .await?;
+            let limit =
+                entry_size.entries_for(rate.batch_bytes(), settings.downstream_batch_records);
+            let mut entries = changelog::read_after(&ctx.db, cursor, limit).await?;
+            entry_size.read(&entries);
             let bytes = keep_within_bytes(&mut entries, rate.batch_bytes());
             if let Some(first) = entries.first() {
                 if u64::try_from(first.seq).ok() != cursor.checked_add(1) {
@@ -253,6 +255,43 @@ pub async fn run(
                 send(&tx, master_message::Message::Heartbeat(Heartbeat { sent_at_ms: now_ms(), upstream_backlog: 0 })).await?;
             }
         }
+    }
+}
+
+/// The bytes a change-log entry takes in a batch, as the last read found them:
+/// how many entries to read for a batch of so many bytes. Reading the most a
+/// batch may carry (10,000 entries) to send the few that fit a slow link's
+/// batch made every batch cost a full read: 63 sites of such batches kept the
+/// master and its database busy reading what they then threw away.
+#[derive(Debug)]
+struct EntrySize {
+    /// Mean bytes of the entries last read (as `keep_within_bytes` counts them).
+    mean: usize,
+}
+
+impl Default for EntrySize {
+    /// Until something is read: an item or name change is about 150–300 bytes.
+    fn default() -> Self {
+        Self { mean: 256 }
+    }
+}
+
+impl EntrySize {
+    /// Entries to read for a batch of `batch_bytes`: a quarter more than the
+    /// mean says fit (so that a batch of entries a little larger than the
+    /// mean still fills), at least one, at most `max_records`.
+    fn entries_for(&self, batch_bytes: usize, max_records: usize) -> u64 {
+        let fit = batch_bytes / self.mean.max(1);
+        (fit + fit / 4 + 1).min(max_records.max(1)) as u64
+    }
+
+    /// Learns from the entries a read returned (before any were cut).
+    fn read(&mut self, entries: &[crate::entities::change_log::Model]) {
+        if entries.is_empty() {
+            return;
+        }
+        let bytes: usize = entries.iter().map(|entry| entry.payload.len() + 16).sum();
+        self.mean = (bytes / entries.len()).max(1);
     }
 }
 
@@ -869,6 +908,28 @@ mod tests {
         assert_eq!(at(Table::Item), None, "master data was sent before the cut");
         assert_eq!(at(Table::StockLine), Some("m".into()));
         assert_eq!(at(Table::InvoiceLine), Some(String::new()));
+    }
+
+    #[test]
+    fn a_batch_reads_about_what_fits_its_bytes() {
+        use super::EntrySize;
+        let mut size = EntrySize::default();
+        // Before anything is read: the guess, 256 bytes an entry.
+        assert_eq!(size.entries_for(32 * 1024, 10_000), 161);
+        // 184-byte payloads (200 bytes an entry): 8 KiB is 40 of them, and a
+        // quarter more is read.
+        size.read(&(1..=50).map(|n| entry(n, 184)).collect::<Vec<_>>());
+        assert_eq!(size.entries_for(8 * 1024, 10_000), 51);
+        // Never more than a batch may carry, never none.
+        assert_eq!(size.entries_for(4 * 1024 * 1024, 10_000), 10_000);
+        assert_eq!(size.entries_for(10, 10_000), 1);
+        // Nothing read teaches nothing.
+        size.read(&[]);
+        assert_eq!(size.entries_for(8 * 1024, 10_000), 51);
+        // What fits is what keep_within_bytes then keeps: 40 of the 51.
+        let mut entries: Vec<_> = (1..=51).map(|n| entry(n, 184)).collect();
+        keep_within_bytes(&mut entries, 8 * 1024);
+        assert_eq!(entries.len(), 40);
     }
 
     #[test]
