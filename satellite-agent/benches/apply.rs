@@ -23,8 +23,10 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
-use sea_orm_migration::MigratorTrait;
 use storesync_shared::proto::v1 as pb;
 use storesync_shared::proto::v1::sync_record::Record;
 
@@ -157,13 +159,7 @@ fn store() -> pb::Store {
 }
 
 async fn open(dir: &tempfile::TempDir) -> DatabaseConnection {
-    let url = storesync_shared::domain::db::sqlite_url(&dir.path().join("satellite.db"));
-    let db = storesync_shared::domain::db::connect(&url, 1)
-        .await
-        .unwrap();
-    satellite_agent::schema::Migrator::up(&db, None)
-        .await
-        .unwrap();
+    let db = common::satellite_db(dir).await;
     // Extra settings to try, e.g. BENCH_PRAGMAS="cache_size=-16384;temp_store=memory"
     // (the pool has one connection, so they hold for every apply).
     for pragma in std::env::var("BENCH_PRAGMAS")
