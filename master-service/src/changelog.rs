@@ -11,7 +11,10 @@
 //! a reader that has read up to N never meets a row below N later. (Sequences
 //! taken before commit, as from `nextval`, do not have this property.) Master data
 //! changes are rare next to store data, so serialising their writers costs nothing
-//! that matters.
+//! that matters. Transfers are not rare (a site's batch that ships stock writes
+//! the log), so their entries are gathered and appended as their
+//! transaction's last statement ([`Pending`]): the lock is held for the
+//! commit, not for the batch's work.
 //!
 //! Since m0110 an entry may name a store (`store_id`): a store row handed
 //! over to that store's site, or a transfer record (see `crate::transfers`).
@@ -50,80 +53,106 @@ pub async fn append<C: ConnectionTrait>(txn: &C, record: &SyncRecord) -> Result<
     append_entry(txn, record, None).await
 }
 
-/// Appends `records`, in order, for the site hosting `store_id` only (a
-/// store row the master hands over to that site, a transfer record; see
-/// `crate::transfers`: other sites' readers pass over them), with one
-/// sequence update, one insert and one notification for them all; returns the last sequence number, None when
-/// `records` is empty. The numbers are consecutive and taken under the same
-/// counter row lock as one by one, so the no-gaps argument is unchanged.
-pub async fn append_many_for_store<C: ConnectionTrait>(
-    txn: &C,
-    records: &[SyncRecord],
-    store_id: &str,
-) -> Result<Option<u64>> {
-    if records.is_empty() {
-        return Ok(None);
+/// Change-log entries for single stores' sites (a store row the master
+/// hands over to that site, a transfer record; see `crate::transfers`:
+/// other sites' readers pass over them), gathered while a transaction does
+/// its work and appended by [`Pending::append`] as the last thing before it
+/// commits.
+///
+/// Taking the sequence takes the counter row lock, which every writer of
+/// the log then waits for until this transaction ends. Taken at the end,
+/// it is held for the append and the commit only: sites whose batches ship
+/// stock to other stores (every one of them writes the log) would
+/// otherwise apply their batches one at a time, each waiting for the rest
+/// of another's work.
+#[derive(Debug, Default)]
+pub struct Pending {
+    entries: Vec<(String, SyncRecord)>,
+}
+
+impl Pending {
+    /// Adds `records`, in order, for the site hosting `store_id` only.
+    pub fn for_store(&mut self, store_id: &str, records: &[SyncRecord]) {
+        self.entries.extend(
+            records
+                .iter()
+                .map(|record| (store_id.to_owned(), record.clone())),
+        );
     }
-    let described = records
-        .iter()
-        .map(|record| describe(record, true))
-        .collect::<Result<Vec<_>>>()?;
-    let count = i64::try_from(records.len())
-        .map_err(|_| Error::Internal("too many change-log entries at once".into()))?;
-    let backend = txn.get_database_backend();
-    let row = txn
-        .query_one(Statement::from_sql_and_values(
-            backend,
-            match backend {
-                DbBackend::Postgres => {
-                    "UPDATE counter SET value = value + $1 WHERE name = 'change_log' RETURNING value"
+
+    /// Appends the entries gathered, in the order added, with one sequence
+    /// update, one insert per 500 and one notification for them all; returns
+    /// the last sequence number, None when there are none. Call it as the
+    /// transaction's last statement (see the type's docs). The numbers are
+    /// consecutive and taken under the same counter row lock as one by one,
+    /// so the no-gaps argument is unchanged.
+    pub async fn append<C: ConnectionTrait>(self, txn: &C) -> Result<Option<u64>> {
+        if self.entries.is_empty() {
+            return Ok(None);
+        }
+        let described = self
+            .entries
+            .iter()
+            .map(|(_, record)| describe(record, true))
+            .collect::<Result<Vec<_>>>()?;
+        let count = i64::try_from(self.entries.len())
+            .map_err(|_| Error::Internal("too many change-log entries at once".into()))?;
+        let backend = txn.get_database_backend();
+        let row = txn
+            .query_one(Statement::from_sql_and_values(
+                backend,
+                match backend {
+                    DbBackend::Postgres => {
+                        "UPDATE counter SET value = value + $1 WHERE name = 'change_log' RETURNING value"
+                    }
+                    _ => "UPDATE counter SET value = value + ? WHERE name = 'change_log' RETURNING value",
+                },
+                [count.into()],
+            ))
+            .await?
+            .ok_or_else(|| Error::Internal("the change_log counter row is missing".into()))?;
+        let last: i64 = row.try_get("", "value")?;
+        let first = last - count + 1;
+        let now = now_ms();
+        let traceparent =
+            storesync_shared::kit::telemetry::propagation::traceparent(&tracing::Span::current());
+        let entries: Vec<change_log::ActiveModel> = self
+            .entries
+            .into_iter()
+            .zip(described)
+            .zip(first..)
+            .map(|(((store_id, record), (table, record_id, deleted)), seq)| {
+                change_log::ActiveModel {
+                    seq: Set(seq),
+                    table_name: Set(table.as_str_name().to_owned()),
+                    record_id: Set(record_id),
+                    deleted: Set(deleted),
+                    payload: Set(record.encode_to_vec()),
+                    changed_at_ms: Set(now),
+                    tag: Set(new_tag()),
+                    traceparent: Set(traceparent.clone()),
+                    store_id: Set(Some(store_id)),
                 }
-                _ => "UPDATE counter SET value = value + ? WHERE name = 'change_log' RETURNING value",
-            },
-            [count.into()],
-        ))
-        .await?
-        .ok_or_else(|| Error::Internal("the change_log counter row is missing".into()))?;
-    let last: i64 = row.try_get("", "value")?;
-    let first = last - count + 1;
-    let now = now_ms();
-    let traceparent =
-        storesync_shared::kit::telemetry::propagation::traceparent(&tracing::Span::current());
-    let entries: Vec<change_log::ActiveModel> = records
-        .iter()
-        .zip(described)
-        .zip(first..)
-        .map(
-            |((record, (table, record_id, deleted)), seq)| change_log::ActiveModel {
-                seq: Set(seq),
-                table_name: Set(table.as_str_name().to_owned()),
-                record_id: Set(record_id),
-                deleted: Set(deleted),
-                payload: Set(record.encode_to_vec()),
-                changed_at_ms: Set(now),
-                tag: Set(new_tag()),
-                traceparent: Set(traceparent.clone()),
-                store_id: Set(Some(store_id.to_owned())),
-            },
+            })
+            .collect();
+        // SQLite binds at most 32,766 values: 9 columns, well under in chunks of 500.
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let chunk: Vec<change_log::ActiveModel> = entries.by_ref().take(500).collect();
+            change_log::Entity::insert_many(chunk)
+                .exec_without_returning(txn)
+                .await?;
+        }
+        crate::sync::cluster::notify(
+            txn,
+            crate::sync::cluster::CHANGES_CHANNEL,
+            &last.to_string(),
         )
-        .collect();
-    // SQLite binds at most 32,766 values: 9 columns, well under in chunks of 500.
-    let mut entries = entries.into_iter().peekable();
-    while entries.peek().is_some() {
-        let chunk: Vec<change_log::ActiveModel> = entries.by_ref().take(500).collect();
-        change_log::Entity::insert_many(chunk)
-            .exec_without_returning(txn)
-            .await?;
+        .await?;
+        u64::try_from(last)
+            .map(Some)
+            .map_err(|_| Error::Internal(format!("negative change-log sequence {last}")))
     }
-    crate::sync::cluster::notify(
-        txn,
-        crate::sync::cluster::CHANGES_CHANNEL,
-        &last.to_string(),
-    )
-    .await?;
-    u64::try_from(last)
-        .map(Some)
-        .map_err(|_| Error::Internal(format!("negative change-log sequence {last}")))
 }
 
 async fn append_entry<C: ConnectionTrait>(

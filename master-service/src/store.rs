@@ -58,9 +58,10 @@ impl StoreContext for MasterStore {
                 _ => None,
             })
             .collect();
-        let responded = crate::transfers::follow_requisitions(txn, &requisitions).await?;
-        let followed = crate::transfers::follow(txn, &invoices).await?;
-        if let Some(seq) = followed.max(responded) {
+        let mut log = crate::changelog::Pending::default();
+        crate::transfers::follow_requisitions(txn, &requisitions, &mut log).await?;
+        crate::transfers::follow(txn, &invoices, &mut log).await?;
+        if let Some(seq) = log.append(txn).await? {
             if let Ok(mut logged) = self.logged.lock() {
                 *logged = Some(logged.map_or(seq, |s| s.max(seq)));
             }

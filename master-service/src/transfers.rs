@@ -113,11 +113,15 @@ fn record(record: sync_record::Record) -> SyncRecord {
 
 /// Acts on invoices just written in `txn` (by a site's batch or the
 /// master's own store): a SHIPPED outbound gets its inbound, a RECEIVED
-/// inbound updates its transfer. Returns the last change-log sequence
-/// appended, for the caller to announce after commit.
-pub async fn follow<C: ConnectionTrait>(txn: &C, invoice_ids: &[String]) -> Result<Option<u64>> {
+/// inbound updates its transfer. The change-log entries this makes go to
+/// `log`, for the caller to append as its transaction's last statement.
+pub async fn follow<C: ConnectionTrait>(
+    txn: &C,
+    invoice_ids: &[String],
+    log: &mut changelog::Pending,
+) -> Result<()> {
     if invoice_ids.is_empty() {
-        return Ok(None);
+        return Ok(());
     }
     let found = invoice::Entity::find()
         .filter(one_of(
@@ -131,16 +135,14 @@ pub async fn follow<C: ConnectionTrait>(txn: &C, invoice_ids: &[String]) -> Resu
         ]))
         .all(txn)
         .await?;
-    let mut last = None;
     for row in found {
-        let seq = match (row.kind.as_str(), row.status.as_str()) {
-            ("OUTBOUND_SHIPMENT", "SHIPPED") => hand_over(txn, &row).await?,
-            ("INBOUND_SHIPMENT", "RECEIVED") => record_receipt(txn, &row).await?,
-            _ => None,
-        };
-        last = seq.or(last);
+        match (row.kind.as_str(), row.status.as_str()) {
+            ("OUTBOUND_SHIPMENT", "SHIPPED") => hand_over(txn, &row, log).await?,
+            ("INBOUND_SHIPMENT", "RECEIVED") => record_receipt(txn, &row, log).await?,
+            _ => {}
+        }
     }
-    Ok(last)
+    Ok(())
 }
 
 /// Sync IDs of stores, by store id.
@@ -158,34 +160,29 @@ async fn sync_ids<C: ConnectionTrait>(txn: &C, ids: &[&str]) -> Result<HashMap<S
         .collect())
 }
 
-/// Appends `records` for each of `stores` that a satellite hosts (the
+/// Logs `records` for each of `stores` that a satellite hosts (the
 /// master's own store has no site to send to).
-async fn log_for<C: ConnectionTrait>(
-    txn: &C,
-    stores: &[(&str, i32)],
-    records: &[SyncRecord],
-) -> Result<Option<u64>> {
-    let mut last = None;
+fn log_for(log: &mut changelog::Pending, stores: &[(&str, i32)], records: &[SyncRecord]) {
     for (store_id, sync_id) in stores {
-        if u32::try_from(*sync_id).ok() == Some(MASTER_SYNC_ID) {
-            continue;
-        }
-        if let Some(seq) = changelog::append_many_for_store(txn, records, store_id).await? {
-            last = Some(seq);
+        if u32::try_from(*sync_id).ok() != Some(MASTER_SYNC_ID) {
+            log.for_store(store_id, records);
         }
     }
-    Ok(last)
 }
 
 /// Creates the inbound shipment and transfer record of a shipped outbound,
 /// unless they exist (see the module invariant).
-async fn hand_over<C: ConnectionTrait>(txn: &C, outbound: &invoice::Model) -> Result<Option<u64>> {
+async fn hand_over<C: ConnectionTrait>(
+    txn: &C,
+    outbound: &invoice::Model,
+    log: &mut changelog::Pending,
+) -> Result<()> {
     if transfer::Entity::find_by_id(outbound.id.clone())
         .one(txn)
         .await?
         .is_some()
     {
-        return Ok(None);
+        return Ok(());
     }
     let stores = sync_ids(txn, &[&outbound.store_id, &outbound.name_id]).await?;
     let (Some(&from_sync), Some(&to_sync)) = (
@@ -232,7 +229,7 @@ async fn hand_over<C: ConnectionTrait>(txn: &C, outbound: &invoice::Model) -> Re
         .exec_without_returning(txn)
         .await?;
     if created == 0 {
-        return Ok(None);
+        return Ok(());
     }
     let inbound_lines: Vec<invoice_line::Model> = lines
         .iter()
@@ -295,22 +292,23 @@ async fn hand_over<C: ConnectionTrait>(txn: &C, outbound: &invoice::Model) -> Re
     );
     let transfer_record = record(sync_record::Record::Transfer(record_row.into()));
     handover.push(transfer_record.clone());
-    let to = log_for(txn, &[(to_store, to_sync)], &handover).await?;
-    let from = log_for(txn, &[(&outbound.store_id, from_sync)], &[transfer_record]).await?;
+    log_for(log, &[(to_store, to_sync)], &handover);
+    log_for(log, &[(&outbound.store_id, from_sync)], &[transfer_record]);
     tracing::info!(
         outbound = %outbound.id,
         from = %outbound.store_id,
         to = %to_store,
         "transfer: inbound shipment created"
     );
-    Ok(from.or(to))
+    Ok(())
 }
 
 /// Records a received inbound's packs on its transfer (once).
 async fn record_receipt<C: ConnectionTrait>(
     txn: &C,
     inbound: &invoice::Model,
-) -> Result<Option<u64>> {
+    log: &mut changelog::Pending,
+) -> Result<()> {
     let Some(mut row) = transfer::Entity::find()
         .filter(transfer::Column::InboundInvoiceId.eq(inbound.id.as_str()))
         .one(txn)
@@ -322,7 +320,7 @@ async fn record_receipt<C: ConnectionTrait>(
         )));
     };
     if row.received_at_ms != 0 {
-        return Ok(None);
+        return Ok(());
     }
     let received: f64 = invoice_line::Entity::find()
         .filter(invoice_line::Column::InvoiceId.eq(inbound.id.as_str()))
@@ -338,11 +336,15 @@ async fn record_receipt<C: ConnectionTrait>(
         // Received, so delivered: its site had it.
         row.delivered_at_ms = row.received_at_ms;
     }
-    save(txn, row).await
+    save(txn, row, log).await
 }
 
 /// Writes a changed transfer record and logs it for both stores' sites.
-async fn save<C: ConnectionTrait>(txn: &C, row: transfer::Model) -> Result<Option<u64>> {
+async fn save<C: ConnectionTrait>(
+    txn: &C,
+    row: transfer::Model,
+    log: &mut changelog::Pending,
+) -> Result<()> {
     transfer::Entity::update_many()
         .col_expr(
             transfer::Column::DeliveredAtMs,
@@ -366,7 +368,8 @@ async fn save<C: ConnectionTrait>(txn: &C, row: transfer::Model) -> Result<Optio
         .filter_map(|id| stores.get(id).map(|sync| (id, *sync)))
         .collect();
     let entry = record(sync_record::Record::Transfer(row.clone().into()));
-    log_for(txn, &targets, &[entry]).await
+    log_for(log, &targets, &[entry]);
+    Ok(())
 }
 
 /// The receiving store's site has acknowledged the change log up to
@@ -385,7 +388,7 @@ pub async fn delivered<C: ConnectionTrait>(
         .filter(transfer::Column::DeliveredAtMs.eq(0))
         .all(txn)
         .await?;
-    let mut last = None;
+    let mut log = changelog::Pending::default();
     for mut row in waiting {
         let backend = txn.get_database_backend();
         let pending = txn
@@ -410,9 +413,9 @@ pub async fn delivered<C: ConnectionTrait>(
             continue;
         }
         row.delivered_at_ms = now_ms();
-        last = save(txn, row).await?.or(last);
+        save(txn, row, &mut log).await?;
     }
-    Ok(last)
+    log.append(txn).await
 }
 
 /// Why a site's rows of `table` touch what only the master writes in a
@@ -524,12 +527,18 @@ pub async fn check_site_rows<C: ConnectionTrait>(
                 .filter(|line| of_lines.contains_key(&line.invoice_id))
                 .map(|line| (line.id.clone(), line))
                 .collect();
-            // Inbound shipments the lines sent name.
-            let named: Vec<String> = upserts.iter().map(|row| text(row, "invoice_id")).collect();
-            let inbound = inbound_invoices(txn, named).await?;
+            // Inbound shipments the lines sent name (each once).
+            let invoice_column = table.column_index("invoice_id");
+            fn text_at(row: &Row, index: Option<usize>) -> &str {
+                index.and_then(|i| row.text(i)).unwrap_or_default()
+            }
+            let invoice_of = |row| text_at(row, invoice_column);
+            let named: HashSet<&str> = upserts.iter().map(invoice_of).collect();
+            let inbound =
+                inbound_invoices(txn, named.into_iter().map(str::to_owned).collect()).await?;
             for row in upserts {
                 let before = existing.get(row.id());
-                if before.is_none() && !inbound.contains_key(&text(row, "invoice_id")) {
+                if before.is_none() && !inbound.contains_key(invoice_of(row)) {
                     continue;
                 }
                 let Some(before) = before else {
@@ -783,13 +792,15 @@ async fn answered_request<C: ConnectionTrait>(txn: &C, response_id: &str) -> Res
 /// Acts on requisitions just written in `txn` (by a site's batch or the
 /// master's own store): a SENT request gets its response, created once
 /// (see the module invariant; the same keys and `ON CONFLICT DO NOTHING`
-/// as an inbound shipment). Returns the last change-log sequence appended.
+/// as an inbound shipment). The change-log entries this makes go to `log`,
+/// for the caller to append as its transaction's last statement.
 pub async fn follow_requisitions<C: ConnectionTrait>(
     txn: &C,
     requisition_ids: &[String],
-) -> Result<Option<u64>> {
+    log: &mut changelog::Pending,
+) -> Result<()> {
     if requisition_ids.is_empty() {
-        return Ok(None);
+        return Ok(());
     }
     let sent = requisition::Entity::find()
         .filter(one_of(
@@ -803,18 +814,18 @@ pub async fn follow_requisitions<C: ConnectionTrait>(
         )
         .all(txn)
         .await?;
-    let mut last = None;
     for request in sent {
-        last = create_response(txn, &request).await?.or(last);
+        create_response(txn, &request, log).await?;
     }
-    Ok(last)
+    Ok(())
 }
 
 /// Creates the supplying store's response to a sent request, unless it exists.
 async fn create_response<C: ConnectionTrait>(
     txn: &C,
     request: &requisition::Model,
-) -> Result<Option<u64>> {
+    log: &mut changelog::Pending,
+) -> Result<()> {
     let supplier = request.other_store_id.as_str();
     let stores = sync_ids(txn, &[supplier]).await?;
     let Some(&supplier_sync) = stores.get(supplier) else {
@@ -854,7 +865,7 @@ async fn create_response<C: ConnectionTrait>(
         .exec_without_returning(txn)
         .await?;
     if created == 0 {
-        return Ok(None);
+        return Ok(());
     }
     let mut lines = requisition_line::Entity::find()
         .filter(requisition_line::Column::RequisitionId.eq(request.id.as_str()))
@@ -888,7 +899,7 @@ async fn create_response<C: ConnectionTrait>(
             .into_iter()
             .map(|line| record(sync_record::Record::RequisitionLine(line.into()))),
     );
-    let logged = log_for(txn, &[(supplier, supplier_sync)], &handover).await?;
+    log_for(log, &[(supplier, supplier_sync)], &handover);
     tracing::info!(
         request = %request.id,
         response = %response.id,
@@ -896,7 +907,7 @@ async fn create_response<C: ConnectionTrait>(
         to = %supplier,
         "requisition: response created"
     );
-    Ok(logged)
+    Ok(())
 }
 
 /// The requisition half of [`check_site_rows`]: a site may write its

@@ -15,9 +15,10 @@ use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
 use sea_orm_migration::MigratorTrait;
 use storesync_shared::domain::entities::{stock_line, store};
 use storesync_shared::proto::v1::{
-    sync_record::Record, Item, RecordRef, StockLine, SyncRecord, Table, UpstreamBatch,
+    sync_record::Record, Invoice, Item, RecordRef, StockLine, SyncRecord, Table, Transfer,
+    UpstreamBatch,
 };
-use storesync_tests::{backends, TestDb};
+use storesync_tests::{backends, Backend, TestDb};
 
 async fn migrated(db: &TestDb) -> DatabaseConnection {
     let conn = storesync_shared::domain::db::connect(&db.url(), 12)
@@ -424,6 +425,106 @@ async fn change_log_keeps_entries_until_every_initialised_site_acknowledged_them
         assert_eq!(
             tombstone.seq, 7,
             "the delete is kept until site 3 acknowledges past it"
+        );
+    }
+}
+
+/// Entries a transaction gathers (`changelog::Pending`, as a batch that
+/// ships stock does) take their numbers only when appended, as its last
+/// statements: a writer that commits meanwhile is not held up and gets the
+/// lower number, and the gathered entries keep their order and their
+/// stores, numbered consecutively after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathered_change_log_entries_take_their_numbers_last() {
+    for backend in backends("gathered_change_log_entries_take_their_numbers_last") {
+        let test_db = TestDb::new(backend);
+        let db = migrated(&test_db).await;
+        // Work of its own first, as a batch's apply does. SQLite has one
+        // writer (a transaction takes it as it begins): there the gathering
+        // transaction begins after the other writer.
+        let mut gathering = None;
+        if backend == Backend::Postgres {
+            let txn = storesync_shared::domain::db::begin(&db).await.unwrap();
+            store::ActiveModel {
+                id: Set("store-c".into()),
+                code: Set("SC".into()),
+                name: Set("Store C".into()),
+                sync_id: Set(9),
+            }
+            .insert(&txn)
+            .await
+            .unwrap();
+            gathering = Some(txn);
+        }
+        let invoice = SyncRecord {
+            record: Some(Record::Invoice(Invoice {
+                id: uuid::Uuid::new_v4().to_string(),
+                ..Default::default()
+            })),
+        };
+        let transfer = SyncRecord {
+            record: Some(Record::Transfer(Transfer {
+                id: uuid::Uuid::new_v4().to_string(),
+                ..Default::default()
+            })),
+        };
+        let mut log = changelog::Pending::default();
+        log.for_store("store-a", &[invoice.clone(), transfer.clone()]);
+        log.for_store("store-b", std::slice::from_ref(&transfer));
+        let other = tokio::time::timeout(Duration::from_secs(20), async {
+            let txn = storesync_shared::domain::db::begin(&db).await.unwrap();
+            let seq = changelog::append(&txn, &item_record(1)).await.unwrap();
+            txn.commit().await.unwrap();
+            seq
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{backend:?}: a writer waited for a transaction that had only gathered entries")
+        });
+        let gathering = match gathering {
+            Some(txn) => txn,
+            None => storesync_shared::domain::db::begin(&db).await.unwrap(),
+        };
+        let last = log.append(&gathering).await.unwrap();
+        gathering.commit().await.unwrap();
+        assert_eq!(last, Some(other + 3), "{backend:?}");
+        let id = |record: &SyncRecord| match &record.record {
+            Some(Record::Invoice(invoice)) => invoice.id.clone(),
+            Some(Record::Transfer(transfer)) => transfer.id.clone(),
+            _ => unreachable!(),
+        };
+        let logged: Vec<(u64, Option<String>, String)> = changelog::read_after(&db, other, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|entry| {
+                (
+                    u64::try_from(entry.seq).unwrap(),
+                    entry.store_id,
+                    entry.record_id,
+                )
+            })
+            .collect();
+        assert_eq!(
+            logged,
+            vec![
+                (other + 1, Some("store-a".to_owned()), id(&invoice)),
+                (other + 2, Some("store-a".to_owned()), id(&transfer)),
+                (other + 3, Some("store-b".to_owned()), id(&transfer)),
+            ],
+            "{backend:?}"
+        );
+        let txn = storesync_shared::domain::db::begin(&db).await.unwrap();
+        assert_eq!(
+            changelog::Pending::default().append(&txn).await.unwrap(),
+            None,
+            "{backend:?}: nothing gathered, nothing appended"
+        );
+        txn.commit().await.unwrap();
+        assert_eq!(
+            changelog::head(&db).await.unwrap(),
+            other + 3,
+            "{backend:?}"
         );
     }
 }

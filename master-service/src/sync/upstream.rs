@@ -26,6 +26,8 @@
 //! After the batch's rows are written, in the same transaction, a shipped
 //! outbound gets its inbound shipment and a received inbound updates its
 //! transfer (`crate::transfers::follow`); the change-log entries this adds
+//! are appended as the transaction's last statement (the log's counter lock
+//! is then held for the commit only, see `crate::changelog::Pending`),
 //! commit with the batch, and [`Applied::logged`] names the last for the
 //! session to announce.
 //!
@@ -105,7 +107,8 @@ impl Latest {
     fn of(changes: Vec<Change>) -> Self {
         // Walking backwards, the first sight of an id is its last change.
         let keep: Vec<bool> = {
-            let mut seen: HashSet<&str> = HashSet::with_capacity(changes.len());
+            let mut seen: HashSet<&str, foldhash::fast::RandomState> =
+                HashSet::with_capacity_and_hasher(changes.len(), Default::default());
             let mut keep: Vec<bool> = changes
                 .iter()
                 .rev()
@@ -347,13 +350,13 @@ pub async fn apply_records<'t, R>(
             record: None,
         },
     };
-    let responded = crate::transfers::follow_requisitions(&txn, &requisition_ids)
+    let mut log = crate::changelog::Pending::default();
+    crate::transfers::follow_requisitions(&txn, &requisition_ids, &mut log)
         .await
         .map_err(follow_error)?;
-    let logged = crate::transfers::follow(&txn, &invoice_ids)
+    crate::transfers::follow(&txn, &invoice_ids, &mut log)
         .await
-        .map_err(follow_error)?
-        .max(responded);
+        .map_err(follow_error)?;
     site::Entity::update_many()
         .col_expr(site::Column::UpstreamAckedSeq, Expr::value(last))
         .col_expr(
@@ -363,6 +366,8 @@ pub async fn apply_records<'t, R>(
         .filter(site::Column::SyncId.eq(sync_id_i32(site.sync_id)))
         .exec(&txn)
         .await?;
+    // Last: the change log's counter lock is held from here to the commit.
+    let logged = log.append(&txn).await.map_err(follow_error)?;
     txn.commit().await?;
     Ok(Applied {
         acked_seq: last_seq,
