@@ -102,7 +102,7 @@ impl From<DbErr> for WriteError {
 /// deleted and created again, which no other writer can do to a row this
 /// transaction holds locked.
 #[derive(Debug, Default)]
-pub struct Written(HashMap<&'static str, HashSet<String>>);
+pub struct Written(HashMap<&'static str, HashSet<String, foldhash::fast::RandomState>>);
 
 impl Written {
     /// Whether `id` of `table` was upserted for the site in this transaction.
@@ -158,7 +158,7 @@ pub async fn store_rows<C: ConnectionTrait>(
                 }
                 let sent = upserts.len() as u64;
                 // Kept for naming a refused row (the rows move into the statement).
-                let rows_named = references_and_ids(table, &upserts);
+                let kept = Kept::of(table, &upserts);
                 let affected = db
                     .execute(unnest_upsert(
                         tables,
@@ -177,15 +177,12 @@ pub async fn store_rows<C: ConnectionTrait>(
                         table,
                         store_column,
                         store_id,
-                        &rows_named,
+                        &kept.rows(),
                         written,
                     )
                     .await?);
                 }
-                written.add(
-                    table.name(),
-                    rows_named.iter().map(|row| row.id().to_owned()),
-                );
+                written.add(table.name(), kept.ids);
             }
             if !deletes.is_empty() {
                 let ids: Vec<&str> = deletes.iter().map(String::as_str).collect();
@@ -234,26 +231,54 @@ pub async fn store_rows<C: ConnectionTrait>(
     Ok(())
 }
 
-/// The columns of `rows` that a refusal may have to name (`id` and the
-/// table's references), as rows of their own: all [`foreign_reference`] and
-/// [`find_foreign`] read.
-fn references_and_ids(table: &dyn SyncTable, rows: &[Row]) -> Vec<Row> {
-    let indexes: Vec<usize> = table
-        .references()
-        .iter()
-        .filter_map(|reference| table.column_index(reference.column))
-        .collect();
-    rows.iter()
-        .map(|row| {
-            let mut kept = vec![Value::String(None); row.0.len()];
-            for index in std::iter::once(0).chain(indexes.iter().copied()) {
-                if let Some(value) = row.0.get(index) {
-                    kept[index] = value.clone();
+/// The columns of rows moved into an upsert that a refusal may have to
+/// name (`id` and the table's references: all [`foreign_reference`] and
+/// [`find_foreign`] read) and that [`Written`] keeps (`id`), as texts: one
+/// copy of each, where whole values would be two allocations each.
+struct Kept {
+    ids: Vec<String>,
+    /// Each reference's column index and its texts, row by row.
+    references: Vec<(usize, Vec<Option<String>>)>,
+    width: usize,
+}
+
+impl Kept {
+    fn of(table: &dyn SyncTable, rows: &[Row]) -> Self {
+        Self {
+            ids: rows.iter().map(|row| row.id().to_owned()).collect(),
+            references: table
+                .references()
+                .iter()
+                .filter_map(|reference| table.column_index(reference.column))
+                .map(|index| {
+                    let texts = rows
+                        .iter()
+                        .map(|row| row.text(index).map(str::to_owned))
+                        .collect();
+                    (index, texts)
+                })
+                .collect(),
+            width: rows.first().map_or(0, |row| row.0.len()),
+        }
+    }
+
+    /// The kept columns as rows of their own (the other columns empty).
+    fn rows(&self) -> Vec<Row> {
+        self.ids
+            .iter()
+            .enumerate()
+            .map(|(at, id)| {
+                let mut row = vec![Value::String(None); self.width.max(1)];
+                row[0] = id.clone().into();
+                for (index, texts) in &self.references {
+                    if let (Some(cell), Some(Some(text))) = (row.get_mut(*index), texts.get(at)) {
+                        *cell = text.clone().into();
+                    }
                 }
-            }
-            Row(kept)
-        })
-        .collect()
+                Row(row)
+            })
+            .collect()
+    }
 }
 
 /// Why the upsert of `rows` wrote fewer rows than sent: a reference to
