@@ -61,7 +61,7 @@
 use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Statement};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 use sha1::{Digest, Sha1};
 use storesync_shared::domain::convert::kind_to_str;
 use storesync_shared::domain::entities::{
@@ -75,6 +75,7 @@ use storesync_shared::proto::v1::{self as pb, sync_record, SyncRecord, Table};
 use storesync_shared::{Error, Result};
 
 use crate::changelog;
+use crate::entities::change_log;
 use crate::sites::MASTER_SYNC_ID;
 
 /// The namespace of inbound shipment ids (a UUID of its own, so that no
@@ -250,15 +251,20 @@ async fn hand_over<C: ConnectionTrait>(
             received_number_of_packs: 0.0,
         })
         .collect();
-    for line in &inbound_lines {
-        invoice_line::Entity::insert(invoice_line::ActiveModel::from(line.clone()))
-            .on_conflict(
-                OnConflict::column(invoice_line::Column::Id)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(txn)
-            .await?;
+    // One statement per 500 lines (SQLite binds at most 32,766 values).
+    for chunk in inbound_lines.chunks(500) {
+        invoice_line::Entity::insert_many(
+            chunk
+                .iter()
+                .map(|line| invoice_line::ActiveModel::from(line.clone())),
+        )
+        .on_conflict(
+            OnConflict::column(invoice_line::Column::Id)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
     }
     let to_is_master = u32::try_from(to_sync).ok() == Some(MASTER_SYNC_ID);
     let record_row = transfer::Model {
@@ -388,28 +394,27 @@ pub async fn delivered<C: ConnectionTrait>(
         .filter(transfer::Column::DeliveredAtMs.eq(0))
         .all(txn)
         .await?;
+    // Inbound shipments whose handover is still past the cursor: one
+    // look-up per 500 transfers waiting, not one per transfer.
+    let mut unsent: HashSet<String> = HashSet::new();
+    for chunk in waiting.chunks(500) {
+        let ids = chunk.iter().map(|row| row.inbound_invoice_id.clone());
+        unsent.extend(
+            change_log::Entity::find()
+                .select_only()
+                .column(change_log::Column::RecordId)
+                .filter(change_log::Column::StoreId.eq(store_id))
+                .filter(change_log::Column::TableName.eq(Table::Invoice.as_str_name()))
+                .filter(change_log::Column::Seq.gt(cursor))
+                .filter(one_of(txn, change_log::Column::RecordId, ids))
+                .into_tuple::<String>()
+                .all(txn)
+                .await?,
+        );
+    }
     let mut log = changelog::Pending::default();
     for mut row in waiting {
-        let backend = txn.get_database_backend();
-        let pending = txn
-            .query_one(Statement::from_sql_and_values(
-                backend,
-                match backend {
-                    sea_orm::DbBackend::Postgres => {
-                        "SELECT 1 FROM change_log WHERE store_id = $1 AND record_id = $2 AND table_name = 'INVOICE' AND seq > $3 LIMIT 1"
-                    }
-                    _ => {
-                        "SELECT 1 FROM change_log WHERE store_id = ? AND record_id = ? AND table_name = 'INVOICE' AND seq > ? LIMIT 1"
-                    }
-                },
-                [
-                    store_id.into(),
-                    row.inbound_invoice_id.clone().into(),
-                    cursor.into(),
-                ],
-            ))
-            .await?;
-        if pending.is_some() {
+        if unsent.contains(&row.inbound_invoice_id) {
             continue;
         }
         row.delivered_at_ms = now_ms();
