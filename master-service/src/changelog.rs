@@ -50,7 +50,9 @@ use crate::entities::change_log;
 /// Appends `record` to the change log inside the caller's transaction and
 /// returns its sequence number. Call [`ChangeNotifier::committed`] after commit.
 pub async fn append<C: ConnectionTrait>(txn: &C, record: &SyncRecord) -> Result<u64> {
-    append_entry(txn, record, None).await
+    write(txn, vec![(None, record.clone())])
+        .await?
+        .ok_or_else(|| Error::Internal("one entry appended, yet no sequence".into()))
 }
 
 /// Change-log entries for single stores' sites (a store row the master
@@ -87,108 +89,88 @@ impl Pending {
     /// consecutive and taken under the same counter row lock as one by one,
     /// so the no-gaps argument is unchanged.
     pub async fn append<C: ConnectionTrait>(self, txn: &C) -> Result<Option<u64>> {
-        if self.entries.is_empty() {
-            return Ok(None);
-        }
-        let described = self
-            .entries
-            .iter()
-            .map(|(_, record)| describe(record, true))
-            .collect::<Result<Vec<_>>>()?;
-        let count = i64::try_from(self.entries.len())
-            .map_err(|_| Error::Internal("too many change-log entries at once".into()))?;
-        let backend = txn.get_database_backend();
-        let row = txn
-            .query_one(Statement::from_sql_and_values(
-                backend,
-                match backend {
-                    DbBackend::Postgres => {
-                        "UPDATE counter SET value = value + $1 WHERE name = 'change_log' RETURNING value"
-                    }
-                    _ => "UPDATE counter SET value = value + ? WHERE name = 'change_log' RETURNING value",
-                },
-                [count.into()],
-            ))
-            .await?
-            .ok_or_else(|| Error::Internal("the change_log counter row is missing".into()))?;
-        let last: i64 = row.try_get("", "value")?;
-        let first = last - count + 1;
-        let now = now_ms();
-        let traceparent =
-            storesync_shared::kit::telemetry::propagation::traceparent(&tracing::Span::current());
-        let entries: Vec<change_log::ActiveModel> = self
-            .entries
-            .into_iter()
-            .zip(described)
-            .zip(first..)
-            .map(|(((store_id, record), (table, record_id, deleted)), seq)| {
-                change_log::ActiveModel {
-                    seq: Set(seq),
-                    table_name: Set(table.as_str_name().to_owned()),
-                    record_id: Set(record_id),
-                    deleted: Set(deleted),
-                    payload: Set(record.encode_to_vec()),
-                    changed_at_ms: Set(now),
-                    tag: Set(new_tag()),
-                    traceparent: Set(traceparent.clone()),
-                    store_id: Set(Some(store_id)),
-                }
-            })
-            .collect();
-        // SQLite binds at most 32,766 values: 9 columns, well under in chunks of 500.
-        let mut entries = entries.into_iter().peekable();
-        while entries.peek().is_some() {
-            let chunk: Vec<change_log::ActiveModel> = entries.by_ref().take(500).collect();
-            change_log::Entity::insert_many(chunk)
-                .exec_without_returning(txn)
-                .await?;
-        }
-        crate::sync::cluster::notify(
+        write(
             txn,
-            crate::sync::cluster::CHANGES_CHANNEL,
-            &last.to_string(),
+            self.entries
+                .into_iter()
+                .map(|(store_id, record)| (Some(store_id), record))
+                .collect(),
         )
-        .await?;
-        u64::try_from(last)
-            .map(Some)
-            .map_err(|_| Error::Internal(format!("negative change-log sequence {last}")))
+        .await
     }
 }
 
-async fn append_entry<C: ConnectionTrait>(
+/// Writes `entries` (each for the site hosting its store, or for every
+/// site) in order, numbered consecutively with one counter update, and
+/// wakes the other replicas on commit; the last number, None for none.
+async fn write<C: ConnectionTrait>(
     txn: &C,
-    record: &SyncRecord,
-    store_id: Option<&str>,
-) -> Result<u64> {
-    let (table, record_id, deleted) = describe(record, store_id.is_some())?;
+    entries: Vec<(Option<String>, SyncRecord)>,
+) -> Result<Option<u64>> {
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let described = entries
+        .iter()
+        .map(|(store_id, record)| describe(record, store_id.is_some()))
+        .collect::<Result<Vec<_>>>()?;
+    let count = i64::try_from(entries.len())
+        .map_err(|_| Error::Internal("too many change-log entries at once".into()))?;
     let backend = txn.get_database_backend();
     let row = txn
-        .query_one(Statement::from_string(
+        .query_one(Statement::from_sql_and_values(
             backend,
-            "UPDATE counter SET value = value + 1 WHERE name = 'change_log' RETURNING value",
+            match backend {
+                DbBackend::Postgres => {
+                    "UPDATE counter SET value = value + $1 WHERE name = 'change_log' RETURNING value"
+                }
+                _ => "UPDATE counter SET value = value + ? WHERE name = 'change_log' RETURNING value",
+            },
+            [count.into()],
         ))
         .await?
         .ok_or_else(|| Error::Internal("the change_log counter row is missing".into()))?;
-    let seq: i64 = row.try_get("", "value")?;
-    change_log::Entity::insert(change_log::ActiveModel {
-        seq: Set(seq),
-        table_name: Set(table.as_str_name().to_owned()),
-        record_id: Set(record_id),
-        deleted: Set(deleted),
-        payload: Set(record.encode_to_vec()),
-        changed_at_ms: Set(now_ms()),
-        tag: Set(new_tag()),
-        traceparent: Set(storesync_shared::kit::telemetry::propagation::traceparent(
-            &tracing::Span::current(),
-        )),
-        store_id: Set(store_id.map(str::to_owned)),
-    })
-    .exec_without_returning(txn)
-    .await?;
+    let last: i64 = row.try_get("", "value")?;
+    let first = last - count + 1;
+    let now = now_ms();
+    let traceparent =
+        storesync_shared::kit::telemetry::propagation::traceparent(&tracing::Span::current());
+    let entries: Vec<change_log::ActiveModel> = entries
+        .into_iter()
+        .zip(described)
+        .zip(first..)
+        .map(
+            |(((store_id, record), (table, record_id, deleted)), seq)| change_log::ActiveModel {
+                seq: Set(seq),
+                table_name: Set(table.as_str_name().to_owned()),
+                record_id: Set(record_id),
+                deleted: Set(deleted),
+                payload: Set(record.encode_to_vec()),
+                changed_at_ms: Set(now),
+                tag: Set(new_tag()),
+                traceparent: Set(traceparent.clone()),
+                store_id: Set(store_id),
+            },
+        )
+        .collect();
+    // SQLite binds at most 32,766 values: 9 columns, well under in chunks of 500.
+    let mut entries = entries.into_iter().peekable();
+    while entries.peek().is_some() {
+        let chunk: Vec<change_log::ActiveModel> = entries.by_ref().take(500).collect();
+        change_log::Entity::insert_many(chunk)
+            .exec_without_returning(txn)
+            .await?;
+    }
     // Delivered by PostgreSQL when this transaction commits: wakes the other replicas.
-    crate::sync::cluster::notify(txn, crate::sync::cluster::CHANGES_CHANNEL, &seq.to_string())
-        .await?;
-    u64::try_from(seq).map_err(|_| Error::Internal(format!("negative change-log sequence {seq}")))
+    crate::sync::cluster::notify(
+        txn,
+        crate::sync::cluster::CHANGES_CHANNEL,
+        &last.to_string(),
+    )
+    .await?;
+    u64::try_from(last)
+        .map(Some)
+        .map_err(|_| Error::Internal(format!("negative change-log sequence {last}")))
 }
 
 /// A random, non-zero, positive tag (0 means "none" on the wire).
