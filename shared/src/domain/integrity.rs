@@ -200,32 +200,8 @@ pub async fn ledger<C: ConnectionTrait>(
     db: &C,
     store_id: Option<&str>,
 ) -> Result<(Vec<LedgerProblem>, u64), DbErr> {
-    let backend = db.get_database_backend();
-    let (filter, values) = match store_id {
-        Some(store) if backend == sea_orm::DbBackend::Postgres => {
-            ("WHERE s.store_id = $1", vec![store.into()])
-        }
-        Some(store) => ("WHERE s.store_id = ?", vec![store.into()]),
-        None => ("", vec![]),
-    };
-    let sql = format!(
-        "SELECT s.id, s.item_id, s.total_number_of_packs, s.available_number_of_packs, \
-         COALESCE(SUM(CASE WHEN i.kind = 'CUSTOMER_INVOICE' THEN -ABS(l.number_of_packs) \
-         WHEN i.kind = 'OUTBOUND_SHIPMENT' AND i.status = 'DRAFT' THEN 0.0 \
-         WHEN i.kind = 'OUTBOUND_SHIPMENT' THEN -ABS(l.number_of_packs) \
-         WHEN i.kind = 'INBOUND_SHIPMENT' THEN l.received_number_of_packs \
-         ELSE l.number_of_packs END), 0.0) AS moved, \
-         COALESCE(SUM(CASE WHEN i.kind = 'OUTBOUND_SHIPMENT' AND i.status = 'DRAFT' \
-         THEN ABS(l.number_of_packs) ELSE 0.0 END), 0.0) AS reserved \
-         FROM stock_line s \
-         LEFT JOIN invoice_line l ON l.stock_line_id = s.id \
-         LEFT JOIN invoice i ON i.id = l.invoice_id \
-         {filter} \
-         GROUP BY s.id, s.item_id, s.total_number_of_packs, s.available_number_of_packs \
-         ORDER BY s.id"
-    );
     let rows = db
-        .query_all(Statement::from_sql_and_values(backend, sql, values))
+        .query_all(ledger_statement(db.get_database_backend(), store_id))
         .await?;
     let mut problems = Vec::new();
     let mut total_problems = 0u64;
@@ -254,6 +230,37 @@ pub async fn ledger<C: ConnectionTrait>(
         }
     }
     Ok((problems, total_problems))
+}
+
+/// The statement [`ledger`] runs: every stock line of `store_id` (every
+/// store's with `None`) with what its invoice lines moved and reserve, by
+/// id. Its join finds a stock line's lines by the `invoice_line_stock_line`
+/// index on a satellite (`schema::LEDGER_INDEX`).
+pub fn ledger_statement(backend: sea_orm::DbBackend, store_id: Option<&str>) -> Statement {
+    let (filter, values) = match store_id {
+        Some(store) if backend == sea_orm::DbBackend::Postgres => {
+            ("WHERE s.store_id = $1", vec![store.into()])
+        }
+        Some(store) => ("WHERE s.store_id = ?", vec![store.into()]),
+        None => ("", vec![]),
+    };
+    let sql = format!(
+        "SELECT s.id, s.item_id, s.total_number_of_packs, s.available_number_of_packs, \
+         COALESCE(SUM(CASE WHEN i.kind = 'CUSTOMER_INVOICE' THEN -ABS(l.number_of_packs) \
+         WHEN i.kind = 'OUTBOUND_SHIPMENT' AND i.status = 'DRAFT' THEN 0.0 \
+         WHEN i.kind = 'OUTBOUND_SHIPMENT' THEN -ABS(l.number_of_packs) \
+         WHEN i.kind = 'INBOUND_SHIPMENT' THEN l.received_number_of_packs \
+         ELSE l.number_of_packs END), 0.0) AS moved, \
+         COALESCE(SUM(CASE WHEN i.kind = 'OUTBOUND_SHIPMENT' AND i.status = 'DRAFT' \
+         THEN ABS(l.number_of_packs) ELSE 0.0 END), 0.0) AS reserved \
+         FROM stock_line s \
+         LEFT JOIN invoice_line l ON l.stock_line_id = s.id \
+         LEFT JOIN invoice i ON i.id = l.invoice_id \
+         {filter} \
+         GROUP BY s.id, s.item_id, s.total_number_of_packs, s.available_number_of_packs \
+         ORDER BY s.id"
+    );
+    Statement::from_sql_and_values(backend, sql, values)
 }
 
 #[cfg(test)]
