@@ -67,6 +67,8 @@ pub(super) struct Session<'a> {
     master_error: Option<String>,
     /// The master's integrity check in progress (see [`super::verify`]).
     verifier: Verifier,
+    /// Outbox entries at the last heartbeat.
+    backlog: u64,
 }
 
 impl<'a> Session<'a> {
@@ -101,6 +103,7 @@ impl<'a> Session<'a> {
             caught_up: false,
             master_error: None,
             verifier: Verifier::announced(welcome.integrity_check_due),
+            backlog: 0,
             welcome,
         };
         (session, inbound)
@@ -139,30 +142,39 @@ impl<'a> Session<'a> {
                         Ok(None) => return Err(Error::Unavailable("the master ended the session".into())),
                         Ok(Some(message)) => message,
                     };
-                    heard_at = tokio::time::Instant::now();
+                    // Handling a message may take long (a large batch on a
+                    // busy machine, an integrity check hashing every row): the
+                    // master is told meanwhile that this side is alive
+                    // ([`beating`]), and the time is not the master's silence.
+                    let (tx, backlog) = (self.tx.clone(), self.backlog);
                     match message.message {
-                        Some(master_message::Message::DownstreamBatch(batch)) => self.on_downstream_batch(batch).await?,
-                        Some(master_message::Message::UpstreamAck(ack)) => self.on_upstream_ack(ack).await?,
+                        Some(master_message::Message::DownstreamBatch(batch)) => {
+                            beating(&tx, heartbeat_every, backlog, self.on_downstream_batch(batch)).await??
+                        }
+                        Some(master_message::Message::UpstreamAck(ack)) => {
+                            beating(&tx, heartbeat_every, backlog, self.on_upstream_ack(ack)).await??
+                        }
                         Some(master_message::Message::CaughtUp(caught_up)) => self.on_caught_up(caught_up),
                         Some(master_message::Message::Heartbeat(beat)) => self.on_heartbeat(beat),
                         Some(master_message::Message::Error(error)) => self.on_error(error),
                         Some(master_message::Message::VerifyBegin(begin)) => {
-                            if let Some(answer) = self.verifier.begin(self.db, begin).await {
-                                send(&self.tx, answer).await?;
+                            let answer = self.verifier.begin(self.db, begin);
+                            if let Some(answer) = beating(&tx, heartbeat_every, backlog, answer).await? {
+                                send(&tx, answer).await?;
                             }
                         }
                         Some(master_message::Message::VerifyRequest(request)) => {
-                            let answer = self.verifier.request(self.db, request).await;
-                            send(&self.tx, answer).await?;
+                            let answer = self.verifier.request(self.db, request);
+                            send(&tx, beating(&tx, heartbeat_every, backlog, answer).await?).await?;
                         }
                         Some(master_message::Message::VerifyRepair(repair)) => {
                             let store = self.welcome.store.as_ref().map(|s| s.id.clone()).unwrap_or_default();
-                            let answer = self.verifier.repair(self.db, &store, repair).await;
-                            send(&self.tx, answer).await?;
+                            let answer = self.verifier.repair(self.db, &store, repair);
+                            send(&tx, beating(&tx, heartbeat_every, backlog, answer).await?).await?;
                         }
                         Some(master_message::Message::VerifyEnd(end)) => {
-                            let answer = self.verifier.end(self.db, end).await;
-                            send(&self.tx, answer).await?;
+                            let answer = self.verifier.end(self.db, end);
+                            send(&tx, beating(&tx, heartbeat_every, backlog, answer).await?).await?;
                         }
                         Some(master_message::Message::Welcome(_)) => {
                             return Err(Error::InvalidArgument("a second Welcome from the master".into()));
@@ -174,6 +186,7 @@ impl<'a> Session<'a> {
                         // A kind this agent does not know (a newer master's): ignored.
                         None => tracing::debug!("ignored a master message of a kind this agent does not know"),
                     }
+                    heard_at = tokio::time::Instant::now();
                 }
                 // Only what arrives from the master moves this deadline, not
                 // this side's own ticks.
@@ -240,16 +253,9 @@ impl<'a> Session<'a> {
     }
 
     /// Tells the master this side is alive, with the outbox backlog.
-    async fn send_heartbeat(&self) -> Result<()> {
-        let backlog = outbox_table::Entity::find().count(self.db).await?;
-        send(
-            &self.tx,
-            satellite_message::Message::Heartbeat(Heartbeat {
-                sent_at_ms: now_ms(),
-                upstream_backlog: backlog,
-            }),
-        )
-        .await
+    async fn send_heartbeat(&mut self) -> Result<()> {
+        self.backlog = outbox_table::Entity::find().count(self.db).await?;
+        send_heartbeat(&self.tx, self.backlog).await
     }
 
     /// The master ended the stream with `status`; its `SyncError`, sent just
@@ -502,6 +508,44 @@ async fn wait_closed(inbound: &mut Unpacking<MasterMessage>, limit: Duration) {
     }
 }
 
+/// Tells the master this side is alive, with `backlog` outbox entries.
+async fn send_heartbeat(tx: &mpsc::Sender<SatelliteMessage>, backlog: u64) -> Result<()> {
+    send(
+        tx,
+        satellite_message::Message::Heartbeat(Heartbeat {
+            sent_at_ms: now_ms(),
+            upstream_backlog: backlog,
+        }),
+    )
+    .await
+}
+
+/// Runs `work`, the handling of one message from the master, sending a
+/// heartbeat every `every` until it is done.
+///
+/// The master ends a session it hears nothing from for three heartbeat
+/// intervals. Work the master itself asked for can take longer than that: an
+/// integrity check hashing every row of a large store, a batch applied while
+/// 62 other satellites share the cores or another writer holds the database.
+/// Such a site is busy, not gone. The backlog sent is the last one counted:
+/// the database may be held by `work`.
+async fn beating<T>(
+    tx: &mpsc::Sender<SatelliteMessage>,
+    every: Duration,
+    backlog: u64,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    let mut work = std::pin::pin!(work);
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(done),
+            _ = beat.tick() => send_heartbeat(tx, backlog).await?,
+        }
+    }
+}
+
 pub(super) async fn send(
     tx: &mpsc::Sender<SatelliteMessage>,
     message: satellite_message::Message,
@@ -516,6 +560,55 @@ pub(super) async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The heartbeats `beating` sent, in order (their backlogs).
+    fn beats(rx: &mut mpsc::Receiver<SatelliteMessage>) -> Vec<u64> {
+        let mut backlogs = Vec::new();
+        while let Ok(message) = rx.try_recv() {
+            match message.message {
+                Some(satellite_message::Message::Heartbeat(beat)) => {
+                    backlogs.push(beat.upstream_backlog)
+                }
+                other => panic!("beating sent {other:?}, not a heartbeat"),
+            }
+        }
+        backlogs
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_work_keeps_the_master_told_the_site_is_alive() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let every = Duration::from_secs(15);
+        // Longer than the master's idle limit (three intervals).
+        let work = async {
+            tokio::time::sleep(every * 3 + every / 2).await;
+            "applied"
+        };
+        assert_eq!(beating(&tx, every, 7, work).await.unwrap(), "applied");
+        assert_eq!(beats(&mut rx), vec![7, 7, 7], "one heartbeat per interval");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_work_sends_no_heartbeat() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let every = Duration::from_secs(15);
+        let work = async {
+            tokio::time::sleep(every - Duration::from_millis(1)).await;
+            3
+        };
+        assert_eq!(beating(&tx, every, 0, work).await.unwrap(), 3);
+        assert!(beats(&mut rx).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_stream_ends_the_work() {
+        let (tx, rx) = mpsc::channel(16);
+        drop(rx);
+        let every = Duration::from_secs(15);
+        let work = tokio::time::sleep(every * 10);
+        let error = beating(&tx, every, 0, work).await.unwrap_err();
+        assert!(error.to_string().contains("closed"), "{error}");
+    }
 
     const MAX: usize = 4 * 1024 * 1024;
 
