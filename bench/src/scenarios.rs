@@ -161,7 +161,7 @@ pub async fn upstream(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     let mut rate = Figure::new("upstream", format!("master commit rate, {label}"), "rec/s");
     let mut copy = Figure::new("upstream", "PostgreSQL COPY of the same rows", "rec/s");
     let mut ratio =
-        Figure::new("upstream", "upstream / COPY", "ratio").target(Target::AtLeast(0.5));
+        Figure::new("upstream", "upstream / COPY", "ratio").target(Target::AtLeast(0.7));
     let mixed_label = format!("with transfers (1 invoice in {TRANSFER_EVERY} shipped on)");
     let mut mixed_rate = Figure::new(
         "upstream",
@@ -1276,6 +1276,10 @@ pub async fn init_many(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
             ),
             "s",
         );
+        if count > 1 {
+            // Issue 18: within 1.5 x the 66 s that 63 sites took when it was filed.
+            last = last.target(Target::Below(99.0));
+        }
         for run in 0..sizes.runs {
             let (db, master) = master_with_sites(count, &[]).await;
             let conn = db.connect().await;
