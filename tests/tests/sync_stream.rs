@@ -550,3 +550,35 @@ async fn interval_mode_syncs_each_interval_and_disconnects_between() {
         );
     }
 }
+
+/// Sites initialising together share the master's snapshot batch slots
+/// (`STORESYNC_SNAPSHOT_BATCHES_IN_FLIGHT`); a session waiting for a slot
+/// gives back the slots of its batches acknowledged meanwhile. With one slot
+/// and snapshots of several batches, two sites starting at once both
+/// initialise (before, a session held the slot of its acknowledged batch
+/// while it waited for the next one, and no snapshot ever moved again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sites_initialising_together_share_one_snapshot_slot() {
+    let master_db = TestDb::new(storesync_tests::Backend::Sqlite);
+    let master = Master::start(
+        &master_db,
+        &[
+            ("STORESYNC_SNAPSHOT_BATCHES_IN_FLIGHT", "1"),
+            ("STORESYNC_DOWNSTREAM_BATCH_RECORDS", "10"),
+        ],
+    );
+    let db = master_db.connect().await;
+    for sync_id in [2, 3] {
+        master.add_site(sync_id).await;
+    }
+    // Six snapshot batches or more for each site.
+    create_items(&master, "SLOT", 60).await;
+    let satellites: Vec<Satellite> = [2, 3]
+        .into_iter()
+        .map(|id| Satellite::start(&master.url(), id, "streaming", &[]))
+        .collect();
+    for satellite in &satellites {
+        satellite.wait_initialised(LIMIT).await;
+        wait_master_data_equal(&db, satellite, LIMIT).await;
+    }
+}

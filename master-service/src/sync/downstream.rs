@@ -698,6 +698,13 @@ impl SnapshotSender<'_> {
     /// sites at once hold at most `snapshot_batches_in_flight` batches in
     /// memory, whatever their number. Waiting, the satellite is sent
     /// heartbeats (its session stays up).
+    ///
+    /// Waiting, the slots of batches the satellite acknowledges meanwhile
+    /// are given back as the acks arrive. Before, they were given back only
+    /// when the session next sent a batch, so every session waiting here
+    /// could hold slots of batches long acknowledged: once those were all
+    /// the slots, no snapshot moved again (63 sites starting together
+    /// stalled for good, and with one slot a single site did).
     async fn take_slot(&mut self) -> Result<()> {
         if self.slot.is_some() {
             return Ok(());
@@ -708,11 +715,17 @@ impl SnapshotSender<'_> {
         let mut heartbeat = tokio::time::interval(self.ctx.settings.heartbeat);
         heartbeat.tick().await;
         loop {
+            self.note_acks();
             tokio::select! {
                 permit = &mut acquire => {
                     let permit = permit.map_err(|_| Error::Unavailable("shutting down".into()))?;
                     self.slot = Some(permit);
                     return Ok(());
+                }
+                changed = self.acks.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::Unavailable("the session ended during initialisation".into()));
+                    }
                 }
                 _ = heartbeat.tick() => {
                     send(self.tx, master_message::Message::Heartbeat(Heartbeat { sent_at_ms: now_ms(), upstream_backlog: 0 })).await?;
