@@ -584,7 +584,12 @@ mod tests {
             tokio::time::sleep(every * 3 + every / 2).await;
             "applied"
         };
-        assert_eq!(beating(&tx, every, 7, work).await.unwrap(), "applied");
+        assert_eq!(
+            beating(&tx, every, 7, work)
+                .await
+                .expect("the work's output"),
+            "applied"
+        );
         assert_eq!(beats(&mut rx), vec![7, 7, 7], "one heartbeat per interval");
     }
 
@@ -596,7 +601,12 @@ mod tests {
             tokio::time::sleep(every - Duration::from_millis(1)).await;
             3
         };
-        assert_eq!(beating(&tx, every, 0, work).await.unwrap(), 3);
+        assert_eq!(
+            beating(&tx, every, 0, work)
+                .await
+                .expect("the work's output"),
+            3
+        );
         assert!(beats(&mut rx).is_empty());
     }
 
@@ -606,7 +616,9 @@ mod tests {
         drop(rx);
         let every = Duration::from_secs(15);
         let work = tokio::time::sleep(every * 10);
-        let error = beating(&tx, every, 0, work).await.unwrap_err();
+        let error = beating(&tx, every, 0, work)
+            .await
+            .expect_err("a heartbeat to a closed stream fails");
         assert!(error.to_string().contains("closed"), "{error}");
     }
 
