@@ -255,17 +255,24 @@ mod tests {
             .collect()
     }
 
+    /// An empty satellite database in a directory of its own (kept while
+    /// the directory is).
+    async fn scratch() -> (tempfile::TempDir, sea_orm::DatabaseConnection) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = storesync_shared::domain::db::sqlite_url(&dir.path().join("s.db"));
+        let db = storesync_shared::domain::db::connect(&url, 1)
+            .await
+            .unwrap();
+        (dir, db)
+    }
+
     /// The integrity check's stock ledger finds a stock line's invoice lines
     /// by index, not by scanning every line for each stock line (SQLite
     /// makes no automatic index for the `WITHOUT ROWID` tables of m0230):
     /// on a 1,000,000-record store that scan took the check past minutes.
     #[tokio::test]
     async fn the_stock_ledger_finds_lines_by_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = storesync_shared::domain::db::sqlite_url(&dir.path().join("s.db"));
-        let db = storesync_shared::domain::db::connect(&url, 1)
-            .await
-            .unwrap();
+        let (_dir, db) = scratch().await;
         Migrator::up(&db, None).await.unwrap();
         let ledger = storesync_shared::domain::integrity::ledger_statement(
             sea_orm::DbBackend::Sqlite,
@@ -298,11 +305,7 @@ mod tests {
     /// and its unique codes still enforced; running it again changes nothing.
     #[tokio::test]
     async fn m0230_rebuilds_synced_tables_keeping_rows_and_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = storesync_shared::domain::db::sqlite_url(&dir.path().join("s.db"));
-        let db = storesync_shared::domain::db::connect(&url, 1)
-            .await
-            .unwrap();
+        let (_dir, db) = scratch().await;
         let before = Migrator::migrations()
             .iter()
             .position(|m| m.name() == "m0230_without_rowid")

@@ -446,13 +446,7 @@ async fn concurrent_master_data_writers_miss_nothing() {
         let db = master_db.connect().await;
         master.add_site(2).await;
         master.add_site(3).await;
-        let satellites: Vec<Satellite> = [2, 3]
-            .into_iter()
-            .map(|id| Satellite::start(&master.url(), id, "streaming", &[]))
-            .collect();
-        for satellite in &satellites {
-            satellite.wait_initialised(LIMIT).await;
-        }
+        let satellites = streaming_satellites(&master, &[2, 3]).await;
         let mut writers = Vec::new();
         for w in 0..6 {
             let client = master.master_data().await;
@@ -573,12 +567,19 @@ async fn sites_initialising_together_share_one_snapshot_slot() {
     }
     // Six snapshot batches or more for each site.
     create_items(&master, "SLOT", 60).await;
-    let satellites: Vec<Satellite> = [2, 3]
-        .into_iter()
-        .map(|id| Satellite::start(&master.url(), id, "streaming", &[]))
+    for satellite in &streaming_satellites(&master, &[2, 3]).await {
+        wait_master_data_equal(&db, satellite, LIMIT).await;
+    }
+}
+
+/// Streaming satellites of `sync_ids`, started together, each initialised.
+async fn streaming_satellites(master: &Master, sync_ids: &[u32]) -> Vec<Satellite> {
+    let satellites: Vec<Satellite> = sync_ids
+        .iter()
+        .map(|&id| Satellite::start(&master.url(), id, "streaming", &[]))
         .collect();
     for satellite in &satellites {
         satellite.wait_initialised(LIMIT).await;
-        wait_master_data_equal(&db, satellite, LIMIT).await;
     }
+    satellites
 }
