@@ -525,9 +525,8 @@ async fn send_heartbeat(tx: &mpsc::Sender<SatelliteMessage>, backlog: u64) -> Re
 ///
 /// The master ends a session it hears nothing from for three heartbeat
 /// intervals. Work the master itself asked for can take longer than that: an
-/// integrity check hashing every row of a large store, a batch applied while
-/// 62 other satellites share the cores or another writer holds the database.
-/// Such a site is busy, not gone. The backlog sent is the last one counted:
+/// integrity check hashing every row of a large store, a large batch applied
+/// while 62 other satellites share the cores. Such a site is busy, not gone. The backlog sent is the last one counted:
 /// the database may be held by `work`.
 async fn beating<T>(
     tx: &mpsc::Sender<SatelliteMessage>,
