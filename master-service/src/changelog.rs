@@ -35,6 +35,8 @@
 //! master data the log cannot bring up to date: it is re-synchronised from a
 //! master-data snapshot, never left to skip the reused sequence numbers.
 
+use std::borrow::Borrow;
+
 use prost::Message;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
@@ -50,7 +52,7 @@ use crate::entities::change_log;
 /// Appends `record` to the change log inside the caller's transaction and
 /// returns its sequence number. Call [`ChangeNotifier::committed`] after commit.
 pub async fn append<C: ConnectionTrait>(txn: &C, record: &SyncRecord) -> Result<u64> {
-    write(txn, vec![(None, record.clone())])
+    write(txn, vec![(None, record)])
         .await?
         .ok_or_else(|| Error::Internal("one entry appended, yet no sequence".into()))
 }
@@ -103,16 +105,16 @@ impl Pending {
 /// Writes `entries` (each for the site hosting its store, or for every
 /// site) in order, numbered consecutively with one counter update, and
 /// wakes the other replicas on commit; the last number, None for none.
-async fn write<C: ConnectionTrait>(
+async fn write<C: ConnectionTrait, R: Borrow<SyncRecord>>(
     txn: &C,
-    entries: Vec<(Option<String>, SyncRecord)>,
+    entries: Vec<(Option<String>, R)>,
 ) -> Result<Option<u64>> {
     if entries.is_empty() {
         return Ok(None);
     }
     let described = entries
         .iter()
-        .map(|(store_id, record)| describe(record, store_id.is_some()))
+        .map(|(store_id, record)| describe(record.borrow(), store_id.is_some()))
         .collect::<Result<Vec<_>>>()?;
     let count = i64::try_from(entries.len())
         .map_err(|_| Error::Internal("too many change-log entries at once".into()))?;
@@ -145,7 +147,7 @@ async fn write<C: ConnectionTrait>(
                 table_name: Set(table.as_str_name().to_owned()),
                 record_id: Set(record_id),
                 deleted: Set(deleted),
-                payload: Set(record.encode_to_vec()),
+                payload: Set(record.borrow().encode_to_vec()),
                 changed_at_ms: Set(now),
                 tag: Set(new_tag()),
                 traceparent: Set(traceparent.clone()),

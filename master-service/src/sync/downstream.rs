@@ -700,11 +700,9 @@ impl SnapshotSender<'_> {
     /// heartbeats (its session stays up).
     ///
     /// Waiting, the slots of batches the satellite acknowledges meanwhile
-    /// are given back as the acks arrive. Before, they were given back only
-    /// when the session next sent a batch, so every session waiting here
-    /// could hold slots of batches long acknowledged: once those were all
-    /// the slots, no snapshot moved again (63 sites starting together
-    /// stalled for good, and with one slot a single site did).
+    /// are given back as the acks arrive: a session waiting here holding
+    /// slots of acknowledged batches could, with others, hold every slot,
+    /// and no snapshot would move again.
     async fn take_slot(&mut self) -> Result<()> {
         if self.slot.is_some() {
             return Ok(());
@@ -722,11 +720,7 @@ impl SnapshotSender<'_> {
                     self.slot = Some(permit);
                     return Ok(());
                 }
-                changed = self.acks.changed() => {
-                    if changed.is_err() {
-                        return Err(Error::Unavailable("the session ended during initialisation".into()));
-                    }
-                }
+                changed = self.acks.changed() => acked(changed)?,
                 _ = heartbeat.tick() => {
                     send(self.tx, master_message::Message::Heartbeat(Heartbeat { sent_at_ms: now_ms(), upstream_backlog: 0 })).await?;
                 }
@@ -786,11 +780,7 @@ impl SnapshotSender<'_> {
                 reported = done;
             }
             tokio::select! {
-                changed = self.acks.changed() => {
-                    if changed.is_err() {
-                        return Err(Error::Unavailable("the session ended during initialisation".into()));
-                    }
-                }
+                changed = self.acks.changed() => acked(changed)?,
                 _ = tokio::time::sleep(idle_limit) => {
                     return Err(Error::Unavailable(format!("the satellite acknowledged nothing of the snapshot for {idle_limit:?}")));
                 }
@@ -857,6 +847,11 @@ impl SnapshotSender<'_> {
         );
         Ok(())
     }
+}
+
+/// A snapshot's wait for acknowledgements: the session's acks ended with it.
+fn acked(changed: std::result::Result<(), watch::error::RecvError>) -> Result<()> {
+    changed.map_err(|_| Error::Unavailable("the session ended during initialisation".into()))
 }
 
 #[cfg(test)]
