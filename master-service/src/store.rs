@@ -47,7 +47,14 @@ impl StoreContext for MasterStore {
         let invoices: Vec<String> = records
             .iter()
             .filter_map(|record| match &record.record {
-                Some(sync_record::Record::Invoice(invoice)) => Some(invoice.id.clone()),
+                Some(sync_record::Record::Invoice(invoice))
+                    if crate::transfers::followed(
+                        storesync_shared::domain::convert::kind_to_str(invoice.kind()),
+                        invoice.status().as_str_name(),
+                    ) =>
+                {
+                    Some(invoice.id.clone())
+                }
                 _ => None,
             })
             .collect();

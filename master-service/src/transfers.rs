@@ -112,10 +112,61 @@ fn record(record: sync_record::Record) -> SyncRecord {
     }
 }
 
+/// Whether [`follow`] acts on an invoice written with this kind and status
+/// (their stored spellings): a shipped outbound shipment or a received
+/// inbound one. Callers pass `follow` only those, so that a batch of other
+/// invoices reads nothing back.
+pub fn followed(kind: &str, status: &str) -> bool {
+    matches!(
+        (kind, status),
+        ("OUTBOUND_SHIPMENT", "SHIPPED") | ("INBOUND_SHIPMENT", "RECEIVED")
+    )
+}
+
+/// A site's invoices one transaction has upserted so far, for the checks
+/// and the follow-up after them ([`Invoices::note`] them as they pass
+/// [`check_site_rows`]).
+#[derive(Debug, Default)]
+pub struct Invoices {
+    /// Upserted with another kind than an inbound shipment's: none of them
+    /// is one now (the invoice check refuses changing an inbound
+    /// shipment's kind and creating one), so a line naming one needs no
+    /// look-up of its invoice.
+    not_inbound: HashSet<String>,
+    /// Those [`follow`] acts on.
+    followed: Vec<String>,
+}
+
+impl Invoices {
+    /// Takes note of `upserts` of `table` (anything but invoices is ignored).
+    pub fn note(&mut self, table: &dyn SyncTable, upserts: &[Row]) {
+        if table.table() != Table::Invoice {
+            return;
+        }
+        let (kind, status) = (table.column_index("kind"), table.column_index("status"));
+        let inbound_kind = kind_to_str(pb::InvoiceKind::InboundShipment);
+        for row in upserts {
+            let text = |index: Option<usize>| index.and_then(|i| row.text(i)).unwrap_or_default();
+            if text(kind) != inbound_kind {
+                self.not_inbound.insert(row.id().to_owned());
+            }
+            if followed(text(kind), text(status)) {
+                self.followed.push(row.id().to_owned());
+            }
+        }
+    }
+
+    /// The invoices to pass [`follow`].
+    pub fn followed(&self) -> &[String] {
+        &self.followed
+    }
+}
+
 /// Acts on invoices just written in `txn` (by a site's batch or the
 /// master's own store): a SHIPPED outbound gets its inbound, a RECEIVED
 /// inbound updates its transfer. The change-log entries this makes go to
 /// `log`, for the caller to append as its transaction's last statement.
+/// Invoices [`followed`] says nothing of are read and left alone.
 pub async fn follow<C: ConnectionTrait>(
     txn: &C,
     invoice_ids: &[String],
@@ -441,12 +492,14 @@ pub struct Refusal {
 
 /// Checks a site's upserts and deletes of `table` (of its store
 /// `store_id`) against the inbound shipments the master created; see the
-/// module's ownership rules.
+/// module's ownership rules. `invoices`: what the same transaction upserted
+/// of the site's invoices before.
 pub async fn check_site_rows<C: ConnectionTrait>(
     txn: &C,
     table: &dyn SyncTable,
     upserts: &[Row],
     deletes: &[String],
+    invoices: &Invoices,
 ) -> Result<Option<Refusal>> {
     let text = |row: &Row, column: &str| {
         table
@@ -532,13 +585,18 @@ pub async fn check_site_rows<C: ConnectionTrait>(
                 .filter(|line| of_lines.contains_key(&line.invoice_id))
                 .map(|line| (line.id.clone(), line))
                 .collect();
-            // Inbound shipments the lines sent name (each once).
+            // Inbound shipments the lines sent name (each once; not those
+            // this transaction wrote as another kind).
             let invoice_column = table.column_index("invoice_id");
             fn text_at(row: &Row, index: Option<usize>) -> &str {
                 index.and_then(|i| row.text(i)).unwrap_or_default()
             }
             let invoice_of = |row| text_at(row, invoice_column);
-            let named: HashSet<&str> = upserts.iter().map(invoice_of).collect();
+            let named: HashSet<&str> = upserts
+                .iter()
+                .map(invoice_of)
+                .filter(|id| !invoices.not_inbound.contains(*id))
+                .collect();
             let inbound =
                 inbound_invoices(txn, named.into_iter().map(str::to_owned).collect()).await?;
             for row in upserts {

@@ -627,6 +627,24 @@ async fn a_resent_shipment_makes_one_inbound_and_a_site_cannot_forge_one() {
         relinked.linked_invoice_id = forged.linked_invoice_id.clone();
         let mut more_packs: pb::InvoiceLine = inbound_lines[0].clone().into();
         more_packs.number_of_packs = 70.0;
+        // A line added to the inbound shipment: alone, next to the shipment
+        // sent again as it is, and next to the shipment sent as another
+        // kind (a line naming an invoice the same batch writes is looked up
+        // unless that invoice is written as not inbound, which is refused).
+        let added = pb::InvoiceLine {
+            id: uuid::Uuid::new_v4().to_string(),
+            invoice_id: inbound.id.clone(),
+            store_id: store_3.id.clone(),
+            item_id: items[0].id.clone(),
+            batch: "R2".into(),
+            expiry_date: "2030-01-31".into(),
+            pack_size: 10,
+            number_of_packs: 3.0,
+            ..Default::default()
+        };
+        let unchanged: pb::Invoice = inbound.clone().into();
+        let mut rekinded: pb::Invoice = inbound.clone().into();
+        rekinded.kind = pb::InvoiceKind::SupplierInvoice as i32;
         for (records, refused_id, needle) in [
             (
                 vec![invoice_record(forged.clone())],
@@ -642,6 +660,21 @@ async fn a_resent_shipment_makes_one_inbound_and_a_site_cannot_forge_one() {
                 vec![line_record(more_packs)],
                 inbound_lines[0].id.clone(),
                 "changes the shipped packs",
+            ),
+            (
+                vec![line_record(added.clone())],
+                added.id.clone(),
+                "adds a line to an inbound shipment",
+            ),
+            (
+                vec![invoice_record(unchanged), line_record(added.clone())],
+                added.id.clone(),
+                "adds a line to an inbound shipment",
+            ),
+            (
+                vec![invoice_record(rekinded), line_record(added.clone())],
+                inbound.id.clone(),
+                "changes the kind of an inbound shipment",
             ),
         ] {
             let mut session = open(&master.url(), "3", SYNC_USER, SYNC_PASSWORD, hello(3))
@@ -663,6 +696,12 @@ async fn a_resent_shipment_makes_one_inbound_and_a_site_cannot_forge_one() {
         let kept = inbound_of(&db, &outbound.id).await;
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].linked_invoice_id, outbound.id);
+        assert!(invoice_line::Entity::find_by_id(added.id.clone())
+            .one(&db)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(kept[0].kind, "INBOUND_SHIPMENT");
         let kept_line = invoice_line::Entity::find_by_id(inbound_lines[0].id.clone())
             .one(&db)
             .await

@@ -252,7 +252,7 @@ pub async fn apply_records<'t, R>(
     }
     // Invoices the batch wrote: a shipped outbound or a received inbound
     // moves its transfer on, in this transaction (`crate::transfers`).
-    let mut invoice_ids: Vec<String> = Vec::new();
+    let mut invoices = crate::transfers::Invoices::default();
     // Requisitions the batch wrote: a sent request gets its response.
     let mut requisition_ids: Vec<String> = Vec::new();
     // Rows upserted so far: the store's own, so naming one needs no look-up.
@@ -275,10 +275,15 @@ pub async fn apply_records<'t, R>(
                 "rows the master creates and no longer holds (restored from an older backup?) set aside until the other store's site sends what they derive from"
             );
         }
-        if let Some(refusal) =
-            crate::transfers::check_site_rows(&txn, *table, &latest.upserts, &latest.deletes)
-                .await
-                .map_err(|error| ApplyError::field(error, None))?
+        if let Some(refusal) = crate::transfers::check_site_rows(
+            &txn,
+            *table,
+            &latest.upserts,
+            &latest.deletes,
+            &invoices,
+        )
+        .await
+        .map_err(|error| ApplyError::field(error, None))?
         {
             let record = record_id(*table, refusal.id);
             let (why, sync_id) = (refusal.why, site.sync_id);
@@ -302,9 +307,7 @@ pub async fn apply_records<'t, R>(
                 }
             });
         }
-        if table.table() == Table::Invoice {
-            invoice_ids.extend(latest.upserts.iter().map(|row| row.id().to_owned()));
-        }
+        invoices.note(*table, &latest.upserts);
         if table.table() == Table::Requisition {
             requisition_ids.extend(latest.upserts.iter().map(|row| row.id().to_owned()));
         }
@@ -354,7 +357,7 @@ pub async fn apply_records<'t, R>(
     crate::transfers::follow_requisitions(&txn, &requisition_ids, &mut log)
         .await
         .map_err(follow_error)?;
-    crate::transfers::follow(&txn, &invoice_ids, &mut log)
+    crate::transfers::follow(&txn, invoices.followed(), &mut log)
         .await
         .map_err(follow_error)?;
     site::Entity::update_many()
