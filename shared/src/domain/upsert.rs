@@ -164,6 +164,8 @@ async fn sea_query_write<C: ConnectionTrait>(
 }
 
 mod sqlite {
+    use std::sync::Arc;
+
     use super::*;
 
     /// Writes each run of `runs` as statements of `SQLITE_ROWS` rows and then
@@ -176,8 +178,6 @@ mod sqlite {
         runs: &[usize],
     ) -> Result<(), DbErr> {
         let mut rows = rows.into_iter();
-        // The statement of each size, built once per call.
-        let mut statements: Vec<(usize, String)> = Vec::new();
         for &run in runs {
             let mut left = run;
             while left > 0 {
@@ -187,21 +187,14 @@ mod sqlite {
                     1 << left.ilog2()
                 };
                 left -= size;
-                let sql = match statements.iter().find(|(n, _)| *n == size) {
-                    Some((_, sql)) => sql.clone(),
-                    None => {
-                        let sql = statement(table, columns, size);
-                        statements.push((size, sql.clone()));
-                        sql
-                    }
-                };
+                let sql = cached(table, columns, size);
                 let mut values = Vec::with_capacity(size * columns.len());
                 for row in rows.by_ref().take(size) {
                     values.extend(row.0);
                 }
                 db.execute(Statement::from_sql_and_values(
                     DbBackend::Sqlite,
-                    sql,
+                    sql.as_ref(),
                     values,
                 ))
                 .await?;
@@ -210,8 +203,39 @@ mod sqlite {
         Ok(())
     }
 
+    /// The texts built so far, by table, columns and rows: a few shapes per
+    /// table (`SQLITE_ROWS` and the powers of two below it), kept for the
+    /// process. Building a text anew for every run of records took about an
+    /// eighth of a satellite's CPU while it applied master-data changes,
+    /// where items and names alternate in short runs (a profile of
+    /// `storesync-bench downstream`).
+    type Shapes = std::collections::HashMap<String, Vec<(Vec<String>, usize, Arc<str>)>>;
+    static SHAPES: std::sync::LazyLock<std::sync::Mutex<Shapes>> =
+        std::sync::LazyLock::new(Default::default);
+
+    /// [`statement`], built once per shape (a look-up allocates nothing).
+    pub(super) fn cached(table: &str, columns: &[String], rows: usize) -> Arc<str> {
+        let mut shapes = SHAPES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, _, sql)) = shapes.get(table).and_then(|known| {
+            known
+                .iter()
+                .find(|(cs, n, _)| *n == rows && cs.as_slice() == columns)
+        }) {
+            return Arc::clone(sql);
+        }
+        let sql: Arc<str> = statement(table, columns, rows).into();
+        shapes.entry(table.to_owned()).or_default().push((
+            columns.to_vec(),
+            rows,
+            Arc::clone(&sql),
+        ));
+        sql
+    }
+
     /// `INSERT INTO "t" ("a", …) VALUES (?, …), … ON CONFLICT ("id") DO UPDATE SET "a" = excluded."a", …`
-    fn statement(table: &str, columns: &[String], rows: usize) -> String {
+    pub(super) fn statement(table: &str, columns: &[String], rows: usize) -> String {
         let list = |cs: &[String]| {
             cs.iter()
                 .map(|c| format!("\"{c}\""))
@@ -315,6 +339,27 @@ mod tests {
         assert!(stored[2..]
             .iter()
             .all(|r| r.updated_at_ms == 2 && r.code == r.id.replace('i', "C")));
+    }
+
+    /// A statement's text is built once per table, columns and rows, and
+    /// another list of columns or rows gets a text of its own.
+    #[test]
+    fn a_shape_is_built_once_and_told_apart() {
+        let columns = |names: &[&str]| names.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
+        let (x, y) = (columns(&["id", "x"]), columns(&["id", "y"]));
+        let first = super::sqlite::cached("shape_test", &x, 4);
+        let again = super::sqlite::cached("shape_test", &x, 4);
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "built once");
+        assert_eq!(&*first, super::sqlite::statement("shape_test", &x, 4));
+        let other_columns = super::sqlite::cached("shape_test", &y, 4);
+        assert_eq!(
+            &*other_columns,
+            super::sqlite::statement("shape_test", &y, 4)
+        );
+        assert_ne!(first, other_columns);
+        let other_rows = super::sqlite::cached("shape_test", &x, 2);
+        assert_eq!(&*other_rows, super::sqlite::statement("shape_test", &x, 2));
+        assert_ne!(first, other_rows);
     }
 
     /// Rows sent again as they are stored are not rewritten on SQLite; a
