@@ -45,7 +45,11 @@
 //!   (it receives them). The master refuses ([`check_site_rows`],
 //!   PERMISSION_DENIED naming the record) a site that creates an inbound
 //!   shipment or a line of one, deletes one, or changes what links it to the
-//!   outbound (`linked_invoice_id`, kind, the shipped packs, the item).
+//!   outbound (`linked_invoice_id`, kind, the shipped packs, the item). On
+//!   PostgreSQL a line moved off an inbound shipment onto an invoice that is
+//!   not one is refused by the upsert itself (`invoice_line`'s
+//!   `UpdateGuard`), so only the lines sent on an inbound shipment are read
+//!   back; SQLite reads back every line sent.
 //! - A request and its lines: the requesting store's site, always. A
 //!   response and its lines: the master creates them and hands them to the
 //!   supplying store's site, which alone writes them from then on (it
@@ -67,7 +71,7 @@ use storesync_shared::domain::convert::kind_to_str;
 use storesync_shared::domain::entities::{
     invoice, invoice_line, requisition, requisition_line, store, transfer,
 };
-use storesync_shared::domain::tables::write::one_of;
+use storesync_shared::domain::tables::write::{one_of, Backend};
 use storesync_shared::domain::tables::{Row, SyncTable};
 use storesync_shared::domain::validate::now_ms;
 use storesync_shared::domain::{requisitions, store_ops};
@@ -559,8 +563,30 @@ pub async fn check_site_rows<C: ConnectionTrait>(
             }
         }
         Table::InvoiceLine => {
+            // Inbound shipments the lines sent name (each once; not those
+            // this transaction wrote as another kind).
+            let invoice_column = table.column_index("invoice_id");
+            fn text_at(row: &Row, index: Option<usize>) -> &str {
+                index.and_then(|i| row.text(i)).unwrap_or_default()
+            }
+            let invoice_of = |row| text_at(row, invoice_column);
+            let named: HashSet<&str> = upserts
+                .iter()
+                .map(invoice_of)
+                .filter(|id| !invoices.not_inbound.contains(*id))
+                .collect();
+            let inbound =
+                inbound_invoices(txn, named.into_iter().map(str::to_owned).collect()).await?;
+            // The lines sent that may be lines of an inbound shipment
+            // already, to read back. On PostgreSQL only those naming one: a
+            // line moved off an inbound shipment, the one change to such a
+            // line that names none, is left unwritten by the upsert itself
+            // (`invoice_line`'s `UpdateGuard`), so the lines of every other
+            // invoice cost no look-up. SQLite has no such guard: every line.
+            let every_line = Backend::of(txn) == Backend::Portable;
             let ids: Vec<String> = upserts
                 .iter()
+                .filter(|row| every_line || inbound.contains_key(invoice_of(row)))
                 .map(|row| row.id().to_owned())
                 .chain(deletes.iter().cloned())
                 .collect();
@@ -585,20 +611,6 @@ pub async fn check_site_rows<C: ConnectionTrait>(
                 .filter(|line| of_lines.contains_key(&line.invoice_id))
                 .map(|line| (line.id.clone(), line))
                 .collect();
-            // Inbound shipments the lines sent name (each once; not those
-            // this transaction wrote as another kind).
-            let invoice_column = table.column_index("invoice_id");
-            fn text_at(row: &Row, index: Option<usize>) -> &str {
-                index.and_then(|i| row.text(i)).unwrap_or_default()
-            }
-            let invoice_of = |row| text_at(row, invoice_column);
-            let named: HashSet<&str> = upserts
-                .iter()
-                .map(invoice_of)
-                .filter(|id| !invoices.not_inbound.contains(*id))
-                .collect();
-            let inbound =
-                inbound_invoices(txn, named.into_iter().map(str::to_owned).collect()).await?;
             for row in upserts {
                 let before = existing.get(row.id());
                 if before.is_none() && !inbound.contains_key(invoice_of(row)) {

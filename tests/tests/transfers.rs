@@ -642,6 +642,27 @@ async fn a_resent_shipment_makes_one_inbound_and_a_site_cannot_forge_one() {
             number_of_packs: 3.0,
             ..Default::default()
         };
+        // A line of the inbound shipment moved onto another invoice of the
+        // store (one the same batch creates), after a line of that invoice
+        // that is fine: on PostgreSQL the upsert itself leaves the moved line
+        // unwritten (the lines of other invoices are not read back first).
+        let elsewhere = pb::Invoice {
+            id: uuid::Uuid::new_v4().to_string(),
+            store_id: store_3.id.clone(),
+            name_id: store_2.id.clone(),
+            kind: pb::InvoiceKind::SupplierInvoice as i32,
+            status: pb::InvoiceStatus::Finalised as i32,
+            invoice_number: 10,
+            created_at_ms: 1,
+            ..Default::default()
+        };
+        let fine_line = pb::InvoiceLine {
+            id: uuid::Uuid::new_v4().to_string(),
+            invoice_id: elsewhere.id.clone(),
+            ..added.clone()
+        };
+        let mut moved: pb::InvoiceLine = inbound_lines[0].clone().into();
+        moved.invoice_id = elsewhere.id.clone();
         let unchanged: pb::Invoice = inbound.clone().into();
         let mut rekinded: pb::Invoice = inbound.clone().into();
         rekinded.kind = pb::InvoiceKind::SupplierInvoice as i32;
@@ -676,6 +697,15 @@ async fn a_resent_shipment_makes_one_inbound_and_a_site_cannot_forge_one() {
                 inbound.id.clone(),
                 "changes the kind of an inbound shipment",
             ),
+            (
+                vec![
+                    invoice_record(elsewhere.clone()),
+                    line_record(fine_line.clone()),
+                    line_record(moved),
+                ],
+                inbound_lines[0].id.clone(),
+                "changes the shipped packs, item or shipment of an inbound line",
+            ),
         ] {
             let mut session = open(&master.url(), "3", SYNC_USER, SYNC_PASSWORD, hello(3))
                 .await
@@ -708,6 +738,17 @@ async fn a_resent_shipment_makes_one_inbound_and_a_site_cannot_forge_one() {
             .unwrap()
             .unwrap();
         assert_eq!(kept_line.number_of_packs, 7.0);
+        assert_eq!(kept_line.invoice_id, inbound.id);
+        assert!(invoice::Entity::find_by_id(elsewhere.id.clone())
+            .one(&db)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(invoice_line::Entity::find_by_id(fine_line.id.clone())
+            .one(&db)
+            .await
+            .unwrap()
+            .is_none());
 
         // The receipt itself is accepted and moves the transfer.
         let mut received: pb::Invoice = inbound.clone().into();

@@ -341,6 +341,11 @@ pub async fn apply_records<'t, R>(
                     sync_id: site.sync_id,
                 }
             }
+            WriteError::Guarded { id, why } => ApplyError::TransferLink {
+                record: record_id(*table, id),
+                why: why.to_owned(),
+                sync_id: site.sync_id,
+            },
             WriteError::Database(error) => ApplyError::Database(error),
             WriteError::Inconsistent(details) => ApplyError::Internal(details),
         })?;

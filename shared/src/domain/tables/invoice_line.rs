@@ -1,6 +1,6 @@
 //! `invoice_line`: a store's data, written by the site hosting the store.
 
-use super::{Model, Owner, Reference, TableDef};
+use super::{Model, Owner, Reference, TableDef, UpdateGuard};
 use crate::domain::entities::invoice_line;
 use crate::proto::v1::{sync_record::Record, Table};
 use crate::{domain::validate, Error};
@@ -22,6 +22,16 @@ impl TableDef for InvoiceLine {
             table: "stock_line",
         },
     ];
+    /// A line of an inbound shipment (the master made it from the sender's
+    /// outbound lines) is not moved to another invoice. The master's
+    /// transfer checks read back only the lines sent on an inbound
+    /// shipment, and refuse other changes to them; this is the one change
+    /// they cannot see without reading back every line sent.
+    const UPDATE_GUARD: Option<UpdateGuard> = Some(UpdateGuard {
+        sql: "t.invoice_id = excluded.invoice_id OR NOT EXISTS \
+              (SELECT 1 FROM invoice i WHERE i.id = t.invoice_id AND i.kind = 'INBOUND_SHIPMENT')",
+        why: "changes the shipped packs, item or shipment of an inbound line",
+    });
 
     fn decode(record: Record) -> Result<Model<Self>, Record> {
         match record {

@@ -110,6 +110,26 @@ pub struct Reference {
     pub table: &'static str,
 }
 
+/// A condition a stored row must meet for a site's upsert to change it,
+/// beyond being of the site's store: what only the master may change in a
+/// row a site otherwise writes (a line of an inbound shipment stays on it).
+///
+/// PostgreSQL checks it in the upsert itself (`ON CONFLICT … DO UPDATE …
+/// WHERE`), so it costs a look-up only for a row that already exists and
+/// none for a new one; a row that fails it is left unwritten and the batch
+/// is refused with [`UpdateGuard::why`] (`write::WriteError::Guarded`).
+/// SQLite does not run it: there the master's checks read the stored rows
+/// before writing (`master-service`'s `transfers::check_site_rows`), and
+/// must refuse at least what the guard does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpdateGuard {
+    /// SQL over the stored row `t` and the sent row `excluded`; of the sent
+    /// row it may name only `id` and the table's [`Reference`] columns.
+    pub sql: &'static str,
+    /// Why a row that fails it is refused.
+    pub why: &'static str,
+}
+
 /// A column's type as sync carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -234,6 +254,8 @@ pub trait TableDef: Send + Sync + 'static {
     const OWNER: Owner;
     /// Its columns naming rows of other store tables (see [`Reference`]).
     const REFERENCES: &'static [Reference] = &[];
+    /// What a stored row must meet for a site to change it (see [`UpdateGuard`]).
+    const UPDATE_GUARD: Option<UpdateGuard> = None;
     /// The model of a record of this table, or the record back.
     fn decode(record: Record) -> Result<Model<Self>, Record>;
     /// The record of a row.
@@ -258,6 +280,8 @@ pub trait SyncTable: Send + Sync {
     fn columns(&self) -> Vec<Column>;
     /// Its columns naming rows of other store tables.
     fn references(&self) -> &'static [Reference];
+    /// What a stored row must meet for a site to change it.
+    fn update_guard(&self) -> Option<UpdateGuard>;
     /// The position of column `name` in [`SyncTable::columns`].
     fn column_index(&self, name: &str) -> Option<usize>;
     /// The store a row belongs to (its owner column), if rows go to one store.
@@ -314,6 +338,10 @@ where
 
     fn references(&self) -> &'static [Reference] {
         T::REFERENCES
+    }
+
+    fn update_guard(&self) -> Option<UpdateGuard> {
+        T::UPDATE_GUARD
     }
 
     fn column_index(&self, name: &str) -> Option<usize> {

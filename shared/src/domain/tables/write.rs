@@ -17,9 +17,10 @@
 //!   not turn it into a join that reads the whole named table). A row naming
 //!   a row the same transaction has already upserted for the site ([`Written`])
 //!   skips that look-up (a bound `bool[]` says which): that row is the site's
-//!   store's, or the batch would have been refused. Fewer
-//!   affected rows than sent means one of the two, named by queries that run
-//!   only then (a reference first).
+//!   store's, or the batch would have been refused. A table's
+//!   [`super::UpdateGuard`] joins the `DO UPDATE … WHERE`. Fewer affected
+//!   rows than sent means one of the three, named by queries that run only
+//!   then (the guard first, then a reference).
 //! - SQLite (the portable path) checks references and ownership with
 //!   queries first and writes with [`crate::domain::upsert`]'s fixed-size multi-row statements.
 //!
@@ -83,6 +84,9 @@ pub enum WriteError {
     Foreign { id: String, store: String },
     /// A row names, in one of its references, a row of another store.
     Reference(ForeignReference),
+    /// Row `id` exists and fails the table's [`super::UpdateGuard`], which
+    /// says `why`.
+    Guarded { id: String, why: &'static str },
     /// The database failed.
     Database(DbErr),
     /// The statements disagree with themselves; details for the log.
@@ -292,6 +296,9 @@ async fn refused<C: ConnectionTrait>(
     rows: &[Row],
     written: &Written,
 ) -> Result<WriteError, DbErr> {
+    if let Some(guarded) = guarded(db, table, rows).await? {
+        return Ok(guarded);
+    }
     if let Some(found) = foreign_reference(db, tables, table, store_id, rows, written).await? {
         return Ok(WriteError::Reference(found));
     }
@@ -305,6 +312,67 @@ async fn refused<C: ConnectionTrait>(
             )),
         },
     )
+}
+
+/// The first of `rows` (in order) that exists and fails the table's
+/// [`super::UpdateGuard`], read with the guard itself: its `excluded` row is
+/// the sent `id` and references, all a guard may name of it (and all that
+/// [`Kept`] keeps).
+async fn guarded<C: ConnectionTrait>(
+    db: &C,
+    table: &dyn SyncTable,
+    rows: &[Row],
+) -> Result<Option<WriteError>, DbErr> {
+    let Some(guard) = table.update_guard() else {
+        return Ok(None);
+    };
+    let mut names = vec!["id"];
+    let mut columns = vec![rows
+        .iter()
+        .map(|row| row.id().to_owned())
+        .collect::<Vec<_>>()];
+    for reference in table.references() {
+        let index = table.column_index(reference.column);
+        names.push(reference.column);
+        columns.push(
+            rows.iter()
+                .map(|row| {
+                    index
+                        .and_then(|i| row.text(i))
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect(),
+        );
+    }
+    let arrays: Vec<String> = (1..=names.len()).map(|n| format!("${n}::text[]")).collect();
+    let sql = format!(
+        "SELECT excluded.id FROM UNNEST({arrays}) WITH ORDINALITY AS excluded({names}, \"row\") \
+         JOIN \"{table}\" t ON t.id = excluded.id WHERE ({guard}) IS NOT TRUE ORDER BY excluded.\"row\" LIMIT 1",
+        arrays = arrays.join(", "),
+        names = names
+            .iter()
+            .map(|name| format!("\"{name}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        table = table.name(),
+        guard = guard.sql,
+    );
+    let found = db
+        .query_one(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            columns.into_iter().map(text_array),
+        ))
+        .await?;
+    found
+        .map(|row| {
+            Ok(WriteError::Guarded {
+                id: row.try_get_by_index(0)?,
+                why: guard.why,
+            })
+        })
+        .transpose()
 }
 
 /// The upsert of `rows` (each of `store_id`) as column arrays; see the
@@ -387,7 +455,7 @@ fn unnest_upsert(
         .collect();
     let sql = format!(
         "INSERT INTO \"{table}\" AS t ({names}) SELECT {selected} FROM UNNEST({arrays}) AS u({aliases}){guards} \
-         ON CONFLICT (id) DO UPDATE SET {set} WHERE t.\"{store_column}\" = EXCLUDED.\"{store_column}\"",
+         ON CONFLICT (id) DO UPDATE SET {set} WHERE t.\"{store_column}\" = EXCLUDED.\"{store_column}\"{guard}",
         table = table.name(),
         names = names.join(", "),
         selected = selected.join(", "),
@@ -399,6 +467,10 @@ fn unnest_upsert(
             format!(" WHERE {}", guards.join(" AND "))
         },
         set = set.join(", "),
+        guard = table
+            .update_guard()
+            .map(|guard| format!(" AND ({})", guard.sql))
+            .unwrap_or_default(),
     );
     let mut values: Vec<Vec<Value>> = columns
         .iter()
