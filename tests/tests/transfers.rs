@@ -648,13 +648,11 @@ async fn a_resent_shipment_makes_one_inbound_and_a_site_cannot_forge_one() {
         // unwritten (the lines of other invoices are not read back first).
         let elsewhere = pb::Invoice {
             id: uuid::Uuid::new_v4().to_string(),
-            store_id: store_3.id.clone(),
-            name_id: store_2.id.clone(),
             kind: pb::InvoiceKind::SupplierInvoice as i32,
             status: pb::InvoiceStatus::Finalised as i32,
             invoice_number: 10,
-            created_at_ms: 1,
-            ..Default::default()
+            linked_invoice_id: String::new(),
+            ..forged.clone()
         };
         let fine_line = pb::InvoiceLine {
             id: uuid::Uuid::new_v4().to_string(),
