@@ -528,3 +528,35 @@ async fn gathered_change_log_entries_take_their_numbers_last() {
         );
     }
 }
+
+/// The backlog a site reported goes down by what it then sends, never below
+/// 0: a site that reported a backlog, sent it and disconnected before its
+/// next heartbeat does not show that backlog for good.
+#[tokio::test]
+async fn a_reported_backlog_goes_down_by_what_the_site_sends() {
+    use master_service::entities::site_status;
+    use master_service::sync::status::synced;
+    for backend in backends("a_reported_backlog_goes_down_by_what_the_site_sends") {
+        let test_db = TestDb::new(backend);
+        let db = migrated(&test_db).await;
+        add_site(&db, 2, "2f1c7a4e-0000-4000-8000-00000000000a").await;
+        claim(&db, 2, "session-a", "streaming", "test", 1, 5)
+            .await
+            .unwrap();
+        let backlog = |db: DatabaseConnection| async move {
+            site_status::Entity::find_by_id(2)
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap()
+                .upstream_backlog_reported
+        };
+        assert_eq!(backlog(db.clone()).await, 5);
+        synced(&db, 2, 0).await;
+        assert_eq!(backlog(db.clone()).await, 5, "a downstream exchange");
+        synced(&db, 2, 3).await;
+        assert_eq!(backlog(db.clone()).await, 2);
+        synced(&db, 2, 7).await;
+        assert_eq!(backlog(db.clone()).await, 0, "never below 0");
+    }
+}

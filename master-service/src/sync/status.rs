@@ -214,7 +214,14 @@ pub async fn heartbeat(
 }
 
 /// A sync exchange succeeded; `received` upstream records were new.
+///
+/// The backlog the site last reported (in its Hello or a heartbeat) goes
+/// down by the records received, never below 0: without it, a site that
+/// reported a backlog and then sent it showed that backlog until its next
+/// heartbeat, or for good once it disconnected.
 pub async fn synced(db: &DatabaseConnection, sync_id: u32, received: u64) {
+    let received = i64::try_from(received).unwrap_or(i64::MAX);
+    let backlog = site_status::Column::UpstreamBacklogReported;
     update(
         db,
         "a sync",
@@ -224,8 +231,16 @@ pub async fn synced(db: &DatabaseConnection, sync_id: u32, received: u64) {
             (site_status::Column::HeartbeatAtMs, Expr::value(now_ms())),
             (
                 site_status::Column::UpstreamRecordsReceived,
-                Expr::col(site_status::Column::UpstreamRecordsReceived)
-                    .add(i64::try_from(received).unwrap_or(i64::MAX)),
+                Expr::col(site_status::Column::UpstreamRecordsReceived).add(received),
+            ),
+            (
+                backlog,
+                Expr::case(
+                    Expr::col(backlog).gt(received),
+                    Expr::col(backlog).sub(received),
+                )
+                .finally(0)
+                .into(),
             ),
         ],
     )
