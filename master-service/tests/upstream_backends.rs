@@ -74,8 +74,10 @@ fn id(pool: &str, n: usize) -> String {
     format!("2f1c7a4e-0000-4000-8000-{pool}{n:011}")
 }
 
-/// Texts that a PostgreSQL array literal must quote or escape (the upsert
-/// binds each column as one; see `tables::write::unnest_upsert`).
+/// Texts that a PostgreSQL array literal must quote or escape, that a
+/// packed column must not split or read as NULL (the upsert binds a text
+/// column as one text for `string_to_array`; see `tables::write::pack`), and
+/// that a lone row's column cannot be packed as (`""`).
 const AWKWARD_TEXTS: &[&str] = &[
     "",
     " ",

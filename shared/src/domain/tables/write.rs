@@ -7,8 +7,11 @@
 //! - PostgreSQL writes one table's rows of a site's batch with ONE
 //!   `INSERT … SELECT … FROM UNNEST($arrays) WHERE NOT EXISTS … ON CONFLICT (id)
 //!   DO UPDATE … WHERE t.<owner> = EXCLUDED.<owner>`, each column bound as an
-//!   array of its type but the owner column, bound once as the site's store.
-//!   The text depends only on the table, so each connection prepares it once
+//!   array of its type but the owner column, bound once as the site's store,
+//!   and text columns, each bound where it can be as ONE text that
+//!   `string_to_array` splits ([`pack`]).
+//!   The text depends only on the table (and, rarely, a column that could not
+//!   be packed), so each connection prepares it once
 //!   (sea-orm runs statements persistent, in sqlx's per-connection cache). The
 //!   `ON CONFLICT … WHERE` leaves a row of another store alone and uncounted;
 //!   each of the table's references adds a `NOT EXISTS` that leaves a row
@@ -161,19 +164,9 @@ pub async fn store_rows<C: ConnectionTrait>(
                     )));
                 }
                 let sent = upserts.len() as u64;
-                // Kept for naming a refused row (the rows move into the statement).
-                let kept = Kept::of(table, &upserts);
-                let affected = db
-                    .execute(unnest_upsert(
-                        tables,
-                        table,
-                        store_column,
-                        store_id,
-                        upserts,
-                        written,
-                    ))
-                    .await?
-                    .rows_affected();
+                let (statement, kept) =
+                    unnest_upsert(tables, table, store_column, store_id, upserts, written);
+                let affected = db.execute(statement).await?.rows_affected();
                 if affected != sent {
                     return Err(refused(
                         db,
@@ -186,7 +179,7 @@ pub async fn store_rows<C: ConnectionTrait>(
                     )
                     .await?);
                 }
-                written.add(table.name(), kept.ids);
+                written.add(table.name(), kept.ids().map(str::to_owned));
             }
             if !deletes.is_empty() {
                 let ids: Vec<&str> = deletes.iter().map(String::as_str).collect();
@@ -237,51 +230,76 @@ pub async fn store_rows<C: ConnectionTrait>(
 
 /// The columns of rows moved into an upsert that a refusal may have to
 /// name (`id` and the table's references: all [`foreign_reference`] and
-/// [`find_foreign`] read) and that [`Written`] keeps (`id`), as texts: one
-/// copy of each, where whole values would be two allocations each.
+/// [`find_foreign`] read) and that [`Written`] keeps (`id`): a copy of the
+/// column's packed text where it was packed ([`pack`]), else one text per
+/// row, where whole values would be two allocations each.
 struct Kept {
-    ids: Vec<String>,
-    /// Each reference's column index and its texts, row by row.
-    references: Vec<(usize, Vec<Option<String>>)>,
+    /// Each kept column's index and its texts, `id` first.
+    columns: Vec<(usize, KeptTexts)>,
+    count: usize,
     width: usize,
 }
 
+enum KeptTexts {
+    Packed(String),
+    Each(Vec<Option<String>>),
+}
+
+impl KeptTexts {
+    fn get(&self) -> Box<dyn Iterator<Item = Option<&str>> + '_> {
+        match self {
+            Self::Packed(text) => Box::new(
+                text.split(PACK_SEPARATOR)
+                    .map(|text| (text != PACK_NULL_TEXT).then_some(text)),
+            ),
+            Self::Each(texts) => Box::new(texts.iter().map(Option::as_deref)),
+        }
+    }
+}
+
 impl Kept {
-    fn of(table: &dyn SyncTable, rows: &[Row]) -> Self {
-        Self {
-            ids: rows.iter().map(|row| row.id().to_owned()).collect(),
-            references: table
+    fn of(table: &dyn SyncTable, rows: &[Row], packed: &[Option<String>]) -> Self {
+        let indexes = std::iter::once(0).chain(
+            table
                 .references()
                 .iter()
-                .filter_map(|reference| table.column_index(reference.column))
+                .filter_map(|reference| table.column_index(reference.column)),
+        );
+        Self {
+            columns: indexes
                 .map(|index| {
-                    let texts = rows
-                        .iter()
-                        .map(|row| row.text(index).map(str::to_owned))
-                        .collect();
+                    let texts = match packed.get(index) {
+                        Some(Some(text)) => KeptTexts::Packed(text.clone()),
+                        _ => KeptTexts::Each(
+                            rows.iter()
+                                .map(|row| row.text(index).map(str::to_owned))
+                                .collect(),
+                        ),
+                    };
                     (index, texts)
                 })
                 .collect(),
+            count: rows.len(),
             width: rows.first().map_or(0, |row| row.0.len()),
         }
     }
 
+    /// The rows' ids.
+    fn ids(&self) -> impl Iterator<Item = &str> {
+        self.columns[0].1.get().map(Option::unwrap_or_default)
+    }
+
     /// The kept columns as rows of their own (the other columns empty).
     fn rows(&self) -> Vec<Row> {
-        self.ids
-            .iter()
-            .enumerate()
-            .map(|(at, id)| {
-                let mut row = vec![Value::String(None); self.width.max(1)];
-                row[0] = id.clone().into();
-                for (index, texts) in &self.references {
-                    if let (Some(cell), Some(Some(text))) = (row.get_mut(*index), texts.get(at)) {
-                        *cell = text.clone().into();
-                    }
+        let mut rows = vec![Row(vec![Value::String(None); self.width.max(1)]); self.count];
+        for (index, texts) in &self.columns {
+            for (row, text) in rows.iter_mut().zip(texts.get()) {
+                if let (Some(cell), Some(text)) = (row.0.get_mut(*index), text) {
+                    *cell = text.into();
                 }
-                Row(row)
-            })
-            .collect()
+            }
+        }
+        rows
     }
 }
 
@@ -387,7 +405,7 @@ fn unnest_upsert(
     store_id: &str,
     rows: Vec<Row>,
     written: &Written,
-) -> Statement {
+) -> (Statement, Kept) {
     let columns = table.columns();
     let store_index = columns.iter().position(|c| c.name == store_column);
     let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
@@ -409,6 +427,18 @@ fn unnest_upsert(
         "${}::text",
         columns.len() + checked.len() + 1 - usize::from(store_index.is_some())
     );
+    // Text columns each packed into one text where they can be (see [`pack`]).
+    let packed: Vec<Option<String>> = columns
+        .iter()
+        .enumerate()
+        .map(|(index, column)| {
+            (column.kind == super::Kind::Text && Some(index) != store_index)
+                .then(|| pack(&rows, index))
+                .flatten()
+        })
+        .collect();
+    // Kept for naming a refused row (the rows move into the statement).
+    let kept = Kept::of(table, &rows, &packed);
     let mut arrays = Vec::new();
     let mut aliases = Vec::new();
     let mut selected = Vec::new();
@@ -416,11 +446,14 @@ fn unnest_upsert(
         if Some(index) == store_index {
             selected.push(store_param.clone());
         } else {
-            arrays.push(format!(
-                "${}::{}",
-                arrays.len() + 1,
-                column.kind.postgres_array()
-            ));
+            arrays.push(if packed[index].is_some() {
+                format!(
+                    "string_to_array(${}::text, chr(30), chr(31))",
+                    arrays.len() + 1
+                )
+            } else {
+                format!("${}::{}", arrays.len() + 1, column.kind.postgres_array())
+            });
             aliases.push(name.clone());
             selected.push(format!("u.{name}"));
         }
@@ -472,21 +505,27 @@ fn unnest_upsert(
             .map(|guard| format!(" AND ({})", guard.sql))
             .unwrap_or_default(),
     );
-    let mut values: Vec<Vec<Value>> = columns
+    let mut values: Vec<Vec<Value>> = packed
         .iter()
-        .map(|_| Vec::with_capacity(rows.len()))
+        .map(|packed| Vec::with_capacity(if packed.is_some() { 0 } else { rows.len() }))
         .collect();
     for row in rows {
-        for (column, value) in values.iter_mut().zip(row.0) {
-            column.push(value);
+        for ((column, value), packed) in values.iter_mut().zip(row.0).zip(&packed) {
+            if packed.is_none() {
+                column.push(value);
+            }
         }
     }
     let mut values: Vec<Value> = columns
         .iter()
         .zip(values)
+        .zip(packed)
         .enumerate()
         .filter(|(index, _)| Some(*index) != store_index)
-        .map(|(_, (c, column))| Value::Array(c.kind.array_type(), Some(Box::new(column))))
+        .map(|(_, ((c, column), packed))| match packed {
+            Some(text) => Value::String(Some(Box::new(text))),
+            None => Value::Array(c.kind.array_type(), Some(Box::new(column))),
+        })
         .collect();
     values.extend(known.into_iter().map(|flags| {
         Value::Array(
@@ -495,7 +534,53 @@ fn unnest_upsert(
         )
     }));
     values.push(store_id.into());
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+    (
+        Statement::from_sql_and_values(DbBackend::Postgres, sql, values),
+        kept,
+    )
+}
+
+/// Separates the texts of a packed column (ASCII record separator, `chr(30)`).
+const PACK_SEPARATOR: char = '\u{1e}';
+/// A NULL in a packed column (ASCII unit separator, `chr(31)`).
+const PACK_NULL: char = '\u{1f}';
+const PACK_NULL_TEXT: &str = "\u{1f}";
+
+/// Column `index` of `rows` as ONE text that `string_to_array($n, chr(30),
+/// chr(31))` splits back into its texts, or `None` where it cannot be (a
+/// value that is not text, a text holding either control character, a lone
+/// empty text, which splits into no element at all).
+///
+/// One bound text per column where an array is one value per row: sea-orm
+/// copies every bound value once more before binding it, and a text array
+/// costs two allocations a row to copy and two to free.
+fn pack(rows: &[Row], index: usize) -> Option<String> {
+    let mut length = rows.len();
+    for row in rows {
+        match row.0.get(index)? {
+            Value::String(Some(text)) => {
+                if memchr::memchr2(0x1e, 0x1f, text.as_bytes()).is_some()
+                    || (rows.len() == 1 && text.is_empty())
+                {
+                    return None;
+                }
+                length += text.len();
+            }
+            Value::String(None) => length += 1,
+            _ => return None,
+        }
+    }
+    let mut packed = String::with_capacity(length);
+    for (at, row) in rows.iter().enumerate() {
+        if at > 0 {
+            packed.push(PACK_SEPARATOR);
+        }
+        match row.0.get(index) {
+            Some(Value::String(Some(text))) => packed.push_str(text),
+            _ => packed.push(PACK_NULL),
+        }
+    }
+    Some(packed)
 }
 
 fn text_array(texts: Vec<String>) -> Value {
@@ -717,4 +802,57 @@ pub async fn delete<C: ConnectionTrait>(
         .and_where(Expr::col(Alias::new("id")).eq(id));
     db.execute(db.get_database_backend().build(&delete)).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(texts: &[Option<&str>]) -> Vec<Row> {
+        texts
+            .iter()
+            .map(|text| {
+                Row(vec![
+                    "id".into(),
+                    Value::String(text.map(|t| Box::new(t.to_owned()))),
+                ])
+            })
+            .collect()
+    }
+
+    /// What `string_to_array($1, chr(30), chr(31))` makes of a packed text.
+    fn split(packed: &str) -> Vec<Option<&str>> {
+        if packed.is_empty() {
+            return Vec::new();
+        }
+        packed
+            .split(PACK_SEPARATOR)
+            .map(|text| (text != PACK_NULL_TEXT).then_some(text))
+            .collect()
+    }
+
+    #[test]
+    fn a_packed_column_splits_back_into_its_texts() {
+        for texts in [
+            vec![Some("a"), None, Some(""), Some("NULL"), Some("{x},\"y\"")],
+            vec![Some(""), Some("")],
+            vec![None],
+            vec![Some("Paracétamol 500 mg")],
+        ] {
+            let packed = pack(&rows(&texts), 1).expect("packable");
+            assert_eq!(split(&packed), texts);
+        }
+    }
+
+    #[test]
+    fn a_column_that_cannot_be_packed_is_not() {
+        // A lone empty text would split into no element at all.
+        assert_eq!(pack(&rows(&[Some("")]), 1), None);
+        // Either control character would split or read as NULL.
+        assert_eq!(pack(&rows(&[Some("a"), Some("b\u{1e}c")]), 1), None);
+        assert_eq!(pack(&rows(&[Some("\u{1f}")]), 1), None);
+        // Not text.
+        let numbers = vec![Row(vec!["id".into(), Value::Double(Some(1.0))])];
+        assert_eq!(pack(&numbers, 1), None);
+    }
 }
